@@ -1,0 +1,417 @@
+//! Typed server configuration (TOML). Unknown keys are rejected; every validation error names the file
+//! and the key, e.g. `config/default.toml: models[0].path: no such file 'models/x'`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration error, already formatted as `file: key: problem`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub priorities: Priorities,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP/JSON listener. Port 0 picks a free port (the bound address is logged).
+    pub http_addr: SocketAddr,
+    /// gRPC listener. Port 0 picks a free port (the bound address is logged).
+    pub grpc_addr: SocketAddr,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process exits.
+    pub shutdown_grace_s: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".parse().expect("valid literal"),
+            grpc_addr: "127.0.0.1:50051".parse().expect("valid literal"),
+            shutdown_grace_s: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body (HTTP) or message (gRPC), in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most candidates one ranking request may carry (422 / INVALID_ARGUMENT above).
+    pub max_candidates: usize,
+    /// Most history events one request may carry (422 above). Models additionally keep only their
+    /// `max_history` most recent events (truncation, not an error).
+    pub max_history_events: usize,
+    /// Most prompt tokens one generation request may carry.
+    pub max_prompt_tokens: usize,
+    /// Requests served at once across both protocols; beyond it new requests get 429 /
+    /// RESOURCE_EXHAUSTED at once (never an unbounded wait).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 << 20,
+            max_candidates: 4096,
+            max_history_events: 8192,
+            max_prompt_tokens: 4096,
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Static API keys accepted as `Authorization: Bearer KEY` (HTTP) or `authorization` metadata (gRPC).
+    /// Empty (and no keys in `api_keys_env`) disables auth.
+    pub api_keys: Vec<String>,
+    /// Environment variable holding more keys, comma-separated.
+    pub api_keys_env: Option<String>,
+    /// Health and metrics endpoints need no key (the default: probes and scrapers carry none).
+    pub exempt_health_and_metrics: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            api_keys_env: Some("SLATE_API_KEYS".into()),
+            exempt_health_and_metrics: true,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// All keys: configured ones plus those from the environment variable.
+    pub fn resolved_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.api_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
+        if let Some(var) = &self.api_keys_env {
+            if let Ok(v) = std::env::var(var) {
+                keys.extend(v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from));
+            }
+        }
+        keys
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// A `RUST_LOG`-style filter, e.g. `info` or `slate=debug,tower_http=info`. `RUST_LOG` overrides it.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_format: LogFormat::Text, log_level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Ranker,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Ranker => "ranker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name clients use in requests (`model` field). Unique.
+    pub name: String,
+    pub kind: ModelKind,
+    /// Model folder (ranker: config.json + model.safetensors). Relative paths are from the working
+    /// directory.
+    pub path: PathBuf,
+    /// Settings for `kind = "ranker"`.
+    #[serde(default)]
+    pub ranker: RankerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RankerSettings {
+    /// Scheduler worker threads for this model (0 = one per core). Never tokio's threads; compute
+    /// inside a step runs on the shared compute pool (one thread per core).
+    pub workers: usize,
+    /// Requests admitted (queued or running) at once; beyond it requests get 429 at once.
+    pub max_queued_requests: usize,
+    /// Work tokens (history events + candidates) admitted at once; beyond it requests get 429 at once.
+    /// Size it to what the workers finish within your latency budget.
+    pub max_queued_tokens: usize,
+    /// Most work tokens one scheduler step (a batch) may hold. Larger requests are split into
+    /// candidate micro-batches across steps and share them with small requests.
+    pub max_step_tokens: usize,
+    /// How long queued work may gather before a step is cut anyway, in milliseconds (0 = never wait).
+    pub max_wait_ms: f64,
+    /// A request queued longer than this is served before every priority class (bounded starvation).
+    pub promote_after_ms: u64,
+    /// Deadline applied when the client sends none, in milliseconds.
+    pub default_timeout_ms: u64,
+    /// Bytes of encoded member histories kept for reuse (0 disables the member history cache).
+    pub cache_bytes: usize,
+    /// Seconds a cached history stays valid (0 = until evicted).
+    pub cache_ttl_s: f64,
+}
+
+impl Default for RankerSettings {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            max_queued_requests: 256,
+            max_queued_tokens: 65_536,
+            max_step_tokens: 2048,
+            max_wait_ms: 1.0,
+            promote_after_ms: 50,
+            default_timeout_ms: 2000,
+            cache_bytes: 256 << 20,
+            cache_ttl_s: 600.0,
+        }
+    }
+}
+
+/// Request priority classes, highest first. Requests name one in the `priority` field (or the
+/// `priority` HTTP header / gRPC metadata); higher classes are served first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Priorities {
+    pub classes: Vec<String>,
+    /// Class of requests that name none.
+    pub default: String,
+}
+
+impl Default for Priorities {
+    fn default() -> Self {
+        Self { classes: vec!["feed".into(), "ads".into(), "batch".into()], default: "feed".into() }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Errors are prefixed with the file path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names the file in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            // toml's message carries the line, the key and a caret; keep it whole after the file.
+            ConfigError(format!("{origin}: {}", e.to_string().trim_end()))
+        })?;
+        cfg.validate().map_err(|m| ConfigError(format!("{origin}: {m}")))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.server;
+        if !(s.shutdown_grace_s.is_finite() && s.shutdown_grace_s >= 0.0) {
+            return Err(format!(
+                "server.shutdown_grace_s: must be a finite number ≥ 0, got {}",
+                s.shutdown_grace_s
+            ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_candidates", l.max_candidates),
+            ("limits.max_history_events", l.max_history_events),
+            ("limits.max_prompt_tokens", l.max_prompt_tokens),
+            ("limits.max_concurrent_requests", l.max_concurrent_requests),
+        ] {
+            if v == 0 {
+                return Err(format!("{key}: must be > 0"));
+            }
+        }
+        let p = &self.priorities;
+        if p.classes.is_empty() {
+            return Err("priorities.classes: must name at least one class".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in p.classes.iter().enumerate() {
+            if c.is_empty() || !names.insert(c.as_str()) {
+                return Err(format!("priorities.classes[{i}]: '{c}' is empty or a duplicate"));
+            }
+        }
+        if !p.classes.contains(&p.default) {
+            return Err(format!("priorities.default: '{}' is not one of priorities.classes", p.default));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.is_empty() {
+                return Err(format!("models[{i}].name: must not be empty"));
+            }
+            if !m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c)) {
+                return Err(format!(
+                    "models[{i}].name: '{}' may only contain letters, digits and - _ . : /",
+                    m.name
+                ));
+            }
+            if !seen.insert(m.name.as_str()) {
+                return Err(format!("models[{i}].name: duplicate model name '{}'", m.name));
+            }
+            if !m.path.exists() {
+                return Err(format!("models[{i}].path: no such file '{}'", m.path.display()));
+            }
+            let r = &m.ranker;
+            for (key, v) in [
+                ("max_queued_requests", r.max_queued_requests),
+                ("max_queued_tokens", r.max_queued_tokens),
+                ("max_step_tokens", r.max_step_tokens),
+                ("default_timeout_ms", r.default_timeout_ms as usize),
+            ] {
+                if v == 0 {
+                    return Err(format!("models[{i}].ranker.{key}: must be > 0"));
+                }
+            }
+            for (key, v) in [("max_wait_ms", r.max_wait_ms), ("cache_ttl_s", r.cache_ttl_s)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!("models[{i}].ranker.{key}: must be a finite number ≥ 0, got {v}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "cfg.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn empty_config_is_valid_with_defaults() {
+        let c = Config::parse("", "cfg.toml").unwrap();
+        assert_eq!(c.server.shutdown_grace_s, 30.0);
+        assert!(c.models.is_empty());
+        assert!(c.auth.exempt_health_and_metrics);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("[server]\nhttp_adr = \"127.0.0.1:1\"\n");
+        assert!(e.starts_with("cfg.toml: "), "{e}");
+        assert!(e.contains("http_adr"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_section_is_named() {
+        let e = err("[sever]\n");
+        assert!(e.contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err("[limits]\nmax_candidates = \"many\"\n");
+        assert!(e.contains("max_candidates"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = err("[server]\nhttp_addr = \"not an address\"\n");
+        assert!(e.contains("http_addr"), "{e}");
+    }
+
+    #[test]
+    fn missing_model_path_is_named() {
+        let e = err("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \"models/definitely-missing\"\n");
+        assert_eq!(e, "cfg.toml: models[0].path: no such file 'models/definitely-missing'");
+    }
+
+    #[test]
+    fn unknown_kind_is_named() {
+        let e = err("[[models]]\nname = \"x\"\nkind = \"forest\"\npath = \".\"\n");
+        assert!(e.contains("kind") || e.contains("forest"), "{e}");
+        assert!(e.contains("forest"), "{e}");
+    }
+
+    #[test]
+    fn missing_model_field_is_named() {
+        let e = err("[[models]]\nname = \"x\"\npath = \".\"\n");
+        assert!(e.contains("kind"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_model_name_is_named() {
+        let e = err(
+            "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\n[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\n",
+        );
+        assert_eq!(e, "cfg.toml: models[1].name: duplicate model name 'x'");
+    }
+
+    #[test]
+    fn zero_limit_is_named() {
+        let e = err("[limits]\nmax_candidates = 0\n");
+        assert_eq!(e, "cfg.toml: limits.max_candidates: must be > 0");
+    }
+
+    #[test]
+    fn negative_grace_is_named() {
+        let e = err("[server]\nshutdown_grace_s = -1.0\n");
+        assert!(e.contains("server.shutdown_grace_s"), "{e}");
+    }
+
+    #[test]
+    fn priorities_are_validated() {
+        let e = err("[priorities]\nclasses = [\"feed\", \"feed\"]\n");
+        assert!(e.contains("priorities.classes[1]"), "{e}");
+        let e = err("[priorities]\nclasses = [\"feed\"]\ndefault = \"ads\"\n");
+        assert!(e.contains("priorities.default"), "{e}");
+    }
+
+    #[test]
+    fn ranker_settings_are_validated() {
+        let e = err(
+            "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_step_tokens = 0 }\n",
+        );
+        assert_eq!(e, "cfg.toml: models[0].ranker.max_step_tokens: must be > 0");
+        let e = err(
+            "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_wait_ms = -1.0 }\n",
+        );
+        assert!(e.contains("models[0].ranker.max_wait_ms"), "{e}");
+    }
+
+    #[test]
+    fn kind_settings_unknown_key_is_named() {
+        let e = err("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { wokers = 2 }\n");
+        assert!(e.contains("wokers"), "{e}");
+    }
+}

@@ -1,0 +1,592 @@
+//! Fused masked attention for one head: scores → softmax → ·V for a block of query rows, with the score
+//! rows kept in a small scratch buffer (6 rows × keys) so they stay in L1.
+//!
+//! The mask is a key *prefix*: every query row attends keys `0..n_keys` (and, optionally, one extra
+//! key/value of its own — append_self's candidate token, which lives outside the shared key buffer).
+//! That covers every fusion: history rows attend the history; an append candidate attends the history
+//! (+ itself); concat rows attend everything.
+//!
+//! Layouts (`hd` = head_dim):
+//! - queries `q[r·q_stride + c]`, `r < rows`, `c < hd`;
+//! - keys transposed `kt[c·kt_stride + j]` (8 consecutive keys are one vector); entries for
+//!   `n_keys ≤ j < round_up(n_keys, 8)` must exist but may hold anything (they are computed and ignored);
+//! - values `v[j·v_stride + c]`;
+//! - output `out[r·out_stride + c]`.
+//!
+//! With no key at all (`n_keys = 0`, no own key) the output row is zero.
+
+use super::simd::has_avx2_fma;
+
+/// The keys and values one head attends to, shared by every query row of a call.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadAttention<'a> {
+    pub head_dim: usize,
+    pub n_keys: usize,
+    /// `[head_dim × kt_stride]`, keys contiguous; see the module docs for the padding rule.
+    pub kt: &'a [f32],
+    pub kt_stride: usize,
+    /// `[n_keys × v_stride]`.
+    pub v: &'a [f32],
+    pub v_stride: usize,
+    /// Score scale (1/√head_dim); applied inside the exponent.
+    pub scale: f32,
+}
+
+/// One extra key/value per query row: row r's are `k[r·stride ..][..hd]`, `v[r·stride ..][..hd]`.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnKv<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub stride: usize,
+}
+
+/// Query rows processed together (score rows held in scratch at once).
+const RB: usize = 6;
+
+/// Keys padded to a whole number of 8-float vectors.
+#[inline]
+pub fn padded_keys(n_keys: usize) -> usize {
+    n_keys.div_ceil(8) * 8
+}
+
+/// `out[r] = softmax_j(scale · q[r]·k_j) v_j` over `j < n_keys` (plus row r's own key/value when
+/// `own` is given), for `rows` query rows. `scratch` is grown as needed and reused across calls.
+///
+/// # Panics
+/// When a slice is too short for the shapes and strides it is given with.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(
+    att: &HeadAttention,
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    own: Option<OwnKv>,
+    out: &mut [f32],
+    out_stride: usize,
+    scratch: &mut Vec<f32>,
+) {
+    attend_head_with(has_avx2_fma(), att, q, q_stride, rows, own, out, out_stride, scratch);
+}
+
+/// [`attend_head`] with the path chosen by the caller (`simd` is ignored where AVX2 is absent).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head_with(
+    simd: bool,
+    att: &HeadAttention,
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    own: Option<OwnKv>,
+    out: &mut [f32],
+    out_stride: usize,
+    scratch: &mut Vec<f32>,
+) {
+    check_shapes(att, q, q_stride, rows, own.as_ref(), out, out_stride);
+    if rows == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd && has_avx2_fma() {
+        let need = RB * padded_keys(att.n_keys);
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        // SAFETY: AVX2+FMA are present (checked just above); `check_shapes` verified every bound the
+        // kernel relies on (see `attend_avx2`'s contract) and `scratch` holds RB × padded keys floats.
+        unsafe { attend_avx2(att, q, q_stride, rows, own, out, out_stride, scratch) };
+        return;
+    }
+    let _ = simd;
+    attend_scalar(att, q, q_stride, rows, own, out, out_stride, scratch);
+}
+
+fn check_shapes(
+    att: &HeadAttention,
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    own: Option<&OwnKv>,
+    out: &[f32],
+    out_stride: usize,
+) {
+    let hd = att.head_dim;
+    assert!(hd > 0, "attention: head_dim must be positive");
+    if rows > 0 {
+        assert!(q_stride >= hd && q.len() >= (rows - 1) * q_stride + hd, "attention: q too short");
+        assert!(out_stride >= hd && out.len() >= (rows - 1) * out_stride + hd, "attention: out too short");
+        if let Some(o) = own {
+            let need = (rows - 1) * o.stride + hd;
+            assert!(o.stride >= hd && o.k.len() >= need && o.v.len() >= need, "attention: own k/v too short");
+        }
+    }
+    if att.n_keys > 0 {
+        let np = padded_keys(att.n_keys);
+        assert!(
+            att.kt_stride >= np && att.kt.len() >= (hd - 1) * att.kt_stride + np,
+            "attention: kt too short"
+        );
+        assert!(
+            att.v_stride >= hd && att.v.len() >= (att.n_keys - 1) * att.v_stride + hd,
+            "attention: v too short"
+        );
+    }
+}
+
+/// Scalar path: the plain definition, row by row. Also the reference the SIMD path is tested against.
+#[allow(clippy::too_many_arguments)]
+fn attend_scalar(
+    att: &HeadAttention,
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    own: Option<OwnKv>,
+    out: &mut [f32],
+    out_stride: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let (hd, n) = (att.head_dim, att.n_keys);
+    if scratch.len() < n {
+        scratch.resize(n, 0.0);
+    }
+    let p = &mut scratch[..n];
+    for r in 0..rows {
+        let qr = &q[r * q_stride..r * q_stride + hd];
+        let mut m = f32::NEG_INFINITY;
+        for (j, pj) in p.iter_mut().enumerate() {
+            let s: f32 = (0..hd).map(|c| qr[c] * att.kt[c * att.kt_stride + j]).sum();
+            *pj = s;
+            m = m.max(s);
+        }
+        let own_s = own.map(|o| (0..hd).map(|c| qr[c] * o.k[r * o.stride + c]).sum::<f32>());
+        if let Some(s) = own_s {
+            m = m.max(s);
+        }
+        let o_row = &mut out[r * out_stride..r * out_stride + hd];
+        if n == 0 && own.is_none() {
+            o_row.fill(0.0);
+            continue;
+        }
+        let mut sum = 0f32;
+        for pj in p.iter_mut() {
+            *pj = ((*pj - m) * att.scale).exp();
+            sum += *pj;
+        }
+        let own_p = own_s.map(|s| ((s - m) * att.scale).exp());
+        sum += own_p.unwrap_or(0.0);
+        for (c, oc) in o_row.iter_mut().enumerate() {
+            let mut acc: f32 = p.iter().enumerate().map(|(j, &pj)| pj * att.v[j * att.v_stride + c]).sum();
+            if let (Some(o), Some(pw)) = (own, own_p) {
+                acc += pw * o.v[r * o.stride + c];
+            }
+            *oc = acc / sum;
+        }
+    }
+}
+
+/// AVX2 path: 6 query rows at a time (12 accumulators: FMA latency × 2 ports is covered); scores
+/// 6 rows × 16 keys per register block with the row max tracked on the way, then a vector softmax
+/// (`2^x` with a degree-5 polynomial, rel. error ≈ 2e-7), then `P·V` 6 rows × 16 value columns per
+/// register block.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, `check_shapes` must have passed for these arguments, `rows > 0`
+/// and `scratch.len() ≥ RB · padded_keys(n_keys)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx2(
+    att: &HeadAttention,
+    q: &[f32],
+    q_stride: usize,
+    rows: usize,
+    own: Option<OwnKv>,
+    out: &mut [f32],
+    out_stride: usize,
+    scratch: &mut [f32],
+) {
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = (rows - r0).min(RB);
+        let qb = &q[r0 * q_stride..];
+        let ob = &mut out[r0 * out_stride..];
+        let ownb =
+            own.map(|o| OwnKv { k: &o.k[r0 * o.stride..], v: &o.v[r0 * o.stride..], stride: o.stride });
+        // SAFETY: forwarded contract; the row block [r0, r0 + nr) lies inside the checked rows.
+        unsafe {
+            match nr {
+                6 => block_avx2::<6>(att, qb, q_stride, ownb, ob, out_stride, scratch),
+                5 => block_avx2::<5>(att, qb, q_stride, ownb, ob, out_stride, scratch),
+                4 => block_avx2::<4>(att, qb, q_stride, ownb, ob, out_stride, scratch),
+                3 => block_avx2::<3>(att, qb, q_stride, ownb, ob, out_stride, scratch),
+                2 => block_avx2::<2>(att, qb, q_stride, ownb, ob, out_stride, scratch),
+                _ => block_avx2::<1>(att, qb, q_stride, ownb, ob, out_stride, scratch),
+            }
+        }
+        r0 += nr;
+    }
+}
+
+/// Coefficients of 2^f on [−0.5, 0.5] (degree 5, fitted for relative error; 2.1e-7 in f32).
+#[cfg(target_arch = "x86_64")]
+const EXP2_POLY: [f32; 6] =
+    [1.000_000_1, 0.693_146_94, 0.240_221_13, 0.055_507_13, 0.009_675_884, 0.001_327_744_5];
+
+/// `2^y` for `y ≤ 0` (clamped below at −125, where the result is negligible next to the row max's 1).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp2_nonpos(y: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // max(y, −125) also maps NaN (padding lanes) to −125: `max_ps` returns its second operand then.
+    let y = _mm256_max_ps(y, _mm256_set1_ps(-125.0));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+    let f = _mm256_sub_ps(y, n);
+    let mut p = _mm256_set1_ps(EXP2_POLY[5]);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_POLY[4]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_POLY[3]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_POLY[2]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_POLY[1]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_POLY[0]));
+    // p · 2^n by adding n to the exponent field (p ∈ [0.7, 1.42], n ∈ [−125, 0]: stays normal).
+    let e = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n));
+    _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e))
+}
+
+/// One block of `R ≤ RB` query rows.
+///
+/// # Safety
+/// As [`attend_avx2`], for the `R` rows starting at the slices' starts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn block_avx2<const R: usize>(
+    att: &HeadAttention,
+    q: &[f32],
+    q_stride: usize,
+    own: Option<OwnKv>,
+    out: &mut [f32],
+    out_stride: usize,
+    scratch: &mut [f32],
+) {
+    use super::simd::avx2::{hmax, hsum};
+    use std::arch::x86_64::*;
+
+    let (hd, n) = (att.head_dim, att.n_keys);
+    let np = padded_keys(n);
+    let qp = q.as_ptr();
+    let kt = att.kt.as_ptr();
+    let sp = scratch.as_mut_ptr();
+
+    // 1. Scores S[r][j] = q_r · k_j for j < np (row r at sp + r·np), with the max over the full
+    //    16-key blocks kept per row on the way.
+    let mut vmax = [_mm256_set1_ps(f32::NEG_INFINITY); R];
+    let mut j = 0;
+    while j + 16 <= np {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for c in 0..hd {
+            // SAFETY: c < hd and j + 16 ≤ np ≤ kt_stride, so both loads stay within kt's checked
+            // [hd × kt_stride] extent; r < R rows and c < hd stay within q's checked extent.
+            unsafe {
+                let krow = kt.add(c * att.kt_stride + j);
+                let (k0, k1) = (_mm256_loadu_ps(krow), _mm256_loadu_ps(krow.add(8)));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm256_broadcast_ss(&*qp.add(r * q_stride + c));
+                    a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                    a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+                }
+            }
+        }
+        let full = j + 16 <= n;
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: r < R ≤ RB and j + 16 ≤ np, inside the RB × np scratch.
+            unsafe {
+                _mm256_storeu_ps(sp.add(r * np + j), a[0]);
+                _mm256_storeu_ps(sp.add(r * np + j + 8), a[1]);
+            }
+            if full {
+                vmax[r] = _mm256_max_ps(vmax[r], _mm256_max_ps(a[0], a[1]));
+            }
+        }
+        j += 16;
+    }
+    if j < np {
+        // Exactly 8 keys left (np is a multiple of 8).
+        let mut acc = [_mm256_setzero_ps(); R];
+        for c in 0..hd {
+            // SAFETY: as above with j + 8 = np.
+            unsafe {
+                let k0 = _mm256_loadu_ps(kt.add(c * att.kt_stride + j));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*qp.add(r * q_stride + c)), k0, *a);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(sp.add(r * np + j), *a) };
+        }
+    }
+    let full_keys = n / 16 * 16; // keys covered by vmax
+
+    // 2. Softmax per row, in place: P[r][j] = 2^((S − max)·scale·log2 e); P = 0 on the padding.
+    let mut inv_sum = [0f32; R];
+    let mut own_p = [0f32; R];
+    let c1 = att.scale * std::f32::consts::LOG2_E;
+    for r in 0..R {
+        let srow = &mut scratch[r * np..(r + 1) * np];
+        let own_s = own.map(|o| {
+            let (qr, kr) = (&q[r * q_stride..r * q_stride + hd], &o.k[r * o.stride..r * o.stride + hd]);
+            qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>()
+        });
+        let mut m = if full_keys > 0 { hmax(vmax[r]) } else { f32::NEG_INFINITY };
+        for &s in &srow[full_keys..n] {
+            m = m.max(s);
+        }
+        if let Some(s) = own_s {
+            m = m.max(s);
+        }
+        if n == 0 && own_s.is_none() {
+            continue; // no key at all: inv_sum stays 0 → zero output
+        }
+        let (vc1, vneg) = (_mm256_set1_ps(c1), _mm256_set1_ps(-m * c1));
+        let mut vsum = _mm256_setzero_ps();
+        let full8 = n / 8 * 8;
+        for ch in srow[..full8].chunks_exact_mut(8) {
+            // SAFETY: `ch` holds exactly 8 floats.
+            unsafe {
+                let e = exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg));
+                _mm256_storeu_ps(ch.as_mut_ptr(), e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+        }
+        if full8 < np {
+            // The ragged last vector: lanes past n_keys are padding, zeroed.
+            let ch = &mut srow[full8..np];
+            // SAFETY: `ch` holds exactly 8 floats (np − full8 = 8).
+            let e = unsafe { exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg)) };
+            let mut tmp = [0f32; 8];
+            // SAFETY: `tmp` holds 8 floats.
+            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), e) };
+            tmp[n - full8..].fill(0.0);
+            ch.copy_from_slice(&tmp);
+            // SAFETY: as above.
+            vsum = _mm256_add_ps(vsum, unsafe { _mm256_loadu_ps(tmp.as_ptr()) });
+        }
+        let mut sum = hsum(vsum);
+        if let Some(s) = own_s {
+            own_p[r] = ((s - m) * att.scale).exp();
+            sum += own_p[r];
+        }
+        inv_sum[r] = 1.0 / sum;
+    }
+
+    // 3. out[r][c] = inv_sum[r] · (Σ_j P[r][j] v_j[c] + own_p[r] · own_v[r][c]): full 16-column
+    //    blocks with plain loads, then a ragged block with masked loads/stores.
+    let mut c = 0;
+    while c + 16 <= hd {
+        // SAFETY: forwarded contract; columns [c, c + 16) lie within hd.
+        unsafe { pv_block::<R, 2, false>(att, c, 16, np, own, &inv_sum, &own_p, scratch, out, out_stride) };
+        c += 16;
+    }
+    if c < hd {
+        let width = hd - c;
+        // SAFETY: forwarded contract; columns [c, hd) lie within hd.
+        unsafe {
+            if width > 8 {
+                pv_block::<R, 2, true>(att, c, width, np, own, &inv_sum, &own_p, scratch, out, out_stride);
+            } else {
+                pv_block::<R, 1, true>(att, c, width, np, own, &inv_sum, &own_p, scratch, out, out_stride);
+            }
+        }
+    }
+}
+
+/// `P·V` (+ own value) for `R` rows and the `width ≤ 8·NV` value columns starting at `c`; `MASKED`
+/// selects masked loads/stores (needed when `width < 8·NV`).
+///
+/// # Safety
+/// As [`attend_avx2`]; `c + width ≤ head_dim`, `width > 8·(NV − 1)`, `MASKED || width == 8·NV`;
+/// `scratch` holds the R rows of P (row stride `np`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_block<const R: usize, const NV: usize, const MASKED: bool>(
+    att: &HeadAttention,
+    c: usize,
+    width: usize,
+    np: usize,
+    own: Option<OwnKv>,
+    inv_sum: &[f32; R],
+    own_p: &[f32; R],
+    scratch: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    // Lane masks: lane i of vector k is on when 8k + i < width.
+    let base = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let w = _mm256_set1_epi32(width as i32);
+    let mut masks = [base; NV];
+    for (k, m) in masks.iter_mut().enumerate() {
+        *m = _mm256_cmpgt_epi32(w, _mm256_add_epi32(base, _mm256_set1_epi32(8 * k as i32)));
+    }
+    // Pointers are formed with wrapping_add: a fully masked-off vector may point past the slice, and
+    // masked lanes are never accessed.
+    // SAFETY (of `load`/`store`): callers pass pointers whose enabled lanes are in bounds.
+    let load = |p: *const f32, k: usize| unsafe {
+        if MASKED {
+            _mm256_maskload_ps(p.wrapping_add(8 * k), masks[k])
+        } else {
+            _mm256_loadu_ps(p.wrapping_add(8 * k))
+        }
+    };
+    let (vp, sp, op) = (att.v.as_ptr(), scratch.as_ptr(), out.as_mut_ptr());
+    let mut acc = [[_mm256_setzero_ps(); NV]; R];
+    for jj in 0..att.n_keys {
+        let vrow = vp.wrapping_add(jj * att.v_stride + c);
+        let mut vv = [_mm256_setzero_ps(); NV];
+        for (k, x) in vv.iter_mut().enumerate() {
+            // jj < n_keys and the enabled lanes are columns < c + width ≤ hd: inside v's checked
+            // [n_keys × v_stride] extent.
+            *x = load(vrow, k);
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            // SAFETY: r < R ≤ RB and jj < n_keys ≤ np: inside the RB × np scratch.
+            let pv = unsafe { _mm256_broadcast_ss(&*sp.add(r * np + jj)) };
+            for k in 0..NV {
+                a[k] = _mm256_fmadd_ps(pv, vv[k], a[k]);
+            }
+        }
+    }
+    for (r, a) in acc.iter_mut().enumerate() {
+        if let Some(o) = own {
+            let pw = _mm256_set1_ps(own_p[r]);
+            let orow = o.v.as_ptr().wrapping_add(r * o.stride + c);
+            for (k, ak) in a.iter_mut().enumerate() {
+                // r < R rows, enabled lanes are columns < hd: inside own.v's checked extent.
+                *ak = _mm256_fmadd_ps(pw, load(orow, k), *ak);
+            }
+        }
+        let is = _mm256_set1_ps(inv_sum[r]);
+        let orow = op.wrapping_add(r * out_stride + c);
+        for k in 0..NV {
+            let x = _mm256_mul_ps(a[k], is);
+            // SAFETY: r < R rows, enabled lanes are columns < hd: inside out's checked extent.
+            unsafe {
+                if MASKED {
+                    _mm256_maskstore_ps(orow.wrapping_add(8 * k), masks[k], x);
+                } else {
+                    _mm256_storeu_ps(orow.wrapping_add(8 * k), x);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cpu::simd::{assert_close, TestRng};
+
+    /// f64 definition with an explicit mask, independent of both paths.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        q: &[f32],
+        qs: usize,
+        rows: usize,
+        k: &[f32], // [n × hd] (not transposed)
+        v: &[f32], // [n × hd]
+        n: usize,
+        hd: usize,
+        own: Option<(&[f32], &[f32])>, // [rows × hd] each
+        scale: f32,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; rows * hd];
+        for r in 0..rows {
+            let mut keys: Vec<(Vec<f64>, Vec<f64>)> = (0..n)
+                .map(|j| {
+                    let kk = (0..hd).map(|c| k[j * hd + c] as f64).collect();
+                    let vv = (0..hd).map(|c| v[j * hd + c] as f64).collect();
+                    (kk, vv)
+                })
+                .collect();
+            if let Some((ok, ov)) = own {
+                keys.push((
+                    (0..hd).map(|c| ok[r * hd + c] as f64).collect(),
+                    (0..hd).map(|c| ov[r * hd + c] as f64).collect(),
+                ));
+            }
+            if keys.is_empty() {
+                continue;
+            }
+            let s: Vec<f64> = keys
+                .iter()
+                .map(|(kk, _)| (0..hd).map(|c| q[r * qs + c] as f64 * kk[c]).sum::<f64>() * scale as f64)
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..hd {
+                out[r * hd + c] = (keys.iter().zip(&e).map(|((_, vv), w)| w * vv[c]).sum::<f64>() / z) as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn simd_and_scalar_match_reference_on_ragged_sizes() {
+        let mut rng = TestRng::new(5);
+        for case in 0..150 {
+            let hd = [1, 3, 4, 7, 8, 9, 16, 17, 24, 32][rng.below(10)];
+            let n = [0, 1, 2, 7, 8, 9, 15, 16, 17, 33, 64, 100][rng.below(12)];
+            let rows = 1 + rng.below(11);
+            let with_own = rng.below(2) == 1;
+            let np = padded_keys(n);
+            let kt_stride = np + 8 * rng.below(2);
+            let (qs, vs, os) = (hd + rng.below(3), hd + rng.below(3), hd + rng.below(3));
+            let q = rng.vec(rows * qs, 2.0);
+            let k = rng.vec(n * hd, 2.0);
+            let v = rng.vec(n * hd, 1.0);
+            // Transposed keys; the padding holds NaN to prove it is ignored.
+            let mut kt = vec![f32::NAN; hd * kt_stride];
+            for j in 0..n {
+                for c in 0..hd {
+                    kt[c * kt_stride + j] = k[j * hd + c];
+                }
+            }
+            let mut vstrided = vec![0f32; n.max(1) * vs];
+            for j in 0..n {
+                vstrided[j * vs..j * vs + hd].copy_from_slice(&v[j * hd..j * hd + hd]);
+            }
+            let (ok, ov) = (rng.vec(rows * hd, 2.0), rng.vec(rows * hd, 1.0));
+            let scale = 1.0 / (hd as f32).sqrt();
+            let att = HeadAttention {
+                head_dim: hd,
+                n_keys: n,
+                kt: &kt,
+                kt_stride,
+                v: &vstrided,
+                v_stride: vs,
+                scale,
+            };
+            let own = with_own.then_some(OwnKv { k: &ok, v: &ov, stride: hd });
+            let want = reference(&q, qs, rows, &k, &v, n, hd, with_own.then_some((&ok[..], &ov[..])), scale);
+            for simd in [false, true] {
+                let mut out = vec![f32::NAN; rows * os];
+                let mut scratch = Vec::new();
+                attend_head_with(simd, &att, &q, qs, rows, own, &mut out, os, &mut scratch);
+                let got: Vec<f32> = (0..rows).flat_map(|r| out[r * os..r * os + hd].to_vec()).collect();
+                let what = format!("case {case} simd={simd} hd={hd} n={n} rows={rows} own={with_own}");
+                assert_close(&got, &want, 2e-5, 2e-6, &what);
+                // Columns past hd in each output row are untouched.
+                for r in 0..rows {
+                    assert!(
+                        out[r * os + hd..r * os + os].iter().all(|x| x.is_nan()),
+                        "{what}: wrote past hd"
+                    );
+                }
+            }
+        }
+    }
+}

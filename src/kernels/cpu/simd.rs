@@ -1,0 +1,163 @@
+//! Runtime CPU-feature dispatch and the vector `exp` the SIMD kernels share.
+//!
+//! `exp256` is the Cephes `expf` scheme (range reduction by `n·ln 2`, degree-6 polynomial, exponent
+//! bits for `2^n`), relative error ≈ 2e-7 on the clamped range [-87, 88]; the scalar fallbacks use
+//! `f32::exp`.
+
+/// Whether the AVX2 + FMA code paths may run on this CPU. `is_x86_feature_detected!` caches the CPUID
+/// result, so this is a couple of loads.
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Lower/upper clamps of the exp argument: `2^n` stays a normal float for `n = round(x·log2 e)`.
+pub(crate) const EXP_LO: f32 = -87.0;
+pub(crate) const EXP_HI: f32 = 88.0;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `exp` of 8 lanes (Cephes expf); inputs are clamped to [EXP_LO, EXP_HI].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn exp256(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(super::EXP_LO)), _mm256_set1_ps(super::EXP_HI));
+        // n = round(x · log2 e); r = x − n·ln2 in two steps (C1 exact in 9 bits, C2 the remainder).
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_2e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.166_666_65));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        let r2 = _mm256_mul_ps(r, r);
+        p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        // 2^n through the exponent field; n ∈ [-126, 127] after the clamp.
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+    }
+
+    /// Sum of the 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Max of the 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn hmax(v: __m256) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_max_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Small deterministic generator for kernel tests (no dependency on `rand` inside kernels).
+#[cfg(test)]
+pub(crate) struct TestRng(u64);
+
+#[cfg(test)]
+impl TestRng {
+    pub(crate) fn new(seed: u64) -> Self {
+        TestRng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub(crate) fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub(crate) fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32(-scale, scale)).collect()
+    }
+}
+
+/// Asserts `|a − b| ≤ rtol·|b| + atol` element-wise, naming the first offender.
+#[cfg(test)]
+pub(crate) fn assert_close(a: &[f32], b: &[f32], rtol: f32, atol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= rtol * y.abs() + atol, "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[test]
+    fn exp256_matches_std_exp() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let mut xs: Vec<f32> = (-8700..=8800).map(|i| i as f32 * 0.01).collect();
+        xs.extend([0.0, -0.0, 1e-8, -1e-8, 0.5 * std::f32::consts::LN_2, -0.5 * std::f32::consts::LN_2]);
+        while xs.len() % 8 != 0 {
+            xs.push(0.25);
+        }
+        for chunk in xs.chunks_exact(8) {
+            let mut out = [0f32; 8];
+            // SAFETY: AVX2+FMA checked above; `chunk` and `out` hold exactly 8 floats.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp256(_mm256_loadu_ps(chunk.as_ptr())));
+            }
+            for (&x, &y) in chunk.iter().zip(&out) {
+                let want = (x as f64).exp();
+                let rel = ((y as f64 - want) / want).abs();
+                assert!(rel < 4e-7, "exp({x}) = {y}, want {want} (rel {rel:e})");
+            }
+        }
+        // Clamped far outside the range: finite, no NaN.
+        let mut out = [0f32; 8];
+        let xin = [-1e30f32, -200.0, -88.5, 89.0, 200.0, 1e30, f32::MIN, f32::MAX];
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp256(_mm256_loadu_ps(xin.as_ptr()))) };
+        assert!(out.iter().all(|v| v.is_finite() && *v >= 0.0), "{out:?}");
+        assert!(out[0] < 1e-37 && out[7] > 1e38);
+    }
+
+    #[test]
+    fn horizontal_reductions() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let v = [1.0f32, -2.0, 3.5, 4.0, -7.0, 0.5, 9.0, 2.0];
+        // SAFETY: AVX2+FMA checked above; `v` holds 8 floats.
+        let (s, m) = unsafe {
+            let x = _mm256_loadu_ps(v.as_ptr());
+            (avx2::hsum(x), avx2::hmax(x))
+        };
+        assert_eq!(s, v.iter().sum::<f32>());
+        assert_eq!(m, 9.0);
+    }
+}

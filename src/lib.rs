@@ -1,0 +1,26 @@
+//! Slate: an online inference server for feed ranking and small language models.
+//! Follow a request top-down: `server/` (front ends) → `registry` → `ranking::service` (queue and
+//! workers) → `ranking::model` (the ranker) → `kernels` (CPU compute). See docs/ARCHITECTURE.md.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod kernels;
+pub mod metrics;
+pub mod ranking;
+pub mod registry;
+pub mod server;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+
+/// Generated protobuf and gRPC code for `proto/slate/v1`.
+pub mod proto {
+    pub mod slate {
+        pub mod v1 {
+            tonic::include_proto!("slate.v1");
+        }
+    }
+    /// Encoded `FileDescriptorSet` of our protos, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/slate_descriptor.bin"));
+}

@@ -1,0 +1,244 @@
+//! Every metric Slate exports: names, units, descriptions and bucket sets, declared once here.
+//! Call sites use the small functions below so label sets stay fixed and consistent.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const REQUESTS_TOTAL: &str = "slate_requests_total";
+pub const REQUEST_DURATION: &str = "slate_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "slate_requests_in_flight";
+pub const BUILD_INFO: &str = "slate_build_info";
+pub const MODEL_READY: &str = "slate_model_ready";
+
+pub const RANK_QUEUE_DURATION: &str = "slate_rank_queue_duration_seconds";
+pub const RANK_STAGE_DURATION: &str = "slate_rank_stage_duration_seconds";
+pub const RANK_CANDIDATES: &str = "slate_rank_candidates";
+pub const RANK_HISTORY_TRUNCATED: &str = "slate_rank_history_truncated_total";
+pub const RANK_COMPUTE_TOTAL: &str = "slate_rank_compute_total";
+pub const REJECTIONS_TOTAL: &str = "slate_rejections_total";
+pub const DEADLINE_DROPS_TOTAL: &str = "slate_deadline_drops_total";
+pub const CANCELLATIONS_TOTAL: &str = "slate_cancellations_total";
+pub const RANK_STEP_REQUESTS: &str = "slate_rank_step_requests";
+pub const RANK_STEP_CANDIDATES: &str = "slate_rank_step_candidates";
+pub const RANK_STEP_TOKENS: &str = "slate_rank_step_tokens";
+pub const RANK_QUEUED: &str = "slate_rank_queued_requests";
+pub const CACHE_LOOKUPS_TOTAL: &str = "slate_history_cache_lookups_total";
+pub const CACHE_EVICTIONS_TOTAL: &str = "slate_history_cache_evictions_total";
+pub const CACHE_BYTES: &str = "slate_history_cache_bytes";
+
+/// Latency buckets: 36 geometric steps from 100 µs to 30 s (ratio ≈ 1.433).
+pub fn latency_buckets() -> Vec<f64> {
+    let (lo, hi, n) = (1e-4f64, 30.0f64, 36);
+    let r = (hi / lo).powf(1.0 / (n - 1) as f64);
+    (0..n).map(|i| lo * r.powi(i)).collect()
+}
+
+/// Count buckets (candidates per request, tokens per batch): powers of two from 1 to 65536.
+pub fn count_buckets() -> Vec<f64> {
+    (0..=16).map(|i| f64::from(1u32 << i)).collect()
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder once per process (later calls return the same handle, so
+/// several servers in one test process share it) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets())
+                .expect("non-empty bucket list")
+                .set_buckets_for_metric(Matcher::Full(RANK_CANDIDATES.into()), &count_buckets())
+                .expect("non-empty bucket list")
+                .set_buckets_for_metric(Matcher::Prefix("slate_rank_step_".into()), &count_buckets())
+                .expect("non-empty bucket list")
+                .install_recorder()
+                .expect("the Prometheus recorder is installed once per process");
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests finished, by model, method, protocol and result code."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "End-to-end request duration, by model, method, protocol and status class (2xx, 4xx, 5xx)."
+    );
+    describe_gauge!(REQUESTS_IN_FLIGHT, Unit::Count, "Requests being served now, by protocol.");
+    describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the `version` label carries the build version.");
+    describe_gauge!(MODEL_READY, Unit::Count, "1 when the model is loaded and warmed, else 0.");
+    describe_histogram!(RANK_QUEUE_DURATION, Unit::Seconds, "Time a ranking request waited before compute.");
+    describe_histogram!(
+        RANK_STAGE_DURATION,
+        Unit::Seconds,
+        "Ranking compute time by stage: history_encode, candidates."
+    );
+    describe_histogram!(RANK_CANDIDATES, Unit::Count, "Candidates per ranking request.");
+    describe_counter!(
+        RANK_HISTORY_TRUNCATED,
+        Unit::Count,
+        "History events dropped because a request carried more than the model's max_history."
+    );
+    describe_counter!(RANK_COMPUTE_TOTAL, Unit::Count, "Ranking requests that reached compute, by mode.");
+    describe_counter!(REJECTIONS_TOTAL, Unit::Count, "Requests refused at admission, by model and reason.");
+    describe_counter!(
+        DEADLINE_DROPS_TOTAL,
+        Unit::Count,
+        "Requests whose deadline passed before compute started (never computed), by model."
+    );
+    describe_histogram!(
+        RANK_STEP_REQUESTS,
+        Unit::Count,
+        "Requests whose history pass ran in one scheduler step."
+    );
+    describe_histogram!(RANK_STEP_CANDIDATES, Unit::Count, "Candidates scored in one scheduler step.");
+    describe_histogram!(
+        RANK_STEP_TOKENS,
+        Unit::Count,
+        "Work tokens (history events + candidates) in one step."
+    );
+    describe_gauge!(RANK_QUEUED, Unit::Count, "Ranking requests queued, by model and priority class.");
+    describe_counter!(
+        CACHE_LOOKUPS_TOTAL,
+        Unit::Count,
+        "Member history cache lookups, by model and result (hit, miss)."
+    );
+    describe_counter!(
+        CACHE_EVICTIONS_TOTAL,
+        Unit::Count,
+        "Member history cache evictions, by model and reason (size, ttl)."
+    );
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by the member history cache, by model.");
+    describe_counter!(
+        CANCELLATIONS_TOTAL,
+        Unit::Count,
+        "Requests whose client went away before compute started, by model."
+    );
+}
+
+/// Status class label of an HTTP status code: "2xx", "4xx", "5xx".
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Records one finished request.
+pub fn record_request(
+    model: &str,
+    method: &'static str,
+    protocol: &'static str,
+    code: &'static str,
+    status_class: &'static str,
+    elapsed: Duration,
+) {
+    counter!(REQUESTS_TOTAL, "model" => model.to_string(), "method" => method, "protocol" => protocol, "code" => code)
+        .increment(1);
+    histogram!(REQUEST_DURATION, "model" => model.to_string(), "method" => method, "protocol" => protocol, "status_class" => status_class)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Adds `delta` to the in-flight gauge of `protocol`.
+pub fn in_flight(protocol: &'static str, delta: f64) {
+    gauge!(REQUESTS_IN_FLIGHT, "protocol" => protocol).increment(delta);
+}
+
+pub fn model_ready(model: &str, ready: bool) {
+    gauge!(MODEL_READY, "model" => model.to_string()).set(if ready { 1.0 } else { 0.0 });
+}
+
+pub fn rejection(model: &str, reason: &'static str) {
+    counter!(REJECTIONS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn deadline_drop(model: &str) {
+    counter!(DEADLINE_DROPS_TOTAL, "model" => model.to_string()).increment(1);
+}
+
+pub fn cancellation(model: &str) {
+    counter!(CANCELLATIONS_TOTAL, "model" => model.to_string()).increment(1);
+}
+
+/// Records one computed ranking request.
+pub fn rank_computed(
+    model: &str,
+    mode: &'static str,
+    queue: Duration,
+    history_encode_s: f64,
+    candidates_s: f64,
+    n_candidates: usize,
+    truncated: u32,
+) {
+    let m = model.to_string();
+    counter!(RANK_COMPUTE_TOTAL, "model" => m.clone(), "mode" => mode).increment(1);
+    histogram!(RANK_QUEUE_DURATION, "model" => m.clone()).record(queue.as_secs_f64());
+    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "history_encode")
+        .record(history_encode_s);
+    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "candidates").record(candidates_s);
+    histogram!(RANK_CANDIDATES, "model" => m.clone()).record(n_candidates as f64);
+    if truncated > 0 {
+        counter!(RANK_HISTORY_TRUNCATED, "model" => m).increment(u64::from(truncated));
+    }
+}
+
+/// Records one scheduler step's size.
+pub fn rank_step(model: &str, requests: usize, candidates: usize, tokens: usize) {
+    let m = model.to_string();
+    histogram!(RANK_STEP_REQUESTS, "model" => m.clone()).record(requests as f64);
+    histogram!(RANK_STEP_CANDIDATES, "model" => m.clone()).record(candidates as f64);
+    histogram!(RANK_STEP_TOKENS, "model" => m).record(tokens as f64);
+}
+
+/// Sets the number of queued requests of one priority class.
+pub fn rank_queued(model: &str, class: &str, n: usize) {
+    gauge!(RANK_QUEUED, "model" => model.to_string(), "priority" => class.to_string()).set(n as f64);
+}
+
+pub fn cache_lookup(model: &str, hit: bool) {
+    counter!(CACHE_LOOKUPS_TOTAL, "model" => model.to_string(), "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+pub fn cache_evicted(model: &str, reason: &'static str, bytes_now: usize) {
+    counter!(CACHE_EVICTIONS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
+    cache_bytes(model, bytes_now);
+}
+
+pub fn cache_bytes(model: &str, bytes: usize) {
+    gauge!(CACHE_BYTES, "model" => model.to_string()).set(bytes as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_span_100us_to_30s() {
+        let b = latency_buckets();
+        assert_eq!(b.len(), 36);
+        assert!((b[0] - 1e-4).abs() < 1e-12);
+        assert!((b[35] - 30.0).abs() < 1e-9);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(422), "4xx");
+        assert_eq!(status_class(503), "5xx");
+    }
+}

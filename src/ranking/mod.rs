@@ -1,0 +1,25 @@
+//! The `ranker` model family: a DLRM whose user-history Transformer encodes a member's events once and
+//! scores many appended candidates against the encoded history (M-FALCON-style amortization).
+//! Format: docs/ranker-format.md. Reference: tools/reference/ranker.py.
+
+pub mod api;
+pub mod batcher;
+pub mod bench;
+pub mod cache;
+pub mod candidates;
+pub mod config;
+pub mod encoder;
+pub mod features;
+pub mod model;
+pub mod movielens;
+pub mod scheduler;
+pub mod testing;
+pub mod train;
+pub mod weights;
+
+pub use api::{Candidate, CandidateScores, HistoryEvent, Mode, RankRequest, RankResponse, Timing};
+pub use config::{Fusion, RankerConfig};
+pub use encoder::{EncodedHistory, Scratch};
+pub use features::Prepared;
+pub use model::{RankerLoadError, RankerModel};
+pub use scheduler::{PriorityClasses, RankerHandle};

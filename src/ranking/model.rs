@@ -1,0 +1,389 @@
+//! The ranker model: a DLRM whose pre-norm Transformer encodes a member's history once and scores many
+//! appended candidates against it (M-FALCON-style amortization, "Actions Speak Louder than Words",
+//! Zhai et al. 2024). Format: docs/ranker-format.md; parity oracle: tools/reference/ranker.py.
+//!
+//! `rank` = `prepare` (validate + featurize) → `encode_history` (per-layer K/V, once) →
+//! `score_candidates` (micro-batches of `micro_batch` rows, in parallel across cores) → `respond`
+//! (objective, top-k). The pieces are public so a scheduler can cache encoded histories and batch
+//! micro-batches across requests.
+
+use super::api::{CandidateScores, Mode, RankRequest, RankResponse, Timing};
+use super::candidates::{score_block_amortized, score_block_per_candidate};
+use super::config::RankerConfig;
+use super::encoder::{self, EncodedHistory, Scratch};
+use super::features::{self, Prepared};
+use super::weights::Weights;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Instant;
+
+/// Why a model folder could not be loaded; the message names the file and the key or tensor.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RankerLoadError(pub String);
+
+/// A loaded ranker: config, weights in kernel layout, and the weights' version hash.
+pub struct RankerModel {
+    config: RankerConfig,
+    weights: Weights,
+    weights_hash: String,
+    /// Scratch buffers kept between calls (one per concurrent user), so a warm model allocates only
+    /// its outputs.
+    pool: ScratchPool,
+}
+
+/// A stack of reusable `Scratch`es.
+#[derive(Default)]
+struct ScratchPool(std::sync::Mutex<Vec<Scratch>>);
+
+/// A `Scratch` on loan from the pool; returned on drop.
+struct Pooled<'a> {
+    pool: &'a ScratchPool,
+    s: Option<Scratch>,
+}
+
+impl ScratchPool {
+    fn take(&self) -> Pooled<'_> {
+        let s = self.0.lock().map(|mut v| v.pop()).unwrap_or_default().unwrap_or_default();
+        Pooled { pool: self, s: Some(s) }
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let (Some(s), Ok(mut v)) = (self.s.take(), self.pool.0.lock()) {
+            v.push(s);
+        }
+    }
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        self.s.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        self.s.as_mut().expect("present until drop")
+    }
+}
+
+impl std::fmt::Debug for RankerModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RankerModel")
+            .field("config", &self.config)
+            .field("weights_hash", &self.weights_hash)
+            .finish()
+    }
+}
+
+fn hash16(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))[..16].to_string()
+}
+
+impl RankerModel {
+    /// Loads `dir/config.json` + `dir/model.safetensors`, checking every tensor against the config.
+    pub fn load(dir: &Path) -> Result<Self, RankerLoadError> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| RankerLoadError(format!("{}: {e}", cfg_path.display())))?;
+        let config = RankerConfig::from_json(&text).map_err(|e| RankerLoadError(e.to_string()))?;
+        let st_path = dir.join("model.safetensors");
+        let bytes =
+            std::fs::read(&st_path).map_err(|e| RankerLoadError(format!("{}: {e}", st_path.display())))?;
+        let weights = Weights::from_safetensors(&config, &bytes).map_err(RankerLoadError)?;
+        Ok(RankerModel { config, weights, weights_hash: hash16(&bytes), pool: ScratchPool::default() })
+    }
+
+    /// A model with random weights for `config` (seeded, deterministic): activations stay O(1) and the
+    /// calibrated scores spread over (0, 1). For tests, benchmarks and demos.
+    ///
+    /// # Panics
+    /// When `config` is invalid.
+    pub fn random(config: &RankerConfig, seed: u64) -> RankerModel {
+        if let Err(e) = config.validate() {
+            panic!("RankerModel::random: {e}");
+        }
+        let weights = Weights::random(config, seed);
+        let weights_hash = hash16(&weights.to_safetensors(config));
+        RankerModel { config: config.clone(), weights, weights_hash, pool: ScratchPool::default() }
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (creating `dir`); `load` reads them back to
+    /// the same model and hash.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let cfg = serde_json::to_string_pretty(&self.config).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("config.json"), cfg + "\n")?;
+        std::fs::write(dir.join("model.safetensors"), self.weights.to_safetensors(&self.config))
+    }
+
+    pub fn config(&self) -> &RankerConfig {
+        &self.config
+    }
+
+    /// First 16 hex digits of the SHA-256 of model.safetensors.
+    pub fn weights_hash(&self) -> &str {
+        &self.weights_hash
+    }
+
+    /// Validates, featurizes and scores one request. `now_ms` is the reference time used when the
+    /// request has no `request_time_ms`. Fills everything but `timing.queue_ms` / `timing.total_ms`.
+    pub fn rank(&self, req: &RankRequest, now_ms: i64) -> Result<RankResponse, crate::Error> {
+        let p = self.prepare(req, now_ms)?;
+        let m = p.num_candidates();
+        let mut probs = vec![0f32; m * self.config.tasks.len()];
+        let mut timing = Timing::default();
+        match p.mode {
+            Mode::Amortized => {
+                let t0 = Instant::now();
+                let hist = self.encode_history(&p);
+                let t1 = Instant::now();
+                self.score_all(&p, Some(&hist), &mut probs);
+                timing.history_encode_ms = (t1 - t0).as_secs_f64() * 1e3;
+                timing.candidates_ms = t1.elapsed().as_secs_f64() * 1e3;
+            }
+            Mode::PerCandidate => {
+                let t0 = Instant::now();
+                self.score_all(&p, None, &mut probs);
+                timing.candidates_ms = t0.elapsed().as_secs_f64() * 1e3;
+            }
+        }
+        Ok(self.respond(&p, &probs, timing))
+    }
+
+    /// Validates `req` against this model and featurizes it (ids hashed, history truncated to
+    /// `max_history`, tokens summed). All request errors are raised here, naming the field.
+    pub fn prepare(&self, req: &RankRequest, now_ms: i64) -> Result<Prepared, crate::Error> {
+        features::prepare(&self.config, &self.weights, req, now_ms)
+    }
+
+    /// Encodes the history once: every layer's K and V over the kept events (uses rayon inside).
+    /// For a concat model there is nothing to amortize and the result holds no layers.
+    pub fn encode_history(&self, p: &Prepared) -> EncodedHistory {
+        encoder::encode_history(
+            &self.config,
+            &self.weights,
+            &p.hist_tokens,
+            p.history_len,
+            &mut self.pool.take(),
+        )
+    }
+
+    /// Scores candidates `range` on the calling thread, in micro-batches of `micro_batch` rows against
+    /// `hist` (amortized; a concat model runs its per-candidate passes and ignores `hist`). Writes the
+    /// calibrated probability of every model task (config order) into `probs[range.len() × T]`.
+    ///
+    /// # Panics
+    /// When `range` is outside the candidates, `probs` has the wrong length, or `hist` was not encoded
+    /// for this model and request.
+    pub fn score_candidates(
+        &self,
+        p: &Prepared,
+        hist: &EncodedHistory,
+        range: Range<usize>,
+        probs: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        self.score_range(p, Some(hist), range, probs, scratch);
+    }
+
+    /// The literal computation for candidates `range`: one `[history, candidate]` sequence through the
+    /// whole encoder per candidate. Output as [`Self::score_candidates`].
+    pub fn score_per_candidate(
+        &self,
+        p: &Prepared,
+        range: Range<usize>,
+        probs: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        self.score_range(p, None, range, probs, scratch);
+    }
+
+    fn score_range(
+        &self,
+        p: &Prepared,
+        hist: Option<&EncodedHistory>,
+        range: Range<usize>,
+        probs: &mut [f32],
+        s: &mut Scratch,
+    ) {
+        let (cfg, t) = (&self.config, self.config.tasks.len());
+        assert!(
+            range.end <= p.num_candidates(),
+            "candidate range {range:?} is past the request's candidates"
+        );
+        assert_eq!(probs.len(), range.len() * t, "probs must hold range.len() × tasks values");
+        let hist = hist.filter(|_| cfg.fusion.is_amortizable());
+        if let Some(h) = hist {
+            assert!(
+                h.len() == p.history_len && h.num_layers() == cfg.layers && h.head_dim == cfg.head_dim(),
+                "encoded history does not match this model and request"
+            );
+        }
+        let mb = cfg.micro_batch;
+        for (i, out) in probs.chunks_mut(mb * t).enumerate() {
+            let (start, n) = (range.start + i * mb, out.len() / t);
+            match hist {
+                Some(h) => score_block_amortized(cfg, &self.weights, p, h, start, n, out, s),
+                None => score_block_per_candidate(cfg, &self.weights, p, start, n, out, s),
+            }
+        }
+    }
+
+    /// All candidates, micro-batches spread over rayon's pool (one pooled `Scratch` per worker split).
+    /// Parallelism is across micro-batches, not inside the GEMMs: a micro-batch's products take tens of
+    /// µs, about what a fork/join costs, so splitting them would mostly add synchronization. Per-candidate
+    /// work is split finer (it is ~100× heavier per candidate).
+    fn score_all(&self, p: &Prepared, hist: Option<&EncodedHistory>, probs: &mut [f32]) {
+        let (m, t) = (p.num_candidates(), self.config.tasks.len());
+        let mb = match hist {
+            Some(_) => self.config.micro_batch,
+            None => self.config.micro_batch.min(m.div_ceil(2 * rayon::current_num_threads())).max(1),
+        };
+        debug_assert_eq!(probs.len(), m * t);
+        probs.par_chunks_mut(mb * t).enumerate().for_each_init(
+            || self.pool.take(),
+            |s, (i, out)| {
+                let start = i * mb;
+                self.score_range(p, hist, start..start + out.len() / t, out, s);
+            },
+        );
+    }
+
+    /// Builds the response from every candidate's probabilities `probs[m × T]` (config task order):
+    /// selected tasks' scores, the objective `Σ_t weight_t·p_t` over all tasks, and top-k by objective
+    /// (descending; ties by candidate index).
+    pub fn respond(&self, p: &Prepared, probs: &[f32], timing: Timing) -> RankResponse {
+        let t = self.config.tasks.len();
+        let m = p.num_candidates();
+        assert_eq!(probs.len(), m * t, "probs must hold candidates × tasks values");
+        let candidates: Vec<CandidateScores> = probs
+            .chunks_exact(t)
+            .zip(&p.item_ids)
+            .map(|(pr, &item_id)| CandidateScores {
+                item_id,
+                scores: p.tasks.iter().map(|&k| pr[k]).collect(),
+                objective: pr.iter().zip(&self.config.tasks).map(|(&v, task)| task.weight * v).sum(),
+            })
+            .collect();
+        let (top_k_indices, top_k_item_ids) = match p.top_k {
+            None => (None, None),
+            Some(k) => {
+                let mut idx: Vec<u32> = (0..m as u32).collect();
+                // Stable: equal objectives keep index order.
+                idx.sort_by(|&a, &b| {
+                    candidates[b as usize].objective.total_cmp(&candidates[a as usize].objective)
+                });
+                idx.truncate(k);
+                let ids = idx.iter().map(|&i| p.item_ids[i as usize]).collect();
+                (Some(idx), Some(ids))
+            }
+        };
+        RankResponse {
+            model: p.model.clone(),
+            weights_hash: self.weights_hash.clone(),
+            tasks: p.tasks.iter().map(|&k| self.config.tasks[k].name.clone()).collect(),
+            candidates,
+            top_k_indices,
+            top_k_item_ids,
+            timing,
+            history_used: p.history_len as u32,
+            history_truncated: p.history_truncated as u32,
+            mode: p.mode.as_str().to_string(),
+            cache_hit: false,
+        }
+    }
+
+    /// A valid synthetic request (history of max_history events, micro_batch+1 candidates) used to warm
+    /// the model up before readiness.
+    pub fn warmup_request(&self) -> RankRequest {
+        let c = &self.config;
+        super::testing::random_request(c, 0x5EED, c.max_history, c.micro_batch + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ranking::config::Fusion;
+    use crate::ranking::testing;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn encoded_history_is_send_sync_and_model_too() {
+        assert_send_sync::<EncodedHistory>();
+        assert_send_sync::<RankerModel>();
+        assert_send_sync::<Prepared>();
+    }
+
+    #[test]
+    fn save_load_round_trip_keeps_hash_and_scores() {
+        let cfg = testing::small_config(Fusion::AppendSelf, 4);
+        let model = RankerModel::random(&cfg, 9);
+        let dir = std::env::temp_dir().join(format!("slate-model-test-{}", std::process::id()));
+        model.save(&dir).unwrap();
+        let loaded = RankerModel::load(&dir).unwrap();
+        assert_eq!(loaded.weights_hash(), model.weights_hash());
+        assert_eq!(loaded.weights_hash().len(), 16);
+        let req = testing::random_request(&cfg, 1, 5, 9);
+        assert_eq!(loaded.rank(&req, 0).unwrap().candidates, model.rank(&req, 0).unwrap().candidates);
+        // Load errors name the file.
+        std::fs::write(dir.join("config.json"), "{").unwrap();
+        let e = RankerModel::load(&dir).unwrap_err().to_string();
+        assert!(e.starts_with("config.json: (parse):"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = RankerModel::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("config.json"), "{e}");
+    }
+
+    #[test]
+    fn response_shape_top_k_and_warmup() {
+        let cfg = testing::small_config(Fusion::AppendCross, 2);
+        let model = RankerModel::random(&cfg, 3);
+        let mut req = testing::random_request(&cfg, 5, 4, 10);
+        req.top_k = Some(100);
+        req.tasks = vec![cfg.tasks[0].name.clone()];
+        let resp = model.rank(&req, 0).unwrap();
+        assert_eq!(resp.tasks, vec![cfg.tasks[0].name.clone()]);
+        assert_eq!(resp.candidates.len(), 10);
+        assert!(resp
+            .candidates
+            .iter()
+            .all(|c| c.scores.len() == 1 && c.scores[0] > 0.0 && c.scores[0] < 1.0));
+        let idx = resp.top_k_indices.clone().unwrap();
+        assert_eq!(idx.len(), 10, "top_k clamps to the number of candidates");
+        for w in idx.windows(2) {
+            let (a, b) = (&resp.candidates[w[0] as usize], &resp.candidates[w[1] as usize]);
+            assert!(a.objective > b.objective || (a.objective == b.objective && w[0] < w[1]));
+        }
+        let ids: Vec<u64> = idx.iter().map(|&i| resp.candidates[i as usize].item_id).collect();
+        assert_eq!(resp.top_k_item_ids.unwrap(), ids);
+        assert_eq!(resp.mode, "amortized");
+        assert!(resp.timing.history_encode_ms > 0.0 && resp.timing.candidates_ms > 0.0);
+        assert_eq!((resp.timing.queue_ms, resp.timing.total_ms), (0.0, 0.0), "the service fills these");
+        assert_eq!((resp.history_used, resp.history_truncated, resp.cache_hit), (4, 0, false));
+        assert_eq!(resp.weights_hash, model.weights_hash());
+        let warm = model.warmup_request();
+        assert_eq!((warm.history.len(), warm.candidates.len()), (cfg.max_history, cfg.micro_batch + 1));
+        model.rank(&warm, 0).unwrap();
+    }
+
+    #[test]
+    fn ties_break_by_index() {
+        let cfg = testing::small_config(Fusion::AppendCross, 2);
+        let model = RankerModel::random(&cfg, 3);
+        let mut req = testing::random_request(&cfg, 5, 4, 6);
+        let first = req.candidates[0].clone();
+        for c in &mut req.candidates {
+            *c = first.clone(); // identical candidates → identical objectives
+        }
+        req.top_k = Some(4);
+        assert_eq!(model.rank(&req, 0).unwrap().top_k_indices.unwrap(), vec![0, 1, 2, 3]);
+    }
+}

@@ -1,0 +1,674 @@
+//! The ranking scheduler of one model: a queue actor plus worker threads.
+//!
+//! ```text
+//! RankerHandle::rank (tokio task)      admission (requests + work tokens; 429 at once when full),
+//!        │ bounded mpsc                cache lookup, deadline; then waits on a oneshot
+//!        ▼
+//! actor (one tokio task, no compute)   owns the BatchBuilder: drops cancelled/expired requests before
+//!        │ bounded channel of steps    compute, cuts steps by priority under a token budget
+//!        ▼
+//! worker threads (not tokio's)         run a step: history passes (or cache hits), then candidate
+//!                                      micro-batches on the compute pool; the last unit answers
+//! ```
+//! A request's units may run on different workers; candidate units wait (on the worker thread, never on
+//! the compute pool) until the request's history unit has published its encoded history.
+
+use super::api::{Mode, RankRequest, RankResponse, Timing};
+use super::batcher::{BatchBuilder, BatchPolicy, DropReason, Pending, Unit, UnitKind};
+use super::cache::{fingerprint, CacheKey, HistoryCache};
+use super::encoder::{EncodedHistory, Scratch};
+use super::features::Prepared;
+use super::model::RankerModel;
+use crate::config::{Limits, RankerSettings};
+use crate::error::{Error, Result};
+use crate::metrics;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// What the history unit publishes for the candidate units of its request.
+type HistoryReady = std::result::Result<(Prepared, Option<Arc<EncodedHistory>>), ()>;
+
+/// One admitted request, shared by the actor, the workers and (weakly, through `cancelled`) its caller.
+struct Job {
+    id: u64,
+    req: RankRequest,
+    now_ms: i64,
+    class: usize,
+    enqueued: Instant,
+    deadline: Instant,
+    tokens: usize,
+    cache_key: Option<CacheKey>,
+    cached: Option<Arc<EncodedHistory>>,
+    cancelled: Arc<AtomicBool>,
+    ready: OnceLock<HistoryReady>,
+    probs: Mutex<Vec<f32>>,
+    remaining: AtomicUsize,
+    started: OnceLock<Instant>,
+    history_ns: AtomicU64,
+    candidates_ns: AtomicU64,
+    reply: Mutex<Option<oneshot::Sender<Result<RankResponse>>>>,
+    admission: Arc<Admission>,
+}
+
+impl Job {
+    /// Sends the answer once; later calls do nothing.
+    fn finish(&self, result: Result<RankResponse>) {
+        if let Some(tx) = self.reply.lock().expect("reply lock poisoned").take() {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.reply.lock().expect("reply lock poisoned").is_none()
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.admission.release(self.tokens);
+    }
+}
+
+/// Admission counters: requests and work tokens in the system (queued or running).
+struct Admission {
+    requests: AtomicUsize,
+    tokens: AtomicUsize,
+    max_requests: usize,
+    max_tokens: usize,
+}
+
+impl Admission {
+    fn try_admit(&self, tokens: usize) -> std::result::Result<(), &'static str> {
+        if self.requests.fetch_add(1, Ordering::AcqRel) >= self.max_requests {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            return Err("queue_requests");
+        }
+        let before = self.tokens.fetch_add(tokens, Ordering::AcqRel);
+        // A single request larger than the whole budget is admitted when nothing else is queued, so
+        // the budget never makes a valid request unservable.
+        if before > 0 && before + tokens > self.max_tokens {
+            self.tokens.fetch_sub(tokens, Ordering::AcqRel);
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            return Err("queue_tokens");
+        }
+        Ok(())
+    }
+
+    fn release(&self, tokens: usize) {
+        self.tokens.fetch_sub(tokens, Ordering::AcqRel);
+        self.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-token compute cost estimate (EWMA of measured step times), used to refuse to start requests
+/// that cannot finish by their deadline.
+struct CostEstimate {
+    ns_per_token: AtomicU64,
+}
+
+impl CostEstimate {
+    fn observe(&self, tokens: usize, elapsed: Duration) {
+        if tokens == 0 {
+            return;
+        }
+        let sample = (elapsed.as_nanos() / tokens as u128).min(u128::from(u32::MAX)) as u64;
+        let old = self.ns_per_token.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
+        self.ns_per_token.store(new, Ordering::Relaxed);
+    }
+
+    fn per_token(&self) -> Duration {
+        Duration::from_nanos(self.ns_per_token.load(Ordering::Relaxed))
+    }
+}
+
+/// Priority classes, highest first, by name.
+#[derive(Debug, Clone)]
+pub struct PriorityClasses {
+    pub names: Vec<String>,
+    pub default: usize,
+}
+
+impl PriorityClasses {
+    /// Class index of a request's `priority` ("" = the default class).
+    pub fn resolve(&self, name: &str) -> Result<usize> {
+        if name.is_empty() {
+            return Ok(self.default);
+        }
+        self.names.iter().position(|n| n == name).ok_or_else(|| {
+            Error::invalid(
+                "priority",
+                format!("unknown priority class '{name}'; expected one of {:?}", self.names),
+            )
+        })
+    }
+}
+
+/// Cheap-to-clone handle to one ranker model's scheduler.
+#[derive(Clone)]
+pub struct RankerHandle {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    model: Arc<RankerModel>,
+    submit: mpsc::Sender<Arc<Job>>,
+    wake: Arc<Notify>,
+    admission: Arc<Admission>,
+    cache: Option<Arc<HistoryCache>>,
+    limits: Limits,
+    classes: PriorityClasses,
+    default_timeout: Duration,
+    next_id: AtomicU64,
+}
+
+/// Marks the job cancelled when the caller's future is dropped before an answer arrived.
+struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl RankerHandle {
+    /// Starts the actor (a task on `runtime`) and the worker threads.
+    pub fn start(
+        name: &str,
+        model: RankerModel,
+        settings: &RankerSettings,
+        limits: &Limits,
+        classes: PriorityClasses,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        let model = Arc::new(model);
+        let workers = if settings.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            settings.workers
+        };
+        let admission = Arc::new(Admission {
+            requests: AtomicUsize::new(0),
+            tokens: AtomicUsize::new(0),
+            max_requests: settings.max_queued_requests,
+            max_tokens: settings.max_queued_tokens,
+        });
+        let cache = (settings.cache_bytes > 0).then(|| {
+            Arc::new(HistoryCache::new(
+                name,
+                settings.cache_bytes,
+                (settings.cache_ttl_s > 0.0).then(|| Duration::from_secs_f64(settings.cache_ttl_s)),
+            ))
+        });
+        let policy = BatchPolicy {
+            max_step_tokens: settings.max_step_tokens,
+            max_wait: Duration::from_micros((settings.max_wait_ms * 1e3) as u64),
+            promote_after: Duration::from_millis(settings.promote_after_ms),
+            micro_batch: model.config().micro_batch,
+        };
+        let (submit, rx) = mpsc::channel(settings.max_queued_requests);
+        // One step in hand per worker: more would take work from the batcher before a worker is free.
+        let (step_tx, step_rx) = crossbeam_channel::bounded::<Step>(workers);
+        let wake = Arc::new(Notify::new());
+        let cost = Arc::new(CostEstimate { ns_per_token: AtomicU64::new(0) });
+        for i in 0..workers {
+            let ctx = WorkerCtx {
+                name: name.to_string(),
+                model: Arc::clone(&model),
+                cache: cache.clone(),
+                steps: step_rx.clone(),
+                wake: Arc::clone(&wake),
+                cost: Arc::clone(&cost),
+            };
+            std::thread::Builder::new()
+                .name(format!("rank-{name}-{i}"))
+                .spawn(move || ctx.run())
+                .expect("spawning a worker thread");
+        }
+        let actor = Actor {
+            name: name.to_string(),
+            builder: BatchBuilder::new(policy, classes.names.len()),
+            jobs: HashMap::new(),
+            steps: step_tx,
+            wake: Arc::clone(&wake),
+            cost,
+            class_names: classes.names.clone(),
+        };
+        runtime.spawn(actor.run(rx));
+        RankerHandle {
+            inner: Arc::new(Shared {
+                name: name.to_string(),
+                model,
+                submit,
+                wake,
+                admission,
+                cache,
+                limits: limits.clone(),
+                classes,
+                default_timeout: Duration::from_millis(settings.default_timeout_ms),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn model(&self) -> &RankerModel {
+        &self.inner.model
+    }
+
+    /// The member history cache, when enabled.
+    pub fn cache(&self) -> Option<&HistoryCache> {
+        self.inner.cache.as_deref()
+    }
+
+    /// Scores one request. `timeout`: the client's deadline (grpc-timeout / x-request-timeout-ms),
+    /// `None` = the model's default; `priority`: a header value used when the body names none.
+    pub async fn rank(
+        &self,
+        mut req: RankRequest,
+        timeout: Option<Duration>,
+        priority: Option<&str>,
+    ) -> Result<RankResponse> {
+        let s = &*self.inner;
+        check_limits(&req, &s.limits)?;
+        if req.priority.is_empty() {
+            if let Some(p) = priority {
+                req.priority = p.to_string();
+            }
+        }
+        let class = s.classes.resolve(&req.priority)?;
+        // Validate the mode before queueing so a bad one costs nothing.
+        let mode = Mode::parse_field(&req.mode)?;
+        let cfg = s.model.config();
+        let enqueued = Instant::now();
+        let deadline = enqueued + timeout.unwrap_or(s.default_timeout);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+
+        let amortized = cfg.fusion.is_amortizable() && mode != Some(Mode::PerCandidate);
+        let cache_key = match (&s.cache, amortized) {
+            (Some(_), true) => fingerprint(cfg, s.model.weights_hash(), &req, now_ms),
+            _ => None,
+        };
+        let cached = match (&s.cache, &cache_key) {
+            (Some(c), Some(k)) => c.get(k, enqueued),
+            _ => None,
+        };
+        let history_tokens = if cached.is_some() { 0 } else { req.history.len().min(cfg.max_history) };
+        let m = req.candidates.len();
+        let tokens = history_tokens + m;
+        if let Err(reason) = s.admission.try_admit(tokens) {
+            metrics::rejection(&s.name, reason);
+            return Err(Error::ResourceExhausted {
+                message: format!("model '{}' is at capacity ({reason}); retry later", s.name),
+                retry_after_ms: 100,
+            });
+        }
+        let units = 1 + m.div_ceil(cfg.micro_batch);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (reply, rx) = oneshot::channel();
+        let job = Arc::new(Job {
+            id: s.next_id.fetch_add(1, Ordering::Relaxed),
+            req,
+            now_ms,
+            class,
+            enqueued,
+            deadline,
+            tokens,
+            cache_key,
+            cached,
+            cancelled: Arc::clone(&cancelled),
+            ready: OnceLock::new(),
+            probs: Mutex::new(vec![0.0; m * cfg.tasks.len()]),
+            remaining: AtomicUsize::new(units),
+            started: OnceLock::new(),
+            history_ns: AtomicU64::new(0),
+            candidates_ns: AtomicU64::new(0),
+            reply: Mutex::new(Some(reply)),
+            admission: Arc::clone(&s.admission),
+        });
+        if s.submit.try_send(job).is_err() {
+            // Admission bounds the channel, so this only happens when the actor is gone.
+            return Err(Error::Unavailable(format!("model '{}' is shutting down", s.name)));
+        }
+        let mut guard = CancelOnDrop { flag: cancelled, wake: Arc::clone(&s.wake), armed: true };
+        let result = match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Internal("the ranking scheduler dropped the request".into())),
+            Err(_) => Err(Error::DeadlineExceeded(format!(
+                "request did not finish within its {} ms deadline",
+                deadline.duration_since(enqueued).as_millis()
+            ))),
+        };
+        // Answered, or timed out (the actor and workers drop or stop the job at the same deadline, and
+        // count it as a deadline drop): nothing to cancel. Only a caller that goes away mid-await drops
+        // the guard armed.
+        guard.armed = false;
+        result
+    }
+}
+
+/// Request-level limits from the server config (model-level checks happen in `RankerModel::prepare`).
+fn check_limits(req: &RankRequest, limits: &Limits) -> Result<()> {
+    if req.candidates.is_empty() {
+        return Err(Error::invalid("candidates", "must contain at least one candidate"));
+    }
+    if req.candidates.len() > limits.max_candidates {
+        return Err(Error::invalid(
+            "candidates",
+            format!("{} candidates is over the limit of {}", req.candidates.len(), limits.max_candidates),
+        ));
+    }
+    if req.history.len() > limits.max_history_events {
+        return Err(Error::invalid(
+            "history",
+            format!("{} events is over the limit of {}", req.history.len(), limits.max_history_events),
+        ));
+    }
+    Ok(())
+}
+
+/// A step: units of possibly several requests, run by one worker.
+type Step = Vec<(Arc<Job>, Unit)>;
+
+struct Actor {
+    name: String,
+    builder: BatchBuilder,
+    jobs: HashMap<u64, Arc<Job>>,
+    steps: crossbeam_channel::Sender<Step>,
+    wake: Arc<Notify>,
+    cost: Arc<CostEstimate>,
+    class_names: Vec<String>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Arc<Job>>) {
+        let mut open = true;
+        while open || !self.builder.is_empty() {
+            let wakeup = self.builder.next_wakeup();
+            tokio::select! {
+                msg = rx.recv(), if open => match msg {
+                    Some(job) => self.push(job),
+                    None => open = false,
+                },
+                _ = self.wake.notified() => {}
+                _ = sleep_until(wakeup) => {}
+            }
+            while let Ok(job) = rx.try_recv() {
+                self.push(job);
+            }
+            self.dispatch();
+        }
+    }
+
+    fn push(&mut self, job: Arc<Job>) {
+        self.builder.push(Pending {
+            id: job.id,
+            class: job.class,
+            enqueued: job.enqueued,
+            deadline: job.deadline,
+            history_tokens: job.tokens - job.req.candidates.len(),
+            candidates: job.req.candidates.len(),
+        });
+        self.jobs.insert(job.id, job);
+        self.publish_queue_gauges();
+    }
+
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        let jobs = &self.jobs;
+        let dropped = self.builder.drop_doomed(now, self.cost.per_token(), |id| {
+            jobs.get(&id).is_some_and(|j| j.cancelled.load(Ordering::Acquire) || j.is_finished())
+        });
+        for (id, reason) in dropped {
+            let Some(job) = self.jobs.remove(&id) else { continue };
+            match reason {
+                DropReason::Cancelled => {
+                    if !job.is_finished() {
+                        metrics::cancellation(&self.name);
+                    }
+                    job.finish(Err(Error::Cancelled));
+                }
+                DropReason::Expired => {
+                    metrics::deadline_drop(&self.name);
+                    job.finish(Err(Error::DeadlineExceeded(
+                        "deadline passed while queued; not computed".into(),
+                    )));
+                }
+                DropReason::WouldMissDeadline => {
+                    metrics::deadline_drop(&self.name);
+                    job.finish(Err(Error::DeadlineExceeded(
+                        "cannot finish before its deadline at the current load; not started".into(),
+                    )));
+                }
+            }
+            // A job that had started publishes nothing more; unblock any worker waiting on it.
+            let _ = job.ready.set(Err(()));
+        }
+        while !self.steps.is_full() {
+            let Some(units) = self.builder.next_step(now) else { break };
+            let mut step: Step = Vec::with_capacity(units.len());
+            let (mut reqs, mut cands, mut tokens) = (0usize, 0usize, 0usize);
+            for unit in units {
+                let job =
+                    Arc::clone(self.jobs.get(&unit.id).expect("scheduled job is tracked; this is a bug"));
+                match &unit.kind {
+                    UnitKind::History => {
+                        reqs += 1;
+                        tokens += job.tokens - job.req.candidates.len();
+                    }
+                    UnitKind::Candidates(r) => {
+                        cands += r.len();
+                        tokens += r.len();
+                    }
+                }
+                if unit.last {
+                    self.jobs.remove(&unit.id);
+                }
+                step.push((job, unit));
+            }
+            metrics::rank_step(&self.name, reqs, cands, tokens);
+            if self.steps.try_send(step).is_err() {
+                // Workers are gone (shutdown): answer what is left.
+                break;
+            }
+        }
+        self.publish_queue_gauges();
+    }
+
+    fn publish_queue_gauges(&self) {
+        let counts = self.builder.len_by_class();
+        for (class, n) in self.class_names.iter().zip(counts) {
+            metrics::rank_queued(&self.name, class, n);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct WorkerCtx {
+    name: String,
+    model: Arc<RankerModel>,
+    cache: Option<Arc<HistoryCache>>,
+    steps: crossbeam_channel::Receiver<Step>,
+    wake: Arc<Notify>,
+    cost: Arc<CostEstimate>,
+}
+
+impl WorkerCtx {
+    fn run(self) {
+        while let Ok(step) = self.steps.recv() {
+            let t0 = Instant::now();
+            let tokens = self.run_step(&step);
+            self.cost.observe(tokens, t0.elapsed());
+            drop(step);
+            // A worker is free: the actor may cut the next step.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Runs history units first (in order), then every candidate unit on the compute pool. Returns the
+    /// work tokens computed.
+    fn run_step(&self, step: &Step) -> usize {
+        let mut tokens = 0;
+        for (job, unit) in step {
+            if unit.kind == UnitKind::History {
+                tokens += self.run_history(job);
+            }
+        }
+        // Wait here, on the worker thread, for histories encoded by other workers: never block a
+        // compute-pool thread.
+        let cand: Vec<&(Arc<Job>, Unit)> =
+            step.iter().filter(|(_, u)| matches!(u.kind, UnitKind::Candidates(_))).collect();
+        for (job, _) in &cand {
+            job.ready.wait();
+        }
+        tokens += cand
+            .par_iter()
+            .map_init(
+                || (Scratch::new(), Vec::new()),
+                |(s, buf), (job, unit)| {
+                    let UnitKind::Candidates(range) = &unit.kind else { unreachable!("filtered above") };
+                    self.run_candidates(job, range.clone(), s, buf)
+                },
+            )
+            .sum::<usize>();
+        tokens
+    }
+
+    /// Whether a job should stop before its next unit; answers it if so.
+    fn should_stop(&self, job: &Job) -> bool {
+        if job.is_finished() {
+            return true;
+        }
+        if job.cancelled.load(Ordering::Acquire) {
+            metrics::cancellation(&self.name);
+            job.finish(Err(Error::Cancelled));
+            return true;
+        }
+        if Instant::now() >= job.deadline {
+            metrics::deadline_drop(&self.name);
+            job.finish(Err(Error::DeadlineExceeded("deadline passed during compute; stopped".into())));
+            return true;
+        }
+        false
+    }
+
+    fn run_history(&self, job: &Arc<Job>) -> usize {
+        let _ = job.started.set(Instant::now());
+        if self.should_stop(job) {
+            let _ = job.ready.set(Err(()));
+            return 0;
+        }
+        let t0 = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(
+            || -> Result<(Prepared, Option<Arc<EncodedHistory>>)> {
+                let p = self.model.prepare(&job.req, job.now_ms)?;
+                if p.mode() == Mode::PerCandidate || !self.model.config().fusion.is_amortizable() {
+                    return Ok((p, None));
+                }
+                if let Some(h) = &job.cached {
+                    return Ok((p, Some(Arc::clone(h))));
+                }
+                let h = Arc::new(self.model.encode_history(&p));
+                if let (Some(c), Some(k)) = (&self.cache, &job.cache_key) {
+                    c.insert(*k, Arc::clone(&h), Instant::now());
+                }
+                Ok((p, Some(h)))
+            },
+        ))
+        .unwrap_or_else(|_| Err(Error::Internal("the history pass panicked".into())));
+        let elapsed = t0.elapsed();
+        job.history_ns.store(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        let computed = if job.cached.is_some() { 0 } else { job.tokens - job.req.candidates.len() };
+        match outcome {
+            Ok(ready) => {
+                let _ = job.ready.set(Ok(ready));
+                self.unit_done(job);
+            }
+            Err(e) => {
+                let _ = job.ready.set(Err(()));
+                job.finish(Err(e));
+            }
+        }
+        computed
+    }
+
+    fn run_candidates(
+        &self,
+        job: &Arc<Job>,
+        range: std::ops::Range<usize>,
+        scratch: &mut Scratch,
+        buf: &mut Vec<f32>,
+    ) -> usize {
+        let Some(Ok((p, hist))) = job.ready.get() else { return 0 };
+        if self.should_stop(job) {
+            return 0;
+        }
+        let t = self.model.config().tasks.len();
+        let n = range.len();
+        buf.clear();
+        buf.resize(n * t, 0.0);
+        let t0 = Instant::now();
+        let ok = std::panic::catch_unwind(AssertUnwindSafe(|| match hist {
+            Some(h) => self.model.score_candidates(p, h, range.clone(), buf, scratch),
+            None => self.model.score_per_candidate(p, range.clone(), buf, scratch),
+        }));
+        job.candidates_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if ok.is_err() {
+            job.finish(Err(Error::Internal("candidate scoring panicked".into())));
+            return 0;
+        }
+        job.probs.lock().expect("probs lock poisoned")[range.start * t..range.end * t].copy_from_slice(buf);
+        self.unit_done(job);
+        n
+    }
+
+    /// Counts a finished unit; the last one builds and sends the response.
+    fn unit_done(&self, job: &Arc<Job>) {
+        if job.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let Some(Ok((p, _))) = job.ready.get() else { return };
+        let started = *job.started.get().unwrap_or(&job.enqueued);
+        let queue = started.duration_since(job.enqueued);
+        let timing = Timing {
+            queue_ms: queue.as_secs_f64() * 1e3,
+            history_encode_ms: job.history_ns.load(Ordering::Relaxed) as f64 / 1e6,
+            candidates_ms: job.candidates_ns.load(Ordering::Relaxed) as f64 / 1e6,
+            total_ms: 0.0,
+        };
+        let probs = std::mem::take(&mut *job.probs.lock().expect("probs lock poisoned"));
+        let mut resp = self.model.respond(p, &probs, timing);
+        resp.cache_hit = job.cached.is_some();
+        resp.timing.total_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
+        metrics::rank_computed(
+            &self.name,
+            p.mode().as_str(),
+            queue,
+            resp.timing.history_encode_ms / 1e3,
+            resp.timing.candidates_ms / 1e3,
+            resp.candidates.len(),
+            resp.history_truncated,
+        );
+        job.finish(Ok(resp));
+    }
+}

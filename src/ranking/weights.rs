@@ -1,0 +1,413 @@
+//! Ranker weights: the tensor list the format prescribes for a config (names + shapes, the single source
+//! for load, save and random init), and the kernel-ready layout they are repacked into at load: every
+//! linear weight packed into column panels (`kernels::cpu::PackedLinear`), the attention's k and v
+//! fused into one `d → 2d` layer.
+
+use super::config::{Fusion, RankerConfig};
+use crate::kernels::cpu::PackedLinear;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashSet};
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LayerWeights {
+    pub ln1_w: Vec<f32>,
+    pub ln1_b: Vec<f32>,
+    /// `d → d`
+    pub q: PackedLinear,
+    /// `d → 2d`: outputs `[k | v]`
+    pub kv: PackedLinear,
+    pub o: PackedLinear,
+    pub ln2_w: Vec<f32>,
+    pub ln2_b: Vec<f32>,
+    pub up: PackedLinear,
+    pub down: PackedLinear,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Weights {
+    /// `[item_buckets × d]`
+    pub item_emb: Vec<f32>,
+    /// `[actions × d]`
+    pub action_emb: Vec<f32>,
+    /// `[time_buckets × d]`
+    pub time_emb: Vec<f32>,
+    /// `[max_history × d]`, row = recency (0 = newest)
+    pub pos_emb: Vec<f32>,
+    /// `[event_dense_dim × d]` (transposed `event_dense.weight`; empty when the dim is 0)
+    pub event_dense_t: Vec<f32>,
+    /// `[d]`
+    pub candidate_token: Vec<f32>,
+    /// `2d → d` for `concat`
+    pub concat: Option<PackedLinear>,
+    pub layers: Vec<LayerWeights>,
+    pub final_w: Vec<f32>,
+    pub final_b: Vec<f32>,
+    /// Per feature `[(buckets + 1) × member_sparse_dim]`
+    pub member_sparse: Vec<Vec<f32>>,
+    /// Hidden layers then `head.out` (always last).
+    pub head: Vec<PackedLinear>,
+}
+
+/// A tensor in file layout (PyTorch `[out, in]` for linear weights).
+pub(crate) type FileTensor = (Vec<usize>, Vec<f32>);
+
+/// Every tensor the format prescribes for `cfg`, in documentation order, with its shape.
+pub(crate) fn expected_tensors(cfg: &RankerConfig) -> Vec<(String, Vec<usize>)> {
+    let d = cfg.d_model;
+    let mut t: Vec<(String, Vec<usize>)> = vec![
+        ("item_embedding.weight".into(), vec![cfg.item_buckets, d]),
+        ("action_embedding.weight".into(), vec![cfg.actions.len(), d]),
+        ("time_embedding.weight".into(), vec![cfg.time_buckets, d]),
+        ("position_embedding.weight".into(), vec![cfg.max_history, d]),
+    ];
+    if cfg.event_dense_dim > 0 {
+        t.push(("event_dense.weight".into(), vec![d, cfg.event_dense_dim]));
+    }
+    t.push(("candidate_token".into(), vec![d]));
+    if cfg.fusion == Fusion::Concat {
+        t.push(("concat.weight".into(), vec![d, 2 * d]));
+        t.push(("concat.bias".into(), vec![d]));
+    }
+    for l in 0..cfg.layers {
+        let p = format!("layers.{l}.");
+        t.push((format!("{p}ln1.weight"), vec![d]));
+        t.push((format!("{p}ln1.bias"), vec![d]));
+        for m in ["q", "k", "v", "o"] {
+            t.push((format!("{p}attn.{m}.weight"), vec![d, d]));
+            t.push((format!("{p}attn.{m}.bias"), vec![d]));
+        }
+        t.push((format!("{p}ln2.weight"), vec![d]));
+        t.push((format!("{p}ln2.bias"), vec![d]));
+        t.push((format!("{p}ffn.up.weight"), vec![cfg.ffn_dim, d]));
+        t.push((format!("{p}ffn.up.bias"), vec![cfg.ffn_dim]));
+        t.push((format!("{p}ffn.down.weight"), vec![d, cfg.ffn_dim]));
+        t.push((format!("{p}ffn.down.bias"), vec![d]));
+    }
+    t.push(("final_ln.weight".into(), vec![d]));
+    t.push(("final_ln.bias".into(), vec![d]));
+    for f in &cfg.member_sparse {
+        t.push((format!("member_sparse.{}.weight", f.name), vec![f.buckets + 1, cfg.member_sparse_dim]));
+    }
+    let mut n_in = cfg.head_input_dim();
+    for (i, &w) in cfg.mlp_dims.iter().enumerate() {
+        t.push((format!("head.{i}.weight"), vec![w, n_in]));
+        t.push((format!("head.{i}.bias"), vec![w]));
+        n_in = w;
+    }
+    t.push(("head.out.weight".into(), vec![cfg.tasks.len(), n_in]));
+    t.push(("head.out.bias".into(), vec![cfg.tasks.len()]));
+    t
+}
+
+/// `[rows × cols]` → `[cols × rows]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+    out
+}
+
+impl Weights {
+    /// Parses `model.safetensors` bytes and checks them against `cfg`: every prescribed tensor present,
+    /// `F32`, the right shape, finite; no other tensor. Errors name the tensor.
+    pub(crate) fn from_safetensors(cfg: &RankerConfig, bytes: &[u8]) -> Result<Self, String> {
+        let st =
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("model.safetensors: {e}"))?;
+        let expected = expected_tensors(cfg);
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in &expected {
+            let view = st.tensor(name).map_err(|_| format!("model.safetensors: missing tensor '{name}'"))?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(format!(
+                    "model.safetensors: tensor '{name}' is {:?}, expected F32",
+                    view.dtype()
+                ));
+            }
+            if view.shape() != shape.as_slice() {
+                return Err(format!(
+                    "model.safetensors: tensor '{name}' has shape {:?}, expected {shape:?} (from config.json)",
+                    view.shape()
+                ));
+            }
+            let data: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(format!(
+                    "model.safetensors: tensor '{name}' has a non-finite value at flat index {i}"
+                ));
+            }
+            tensors.insert(name.clone(), (shape.clone(), data));
+        }
+        let known: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<&str> = st.names().into_iter().filter(|n| !known.contains(n)).collect();
+        extra.sort_unstable();
+        if let Some(n) = extra.first() {
+            return Err(format!(
+                "model.safetensors: unexpected tensor '{n}' (not part of the format for this config.json)"
+            ));
+        }
+        Ok(Self::from_file_tensors(cfg, tensors))
+    }
+
+    /// Repacks file-layout tensors (all of `expected_tensors(cfg)`, already shape-checked).
+    pub(crate) fn from_file_tensors(cfg: &RankerConfig, mut t: BTreeMap<String, FileTensor>) -> Self {
+        fn take(t: &mut BTreeMap<String, FileTensor>, name: &str) -> Vec<f32> {
+            t.remove(name).expect("tensor list was checked; this is a bug").1
+        }
+        fn linear(
+            t: &mut BTreeMap<String, FileTensor>,
+            prefix: &str,
+            n_out: usize,
+            n_in: usize,
+        ) -> PackedLinear {
+            let w = take(t, &format!("{prefix}.weight"));
+            PackedLinear::from_torch(&w, n_out, n_in, take(t, &format!("{prefix}.bias")))
+        }
+        let d = cfg.d_model;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let p = format!("layers.{l}");
+            // k and v stacked: [2d × d] rows [k; v], bias [k_b; v_b].
+            let kv_w =
+                [take(&mut t, &format!("{p}.attn.k.weight")), take(&mut t, &format!("{p}.attn.v.weight"))]
+                    .concat();
+            let kv_b = [take(&mut t, &format!("{p}.attn.k.bias")), take(&mut t, &format!("{p}.attn.v.bias"))]
+                .concat();
+            layers.push(LayerWeights {
+                ln1_w: take(&mut t, &format!("{p}.ln1.weight")),
+                ln1_b: take(&mut t, &format!("{p}.ln1.bias")),
+                q: linear(&mut t, &format!("{p}.attn.q"), d, d),
+                kv: PackedLinear::from_torch(&kv_w, 2 * d, d, kv_b),
+                o: linear(&mut t, &format!("{p}.attn.o"), d, d),
+                ln2_w: take(&mut t, &format!("{p}.ln2.weight")),
+                ln2_b: take(&mut t, &format!("{p}.ln2.bias")),
+                up: linear(&mut t, &format!("{p}.ffn.up"), cfg.ffn_dim, d),
+                down: linear(&mut t, &format!("{p}.ffn.down"), d, cfg.ffn_dim),
+            });
+        }
+        let concat = (cfg.fusion == Fusion::Concat).then(|| linear(&mut t, "concat", d, 2 * d));
+        let mut head = Vec::new();
+        let mut n_in = cfg.head_input_dim();
+        for (i, &w) in cfg.mlp_dims.iter().enumerate() {
+            head.push(linear(&mut t, &format!("head.{i}"), w, n_in));
+            n_in = w;
+        }
+        head.push(linear(&mut t, "head.out", cfg.tasks.len(), n_in));
+        let event_dense_t = if cfg.event_dense_dim > 0 {
+            transpose(&take(&mut t, "event_dense.weight"), d, cfg.event_dense_dim)
+        } else {
+            Vec::new()
+        };
+        let member_sparse = cfg
+            .member_sparse
+            .iter()
+            .map(|f| take(&mut t, &format!("member_sparse.{}.weight", f.name)))
+            .collect();
+        Weights {
+            item_emb: take(&mut t, "item_embedding.weight"),
+            action_emb: take(&mut t, "action_embedding.weight"),
+            time_emb: take(&mut t, "time_embedding.weight"),
+            pos_emb: take(&mut t, "position_embedding.weight"),
+            event_dense_t,
+            candidate_token: take(&mut t, "candidate_token"),
+            concat,
+            layers,
+            final_w: take(&mut t, "final_ln.weight"),
+            final_b: take(&mut t, "final_ln.bias"),
+            member_sparse,
+            head,
+        }
+    }
+
+    /// Back to file layout (PyTorch `[out, in]`), in `expected_tensors` order.
+    pub(crate) fn to_file_tensors(&self, cfg: &RankerConfig) -> Vec<(String, FileTensor)> {
+        let d = cfg.d_model;
+        let mut map: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        let put_linear = |map: &mut BTreeMap<String, Vec<f32>>, prefix: &str, l: &PackedLinear| {
+            map.insert(format!("{prefix}.weight"), l.to_torch());
+            map.insert(format!("{prefix}.bias"), l.bias.clone());
+        };
+        map.insert("item_embedding.weight".into(), self.item_emb.clone());
+        map.insert("action_embedding.weight".into(), self.action_emb.clone());
+        map.insert("time_embedding.weight".into(), self.time_emb.clone());
+        map.insert("position_embedding.weight".into(), self.pos_emb.clone());
+        if cfg.event_dense_dim > 0 {
+            map.insert("event_dense.weight".into(), transpose(&self.event_dense_t, cfg.event_dense_dim, d));
+        }
+        map.insert("candidate_token".into(), self.candidate_token.clone());
+        if let Some(c) = &self.concat {
+            put_linear(&mut map, "concat", c);
+        }
+        for (l, lw) in self.layers.iter().enumerate() {
+            let p = format!("layers.{l}");
+            map.insert(format!("{p}.ln1.weight"), lw.ln1_w.clone());
+            map.insert(format!("{p}.ln1.bias"), lw.ln1_b.clone());
+            put_linear(&mut map, &format!("{p}.attn.q"), &lw.q);
+            let kv = lw.kv.to_torch(); // [2d × d]: rows k then v
+            map.insert(format!("{p}.attn.k.weight"), kv[..d * d].to_vec());
+            map.insert(format!("{p}.attn.v.weight"), kv[d * d..].to_vec());
+            map.insert(format!("{p}.attn.k.bias"), lw.kv.bias[..d].to_vec());
+            map.insert(format!("{p}.attn.v.bias"), lw.kv.bias[d..].to_vec());
+            put_linear(&mut map, &format!("{p}.attn.o"), &lw.o);
+            map.insert(format!("{p}.ln2.weight"), lw.ln2_w.clone());
+            map.insert(format!("{p}.ln2.bias"), lw.ln2_b.clone());
+            put_linear(&mut map, &format!("{p}.ffn.up"), &lw.up);
+            put_linear(&mut map, &format!("{p}.ffn.down"), &lw.down);
+        }
+        map.insert("final_ln.weight".into(), self.final_w.clone());
+        map.insert("final_ln.bias".into(), self.final_b.clone());
+        for (f, table) in cfg.member_sparse.iter().zip(&self.member_sparse) {
+            map.insert(format!("member_sparse.{}.weight", f.name), table.clone());
+        }
+        let n_hidden = self.head.len() - 1;
+        for (i, l) in self.head.iter().enumerate() {
+            let prefix = if i == n_hidden { "head.out".to_string() } else { format!("head.{i}") };
+            put_linear(&mut map, &prefix, l);
+        }
+        expected_tensors(cfg)
+            .into_iter()
+            .map(|(name, shape)| {
+                let data = map.remove(&name).expect("every prescribed tensor is produced; this is a bug");
+                debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "{name}");
+                (name, (shape, data))
+            })
+            .collect()
+    }
+
+    /// Serialized `model.safetensors` bytes.
+    pub(crate) fn to_safetensors(&self, cfg: &RankerConfig) -> Vec<u8> {
+        let tensors = self.to_file_tensors(cfg);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(name, (shape, data))| (name, shape, data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
+        let views = bytes.iter().map(|(name, shape, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .expect("shape and byte length agree by construction; this is a bug");
+            (name.clone(), view)
+        });
+        safetensors::serialize(views, None).expect("serializing in-memory tensors cannot fail; this is a bug")
+    }
+
+    /// Random weights for `cfg` (seeded): embeddings ~ N(0, 0.5²), linear weights ~ N(0, gain²/in) (gain
+    /// √2 before a ReLU), biases ~ N(0, 0.1²), layer-norm scales ~ 1 + N(0, 0.1²). Activations stay O(1)
+    /// through the layers and the logits come out ~ N(0, 1), so calibrated scores spread over (0, 1).
+    pub(crate) fn random(cfg: &RankerConfig, seed: u64) -> Self {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut normal = move |std: f32| -> f32 {
+            // Box–Muller.
+            let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+            let u2: f32 = rng.random();
+            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        };
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in expected_tensors(cfg) {
+            let n: usize = shape.iter().product();
+            let fan_in = *shape.last().expect("every tensor has a shape") as f32;
+            let relu_follows = name.starts_with("head.") && !name.starts_with("head.out");
+            let data: Vec<f32> = if name.ends_with("embedding.weight")
+                || name.starts_with("member_sparse.")
+                || name == "candidate_token"
+            {
+                (0..n).map(|_| normal(0.5)).collect()
+            } else if name.contains("ln") && name.ends_with(".weight") {
+                (0..n).map(|_| 1.0 + normal(0.1)).collect()
+            } else if name.ends_with(".bias") {
+                (0..n).map(|_| normal(0.1)).collect()
+            } else {
+                let gain = if relu_follows { std::f32::consts::SQRT_2 } else { 1.0 };
+                (0..n).map(|_| normal(gain / fan_in.sqrt())).collect()
+            };
+            tensors.insert(name, (shape, data));
+        }
+        Self::from_file_tensors(cfg, tensors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> RankerConfig {
+        let mut c = RankerConfig::reference_workload();
+        c.d_model = 8;
+        c.heads = 2;
+        c.ffn_dim = 12;
+        c.max_history = 5;
+        c.item_buckets = 17;
+        c.mlp_dims = vec![6];
+        c.event_dense_dim = 2;
+        c.candidate_dense_dim = 1;
+        c.member_sparse_dim = 3;
+        c.member_sparse = vec![super::super::config::MemberSparseSpec { name: "geo".into(), buckets: 4 }];
+        c.member_dense_dim = 2;
+        c
+    }
+
+    #[test]
+    fn random_save_load_round_trips_exactly() {
+        for fusion in [Fusion::AppendCross, Fusion::AppendSelf, Fusion::Concat] {
+            let mut cfg = small();
+            cfg.fusion = fusion;
+            let w = Weights::random(&cfg, 1);
+            let bytes = w.to_safetensors(&cfg);
+            assert_eq!(Weights::from_safetensors(&cfg, &bytes).unwrap(), w);
+        }
+    }
+
+    #[test]
+    fn load_errors_name_the_tensor() {
+        let cfg = small();
+        let w = Weights::random(&cfg, 2);
+        let mut tensors = w.to_file_tensors(&cfg);
+        let write = |t: &[(String, FileTensor)]| {
+            let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
+                .iter()
+                .map(|(n, (s, d))| (n.clone(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+                .collect();
+            safetensors::serialize(
+                bytes.iter().map(|(n, s, b)| {
+                    (
+                        n.clone(),
+                        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+                    )
+                }),
+                None,
+            )
+            .unwrap()
+        };
+        // Missing.
+        let missing: Vec<_> =
+            tensors.iter().filter(|(n, _)| n != "layers.0.attn.k.weight").cloned().collect();
+        let e = Weights::from_safetensors(&cfg, &write(&missing)).unwrap_err();
+        assert_eq!(e, "model.safetensors: missing tensor 'layers.0.attn.k.weight'");
+        // Extra.
+        let mut extra = tensors.clone();
+        extra.push(("bogus".into(), (vec![1], vec![0.0])));
+        let e = Weights::from_safetensors(&cfg, &write(&extra)).unwrap_err();
+        assert!(e.contains("unexpected tensor 'bogus'"), "{e}");
+        // Wrong shape.
+        let i = tensors.iter().position(|(n, _)| n == "head.0.weight").unwrap();
+        tensors[i].1 = (vec![3, 4], vec![0.0; 12]);
+        let e = Weights::from_safetensors(&cfg, &write(&tensors)).unwrap_err();
+        assert!(
+            e.starts_with("model.safetensors: tensor 'head.0.weight' has shape [3, 4], expected [6, 14]"),
+            "{e}"
+        );
+        // Non-finite.
+        tensors[i].1 = (vec![6, 14], vec![f32::NAN; 84]);
+        let e = Weights::from_safetensors(&cfg, &write(&tensors)).unwrap_err();
+        assert!(e.contains("'head.0.weight' has a non-finite value"), "{e}");
+        // Truncated and garbage files: errors, not panics.
+        let good = w.to_safetensors(&cfg);
+        for cut in [0, 4, 8, 20, good.len() / 2, good.len() - 1] {
+            assert!(Weights::from_safetensors(&cfg, &good[..cut])
+                .unwrap_err()
+                .starts_with("model.safetensors:"));
+        }
+        assert!(Weights::from_safetensors(&cfg, &[0xff; 64]).is_err());
+    }
+}

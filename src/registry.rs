@@ -1,0 +1,168 @@
+//! Models by name: their kind, weights version, load state and the handle requests go to.
+//! Readiness = every configured model loaded and warmed; published on a `watch` channel that also
+//! drives `grpc.health.v1`.
+
+use crate::config::{Config, ModelConfig, ModelKind};
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::ranking::{PriorityClasses, RankerHandle, RankerModel};
+use serde::Serialize;
+use std::sync::{Arc, OnceLock, RwLock};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum ModelState {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+/// What `GET /v1/models` shows for one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub path: String,
+    /// Hex SHA-256 prefix of the weights file, once loaded.
+    pub version: Option<String>,
+    pub status: ModelState,
+}
+
+struct Entry {
+    config: ModelConfig,
+    state: RwLock<ModelState>,
+    ranker: OnceLock<RankerHandle>,
+}
+
+pub struct Registry {
+    entries: Vec<Entry>,
+    ready_tx: watch::Sender<bool>,
+}
+
+impl Registry {
+    pub fn new(config: &Config) -> Arc<Self> {
+        let entries = config
+            .models
+            .iter()
+            .map(|m| Entry {
+                config: m.clone(),
+                state: RwLock::new(ModelState::Loading),
+                ranker: OnceLock::new(),
+            })
+            .collect::<Vec<_>>();
+        for m in &config.models {
+            metrics::model_ready(&m.name, false);
+        }
+        let (ready_tx, _) = watch::channel(entries.is_empty());
+        Arc::new(Registry { entries, ready_tx })
+    }
+
+    /// Loads and warms every model on its own thread (never tokio's); readiness flips when all are done.
+    /// Must be called from within a tokio runtime (the model schedulers' actors run on it).
+    pub fn spawn_loading(self: &Arc<Self>, config: &Config) {
+        let runtime = tokio::runtime::Handle::current();
+        let classes = PriorityClasses {
+            names: config.priorities.classes.clone(),
+            default: config
+                .priorities
+                .classes
+                .iter()
+                .position(|c| *c == config.priorities.default)
+                .expect("validated: the default priority is a class"),
+        };
+        for idx in 0..self.entries.len() {
+            let this = Arc::clone(self);
+            let limits = config.limits.clone();
+            let (runtime, classes) = (runtime.clone(), classes.clone());
+            std::thread::Builder::new()
+                .name(format!("load-{idx}"))
+                .spawn(move || {
+                    let entry = &this.entries[idx];
+                    let state = match load_one(&entry.config, &limits, classes, &runtime) {
+                        Ok(handle) => {
+                            let _ = entry.ranker.set(handle);
+                            tracing::info!(model = %entry.config.name, "model loaded and warmed");
+                            ModelState::Ready
+                        }
+                        Err(msg) => {
+                            tracing::error!(model = %entry.config.name, error = %msg, "model failed to load");
+                            ModelState::Failed(msg)
+                        }
+                    };
+                    metrics::model_ready(&entry.config.name, state == ModelState::Ready);
+                    *entry.state.write().expect("registry lock poisoned") = state;
+                    this.ready_tx.send_replace(this.not_ready().is_empty());
+                })
+                .expect("spawning a loader thread");
+        }
+    }
+
+    /// Whether every configured model is ready.
+    pub fn subscribe_ready(&self) -> watch::Receiver<bool> {
+        self.ready_tx.subscribe()
+    }
+
+    /// Names of models that are not (yet) ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| *e.state.read().expect("registry lock poisoned") != ModelState::Ready)
+            .map(|e| e.config.name.clone())
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<ModelInfo> {
+        self.entries
+            .iter()
+            .map(|e| ModelInfo {
+                name: e.config.name.clone(),
+                kind: e.config.kind.as_str(),
+                path: e.config.path.display().to_string(),
+                version: e.ranker.get().map(|h| h.model().weights_hash().to_string()),
+                status: e.state.read().expect("registry lock poisoned").clone(),
+            })
+            .collect()
+    }
+
+    /// The ranker named `name`: NOT_FOUND when no such ranker is configured, UNAVAILABLE while loading.
+    pub fn ranker(&self, name: &str) -> Result<RankerHandle> {
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.config.name == name && e.config.kind == ModelKind::Ranker)
+            .ok_or_else(|| {
+                if name.is_empty() {
+                    Error::invalid("model", "must name a model")
+                } else {
+                    Error::NotFound(format!("model: no ranker model named '{name}'"))
+                }
+            })?;
+        entry.ranker.get().cloned().ok_or_else(|| {
+            let state = entry.state.read().expect("registry lock poisoned").clone();
+            match state {
+                ModelState::Failed(msg) => {
+                    Error::Unavailable(format!("model '{name}' failed to load: {msg}"))
+                }
+                _ => Error::Unavailable(format!("model '{name}' is still loading")),
+            }
+        })
+    }
+}
+
+fn load_one(
+    cfg: &ModelConfig,
+    limits: &crate::config::Limits,
+    classes: PriorityClasses,
+    runtime: &tokio::runtime::Handle,
+) -> std::result::Result<RankerHandle, String> {
+    match cfg.kind {
+        ModelKind::Ranker => {
+            let model = RankerModel::load(&cfg.path).map_err(|e| e.to_string())?;
+            // Warm up: one real request through the whole path (allocations, thread pools, caches).
+            let warm = model.warmup_request();
+            model.rank(&warm, 0).map_err(|e| format!("warm-up request failed: {e}"))?;
+            Ok(RankerHandle::start(&cfg.name, model, &cfg.ranker, limits, classes, runtime))
+        }
+    }
+}

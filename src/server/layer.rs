@@ -1,0 +1,385 @@
+//! The one tower layer both front ends share. For every request, in this order: request id (honored or
+//! generated, echoed back), the request span, API-key check, admission (a semaphore across both
+//! protocols: full → 429 / RESOURCE_EXHAUSTED at once, never a queue), panic catching, and exactly one
+//! metrics record (`slate_requests_total` + duration) when the response is ready or the client left.
+//! Handlers only fill in what only they know: the model, via [`RequestCtx::set_model`].
+
+use super::AppState;
+use crate::error::{code_label_of, CodeLabel, Error};
+use crate::metrics;
+use crate::telemetry::REQUEST_ID_HEADER;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use http::{HeaderValue, Request, Response};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+/// Which front end a request came through (the `protocol` metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// Per-request context, in the request extensions of both protocols (`Extension<Arc<RequestCtx>>` in
+/// axum, `request.extensions()` in tonic).
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    span: tracing::Span,
+    model: OnceLock<String>,
+}
+
+impl RequestCtx {
+    /// Records the model on the request span and, when it is a configured model, as the metrics
+    /// label (unknown names stay out of labels so clients cannot blow up their cardinality).
+    pub fn set_model(&self, name: &str, configured: bool) {
+        self.span.record("model", name);
+        if configured {
+            let _ = self.model.set(name.to_string());
+        }
+    }
+
+    fn model_label(&self) -> &str {
+        self.model.get().map_or("-", String::as_str)
+    }
+}
+
+/// Fixed `method` labels: (protocol, path or path prefix, label). Add new endpoints here.
+const METHODS: &[(Protocol, &str, &str)] = &[
+    (Protocol::Http, "/v1/rank", "rank"),
+    (Protocol::Http, "/v1/models", "models"),
+    (Protocol::Http, "/health/", "health"),
+    (Protocol::Http, "/metrics", "metrics"),
+    (Protocol::Grpc, "/slate.v1.Ranking/Rank", "rank"),
+    (Protocol::Grpc, "/grpc.health.v1.Health/", "health"),
+    (Protocol::Grpc, "/grpc.reflection.", "reflection"),
+];
+
+fn method_label(protocol: Protocol, path: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|(p, prefix, _)| {
+            *p == protocol && (path == *prefix || (prefix.ends_with(['/', '.']) && path.starts_with(prefix)))
+        })
+        .map_or("unknown", |(_, _, label)| label)
+}
+
+/// Probes and scrapers: exempt from admission, and from auth when `exempt_health_and_metrics`.
+fn is_probe(method: &str) -> bool {
+    matches!(method, "health" | "metrics")
+}
+
+/// How each protocol turns an [`Error`] into a response, and reads the result code back.
+pub trait ProtocolBody: Sized {
+    const PROTOCOL: Protocol;
+    fn error_response(e: Error) -> Response<Self>;
+    /// (metrics code label, status class) of a finished response.
+    fn outcome(resp: &Response<Self>) -> (&'static str, &'static str);
+    /// Last touch on every response, where a protocol library's own answer needs adjusting.
+    fn normalize(_resp: &mut Response<Self>, _max_body_bytes: usize) {}
+}
+
+impl ProtocolBody for axum::body::Body {
+    const PROTOCOL: Protocol = Protocol::Http;
+
+    fn error_response(e: Error) -> Response<Self> {
+        axum::response::IntoResponse::into_response(e)
+    }
+
+    fn outcome(resp: &Response<Self>) -> (&'static str, &'static str) {
+        let status = resp.status();
+        let code = match resp.extensions().get::<CodeLabel>() {
+            Some(CodeLabel(c)) => c,
+            None if status.is_success() || status.is_redirection() => "ok",
+            // Only reached by a response not built from `Error`; keep the label set fixed.
+            None if status.is_client_error() => "invalid_argument",
+            None => "internal",
+        };
+        (code, metrics::status_class(status.as_u16()))
+    }
+}
+
+impl ProtocolBody for tonic::body::Body {
+    const PROTOCOL: Protocol = Protocol::Grpc;
+
+    fn error_response(e: Error) -> Response<Self> {
+        tonic::Status::from(e).into_http()
+    }
+
+    fn outcome(resp: &Response<Self>) -> (&'static str, &'static str) {
+        // Errors of unary calls come back trailers-only, i.e. `grpc-status` in the headers; a response
+        // without it carries `grpc-status: 0` in its trailers.
+        let code = tonic::Status::from_header_map(resp.headers()).map_or(tonic::Code::Ok, |s| s.code());
+        (code_label_of(code), grpc_status_class(code))
+    }
+
+    fn normalize(resp: &mut Response<Self>, max_body_bytes: usize) {
+        fix_oversize_status(resp, max_body_bytes);
+    }
+}
+
+/// The HTTP status class a gRPC code corresponds to (client errors 4xx, server errors 5xx).
+fn grpc_status_class(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "2xx",
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss => "5xx",
+        _ => "4xx",
+    }
+}
+
+/// tonic answers an over-limit message with OUT_OF_RANGE; the gRPC spec (and grpc-go) say
+/// RESOURCE_EXHAUSTED, which is also what our 413 maps to. Rewrite it so both protocols agree.
+fn fix_oversize_status(resp: &mut Response<tonic::body::Body>, limit: usize) {
+    let oversize = tonic::Status::from_header_map(resp.headers()).is_some_and(|s| {
+        s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large")
+    });
+    if oversize {
+        let mut fresh =
+            tonic::Status::from(Error::PayloadTooLarge { limit }).into_http::<tonic::body::Body>();
+        std::mem::swap(resp.headers_mut(), fresh.headers_mut());
+    }
+}
+
+/// Builds [`Front`] services.
+#[derive(Clone)]
+pub struct FrontLayer {
+    state: Arc<AppState>,
+}
+
+impl FrontLayer {
+    pub fn new(state: Arc<AppState>) -> Self {
+        FrontLayer { state }
+    }
+}
+
+impl<S> Layer<S> for FrontLayer {
+    type Service = Front<S>;
+    fn layer(&self, inner: S) -> Front<S> {
+        Front { inner, state: Arc::clone(&self.state) }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct Front<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Front<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: ProtocolBody + Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<ResB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let started = Instant::now();
+        let protocol = ResB::PROTOCOL;
+        let method = method_label(protocol, req.uri().path());
+        let request_id =
+            crate::telemetry::request_id(req.headers().get(REQUEST_ID_HEADER).map(|v| v.as_bytes()));
+        let id_header =
+            HeaderValue::from_str(&request_id).expect("request ids are visible ASCII; this is a bug");
+        req.headers_mut().insert(REQUEST_ID_HEADER, id_header.clone());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            protocol = protocol.as_str(),
+            method,
+            model = tracing::field::Empty,
+        );
+        let ctx = Arc::new(RequestCtx { request_id, span: span.clone(), model: OnceLock::new() });
+        req.extensions_mut().insert(Arc::clone(&ctx));
+
+        let state = &self.state;
+        let probe = is_probe(method);
+        let authorized =
+            (probe && state.config.auth.exempt_health_and_metrics) || state.auth.allows(req.headers());
+        let permit: Result<Option<OwnedSemaphorePermit>, Error> = match authorized {
+            false => Err(Error::Unauthenticated),
+            true if probe => Ok(None),
+            true => Arc::clone(&state.admission).try_acquire_owned().map(Some).map_err(|_| {
+                crate::metrics::rejection(ctx.model_label(), "max_concurrent_requests");
+                Error::ResourceExhausted {
+                    message: format!(
+                        "server is at capacity: limits.max_concurrent_requests = {} requests in flight",
+                        state.config.limits.max_concurrent_requests
+                    ),
+                    retry_after_ms: 100,
+                }
+            }),
+        };
+        let max_body = state.config.limits.max_body_bytes;
+
+        // Take the service that was driven to readiness; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let fut = async move {
+            let mut record = Record::start(protocol, method, Arc::clone(&ctx), started);
+            let mut resp = match permit {
+                Err(e) => {
+                    tracing::debug!(error = %e, "refused before the handler");
+                    ResB::error_response(e)
+                }
+                Ok(permit) => {
+                    let result = AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind().await;
+                    drop(permit);
+                    match result {
+                        Ok(r) => r?,
+                        Err(panic) => {
+                            let msg = panic_message(&panic);
+                            tracing::error!(panic = %msg, "handler panicked");
+                            ResB::error_response(Error::Internal("the handler failed unexpectedly".into()))
+                        }
+                    }
+                }
+            };
+            resp.headers_mut().insert(REQUEST_ID_HEADER, id_header);
+            ResB::normalize(&mut resp, max_body);
+            let (code, class) = ResB::outcome(&resp);
+            record.finish(code, class, resp.status().as_u16());
+            Ok(resp)
+        };
+        Box::pin(fut.instrument(span))
+    }
+}
+
+/// Records the request exactly once: when the response is ready, or as `cancelled` when the future is
+/// dropped first (the client went away). Also keeps the in-flight gauge balanced.
+struct Record {
+    protocol: Protocol,
+    method: &'static str,
+    ctx: Arc<RequestCtx>,
+    started: Instant,
+    done: bool,
+}
+
+impl Record {
+    fn start(protocol: Protocol, method: &'static str, ctx: Arc<RequestCtx>, started: Instant) -> Self {
+        metrics::in_flight(protocol.as_str(), 1.0);
+        Record { protocol, method, ctx, started, done: false }
+    }
+
+    fn finish(&mut self, code: &'static str, class: &'static str, status: u16) {
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        metrics::record_request(
+            self.ctx.model_label(),
+            self.method,
+            self.protocol.as_str(),
+            code,
+            class,
+            elapsed,
+        );
+        let ms = elapsed.as_secs_f64() * 1e3;
+        if is_probe(self.method) {
+            tracing::debug!(status, code, elapsed_ms = ms, "request finished");
+        } else {
+            tracing::info!(status, code, elapsed_ms = ms, "request finished");
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        metrics::in_flight(self.protocol.as_str(), -1.0);
+        if !self.done {
+            let elapsed = self.started.elapsed();
+            metrics::record_request(
+                self.ctx.model_label(),
+                self.method,
+                self.protocol.as_str(),
+                "cancelled",
+                "4xx",
+                elapsed,
+            );
+            let _enter = self.ctx.span.enter();
+            tracing::info!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "request cancelled: client went away");
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels() {
+        assert_eq!(method_label(Protocol::Http, "/v1/rank"), "rank");
+        assert_eq!(method_label(Protocol::Http, "/v1/ranking"), "unknown");
+        assert_eq!(method_label(Protocol::Http, "/health/ready"), "health");
+        assert_eq!(method_label(Protocol::Http, "/metrics"), "metrics");
+        assert_eq!(method_label(Protocol::Http, "/nope"), "unknown");
+        assert_eq!(method_label(Protocol::Grpc, "/slate.v1.Ranking/Rank"), "rank");
+        assert_eq!(method_label(Protocol::Grpc, "/grpc.health.v1.Health/Watch"), "health");
+        assert_eq!(
+            method_label(Protocol::Grpc, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            "reflection"
+        );
+        assert_eq!(method_label(Protocol::Grpc, "/v1/rank"), "unknown");
+    }
+
+    #[tokio::test]
+    async fn panics_become_a_json_500_and_auth_comes_first() {
+        use tower::ServiceExt as _;
+        let config = crate::config::Config::parse("[auth]\napi_keys = [\"k\"]\n", "t.toml").unwrap();
+        let state = AppState::new(config.clone(), crate::registry::Registry::new(&config));
+        let app = axum::Router::new()
+            .route("/v1/rank", axum::routing::get(|| async { panic!("boom") as &'static str }))
+            .layer(FrontLayer::new(state));
+        let req = |auth: &str| {
+            Request::get("/v1/rank").header("authorization", auth).body(axum::body::Body::empty()).unwrap()
+        };
+
+        let resp = app.clone().oneshot(req("Bearer nope")).await.unwrap();
+        assert_eq!(resp.status(), 401);
+
+        let resp = app.oneshot(req("Bearer k")).await.unwrap();
+        assert_eq!(resp.status(), 500);
+        assert!(resp.headers().contains_key(REQUEST_ID_HEADER));
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "internal");
+    }
+
+    #[test]
+    fn grpc_classes() {
+        assert_eq!(grpc_status_class(tonic::Code::Ok), "2xx");
+        assert_eq!(grpc_status_class(tonic::Code::NotFound), "4xx");
+        assert_eq!(grpc_status_class(tonic::Code::Unavailable), "5xx");
+    }
+}

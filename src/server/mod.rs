@@ -1,0 +1,227 @@
+//! Both front ends over one core: binds the HTTP (axum) and gRPC (tonic) listeners, starts model
+//! loading, serves, and drains both on one shutdown signal.
+//!
+//! ```no_run
+//! # async fn demo(config: slate::config::Config) -> Result<(), slate::server::ServeError> {
+//! let server = slate::server::Server::bind(config).await?; // listeners bound, models loading
+//! println!("http {} grpc {}", server.http_addr(), server.grpc_addr());
+//! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await // drains, then returns
+//! # }
+//! ```
+//!
+//! Shutdown: readiness flips to not-ready (HTTP 503, gRPC health NOT_SERVING) at once, both listeners
+//! close, in-flight requests get up to `server.shutdown_grace_s`, then `serve` returns `Ok`.
+
+pub mod auth;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod layer;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::ranking::{RankRequest, RankResponse};
+use crate::registry::Registry;
+use layer::RequestCtx;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub use http::app;
+
+/// Everything request handlers share, behind one `Arc`.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub health: Arc<health::Health>,
+    pub metrics: PrometheusHandle,
+    pub auth: auth::ApiKeys,
+    /// `limits.max_concurrent_requests` permits, shared by both protocols.
+    pub admission: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State over `registry` (which the caller may or may not have started loading).
+    pub fn new(config: Config, registry: Arc<Registry>) -> Arc<Self> {
+        Arc::new(AppState {
+            health: Arc::new(health::Health::new(Arc::clone(&registry))),
+            registry,
+            metrics: crate::metrics::install(),
+            auth: auth::ApiKeys::from_config(&config.auth),
+            admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Whether `name` is a configured model (only those become metrics labels).
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.config.models.iter().any(|m| m.name == name)
+    }
+}
+
+/// The ranking core both protocols call: model lookup, then the model's scheduler. `priority` is the
+/// `priority` header/metadata, used when the body names no class.
+pub async fn rank(
+    state: &AppState,
+    ctx: &RequestCtx,
+    req: RankRequest,
+    timeout: Option<Duration>,
+    priority: Option<&str>,
+) -> Result<RankResponse> {
+    ctx.set_model(&req.model, state.is_configured(&req.model));
+    let handle = state.registry.ranker(&req.model)?;
+    handle.rank(req, timeout, priority).await
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("server.{key}: cannot listen on {addr}: {source}")]
+    Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("http server failed: {0}")]
+    Http(std::io::Error),
+    #[error("grpc server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// A server whose listeners are bound (and whose models are loading), not yet serving.
+pub struct Server {
+    state: Arc<AppState>,
+    http: TcpListener,
+    grpc: TcpListener,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+}
+
+/// Binds and serves until `shutdown` resolves, then drains (see the module docs).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    Server::bind(config).await?.serve(shutdown).await
+}
+
+impl Server {
+    /// Binds both listeners (port 0 picks a free port; the bound addresses are logged as
+    /// `http listening on ADDR` / `grpc listening on ADDR`), then starts loading the models, so
+    /// readiness answers 503 until they are warm.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { key, addr, source })
+        };
+        let http = bind("http_addr", config.server.http_addr).await?;
+        let grpc = bind("grpc_addr", config.server.grpc_addr).await?;
+        let local = |l: &TcpListener, key, addr| {
+            l.local_addr().map_err(|source| ServeError::Bind { key, addr, source })
+        };
+        let http_addr = local(&http, "http_addr", config.server.http_addr)?;
+        let grpc_addr = local(&grpc, "grpc_addr", config.server.grpc_addr)?;
+        tracing::info!("http listening on {http_addr}");
+        tracing::info!("grpc listening on {grpc_addr}");
+
+        let registry = Registry::new(&config);
+        registry.spawn_loading(&config);
+        let state = AppState::new(config, registry);
+        Ok(Server { state, http, grpc, http_addr, grpc_addr })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The shared state (e.g. to drive `app(state)` in-process, or to watch readiness).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves both protocols until `shutdown` resolves, then drains: readiness flips at once, both
+    /// listeners close, in-flight requests get `server.shutdown_grace_s`, and it returns `Ok(())`.
+    /// Returns early with an error if either server fails.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let Server { state, http, grpc, .. } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
+        // gRPC health reflects readiness before the first call can arrive.
+        state.health.refresh_grpc().await;
+        let health_sync = tokio::spawn(Arc::clone(&state.health).sync_grpc());
+        let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
+        let router = app(Arc::clone(&state));
+        let http_stop = stopped();
+        let mut http_task = tokio::spawn(async move {
+            axum::serve(http, router).with_graceful_shutdown(http_stop).await.map_err(ServeError::Http)
+        });
+        let grpc_state = Arc::clone(&state);
+        let grpc_stop = stopped();
+        let mut grpc_task =
+            tokio::spawn(
+                async move { grpc::serve(grpc_state, grpc, grpc_stop).await.map_err(ServeError::Grpc) },
+            );
+
+        let failure = tokio::select! {
+            () = shutdown => None,
+            r = &mut http_task => Some(r),
+            r = &mut grpc_task => Some(r),
+        };
+        if let Some(r) = failure {
+            health_sync.abort();
+            upkeep.abort();
+            http_task.abort();
+            grpc_task.abort();
+            return Err(flatten(r).err().unwrap_or_else(|| {
+                ServeError::Http(std::io::Error::other("a server stopped before shutdown was requested"))
+            }));
+        }
+
+        let grace = Duration::from_secs_f64(state.config.server.shutdown_grace_s);
+        tracing::info!(grace_s = grace.as_secs_f64(), "shutdown requested: draining");
+        state.health.start_draining().await;
+        stop_tx.send_replace(true);
+        let drained = tokio::time::timeout(grace, async {
+            let (h, g) = tokio::join!(&mut http_task, &mut grpc_task);
+            flatten(h).and(flatten(g))
+        })
+        .await;
+        health_sync.abort();
+        upkeep.abort();
+        match drained {
+            Ok(result) => {
+                tracing::info!("drained; all in-flight requests finished");
+                result
+            }
+            Err(_) => {
+                let busy = state.config.limits.max_concurrent_requests - state.admission.available_permits();
+                tracing::warn!(
+                    in_flight = busy,
+                    "shutdown grace elapsed; cutting off the remaining requests"
+                );
+                http_task.abort();
+                grpc_task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+fn flatten(r: Result<Result<(), ServeError>, tokio::task::JoinError>) -> Result<(), ServeError> {
+    r.unwrap_or_else(|e| Err(ServeError::Http(std::io::Error::other(format!("server task failed: {e}")))))
+}
+
+/// The Prometheus recorder needs periodic upkeep (histogram maintenance) even when nobody scrapes.
+async fn metrics_upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}

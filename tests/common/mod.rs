@@ -1,0 +1,300 @@
+//! Shared helpers for end-to-end tests: start the real `slate` binary on free ports with a temporary
+//! config, learn the bound addresses from its log, and talk to it.
+//!
+//! ```ignore
+//! mod common;
+//! let slate = common::Slate::start("[limits]\nmax_body_bytes = 2048\n");
+//! let resp = reqwest::get(slate.url("/health/ready")).await?;
+//! let channel = slate.grpc_channel().await;
+//! ```
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_slate");
+
+/// Environment variables of ours that must not leak from the developer's shell into a test server.
+const SCRUBBED_ENV: &[&str] = &[
+    "SLATE_API_KEYS",
+    "SLATE_CONFIG",
+    "SLATE_HTTP_ADDR",
+    "SLATE_GRPC_ADDR",
+    "SLATE_LOG_FORMAT",
+    "SLATE_LOG_LEVEL",
+];
+
+/// A running `slate serve` child process, killed on drop.
+pub struct Slate {
+    child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    logs: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Slate {
+    /// Starts `slate serve` with `config_toml` (listeners forced to 127.0.0.1:0) and waits until both
+    /// listeners are bound. Not until models are ready: see [`Slate::wait_ready`].
+    pub fn start(config_toml: &str) -> Slate {
+        Self::start_with(config_toml, &[])
+    }
+
+    /// Like [`Slate::start`], with extra environment variables for the child.
+    pub fn start_with(config_toml: &str, env: &[(&str, &str)]) -> Slate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("slate.toml");
+        std::fs::write(&config, config_toml).expect("write config");
+        let mut cmd = serve_command(&config);
+        cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn slate");
+
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        for (pipe, tx) in [(Box::new(stdout) as Box<dyn Read + Send>, Some(tx)), (Box::new(stderr), None)] {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if std::env::var_os("SLATE_TEST_ECHO").is_some() {
+                        eprintln!("[slate] {line}");
+                    }
+                    logs.lock().unwrap().push_str(&format!("{line}\n"));
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(line);
+                    }
+                }
+            });
+        }
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut http, mut grpc) = (None, None);
+        while http.is_none() || grpc.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    http = http.or_else(|| addr_after(&line, "http listening on "));
+                    grpc = grpc.or_else(|| addr_after(&line, "grpc listening on "));
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!(
+                        "slate did not report its listeners (exit: {status:?}); output:\n{}",
+                        logs.lock().unwrap()
+                    );
+                }
+            }
+        }
+        Slate { child, http: http.expect("checked"), grpc: grpc.expect("checked"), logs, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.grpc_url())
+            .expect("valid uri")
+            .connect()
+            .await
+            .expect("connect to gRPC")
+    }
+
+    /// Everything the server printed so far (stdout and stderr).
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn sigterm(&self) {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// Waits for the process to exit; panics (with the logs) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("slate did not exit within {timeout:?}; output:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `GET /health/ready` until 200; panics (with the logs) after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = reqwest::get(self.url("/health/ready")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("slate not ready within {timeout:?}; output:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Slate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `slate serve --config <temp config>` to completion (for configs that must fail at start).
+pub fn run_to_exit(config_toml: &str) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("slate.toml");
+    std::fs::write(&config, config_toml).expect("write config");
+    let mut child = serve_command(&config)
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn slate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("slate kept running with config:\n{config_toml}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+fn serve_command(config: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").arg("--config").arg(config);
+    // Relative model paths in configs resolve against the crate root, like `cargo run`.
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for k in SCRUBBED_ENV {
+        cmd.env_remove(k);
+    }
+    // The listener lines are INFO; a developer's RUST_LOG must not hide them.
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// The socket address printed after `marker` in a log line (text or JSON format).
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let end = rest.find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c))).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// An HTTP/1.1 request whose body is sent in two parts, so it stays in flight as long as the test
+/// wants (a legitimately slow client). Sent with `Connection: close`.
+pub struct SlowRequest {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl SlowRequest {
+    /// Connects, sends the headers and the first `upfront` bytes of `body`, and returns.
+    pub fn start(
+        addr: SocketAddr,
+        path: &str,
+        extra_headers: &str,
+        body: &str,
+        upfront: usize,
+    ) -> SlowRequest {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n{extra_headers}\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).expect("send headers");
+        stream.write_all(&body.as_bytes()[..upfront]).expect("send first part");
+        stream.flush().expect("flush");
+        SlowRequest { stream, rest: body.as_bytes()[upfront..].to_vec() }
+    }
+
+    /// Sends the rest of the body and reads the whole response: (status, headers, body).
+    pub fn finish(mut self) -> (u16, String, String) {
+        self.stream.write_all(&self.rest).expect("send the rest of the body");
+        let mut raw = Vec::new();
+        self.stream.read_to_end(&mut raw).expect("read response");
+        parse_response(&raw)
+    }
+
+    /// Reads the response without sending anything more (for requests the server answers early).
+    pub fn read_response(mut self) -> (u16, String, String) {
+        let mut raw = Vec::new();
+        let _ = self.stream.read_to_end(&mut raw);
+        parse_response(&raw)
+    }
+}
+
+fn parse_response(raw: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// Writes a small random ranker (config.json + model.safetensors) to `dir` and returns its config.
+pub fn random_ranker(dir: &std::path::Path, seed: u64) -> slate::ranking::RankerConfig {
+    let cfg = slate::ranking::testing::small_config(slate::ranking::Fusion::AppendCross, seed);
+    slate::ranking::RankerModel::random(&cfg, seed).save(dir).expect("save the random ranker");
+    cfg
+}
+
+/// A `[[models]]` table serving the ranker in `dir` as `name`.
+pub fn ranker_toml(name: &str, dir: &std::path::Path) -> String {
+    format!("[[models]]\nname = \"{name}\"\nkind = \"ranker\"\npath = \"{}\"\n", dir.display())
+}
+
+/// A valid request for a ranker with config `cfg`, served as `model`.
+pub fn ranker_request(
+    cfg: &slate::ranking::RankerConfig,
+    model: &str,
+    candidates: usize,
+) -> slate::ranking::RankRequest {
+    let mut req = slate::ranking::testing::random_request(cfg, 5, cfg.max_history / 2, candidates);
+    req.model = model.into();
+    req
+}
+
+/// A request body that parses, for a model name of the caller's choice.
+pub fn rank_body(model: &str) -> String {
+    format!(r#"{{"model":"{model}","member_id":7,"candidates":[{{"item_id":1}},{{"item_id":2}}]}}"#)
+}
+
+/// Whether a new TCP connection to `addr` is refused (the listener is closed).
+pub fn connection_refused(addr: SocketAddr) -> bool {
+    matches!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
