@@ -176,7 +176,9 @@ pub struct RankerSettings {
     /// Most work tokens one scheduler step (a batch) may hold. Larger requests are split into
     /// candidate micro-batches across steps and share them with small requests.
     pub max_step_tokens: usize,
-    /// How long queued work may gather before a step is cut anyway, in milliseconds (0 = never wait).
+    /// How long queued work may gather before a step is cut, in milliseconds. 0 (the default) cuts a
+    /// step as soon as a worker can take it: on CPU, work still merges while the workers are busy, and
+    /// an idle server adds no wait. A few ms trades latency for bigger steps (useful on GPUs).
     pub max_wait_ms: f64,
     /// A request queued longer than this is served before every priority class (bounded starvation).
     pub promote_after_ms: u64,
@@ -195,7 +197,7 @@ impl Default for RankerSettings {
             max_queued_requests: 256,
             max_queued_tokens: 65_536,
             max_step_tokens: 2048,
-            max_wait_ms: 1.0,
+            max_wait_ms: 0.0,
             promote_after_ms: 50,
             default_timeout_ms: 2000,
             cache_bytes: 256 << 20,

@@ -498,6 +498,12 @@ impl Weights {
         let map: HashMap<String, Tensor> =
             self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
         candle_core::safetensors::save(&map, path).with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            // The safetensors writer creates the file owner-only; a model is meant to be shared.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+        }
         Ok(())
     }
 
