@@ -30,6 +30,7 @@
 //! (`RankerModel::rank`) when it loads the model; the candle forward below is the training graph, and
 //! `candle_scores` exposes it for parity tests.
 
+use crate::ranking::config::{Calibration, Fusion, MemberSparseSpec, RankerConfig, TaskSpec, FORMAT};
 use crate::ranking::movielens::{self, MovieLens, Rating, User};
 use crate::ranking::{Candidate, HistoryEvent, RankRequest, RankerModel};
 use anyhow::{anyhow, bail, Context, Result};
@@ -38,7 +39,7 @@ use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -131,58 +132,6 @@ pub struct TrainArgs {
 // ---------------------------------------------------------------------------------------------------
 // Config (docs/ranker-format.md)
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SparseFeature {
-    pub name: String,
-    pub buckets: usize,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct Calibration {
-    pub a: f32,
-    pub b: f32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Task {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calibration: Option<Calibration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<f32>,
-}
-
-/// `config.json` of a ranker model, as this trainer writes and reads it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RankerConfig {
-    pub format: String,
-    pub d_model: usize,
-    pub heads: usize,
-    pub layers: usize,
-    pub ffn_dim: usize,
-    pub max_history: usize,
-    pub item_buckets: usize,
-    pub actions: Vec<String>,
-    pub time_buckets: usize,
-    pub event_dense_dim: usize,
-    pub candidate_dense_dim: usize,
-    pub member_sparse: Vec<SparseFeature>,
-    pub member_sparse_dim: usize,
-    pub member_dense_dim: usize,
-    pub fusion: String,
-    pub mlp_dims: Vec<usize>,
-    pub tasks: Vec<Task>,
-    pub micro_batch: usize,
-    #[serde(default = "default_eps")]
-    pub norm_eps: f64,
-}
-
-fn default_eps() -> f64 {
-    1e-5
-}
-
-pub const FORMAT: &str = "slate-ranker/1";
-
 /// Member sparse features of the demo model and their table sizes. The sizes are chosen so that
 /// `splitmix64(id) % buckets` maps the ids in use (gender 0..2, age 0..7, occupation 0..21) to distinct
 /// rows (checked by `check_member_buckets`).
@@ -205,22 +154,22 @@ impl RankerConfig {
             candidate_dense_dim: 0,
             member_sparse: MEMBER_FEATURES
                 .iter()
-                .map(|&(name, buckets, _)| SparseFeature { name: name.into(), buckets })
+                .map(|&(name, buckets, _)| MemberSparseSpec { name: name.into(), buckets })
                 .collect(),
             member_sparse_dim: args.member_sparse_dim,
             member_dense_dim: 0,
-            fusion: "append_cross".into(),
+            fusion: Fusion::AppendCross,
             mlp_dims: args.mlp_dims.clone(),
             tasks: vec![
-                Task {
+                TaskSpec {
                     name: "like".into(),
                     calibration: Some(Calibration { a: 1.0, b: 0.0 }),
-                    weight: Some(1.0),
+                    weight: 1.0,
                 },
-                Task {
+                TaskSpec {
                     name: "love".into(),
                     calibration: Some(Calibration { a: 1.0, b: 0.0 }),
-                    weight: Some(0.5),
+                    weight: 0.5,
                 },
             ],
             micro_batch: 32,
@@ -228,30 +177,22 @@ impl RankerConfig {
         }
     }
 
+    /// Reads and validates `dir/config.json` (the serving format), then checks this trainer supports it.
     pub fn load(dir: &Path) -> Result<RankerConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: RankerConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        let cfg = RankerConfig::from_json(&text).with_context(|| format!("{}", path.display()))?;
+        cfg.check_trainable().with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<()> {
-        if self.format != FORMAT {
-            bail!("format must be '{FORMAT}', got '{}'", self.format);
-        }
-        if self.d_model == 0 || self.heads == 0 || self.d_model % self.heads != 0 {
-            bail!("d_model {} must be a positive multiple of heads {}", self.d_model, self.heads);
-        }
-        if self.layers == 0 || self.max_history == 0 || self.item_buckets == 0 || self.time_buckets == 0 {
-            bail!("layers, max_history, item_buckets and time_buckets must be ≥ 1");
-        }
+    /// What this trainer supports on top of the format's own validation.
+    fn check_trainable(&self) -> Result<()> {
         if self.event_dense_dim != 0 || self.candidate_dense_dim != 0 || self.member_dense_dim != 0 {
             bail!("this trainer supports no dense features (event/candidate/member_dense_dim must be 0)");
         }
-        if self.fusion != "append_cross" {
-            bail!("this trainer supports fusion append_cross only, got '{}'", self.fusion);
+        if self.fusion != Fusion::AppendCross {
+            bail!("this trainer supports fusion append_cross only, got '{}'", self.fusion.as_str());
         }
         if self.tasks.is_empty() {
             bail!("at least one task is required");
@@ -723,7 +664,7 @@ fn attend(q: &Tensor, kt: &Tensor, v: &Tensor, batch: &Batch) -> candle_core::Re
 
 /// Logits `[B·C, T]`.
 fn forward(cfg: &RankerConfig, w: &Weights, batch: &Batch) -> candle_core::Result<Tensor> {
-    let (b, l, c, heads, eps) = (batch.b, batch.l, batch.c, cfg.heads, cfg.norm_eps);
+    let (b, l, c, heads, eps) = (batch.b, batch.l, batch.c, cfg.heads, f64::from(cfg.norm_eps));
     let scale = 1.0 / ((cfg.d_model / heads) as f64).sqrt();
     let mut xh = w
         .get("item_embedding.weight")
@@ -1292,6 +1233,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     } else {
         let cfg = RankerConfig::demo(args);
         cfg.validate()?;
+        cfg.check_trainable()?;
         let t0 = Instant::now();
         let (w, log) = train(&cfg, &split, args, |w| {
             if args.eval_each_epoch {
