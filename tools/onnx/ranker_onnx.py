@@ -31,10 +31,12 @@ biases and lookups are not counted). d = d_model, F = ffn_dim, N = layers, L = h
     history  per layer  8·L·d² + 4·L²·d + 4·L·d·F      (Q,K,V,O projections; QKᵀ and AV; FFN up+down)
     cand.    per layer  4·m·d² + 4·m·L·d + 4·m·d·F     (Q,O projections; QKᵀ and AV over L keys; FFN)
     head                2·m·Σ_i in_i·out_i             (hidden layers and the output layer)
-    nominal = N·history + N·candidates + head          (= "gflop"; the formula of the shared guide:
-                                                         0.319 GFLOP for the reference workload)
-    executed = nominal − (4·L·d² ... the last layer's unused history Q,O, attention and FFN)
-             = (N−1)·history + 4·L·d² + N·candidates + head       (= "gflop_executed")
+    nominal = N·history + N·candidates + head          (= "gflop"; the shared guide's formula: 0.319
+                                                         GFLOP with its head input 192; 0.2856 for
+                                                         RankerConfig::reference_workload(), head input 64)
+    executed = (N−1)·history + 4·L·d² + N·candidates + head      (= "gflop_executed": the last layer's
+             history rows need only K and V; their Q, O, attention and FFN are never read. Slate and
+             this graph both skip them.)
     per_candidate (literal, S = L+1) = m·N·(8·S·d² + 4·S²·d + 4·S·d·F) + head
     concat fusion (S = L+1)          = m·(4·S·d² + N·(8·S·d² + 4·S²·d + 4·S·d·F)) + head
 GFLOP/s figures use the nominal count. `slate bench ranker` (src/ranking/bench.rs) uses the same formulas.
@@ -645,7 +647,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --random: add dense and member features (head input 192) to exercise head_extra",
     )
-    ap.add_argument("--write-model", metavar="DIR", help="with --random: where to write the model (default: a temp dir)")
+    ap.add_argument(
+        "--write-model",
+        metavar="DIR",
+        help="with --random: where to write the model (default: a temp dir, removed at exit)",
+    )
     ap.add_argument(
         "--request",
         metavar="FILE",
@@ -678,7 +684,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = extended_config() if args.features else reference_config()
         cfg["max_history"] = max(cfg["max_history"], L)
         weights = random_weights(cfg, args.seed)
-        model_dir = args.write_model or tempfile.mkdtemp(prefix="slate-ranker-ref-")
+        model_dir = args.write_model
+        if model_dir is None:
+            import atexit
+            import shutil
+
+            model_dir = tempfile.mkdtemp(prefix="slate-ranker-ref-")
+            atexit.register(shutil.rmtree, model_dir, True)
         write_model(model_dir, cfg, weights)
         cfg, weights = read_model(model_dir)  # round-trip through the files, as the Rust side would
     else:
