@@ -31,7 +31,9 @@
 //! `candle_scores` exposes it for parity tests.
 
 use crate::ranking::config::{Calibration, Fusion, MemberSparseSpec, RankerConfig, TaskSpec, FORMAT};
+use crate::ranking::features::{splitmix64, time_bucket};
 use crate::ranking::movielens::{self, MovieLens, Rating, User};
+use crate::ranking::weights::expected_tensors;
 use crate::ranking::{Candidate, HistoryEvent, RankRequest, RankerModel};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
@@ -199,51 +201,6 @@ impl RankerConfig {
         }
         Ok(())
     }
-
-    fn head_in(&self) -> usize {
-        self.d_model + self.member_sparse.len() * self.member_sparse_dim
-    }
-
-    /// Every tensor of the format with its shape, in a fixed order.
-    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let d = self.d_model;
-        let mut v: Vec<(String, Vec<usize>)> = vec![
-            ("item_embedding.weight".into(), vec![self.item_buckets, d]),
-            ("action_embedding.weight".into(), vec![self.actions.len(), d]),
-            ("time_embedding.weight".into(), vec![self.time_buckets, d]),
-            ("position_embedding.weight".into(), vec![self.max_history, d]),
-            ("candidate_token".into(), vec![d]),
-        ];
-        for l in 0..self.layers {
-            let p = format!("layers.{l}");
-            v.push((format!("{p}.ln1.weight"), vec![d]));
-            v.push((format!("{p}.ln1.bias"), vec![d]));
-            for m in ["q", "k", "v", "o"] {
-                v.push((format!("{p}.attn.{m}.weight"), vec![d, d]));
-                v.push((format!("{p}.attn.{m}.bias"), vec![d]));
-            }
-            v.push((format!("{p}.ln2.weight"), vec![d]));
-            v.push((format!("{p}.ln2.bias"), vec![d]));
-            v.push((format!("{p}.ffn.up.weight"), vec![self.ffn_dim, d]));
-            v.push((format!("{p}.ffn.up.bias"), vec![self.ffn_dim]));
-            v.push((format!("{p}.ffn.down.weight"), vec![d, self.ffn_dim]));
-            v.push((format!("{p}.ffn.down.bias"), vec![d]));
-        }
-        v.push(("final_ln.weight".into(), vec![d]));
-        v.push(("final_ln.bias".into(), vec![d]));
-        for f in &self.member_sparse {
-            v.push((format!("member_sparse.{}.weight", f.name), vec![f.buckets + 1, self.member_sparse_dim]));
-        }
-        let mut inp = self.head_in();
-        for (i, &h) in self.mlp_dims.iter().enumerate() {
-            v.push((format!("head.{i}.weight"), vec![h, inp]));
-            v.push((format!("head.{i}.bias"), vec![h]));
-            inp = h;
-        }
-        v.push(("head.out.weight".into(), vec![self.tasks.len(), inp]));
-        v.push(("head.out.bias".into(), vec![self.tasks.len()]));
-        v
-    }
 }
 
 fn check_member_buckets() -> Result<()> {
@@ -258,20 +215,6 @@ fn check_member_buckets() -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------------
 // Features (docs/ranker-format.md, "Features → tokens")
-
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// `min(time_buckets − 1, bit_length(age_s))` with `age_s = max(0, request − event) / 1000`.
-pub fn time_bucket(request_time_ms: i64, timestamp_ms: i64, time_buckets: usize) -> usize {
-    let age_s = (request_time_ms.saturating_sub(timestamp_ms)).max(0) as u64 / 1000;
-    let bits = (64 - age_s.leading_zeros()) as usize;
-    bits.min(time_buckets - 1)
-}
 
 /// One (history, candidates) example in model terms.
 #[derive(Debug, Clone)]
@@ -389,7 +332,7 @@ impl Weights {
 
     fn init(cfg: &RankerConfig, rng: &mut StdRng) -> Result<Weights> {
         let mut vars = BTreeMap::new();
-        for (name, shape) in cfg.tensor_shapes() {
+        for (name, shape) in expected_tensors(cfg) {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = if name.ends_with("ln1.weight")
                 || name.ends_with("ln2.weight")
@@ -416,7 +359,7 @@ impl Weights {
         let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)
             .with_context(|| format!("reading {}", path.display()))?;
         let mut vars = BTreeMap::new();
-        for (name, shape) in cfg.tensor_shapes() {
+        for (name, shape) in expected_tensors(cfg) {
             let t =
                 tensors.remove(&name).ok_or_else(|| anyhow!("{}: missing tensor {name}", path.display()))?;
             if t.dims() != shape.as_slice() || t.dtype() != DType::F32 {
