@@ -6,6 +6,7 @@ pub mod attention;
 pub mod gemm;
 pub mod linear;
 pub mod norm;
+pub mod quant;
 pub mod simd;
 
 pub use attention::{attend_head, HeadAttention};
