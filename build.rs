@@ -3,7 +3,7 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/slate/v1/ranking.proto"];
+    let protos = ["proto/slate/v1/ranking.proto", "proto/slate/v1/generation.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

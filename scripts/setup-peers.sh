@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the benchmark-peer virtual environment at <repo>/.venv-peers (benchmark-time only; never a
 # runtime dependency of Slate). Used by `slate bench ranker` to run the ONNX Runtime peer
-# (tools/onnx/ranker_onnx.py) as a subprocess.
+# (tools/onnx/ranker_onnx.py) and by `slate bench slm` to run llama.cpp (tools/peers/llama_bench.py), as
+# subprocesses.
 #
 # Idempotent: reuses an existing venv and only installs what is missing or at a different version.
 # Env: SLATE_PEERS_VENV (default <repo>/.venv-peers), PYTHON (default python3; needs >= 3.10).
@@ -16,6 +17,8 @@ PINS=(
     "numpy==2.4.6"
     "onnx==1.23.2"
     "onnxruntime==1.32.0"
+    # llama.cpp for `slate bench slm` (tools/peers/llama_bench.py); builds from source, ~6–10 min on 2 cores.
+    "llama-cpp-python==0.3.16"
 )
 
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -37,5 +40,5 @@ else
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
 fi
 
-"$VENV/bin/python" -c 'import numpy, onnx, onnxruntime as ort; print("numpy", numpy.__version__, "| onnx", onnx.__version__, "| onnxruntime", ort.__version__, ort.get_available_providers())'
+"$VENV/bin/python" -c 'import numpy, onnx, onnxruntime as ort, llama_cpp; print("numpy", numpy.__version__, "| onnx", onnx.__version__, "| onnxruntime", ort.__version__, ort.get_available_providers(), "| llama-cpp-python", llama_cpp.__version__)'
 echo "ok: $VENV/bin/python tools/onnx/ranker_onnx.py --random --json"

@@ -1,4 +1,4 @@
-//! Command line: `slate serve`, `slate train-ranker`, `slate bench ranker`. Every option also reads an
+//! Command line: `slate serve`, `slate train-ranker`, `slate bench ranker`, `slate bench slm`. Every option also reads an
 //! environment variable (shown in `--help`); command-line flags win over the environment, and both win
 //! over the config file.
 
@@ -34,6 +34,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Measure ranker latency and throughput (amortized vs per-candidate).
     Ranker(BenchArgs),
+    /// Measure SLM prefill and decode speed through the engine, beside llama.cpp.
+    Slm(crate::slm::bench::SlmBenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]

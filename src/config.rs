@@ -138,12 +138,15 @@ impl Default for TelemetryConfig {
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     Ranker,
+    /// A small language model from a GGUF file (generation and label scoring).
+    Slm,
 }
 
 impl ModelKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Ranker => "ranker",
+            ModelKind::Slm => "slm",
         }
     }
 }
@@ -160,6 +163,53 @@ pub struct ModelConfig {
     /// Settings for `kind = "ranker"`.
     #[serde(default)]
     pub ranker: RankerSettings,
+    /// Settings for `kind = "slm"`.
+    #[serde(default)]
+    pub slm: SlmSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlmSettings {
+    /// Compute threads of this model's engine (0 = one per core). The engine thread hands each step to
+    /// this pool once, and the step's matmuls and attention split across it.
+    pub threads: usize,
+    /// Sequences running (holding KV cache) at once; others wait.
+    pub max_running_sequences: usize,
+    /// Requests waiting for admission; beyond it requests get 429 / RESOURCE_EXHAUSTED at once.
+    pub max_waiting_requests: usize,
+    /// Tokens one engine step may process: one per decoding sequence plus prefill chunks (chunked
+    /// prefill keeps long prompts from stalling decodes). At least `max_running_sequences`.
+    pub max_step_tokens: usize,
+    /// KV-cache memory budget in bytes. A sequence reserves prompt + max_tokens positions at admission.
+    pub kv_cache_bytes: usize,
+    /// Context length override (0 = the model's own; never above it).
+    pub context_length: usize,
+    /// max_tokens when a request sends none (bounded by the context left).
+    pub default_max_tokens: usize,
+    /// Largest max_tokens a request may ask for.
+    pub max_tokens_limit: usize,
+    /// Most labels one scoring request may carry.
+    pub max_labels: usize,
+    /// Deadline when the client sends none (x-request-timeout-ms / grpc-timeout), in milliseconds.
+    pub default_timeout_ms: u64,
+}
+
+impl Default for SlmSettings {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            max_running_sequences: 16,
+            max_waiting_requests: 128,
+            max_step_tokens: 512,
+            kv_cache_bytes: 1 << 30,
+            context_length: 0,
+            default_max_tokens: 256,
+            max_tokens_limit: 4096,
+            max_labels: 64,
+            default_timeout_ms: 120_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +356,28 @@ impl Config {
                     return Err(format!("models[{i}].ranker.{key}: must be a finite number ≥ 0, got {v}"));
                 }
             }
+            let g = &m.slm;
+            for (key, v) in [
+                ("max_running_sequences", g.max_running_sequences),
+                ("max_waiting_requests", g.max_waiting_requests),
+                ("max_step_tokens", g.max_step_tokens),
+                ("kv_cache_bytes", g.kv_cache_bytes),
+                ("default_max_tokens", g.default_max_tokens),
+                ("max_tokens_limit", g.max_tokens_limit),
+                ("max_labels", g.max_labels),
+                ("default_timeout_ms", g.default_timeout_ms as usize),
+            ] {
+                if v == 0 {
+                    return Err(format!("models[{i}].slm.{key}: must be > 0"));
+                }
+            }
+            if g.max_step_tokens < g.max_running_sequences {
+                return Err(format!(
+                    "models[{i}].slm.max_step_tokens: must be ≥ max_running_sequences ({}) so every running \
+                     sequence can decode in each step",
+                    g.max_running_sequences
+                ));
+            }
         }
         Ok(())
     }
@@ -317,6 +389,25 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text, "cfg.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn the_default_config_file_is_valid() {
+        // Run from the crate root (cargo test's working directory), where its model paths resolve.
+        let c = Config::load(Path::new("config/default.toml")).unwrap();
+        let kinds: Vec<_> = c.models.iter().map(|m| (m.name.as_str(), m.kind)).collect();
+        assert_eq!(kinds, [("demo-ranker", ModelKind::Ranker), ("smollm2-135m", ModelKind::Slm)]);
+    }
+
+    #[test]
+    fn slm_settings_are_checked() {
+        let model = |slm: &str| {
+            format!("[[models]]\nname = \"m\"\nkind = \"slm\"\npath = \"Cargo.toml\"\nslm = {{ {slm} }}\n")
+        };
+        assert!(Config::parse(&model(""), "cfg.toml").is_ok());
+        assert!(err(&model("max_step_tokens = 0")).contains("models[0].slm.max_step_tokens: must be > 0"));
+        assert!(err(&model("max_running_sequences = 32, max_step_tokens = 16")).contains("max_step_tokens"));
+        assert!(err(&model("kv_bytes = 5")).contains("kv_bytes"));
     }
 
     #[test]

@@ -106,6 +106,15 @@ impl Error {
     }
 }
 
+/// The message of a caught panic (`&str` or `String` payloads), for logs and errors.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
 /// The metrics code label of any gRPC code (also of responses that did not come from an [`Error`],
 /// e.g. tonic's own decode errors): `"ok"` for success, else the code name in snake case.
 pub fn code_label_of(code: tonic::Code) -> &'static str {

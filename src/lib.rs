@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod ranking;
 pub mod registry;
 pub mod server;
+pub mod slm;
 pub mod telemetry;
 
 pub use error::{Error, Result};

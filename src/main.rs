@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::TrainRanker(args) => slate::ranking::train::run(&args),
         Command::Bench { what: BenchCommand::Ranker(args) } => slate::ranking::bench::run(&args),
+        Command::Bench { what: BenchCommand::Slm(args) } => slate::slm::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

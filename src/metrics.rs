@@ -28,6 +28,21 @@ pub const CACHE_LOOKUPS_TOTAL: &str = "slate_history_cache_lookups_total";
 pub const CACHE_EVICTIONS_TOTAL: &str = "slate_history_cache_evictions_total";
 pub const CACHE_BYTES: &str = "slate_history_cache_bytes";
 
+pub const SLM_TTFT: &str = "slate_slm_time_to_first_token_seconds";
+pub const SLM_INTER_TOKEN: &str = "slate_slm_inter_token_seconds";
+pub const SLM_QUEUE_DURATION: &str = "slate_slm_queue_duration_seconds";
+pub const SLM_E2E_DURATION: &str = "slate_slm_sequence_duration_seconds";
+pub const SLM_PROMPT_TOKENS: &str = "slate_slm_prompt_tokens_total";
+pub const SLM_GENERATED_TOKENS: &str = "slate_slm_generated_tokens_total";
+pub const SLM_RUNNING: &str = "slate_slm_running_sequences";
+pub const SLM_WAITING: &str = "slate_slm_waiting_sequences";
+pub const SLM_KV_USAGE: &str = "slate_slm_kv_usage_ratio";
+pub const SLM_STEP_TOKENS: &str = "slate_slm_step_tokens";
+pub const SLM_STEP_SEQUENCES: &str = "slate_slm_step_sequences";
+pub const SLM_FINISHED: &str = "slate_slm_sequences_finished_total";
+pub const SLM_PREEMPTIONS: &str = "slate_slm_preemptions_total";
+pub const SLM_STEP_DURATION: &str = "slate_slm_step_duration_seconds";
+
 /// Latency buckets: 36 geometric steps from 100 µs to 30 s (ratio ≈ 1.433).
 pub fn latency_buckets() -> Vec<f64> {
     let (lo, hi, n) = (1e-4f64, 30.0f64, 36);
@@ -53,6 +68,8 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(RANK_CANDIDATES.into()), &count_buckets())
                 .expect("non-empty bucket list")
                 .set_buckets_for_metric(Matcher::Prefix("slate_rank_step_".into()), &count_buckets())
+                .expect("non-empty bucket list")
+                .set_buckets_for_metric(Matcher::Prefix("slate_slm_step_".into()), &count_buckets())
                 .expect("non-empty bucket list")
                 .install_recorder()
                 .expect("the Prometheus recorder is installed once per process");
@@ -123,6 +140,40 @@ fn describe() {
         CANCELLATIONS_TOTAL,
         Unit::Count,
         "Requests whose client went away before compute started, by model."
+    );
+    describe_histogram!(SLM_TTFT, Unit::Seconds, "Generation: arrival to first generated token, by model.");
+    describe_histogram!(
+        SLM_INTER_TOKEN,
+        Unit::Seconds,
+        "Generation: time between generated tokens, by model."
+    );
+    describe_histogram!(SLM_QUEUE_DURATION, Unit::Seconds, "Generation: arrival to admission, by model.");
+    describe_histogram!(
+        SLM_E2E_DURATION,
+        Unit::Seconds,
+        "Generation/scoring: arrival to the last token, by model and finish reason."
+    );
+    describe_counter!(SLM_PROMPT_TOKENS, Unit::Count, "Prompt tokens prefilled, by model.");
+    describe_counter!(SLM_GENERATED_TOKENS, Unit::Count, "Tokens generated, by model.");
+    describe_gauge!(SLM_RUNNING, Unit::Count, "Sequences admitted and running, by model.");
+    describe_gauge!(SLM_WAITING, Unit::Count, "Sequences waiting for admission, by model.");
+    describe_gauge!(SLM_KV_USAGE, Unit::Count, "Share of the KV-cache budget in use (0..1), by model.");
+    describe_histogram!(SLM_STEP_TOKENS, Unit::Count, "Tokens (prefill + decode) in one engine step.");
+    describe_histogram!(SLM_STEP_SEQUENCES, Unit::Count, "Sequences in one engine step.");
+    describe_counter!(
+        SLM_FINISHED,
+        Unit::Count,
+        "Sequences finished, by model and reason (stop, length, scored, cancelled, deadline)."
+    );
+    describe_counter!(
+        SLM_PREEMPTIONS,
+        Unit::Count,
+        "Running sequences preempted (KV freed, recomputed later) for a higher priority class, by model."
+    );
+    describe_histogram!(
+        SLM_STEP_DURATION,
+        Unit::Seconds,
+        "Duration of one engine step (model forward), by model."
     );
 }
 
@@ -220,6 +271,50 @@ pub fn cache_evicted(model: &str, reason: &'static str, bytes_now: usize) {
 
 pub fn cache_bytes(model: &str, bytes: usize) {
     gauge!(CACHE_BYTES, "model" => model.to_string()).set(bytes as f64);
+}
+
+/// Records one generated token: time to first token (for the first) and the gap since the last one.
+pub fn slm_token(model: &str, ttft: Option<Duration>, inter: Option<Duration>) {
+    let m = model.to_string();
+    counter!(SLM_GENERATED_TOKENS, "model" => m.clone()).increment(1);
+    if let Some(t) = ttft {
+        histogram!(SLM_TTFT, "model" => m.clone()).record(t.as_secs_f64());
+    }
+    if let Some(t) = inter {
+        histogram!(SLM_INTER_TOKEN, "model" => m).record(t.as_secs_f64());
+    }
+}
+
+pub fn slm_queued(model: &str, waited: Duration) {
+    histogram!(SLM_QUEUE_DURATION, "model" => model.to_string()).record(waited.as_secs_f64());
+}
+
+pub fn slm_finished(model: &str, reason: &'static str, elapsed: Duration) {
+    let m = model.to_string();
+    counter!(SLM_FINISHED, "model" => m.clone(), "reason" => reason).increment(1);
+    histogram!(SLM_E2E_DURATION, "model" => m, "reason" => reason).record(elapsed.as_secs_f64());
+}
+
+pub fn slm_preempted(model: &str) {
+    counter!(SLM_PREEMPTIONS, "model" => model.to_string()).increment(1);
+}
+
+pub fn slm_gauges(model: &str, running: usize, waiting: usize, kv_usage: f64) {
+    let m = model.to_string();
+    gauge!(SLM_RUNNING, "model" => m.clone()).set(running as f64);
+    gauge!(SLM_WAITING, "model" => m.clone()).set(waiting as f64);
+    gauge!(SLM_KV_USAGE, "model" => m).set(kv_usage);
+}
+
+/// Records one engine step: sequences in it, tokens (prompt share counted as prefilled), duration.
+pub fn slm_step(model: &str, sequences: usize, tokens: usize, prompt_tokens: usize, elapsed: Duration) {
+    let m = model.to_string();
+    histogram!(SLM_STEP_SEQUENCES, "model" => m.clone()).record(sequences as f64);
+    histogram!(SLM_STEP_TOKENS, "model" => m.clone()).record(tokens as f64);
+    histogram!(SLM_STEP_DURATION, "model" => m.clone()).record(elapsed.as_secs_f64());
+    if prompt_tokens > 0 {
+        counter!(SLM_PROMPT_TOKENS, "model" => m).increment(prompt_tokens as u64);
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use crate::config::{Config, ModelConfig, ModelKind};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::ranking::{PriorityClasses, RankerHandle, RankerModel};
+use crate::slm::scheduler::SlmHandle;
 use serde::Serialize;
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::watch;
@@ -33,6 +34,13 @@ struct Entry {
     config: ModelConfig,
     state: RwLock<ModelState>,
     ranker: OnceLock<RankerHandle>,
+    slm: OnceLock<SlmHandle>,
+}
+
+/// A loaded model's handle.
+enum Loaded {
+    Ranker(RankerHandle),
+    Slm(SlmHandle),
 }
 
 pub struct Registry {
@@ -49,6 +57,7 @@ impl Registry {
                 config: m.clone(),
                 state: RwLock::new(ModelState::Loading),
                 ranker: OnceLock::new(),
+                slm: OnceLock::new(),
             })
             .collect::<Vec<_>>();
         for m in &config.models {
@@ -79,9 +88,23 @@ impl Registry {
                 .name(format!("load-{idx}"))
                 .spawn(move || {
                     let entry = &this.entries[idx];
-                    let state = match load_one(&entry.config, &limits, classes, &runtime) {
+                    // A panic while loading (a malformed file tripping a library) fails this model only.
+                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        load_one(&entry.config, &limits, classes, &runtime)
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(format!("loading panicked: {}", crate::error::panic_message(&*p)))
+                    });
+                    let state = match loaded {
                         Ok(handle) => {
-                            let _ = entry.ranker.set(handle);
+                            match handle {
+                                Loaded::Ranker(h) => {
+                                    let _ = entry.ranker.set(h);
+                                }
+                                Loaded::Slm(h) => {
+                                    let _ = entry.slm.set(h);
+                                }
+                            }
                             tracing::info!(model = %entry.config.name, "model loaded and warmed");
                             ModelState::Ready
                         }
@@ -119,7 +142,11 @@ impl Registry {
                 name: e.config.name.clone(),
                 kind: e.config.kind.as_str(),
                 path: e.config.path.display().to_string(),
-                version: e.ranker.get().map(|h| h.model().weights_hash().to_string()),
+                version: e
+                    .ranker
+                    .get()
+                    .map(|h| h.model().weights_hash().to_string())
+                    .or_else(|| e.slm.get().map(|h| h.version().to_string())),
                 status: e.state.read().expect("registry lock poisoned").clone(),
             })
             .collect()
@@ -127,26 +154,37 @@ impl Registry {
 
     /// The ranker named `name`: NOT_FOUND when no such ranker is configured, UNAVAILABLE while loading.
     pub fn ranker(&self, name: &str) -> Result<RankerHandle> {
-        let entry = self
-            .entries
-            .iter()
-            .find(|e| e.config.name == name && e.config.kind == ModelKind::Ranker)
-            .ok_or_else(|| {
-                if name.is_empty() {
-                    Error::invalid("model", "must name a model")
-                } else {
-                    Error::NotFound(format!("model: no ranker model named '{name}'"))
-                }
-            })?;
-        entry.ranker.get().cloned().ok_or_else(|| {
-            let state = entry.state.read().expect("registry lock poisoned").clone();
-            match state {
-                ModelState::Failed(msg) => {
-                    Error::Unavailable(format!("model '{name}' failed to load: {msg}"))
-                }
-                _ => Error::Unavailable(format!("model '{name}' is still loading")),
+        let entry = self.entry(name, ModelKind::Ranker)?;
+        entry.ranker.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
+    }
+
+    /// The SLM named `name`: NOT_FOUND when no such SLM is configured, UNAVAILABLE while loading.
+    pub fn slm(&self, name: &str) -> Result<SlmHandle> {
+        let entry = self.entry(name, ModelKind::Slm)?;
+        entry.slm.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
+    }
+
+    /// Loaded SLMs, in config order.
+    pub fn slms(&self) -> Vec<SlmHandle> {
+        self.entries.iter().filter_map(|e| e.slm.get().cloned()).collect()
+    }
+
+    fn entry(&self, name: &str, kind: ModelKind) -> Result<&Entry> {
+        self.entries.iter().find(|e| e.config.name == name && e.config.kind == kind).ok_or_else(|| {
+            if name.is_empty() {
+                Error::invalid("model", "must name a model")
+            } else {
+                Error::NotFound(format!("model: no {} model named '{name}'", kind.as_str()))
             }
         })
+    }
+
+    fn not_loaded(entry: &Entry, name: &str) -> Error {
+        let state = entry.state.read().expect("registry lock poisoned").clone();
+        match state {
+            ModelState::Failed(msg) => Error::Unavailable(format!("model '{name}' failed to load: {msg}")),
+            _ => Error::Unavailable(format!("model '{name}' is still loading")),
+        }
     }
 }
 
@@ -155,14 +193,19 @@ fn load_one(
     limits: &crate::config::Limits,
     classes: PriorityClasses,
     runtime: &tokio::runtime::Handle,
-) -> std::result::Result<RankerHandle, String> {
+) -> std::result::Result<Loaded, String> {
     match cfg.kind {
         ModelKind::Ranker => {
             let model = RankerModel::load(&cfg.path).map_err(|e| e.to_string())?;
             // Warm up: one real request through the whole path (allocations, thread pools, caches).
             let warm = model.warmup_request();
             model.rank(&warm, 0).map_err(|e| format!("warm-up request failed: {e}"))?;
-            Ok(RankerHandle::start(&cfg.name, model, &cfg.ranker, limits, classes, runtime))
+            Ok(Loaded::Ranker(RankerHandle::start(&cfg.name, model, &cfg.ranker, limits, classes, runtime)))
+        }
+        ModelKind::Slm => {
+            let handle = crate::slm::load(&cfg.name, &cfg.path, &cfg.slm, limits.max_prompt_tokens, classes)?;
+            crate::slm::warm_up(&handle)?;
+            Ok(Loaded::Slm(handle))
         }
     }
 }

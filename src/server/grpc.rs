@@ -6,8 +6,13 @@ use super::AppState;
 use crate::error::Error;
 use crate::proto::slate::v1 as pb;
 use crate::ranking::RankRequest;
+use crate::slm::chat::ChatMessage;
+use crate::slm::sampling::SamplingParams;
+use crate::slm::scheduler::{GenEvent, GenerateRequest, Prompt, ScoreRequest, TokenLogprob, Usage};
+use pb::generation_server::{Generation, GenerationServer};
 use pb::ranking_server::{Ranking, RankingServer};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -34,6 +39,199 @@ impl Ranking for RankingService {
     }
 }
 
+fn ctx_of<T>(request: &Request<T>) -> Arc<RequestCtx> {
+    request
+        .extensions()
+        .get::<Arc<RequestCtx>>()
+        .cloned()
+        .expect("FrontLayer puts a RequestCtx on every request; this is a bug")
+}
+
+/// `prompt` xor `messages` of a generation or scoring request.
+fn prompt_of(prompt: String, messages: Vec<pb::ChatMessage>) -> Result<Prompt, Error> {
+    match (prompt.is_empty(), messages.is_empty()) {
+        (false, true) => Ok(Prompt::Text(prompt)),
+        (true, false) => Ok(Prompt::Chat(
+            messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
+        )),
+        (true, true) => Err(Error::invalid("prompt", "send a non-empty prompt or messages")),
+        (false, false) => Err(Error::invalid("prompt", "send exactly one of prompt or messages")),
+    }
+}
+
+fn generate_request(
+    req: pb::GenerateRequest,
+    timeout: Option<Duration>,
+    priority: Option<String>,
+) -> Result<(String, GenerateRequest), Error> {
+    let s = req.sampling.unwrap_or_default();
+    let params = SamplingParams {
+        temperature: s.temperature.unwrap_or(1.0),
+        top_p: s.top_p.unwrap_or(1.0),
+        top_k: s.top_k,
+        seed: s.seed,
+        frequency_penalty: s.frequency_penalty,
+        presence_penalty: s.presence_penalty,
+        logprobs: s.logprobs,
+        top_logprobs: s.top_logprobs,
+    };
+    let priority = if req.priority.is_empty() { priority.unwrap_or_default() } else { req.priority };
+    Ok((
+        req.model,
+        GenerateRequest {
+            prompt: prompt_of(req.prompt, req.messages)?,
+            params,
+            max_tokens: (s.max_tokens > 0).then_some(i64::from(s.max_tokens)),
+            stop: s.stop,
+            ignore_eos: false,
+            priority,
+            timeout,
+        },
+    ))
+}
+
+fn pb_logprob(l: TokenLogprob) -> pb::TokenLogprob {
+    pb::TokenLogprob {
+        token: l.token,
+        token_id: l.id,
+        logprob: l.logprob,
+        top_logprobs: l
+            .top
+            .into_iter()
+            .map(|(_, token, logprob)| pb::TopLogprob { token, logprob })
+            .collect(),
+    }
+}
+
+fn pb_usage(u: Usage) -> pb::Usage {
+    pb::Usage {
+        prompt_tokens: u.prompt_tokens as u32,
+        completion_tokens: u.completion_tokens as u32,
+        total_tokens: (u.prompt_tokens + u.completion_tokens) as u32,
+    }
+}
+
+/// `slate.v1.Generation` over the shared core.
+pub struct GenerationService {
+    state: Arc<AppState>,
+}
+
+type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+
+impl GenerationService {
+    async fn start(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<crate::slm::scheduler::GenStream, Status> {
+        let timeout = grpc_timeout(request.metadata())?;
+        let ctx = ctx_of(&request);
+        let priority =
+            request.metadata().get("priority").map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+        let (model, req) = generate_request(request.into_inner(), timeout, priority)?;
+        Ok(super::generate(&self.state, &ctx, &model, req).await?)
+    }
+}
+
+#[tonic::async_trait]
+impl Generation for GenerationService {
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let mut s = self.start(request).await?;
+        let mut out = pb::GenerateResponse::default();
+        loop {
+            match s.events.recv().await {
+                Some(GenEvent::Token { text, logprob }) => {
+                    out.text.push_str(&text);
+                    out.logprobs.extend(logprob.map(pb_logprob));
+                }
+                Some(GenEvent::Finished { text, reason, usage }) => {
+                    out.text.push_str(&text);
+                    out.finish_reason = reason.as_str().to_string();
+                    out.usage = Some(pb_usage(usage));
+                    return Ok(Response::new(out));
+                }
+                Some(GenEvent::Failed(e)) => return Err(e.into()),
+                None => return Err(Error::Internal("the engine stopped mid-generation".into()).into()),
+            }
+        }
+    }
+
+    type GenerateStreamStream = ChunkStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let s = self.start(request).await?;
+        let stream = futures::stream::unfold(Some(s), |state| async move {
+            let mut s = state?;
+            loop {
+                match s.events.recv().await {
+                    Some(GenEvent::Token { text, logprob }) => {
+                        if text.is_empty() && logprob.is_none() {
+                            continue;
+                        }
+                        let chunk = pb::GenerateChunk {
+                            text,
+                            logprobs: logprob.map(pb_logprob).into_iter().collect(),
+                            ..Default::default()
+                        };
+                        return Some((Ok(chunk), Some(s)));
+                    }
+                    Some(GenEvent::Finished { text, reason, usage }) => {
+                        let chunk = pb::GenerateChunk {
+                            text,
+                            logprobs: Vec::new(),
+                            finish_reason: reason.as_str().to_string(),
+                            usage: Some(pb_usage(usage)),
+                        };
+                        return Some((Ok(chunk), None));
+                    }
+                    Some(GenEvent::Failed(e)) => return Some((Err(e.into()), None)),
+                    None => {
+                        let e = Error::Internal("the engine stopped mid-generation".into());
+                        return Some((Err(e.into()), None));
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn score(&self, request: Request<pb::ScoreRequest>) -> Result<Response<pb::ScoreResponse>, Status> {
+        let timeout = grpc_timeout(request.metadata())?;
+        let ctx = ctx_of(&request);
+        let priority =
+            request.metadata().get("priority").map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+        let req = request.into_inner();
+        let priority = if req.priority.is_empty() { priority.unwrap_or_default() } else { req.priority };
+        let labels = req.labels.clone();
+        let sreq = ScoreRequest {
+            prompt: prompt_of(req.prompt, req.messages)?,
+            labels: req.labels,
+            priority,
+            timeout,
+        };
+        let result = super::score(&self.state, &ctx, &req.model, sreq).await?;
+        Ok(Response::new(pb::ScoreResponse {
+            prompt_tokens: result.prompt_tokens as u32,
+            scores: labels
+                .into_iter()
+                .zip(result.labels)
+                .map(|(label, s)| pb::LabelScore {
+                    label,
+                    logprob_sum: s.logprob_sum as f32,
+                    logprob_mean: s.logprob_mean as f32,
+                    probability: s.probability as f32,
+                    tokens: s.tokens as u32,
+                })
+                .collect(),
+        }))
+    }
+}
+
 /// Serves every gRPC service on `listener`, behind the front layer and with message limits, until
 /// `shutdown` resolves; then stops accepting and waits for in-flight calls (the caller bounds the wait).
 pub async fn serve(
@@ -54,6 +252,9 @@ pub async fn serve(
     let ranking = RankingServer::new(RankingService { state: Arc::clone(&state) })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
+    let generation = GenerationServer::new(GenerationService { state: Arc::clone(&state) })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .layer(FrontLayer::new(state))
@@ -61,6 +262,7 @@ pub async fn serve(
         .add_service(reflection_v1.max_decoding_message_size(limit))
         .add_service(reflection_v1alpha.max_decoding_message_size(limit))
         .add_service(ranking)
+        .add_service(generation)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -30,6 +30,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/v1/rank", post(rank))
+        .route("/v1/completions", post(super::openai::completions))
+        .route("/v1/chat/completions", post(super::openai::chat_completions))
+        .route("/v1/tokenize", post(super::openai::tokenize))
+        .route("/v1/score", post(super::openai::score))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Our extractor enforces the limit itself (with a JSON 413); this covers axum's extractors.
@@ -94,7 +98,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Error {
 }
 
 /// `x-request-timeout-ms`: a positive integer, or absent (the model's default deadline).
-fn timeout_from_header(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
+pub(crate) fn timeout_from_header(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
     let Some(v) = headers.get(TIMEOUT_HEADER) else { return Ok(None) };
     let ms =
         v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|&ms| ms > 0).ok_or_else(|| {

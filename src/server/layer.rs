@@ -63,9 +63,16 @@ impl RequestCtx {
 const METHODS: &[(Protocol, &str, &str)] = &[
     (Protocol::Http, "/v1/rank", "rank"),
     (Protocol::Http, "/v1/models", "models"),
+    (Protocol::Http, "/v1/completions", "completions"),
+    (Protocol::Http, "/v1/chat/completions", "chat_completions"),
+    (Protocol::Http, "/v1/tokenize", "tokenize"),
+    (Protocol::Http, "/v1/score", "score"),
     (Protocol::Http, "/health/", "health"),
     (Protocol::Http, "/metrics", "metrics"),
     (Protocol::Grpc, "/slate.v1.Ranking/Rank", "rank"),
+    (Protocol::Grpc, "/slate.v1.Generation/Generate", "generate"),
+    (Protocol::Grpc, "/slate.v1.Generation/GenerateStream", "generate_stream"),
+    (Protocol::Grpc, "/slate.v1.Generation/Score", "score"),
     (Protocol::Grpc, "/grpc.health.v1.Health/", "health"),
     (Protocol::Grpc, "/grpc.reflection.", "reflection"),
 ];
@@ -253,7 +260,7 @@ where
                     match result {
                         Ok(r) => r?,
                         Err(panic) => {
-                            let msg = panic_message(&panic);
+                            let msg = crate::error::panic_message(&*panic);
                             tracing::error!(panic = %msg, "handler panicked");
                             ResB::error_response(Error::Internal("the handler failed unexpectedly".into()))
                         }
@@ -323,14 +330,6 @@ impl Drop for Record {
             tracing::info!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "request cancelled: client went away");
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod layer;
+pub mod openai;
 
 use crate::config::Config;
 use crate::error::Result;
@@ -75,6 +76,28 @@ pub async fn rank(
     ctx.set_model(&req.model, state.is_configured(&req.model));
     let handle = state.registry.ranker(&req.model)?;
     handle.rank(req, timeout, priority).await
+}
+
+/// The generation core both protocols call: model lookup, then the model's engine.
+pub async fn generate(
+    state: &AppState,
+    ctx: &RequestCtx,
+    model: &str,
+    req: crate::slm::scheduler::GenerateRequest,
+) -> Result<crate::slm::scheduler::GenStream> {
+    ctx.set_model(model, state.is_configured(model));
+    state.registry.slm(model)?.generate(req)
+}
+
+/// The label-scoring core both protocols call.
+pub async fn score(
+    state: &AppState,
+    ctx: &RequestCtx,
+    model: &str,
+    req: crate::slm::scheduler::ScoreRequest,
+) -> Result<crate::slm::scheduler::ScoreResult> {
+    ctx.set_model(model, state.is_configured(model));
+    state.registry.slm(model)?.score(req).await
 }
 
 /// Why the server could not start or stopped with an error.

@@ -1,0 +1,265 @@
+//! `slate bench slm`: prefill and decode speed of an SLM through the serving engine (continuous
+//! batcher included), and llama.cpp (PyPI `llama-cpp-python`, run in `.venv-peers` by
+//! tools/peers/llama_bench.py) on the same GGUF with the same thread count, in the same run.
+//!
+//! Measures (greedy, `ignore_eos`, medians over `--rounds`):
+//! - prefill tok/s for each `--prompt-tokens` P: a request of P prompt tokens and max_tokens 1, P ÷
+//!   time to its only token (the whole prompt runs as one step);
+//! - decode tok/s for each `--streams` S: S requests of 128 prompt tokens and `--gen-tokens` G started
+//!   together; per-stream decode rate = (G − 1) ÷ (its last token − its first token); aggregate
+//!   decode = tokens of all streams produced while every stream was decoding (from the last stream's
+//!   first token to the first stream's last token) ÷ that window; end-to-end = S·G ÷ wall time from
+//!   submission (prefills included).
+//!
+//! The peer has no continuous batching in Python (`llama_cpp.server` serves one request at a time), so
+//! its figures are for one stream; multi-stream rows compare with our own single stream.
+
+use super::gguf::GgufFile;
+use super::sampling::SamplingParams;
+use super::scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
+use crate::config::SlmSettings;
+use crate::ranking::PriorityClasses;
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SlmBenchArgs {
+    /// GGUF model file.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// Prompt lengths for the prefill measurement, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    pub prompt_tokens: Vec<usize>,
+    /// Tokens generated per stream in the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Concurrent streams for the decode measurement, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
+    pub streams: Vec<usize>,
+    /// Compute threads (Slate's pool and the peer's n_threads).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Python of the peer virtual environment (scripts/setup-peers.sh installs llama-cpp-python there).
+    #[arg(long, default_value = ".venv-peers/bin/python")]
+    pub peer_python: PathBuf,
+    /// Skip the llama.cpp peer.
+    #[arg(long)]
+    pub no_peer: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `n` prompt tokens: the tokenized sample text repeated.
+fn prompt_of(ids: &[u32], n: usize) -> Vec<u32> {
+    ids.iter().copied().cycle().take(n).collect()
+}
+
+struct Timing {
+    start: Instant,
+    first: Instant,
+    last: Instant,
+    tokens: usize,
+    /// When each token arrived.
+    at: Vec<Instant>,
+}
+
+fn generate(h: &SlmHandle, prompt: Vec<u32>, max_tokens: usize) -> Result<Timing> {
+    let start = Instant::now();
+    let req = GenerateRequest {
+        prompt: Prompt::Tokens(prompt),
+        params: SamplingParams { temperature: 0.0, ..Default::default() },
+        max_tokens: Some(max_tokens as i64),
+        stop: Vec::new(),
+        ignore_eos: true,
+        priority: String::new(),
+        timeout: None,
+    };
+    let mut s = h.generate(req).map_err(|e| anyhow!("{e}"))?;
+    let mut at = Vec::with_capacity(max_tokens);
+    loop {
+        match s.events.blocking_recv() {
+            Some(GenEvent::Token { .. }) => at.push(Instant::now()),
+            Some(GenEvent::Finished { .. }) => {
+                let last = Instant::now();
+                let first = at.first().copied().unwrap_or(last);
+                return Ok(Timing { start, first, last, tokens: at.len(), at });
+            }
+            Some(GenEvent::Failed(e)) => bail!("generation failed: {e}"),
+            None => bail!("engine stopped"),
+        }
+    }
+}
+
+/// llama.cpp's figures from tools/peers/llama_bench.py, or None (with the reason printed).
+fn peer(args: &SlmBenchArgs) -> Option<Value> {
+    if args.no_peer {
+        return None;
+    }
+    if !args.peer_python.exists() {
+        eprintln!(
+            "{} not found: run scripts/setup-peers.sh (installs llama-cpp-python), or pass --no-peer",
+            args.peer_python.display()
+        );
+        return None;
+    }
+    let prompts = args.prompt_tokens.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let out = Command::new(&args.peer_python)
+        .arg("tools/peers/llama_bench.py")
+        .args(["--model", &args.model.display().to_string()])
+        .args(["--threads", &args.threads.to_string()])
+        .args(["--prompt-tokens", &prompts])
+        .args(["--gen-tokens", &args.gen_tokens.to_string()])
+        .args(["--rounds", &args.rounds.to_string()])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            match text.lines().last().map(serde_json::from_str::<Value>) {
+                Some(Ok(v)) => Some(v),
+                _ => {
+                    eprintln!("llama.cpp peer printed no JSON: {text}");
+                    None
+                }
+            }
+        }
+        Ok(o) => {
+            eprintln!("llama.cpp peer failed: {}", String::from_utf8_lossy(&o.stderr));
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot run the llama.cpp peer: {e}");
+            None
+        }
+    }
+}
+
+pub fn run(args: &SlmBenchArgs) -> Result<()> {
+    if args.threads == 0 || args.rounds == 0 || args.gen_tokens < 2 {
+        bail!("--threads and --rounds must be ≥ 1 and --gen-tokens ≥ 2");
+    }
+    let max_streams = args.streams.iter().copied().max().unwrap_or(1);
+    let max_prompt = args.prompt_tokens.iter().copied().max().unwrap_or(128).max(128);
+    let settings = SlmSettings {
+        threads: args.threads,
+        max_running_sequences: max_streams,
+        max_waiting_requests: max_streams * 2,
+        max_step_tokens: max_prompt.max(max_streams),
+        kv_cache_bytes: 4 << 30,
+        max_tokens_limit: args.gen_tokens.max(16),
+        ..Default::default()
+    };
+    let classes = PriorityClasses { names: vec!["default".into()], default: 0 };
+    let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
+    let sample = super::tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
+        .map_err(|e| anyhow!("{e}"))?
+        .encode(
+            "The history of the printing press begins in the fifteenth century, when movable type changed how \
+             books were made, sold and read across Europe, and with them how ideas travelled.",
+            false,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    drop(file);
+    let h = super::load("bench", &args.model, &settings, max_prompt + 1, classes).map_err(|e| anyhow!(e))?;
+    super::warm_up(&h).map_err(|e| anyhow!(e))?;
+    println!(
+        "slate bench slm: {} · {} threads · greedy · medians of {} rounds",
+        args.model.display(),
+        args.threads,
+        args.rounds
+    );
+    let peer = peer(args);
+    let peer_num = |path: &[&str]| -> Option<f64> {
+        let mut v = peer.as_ref()?;
+        for k in path {
+            v = v.get(k)?;
+        }
+        v.as_f64()
+    };
+    let ratio =
+        |ours: f64, theirs: Option<f64>| theirs.map_or("-".to_string(), |t| format!("{:.2}×", ours / t));
+    println!("\n{:<28} {:>12} {:>12} {:>10}", "prefill", "slate tok/s", "llama.cpp", "ratio");
+    for &p in &args.prompt_tokens {
+        let mut rates = Vec::new();
+        for _ in 0..args.rounds {
+            let t = generate(&h, prompt_of(&sample, p), 1)?;
+            rates.push(p as f64 / (t.first - t.start).as_secs_f64());
+        }
+        let ours = median(rates);
+        let theirs = peer_num(&["prefill", &p.to_string()]);
+        println!(
+            "{:<28} {:>12.1} {:>12} {:>10}",
+            format!("{p} prompt tokens"),
+            ours,
+            theirs.map_or("-".into(), |t| format!("{t:.1}")),
+            ratio(ours, theirs)
+        );
+    }
+    println!(
+        "\n{:<28} {:>12} {:>14} {:>14} {:>10}",
+        "decode (128-token prompts)", "per stream", "aggregate", "end-to-end", "llama.cpp"
+    );
+    let mut single = None;
+    for &s in &args.streams {
+        let (mut per, mut agg, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            let timings: Vec<Timing> = std::thread::scope(|scope| {
+                let hs: Vec<_> = (0..s)
+                    .map(|i| {
+                        let h = &h;
+                        // Distinct prompts (rotated) so no two streams are identical.
+                        let mut ids = prompt_of(&sample, 128 + i);
+                        ids.drain(..i);
+                        scope.spawn(move || generate(h, ids, args.gen_tokens))
+                    })
+                    .collect();
+                hs.into_iter().map(|j| j.join().expect("bench thread")).collect::<Result<Vec<_>>>()
+            })?;
+            for t in &timings {
+                per.push((t.tokens - 1) as f64 / (t.last - t.first).as_secs_f64());
+            }
+            let start = timings.iter().map(|t| t.start).min().expect("streams");
+            let all_decoding = timings.iter().map(|t| t.first).max().expect("streams");
+            let one_done = timings.iter().map(|t| t.last).min().expect("streams");
+            let last = timings.iter().map(|t| t.last).max().expect("streams");
+            let total: usize = timings.iter().map(|t| t.tokens).sum();
+            let in_window =
+                timings.iter().flat_map(|t| &t.at).filter(|&&a| a > all_decoding && a <= one_done).count();
+            if one_done > all_decoding && in_window > 0 {
+                agg.push(in_window as f64 / (one_done - all_decoding).as_secs_f64());
+            }
+            e2e.push(total as f64 / (last - start).as_secs_f64());
+        }
+        if agg.is_empty() {
+            bail!("{s} streams never decoded together: raise --gen-tokens");
+        }
+        let (per, agg, e2e) = (median(per), median(agg), median(e2e));
+        if s == 1 {
+            single = Some(per);
+        }
+        let theirs = if s == 1 { peer_num(&["decode"]) } else { None };
+        println!(
+            "{:<28} {:>12.1} {:>14.1} {:>14.1} {:>10}",
+            format!("{s} stream{}", if s == 1 { "" } else { "s" }),
+            per,
+            agg,
+            e2e,
+            match theirs {
+                Some(t) => format!("{t:.1} ({})", ratio(per, Some(t))),
+                None => single.map_or("-".into(), |one| format!("{:.2}× 1-str", agg / one)),
+            }
+        );
+    }
+    if let Some(p) = &peer {
+        println!("\nllama.cpp: {}", p.get("version").and_then(Value::as_str).unwrap_or("?"));
+    }
+    Ok(())
+}

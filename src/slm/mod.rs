@@ -1,0 +1,65 @@
+//! Small language models: GGUF loading, tokenizer and chat template, the llama-family forward pass,
+//! sampling, the KV cache, the continuous-batching engine and label scoring.
+
+pub mod bench;
+pub mod chat;
+pub mod gguf;
+pub mod kv;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod scoring;
+pub mod testing;
+pub mod tokenizer;
+
+use crate::config::SlmSettings;
+use crate::ranking::PriorityClasses;
+use scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
+use std::path::Path;
+
+/// Loads a GGUF model (weights, tokenizer, chat template) and starts its engine.
+pub fn load(
+    name: &str,
+    path: &Path,
+    settings: &SlmSettings,
+    max_prompt_tokens: usize,
+    classes: PriorityClasses,
+) -> Result<SlmHandle, String> {
+    let file = gguf::GgufFile::open(path)?;
+    let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
+        .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
+    let model = model::LlamaModel::from_gguf(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    if tokenizer.vocab_size() > model.config().vocab {
+        return Err(format!(
+            "{}: the tokenizer has {} tokens but token_embd.weight only {} rows",
+            path.display(),
+            tokenizer.vocab_size(),
+            model.config().vocab
+        ));
+    }
+    let version = file.content_hash();
+    drop(file);
+    SlmHandle::start(name, version, model, tokenizer, settings, max_prompt_tokens, classes)
+}
+
+/// Warm-up: one short greedy generation through the engine (thread pools, buffers).
+pub fn warm_up(handle: &SlmHandle) -> Result<(), String> {
+    let req = GenerateRequest {
+        prompt: Prompt::Text("Hello".into()),
+        params: sampling::SamplingParams { temperature: 0.0, ..Default::default() },
+        max_tokens: Some(2),
+        stop: Vec::new(),
+        ignore_eos: false,
+        priority: String::new(),
+        timeout: None,
+    };
+    let mut stream = handle.generate(req).map_err(|e| format!("warm-up: {e}"))?;
+    while let Some(ev) = stream.events.blocking_recv() {
+        match ev {
+            GenEvent::Token { .. } => {}
+            GenEvent::Finished { .. } => return Ok(()),
+            GenEvent::Failed(e) => return Err(format!("warm-up generation failed: {e}")),
+        }
+    }
+    Err("warm-up: the engine stopped".into())
+}

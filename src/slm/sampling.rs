@@ -1,0 +1,635 @@
+//! Choosing the next token from logits (OpenAI-style parameters: temperature, top_p, top_k, seed,
+//! frequency/presence penalties, logprobs) and cutting generated text at stop strings.
+//! Sampling avoids sorting the vocabulary: greedy is one argmax pass, top-k a `select_nth_unstable`,
+//! top-p sorts a growing head of the distribution until it holds `top_p` of the mass.
+
+use crate::{Error, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// Most alternatives a request may ask for per position (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// Sampling parameters of one generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy. Default 1.0.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of most likely tokens holding this much probability. Default 1.0.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens; 0 = off.
+    pub top_k: u32,
+    /// Same seed + same logits ⇒ same tokens. None ⇒ a random seed.
+    pub seed: Option<u64>,
+    /// Subtracted once per earlier occurrence of a token in the output, in [-2, 2].
+    pub frequency_penalty: f32,
+    /// Subtracted once if a token occurred in the output, in [-2, 2].
+    pub presence_penalty: f32,
+    /// Report the chosen token's log-probability (and `top_logprobs` alternatives).
+    pub logprobs: bool,
+    /// Number of most likely alternatives to report per position, 0..=20 (needs `logprobs`).
+    pub top_logprobs: u32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logprobs: false,
+            top_logprobs: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// 422 naming the field: temperature < 0 or non-finite, top_p outside (0, 1], penalties outside
+    /// [-2, 2], top_logprobs > 20 (or > 0 without logprobs).
+    pub fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(Error::invalid("temperature", format!("must be a finite number >= 0, got {t}")));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+        }
+        for (name, v) in
+            [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)]
+        {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::invalid(name, format!("must be in [-2, 2], got {v}")));
+            }
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(Error::invalid(
+                "top_logprobs",
+                format!("must be at most {MAX_TOP_LOGPROBS}, got {}", self.top_logprobs),
+            ));
+        }
+        if self.top_logprobs > 0 && !self.logprobs {
+            return Err(Error::invalid("top_logprobs", "requires logprobs to be true"));
+        }
+        Ok(())
+    }
+}
+
+/// One sampled token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    /// log-softmax of the raw logits at `token` (before penalties and temperature).
+    pub logprob: f32,
+    /// The `top_logprobs` most likely tokens by raw logits, most likely first (ties: lower id first);
+    /// empty unless requested.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Logit ordering key: NaN counts as -inf, so a broken logit is never chosen over a real one.
+#[inline]
+fn key(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        x
+    }
+}
+
+/// Descending by logit, ties by ascending id: a total order, so selections are deterministic.
+#[inline]
+fn desc(logits: &[f32], a: u32, b: u32) -> Ordering {
+    key(logits[b as usize]).total_cmp(&key(logits[a as usize])).then(a.cmp(&b))
+}
+
+/// Index of the largest logit, lowest id on ties.
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &x) in logits.iter().enumerate() {
+        if key(x) > best_v {
+            best = i;
+            best_v = x;
+        }
+    }
+    best as u32
+}
+
+/// The token sampler of one sequence: holds its RNG and the counts of the tokens it generated.
+pub struct Sampler {
+    params: SamplingParams,
+    seed: u64,
+    rng: StdRng,
+    /// How often each token was generated so far (for the penalties).
+    counts: HashMap<u32, u32>,
+    /// Scratch: candidate token ids.
+    idx: Vec<u32>,
+    /// Scratch: unnormalized probabilities by token id.
+    weights: Vec<f32>,
+}
+
+impl Sampler {
+    /// `params.seed` None ⇒ a random seed. The RNG is rand's `StdRng` seeded with `seed_from_u64`:
+    /// with the same seed and logits the same tokens come out (within one build of the server).
+    pub fn new(params: &SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(|| rand::rng().random());
+        Sampler {
+            params: params.clone(),
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            counts: HashMap::new(),
+            idx: Vec::new(),
+            weights: Vec::new(),
+        }
+    }
+
+    /// The seed in use (the drawn one when the request gave none).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks the next token from raw logits (modified in place). Order: frequency/presence penalties
+    /// (OpenAI semantics, over the tokens this sampler generated), then temperature 0 ⇒ argmax (ties →
+    /// lowest id), else temperature, top-k, top-p and a draw. Log-probabilities are of the RAW logits.
+    /// Records the chosen token for the penalties.
+    pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        assert!(!logits.is_empty(), "sampling from an empty vocabulary; this is a bug");
+        assert!(logits.len() <= u32::MAX as usize, "vocabulary larger than u32; this is a bug");
+
+        // Log-softmax normalizer of the raw logits.
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(key(x)));
+        let lse = if max == f32::NEG_INFINITY {
+            0.0
+        } else {
+            let sum: f32 = logits.iter().map(|&x| (key(x) - max).exp()).sum();
+            max + sum.ln()
+        };
+        let top_logprobs = if self.params.logprobs && self.params.top_logprobs > 0 {
+            self.top_raw(logits, self.params.top_logprobs as usize, lse)
+        } else {
+            Vec::new()
+        };
+
+        // Penalties, remembering the raw values they changed.
+        let mut raw_changed: Vec<(u32, f32)> = Vec::new();
+        let (fp, pp) = (self.params.frequency_penalty, self.params.presence_penalty);
+        if fp != 0.0 || pp != 0.0 {
+            raw_changed.reserve(self.counts.len());
+            for (&tok, &count) in &self.counts {
+                if let Some(x) = logits.get_mut(tok as usize) {
+                    raw_changed.push((tok, *x));
+                    *x -= count as f32 * fp + pp;
+                }
+            }
+        }
+
+        let token = if self.params.temperature == 0.0 || self.params.top_k == 1 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+
+        let raw = raw_changed.iter().find(|(t, _)| *t == token).map_or(logits[token as usize], |(_, x)| *x);
+        *self.counts.entry(token).or_insert(0) += 1;
+        Sampled { token, logprob: key(raw) - lse, top_logprobs }
+    }
+
+    /// The `n` largest raw logits as (id, logprob), most likely first.
+    fn top_raw(&mut self, logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
+        let n = n.min(logits.len());
+        self.idx.clear();
+        self.idx.extend(0..logits.len() as u32);
+        if n < self.idx.len() {
+            self.idx.select_nth_unstable_by(n - 1, |&a, &b| desc(logits, a, b));
+        }
+        let head = &mut self.idx[..n];
+        head.sort_unstable_by(|&a, &b| desc(logits, a, b));
+        head.iter().map(|&i| (i, key(logits[i as usize]) - lse)).collect()
+    }
+
+    /// Temperature, top-k, top-p, then a draw from what is left.
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let v = logits.len();
+        self.idx.clear();
+        self.idx.extend(0..v as u32);
+        let k = self.params.top_k as usize;
+        if k > 0 && k < v {
+            self.idx.select_nth_unstable_by(k - 1, |&a, &b| desc(logits, a, b));
+            self.idx.truncate(k);
+        }
+        let max = self.idx.iter().fold(f32::NEG_INFINITY, |m, &i| m.max(key(logits[i as usize])));
+        if max == f32::NEG_INFINITY {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / self.params.temperature;
+        if !inv_t.is_finite() {
+            // A subnormal temperature: 0 * inf would make the best token's weight NaN. It is greedy.
+            return argmax(logits);
+        }
+        self.weights.resize(v, 0.0);
+        let mut total = 0.0f64;
+        for &i in &self.idx {
+            let w = ((key(logits[i as usize]) - max) * inv_t).exp();
+            self.weights[i as usize] = w;
+            total += w as f64;
+        }
+
+        let top_p = self.params.top_p;
+        if top_p < 1.0 {
+            // Sort a head of the candidates, growing it until it holds top_p of the mass: LLM
+            // distributions are peaked, so a few dozen tokens usually suffice.
+            let target = top_p as f64 * total;
+            let len = self.idx.len();
+            let mut head = 64.min(len);
+            loop {
+                if head < len {
+                    self.idx.select_nth_unstable_by(head - 1, |&a, &b| desc(logits, a, b));
+                }
+                self.idx[..head].sort_unstable_by(|&a, &b| desc(logits, a, b));
+                let mut cum = 0.0f64;
+                let cut = self.idx[..head].iter().position(|&i| {
+                    cum += self.weights[i as usize] as f64;
+                    cum >= target
+                });
+                match cut {
+                    Some(pos) => {
+                        self.idx.truncate(pos + 1);
+                        total = cum;
+                        break;
+                    }
+                    // Rounding left the full set just short of the target: keep everything.
+                    None if head == len => break,
+                    None => head = (head * 4).min(len),
+                }
+            }
+        }
+
+        let mut r = self.rng.random::<f64>() * total;
+        for &i in &self.idx {
+            r -= self.weights[i as usize] as f64;
+            if r < 0.0 {
+                return i;
+            }
+        }
+        // r landed on the total itself (rounding): the last candidate with any weight.
+        *self
+            .idx
+            .iter()
+            .rev()
+            .find(|&&i| self.weights[i as usize] > 0.0)
+            .expect("the most likely candidate has weight 1; this is a bug")
+    }
+}
+
+/// Stop strings over streamed text. `push` returns the text safe to emit now, holding back any suffix
+/// that could still grow into a stop string, and whether a stop string was hit (the stop string and
+/// everything after it are never emitted). `finish` returns what was held back when generation ends
+/// for another reason.
+#[derive(Debug, Clone)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    /// Text received but not emitted yet: always a proper prefix of some stop string.
+    held: String,
+    stopped: bool,
+}
+
+impl StopMatcher {
+    /// Empty stop strings are ignored.
+    pub fn new(stops: Vec<String>) -> Self {
+        let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        StopMatcher { stops, held: String::new(), stopped: false }
+    }
+
+    /// Whether a stop string was hit.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    pub fn push(&mut self, text: &str) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        if self.stops.is_empty() {
+            return (text.to_string(), false);
+        }
+        self.held.push_str(text);
+        // The earliest stop string wins.
+        if let Some(pos) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            self.held.truncate(pos);
+            self.stopped = true;
+            return (std::mem::take(&mut self.held), true);
+        }
+        // Hold back the longest suffix that is the start of some stop string.
+        let keep_from = (0..self.held.len())
+            .filter(|&i| self.held.is_char_boundary(i))
+            .find(|&i| {
+                let suffix = &self.held[i..];
+                self.stops.iter().any(|s| s.starts_with(suffix))
+            })
+            .unwrap_or(self.held.len());
+        let rest = self.held.split_off(keep_from);
+        (std::mem::replace(&mut self.held, rest), false)
+    }
+
+    /// The held-back text, when generation ends without a stop string.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams::default();
+        f(&mut p);
+        p
+    }
+
+    /// A peaked but wide distribution over a 49152-token vocabulary.
+    fn logits(seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..49152).map(|_| rng.random::<f32>() * 8.0 - 4.0).collect()
+    }
+
+    #[test]
+    fn greedy_is_argmax_with_lowest_id_on_ties() {
+        let mut s = Sampler::new(&params(|p| p.temperature = 0.0));
+        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 3.0]).token, 1);
+        let mut l = logits(1);
+        let want = l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        assert_eq!(s.sample(&mut l).token, want);
+        // NaN is never chosen.
+        assert_eq!(s.sample(&mut [f32::NAN, -5.0]).token, 1);
+        // A temperature too small to invert is greedy too.
+        let mut s = Sampler::new(&params(|p| p.temperature = 1e-45));
+        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0]).token, 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let p = params(|p| {
+            p.seed = Some(42);
+            p.top_p = 0.9;
+        });
+        let run = |p: &SamplingParams| {
+            let mut s = Sampler::new(p);
+            (0..20).map(|i| s.sample(&mut logits(i)).token).collect::<Vec<_>>()
+        };
+        let a = run(&p);
+        assert_eq!(a, run(&p));
+        assert_ne!(a, run(&params(|q| q.seed = Some(43))));
+        assert_eq!(Sampler::new(&p).seed(), 42);
+    }
+
+    #[test]
+    fn top_k_restricts_support() {
+        let l = logits(7);
+        let mut order: Vec<u32> = (0..l.len() as u32).collect();
+        order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+        let top5: Vec<u32> = order[..5].to_vec();
+        let mut s = Sampler::new(&params(|p| {
+            p.top_k = 5;
+            p.temperature = 5.0;
+            p.seed = Some(1);
+        }));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500 {
+            let t = s.sample(&mut l.clone()).token;
+            assert!(top5.contains(&t), "{t} not in top-5");
+            seen.insert(t);
+        }
+        assert_eq!(seen.len(), 5, "a hot temperature should reach all five");
+    }
+
+    #[test]
+    fn top_p_restricts_support() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two.
+        let base: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let mut s = Sampler::new(&params(|p| {
+            p.top_p = 0.7;
+            p.seed = Some(3);
+        }));
+        let mut counts = [0u32; 4];
+        for _ in 0..2000 {
+            counts[s.sample(&mut base.clone()).token as usize] += 1;
+        }
+        assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
+        // Renormalized 0.625 / 0.375.
+        let frac = counts[0] as f64 / 2000.0;
+        assert!((frac - 0.625).abs() < 0.05, "{counts:?}");
+
+        // A wide vocabulary needs the growing head: the nucleus is larger than 64 tokens.
+        let l = logits(9);
+        let mut order: Vec<u32> = (0..l.len() as u32).collect();
+        order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+        let probs: Vec<f64> = {
+            let m = l.iter().cloned().fold(f32::MIN, f32::max);
+            let w: Vec<f64> = l.iter().map(|&x| ((x - m) as f64).exp()).collect();
+            let t: f64 = w.iter().sum();
+            w.into_iter().map(|x| x / t).collect()
+        };
+        let mut cum = 0.0;
+        let nucleus = order.iter().take_while(|&&i| {
+            let before = cum;
+            cum += probs[i as usize];
+            before < 0.5
+        });
+        let nucleus: std::collections::HashSet<u32> = nucleus.copied().collect();
+        assert!(nucleus.len() > 1000);
+        let mut s = Sampler::new(&params(|p| {
+            p.top_p = 0.5;
+            p.seed = Some(5);
+        }));
+        for _ in 0..200 {
+            let t = s.sample(&mut l.clone()).token;
+            assert!(nucleus.contains(&t), "{t} outside the nucleus");
+        }
+    }
+
+    #[test]
+    fn penalties_change_the_choice() {
+        let base = [2.0f32, 1.5, 0.0];
+        let mut plain = Sampler::new(&params(|p| p.temperature = 0.0));
+        assert_eq!(plain.sample(&mut base.clone()).token, 0);
+        assert_eq!(plain.sample(&mut base.clone()).token, 0);
+
+        // presence: 2.0 - 1.0 < 1.5 after the first pick.
+        let mut s = Sampler::new(&params(|p| {
+            p.temperature = 0.0;
+            p.presence_penalty = 1.0;
+        }));
+        assert_eq!(s.sample(&mut base.clone()).token, 0);
+        assert_eq!(s.sample(&mut base.clone()).token, 1);
+        // Both were used once now: 1.0 vs 0.5 vs 0.0.
+        assert_eq!(s.sample(&mut base.clone()).token, 0);
+
+        // frequency grows with the count: 2.0 - 0.3n.
+        let mut s = Sampler::new(&params(|p| {
+            p.temperature = 0.0;
+            p.frequency_penalty = 0.3;
+        }));
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&mut base.clone()).token).collect();
+        assert_eq!(picks, vec![0, 0, 1, 0]);
+
+        // Negative penalties encourage repetition.
+        let mut s = Sampler::new(&params(|p| {
+            p.temperature = 0.0;
+            p.presence_penalty = -1.0;
+        }));
+        assert_eq!(s.sample(&mut [1.0, 1.5]).token, 1);
+        assert_eq!(s.sample(&mut [2.0, 1.5]).token, 1);
+    }
+
+    #[test]
+    fn logprobs_are_raw_log_softmax() {
+        let raw = [1.0f32, 3.0, 2.0, -1.0];
+        let lse = raw.iter().map(|x| x.exp()).sum::<f32>().ln();
+        let mut s = Sampler::new(&params(|p| {
+            p.temperature = 0.0;
+            p.presence_penalty = 2.0;
+            p.logprobs = true;
+            p.top_logprobs = 3;
+        }));
+        let a = s.sample(&mut raw.clone());
+        assert_eq!(a.token, 1);
+        assert!((a.logprob - (3.0 - lse)).abs() < 1e-5);
+        let ids: Vec<u32> = a.top_logprobs.iter().map(|x| x.0).collect();
+        assert_eq!(ids, vec![1, 2, 0]);
+        for (id, lp) in &a.top_logprobs {
+            assert!((lp - (raw[*id as usize] - lse)).abs() < 1e-5);
+        }
+        // The second pick is penalized (3 - 2 < 2) but its logprob is still of the raw logits.
+        let b = s.sample(&mut raw.clone());
+        assert_eq!(b.token, 2);
+        assert!((b.logprob - (2.0 - lse)).abs() < 1e-5);
+        assert_eq!(b.top_logprobs[0].0, 1);
+
+        // Over a full vocabulary the probabilities sum to 1.
+        let mut s = Sampler::new(&params(|p| {
+            p.logprobs = true;
+            p.top_logprobs = 20;
+            p.seed = Some(1);
+        }));
+        let mut l = logits(3);
+        let raw = l.clone();
+        let out = s.sample(&mut l);
+        let m = raw.iter().cloned().fold(f32::MIN, f32::max);
+        let lse = m + raw.iter().map(|x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32;
+        let total: f64 = raw.iter().map(|x| ((x - lse) as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+        assert!((out.logprob - (raw[out.token as usize] - lse)).abs() < 1e-4);
+        assert_eq!(out.top_logprobs.len(), 20);
+        assert!(out.top_logprobs.windows(2).all(|w| w[0].1 >= w[1].1));
+        let best = raw.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        assert_eq!(out.top_logprobs[0].0, best);
+
+        // Not requested: no list.
+        let mut s = Sampler::new(&params(|p| p.temperature = 0.0));
+        assert!(s.sample(&mut [0.0, 1.0]).top_logprobs.is_empty());
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        assert!(SamplingParams::default().validate().is_ok());
+        let cases: Vec<(SamplingParams, &str)> = vec![
+            (params(|p| p.temperature = -0.1), "temperature"),
+            (params(|p| p.temperature = f32::NAN), "temperature"),
+            (params(|p| p.temperature = f32::INFINITY), "temperature"),
+            (params(|p| p.top_p = 0.0), "top_p"),
+            (params(|p| p.top_p = 1.01), "top_p"),
+            (params(|p| p.top_p = f32::NAN), "top_p"),
+            (params(|p| p.frequency_penalty = 2.5), "frequency_penalty"),
+            (params(|p| p.presence_penalty = -2.01), "presence_penalty"),
+            (params(|p| p.presence_penalty = f32::NAN), "presence_penalty"),
+            (
+                params(|p| {
+                    p.logprobs = true;
+                    p.top_logprobs = 21;
+                }),
+                "top_logprobs",
+            ),
+            (params(|p| p.top_logprobs = 2), "top_logprobs"),
+        ];
+        for (p, field) in cases {
+            let e = p.validate().unwrap_err();
+            assert_eq!(e.http_status().as_u16(), 422);
+            assert!(e.to_string().starts_with(&format!("{field}: ")), "{e}");
+        }
+        assert!(params(|p| {
+            p.temperature = 0.0;
+            p.top_p = 1.0;
+            p.frequency_penalty = -2.0;
+            p.presence_penalty = 2.0;
+            p.logprobs = true;
+            p.top_logprobs = 20;
+        })
+        .validate()
+        .is_ok());
+    }
+
+    /// Feeds `pieces` and returns (emitted text, stopped).
+    fn run_stops(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let mut m = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out = String::new();
+        for p in pieces {
+            let (text, hit) = m.push(p);
+            out.push_str(&text);
+            if hit {
+                return (out, true);
+            }
+        }
+        out.push_str(&m.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_strings_across_pieces() {
+        assert_eq!(run_stops(&["END"], &["abc", "E", "N", "D", "zzz"]), ("abc".into(), true));
+        assert_eq!(run_stops(&["END"], &["abcEN", "Dzz"]), ("abc".into(), true));
+        // A partial match that fails is released.
+        assert_eq!(run_stops(&["END"], &["abEN", "x"]), ("abENx".into(), false));
+        // Overlap: "EEND" contains END starting at the second E.
+        assert_eq!(run_stops(&["END"], &["xE", "E", "ND"]), ("xE".into(), true));
+        // The earliest of several stop strings wins.
+        assert_eq!(run_stops(&["world", "lo w"], &["hel", "lo world"]), ("hel".into(), true));
+        // Held-back text comes out at the end.
+        assert_eq!(run_stops(&["###"], &["a#", "#"]), ("a##".into(), false));
+        // No stops: everything passes straight through.
+        assert_eq!(run_stops(&[], &["a", "b"]), ("ab".into(), false));
+        assert_eq!(run_stops(&[""], &["a", "b"]), ("ab".into(), false));
+    }
+
+    #[test]
+    fn stop_matcher_holds_only_what_could_match() {
+        let mut m = StopMatcher::new(vec!["\n\nUser:".into()]);
+        assert_eq!(m.push("Hello\n"), ("Hello".into(), false));
+        assert_eq!(m.push("\nUs"), (String::new(), false));
+        assert_eq!(m.push("ed"), ("\n\nUsed".into(), false));
+        assert_eq!(m.push("\n\nUser: hi"), (String::new(), true));
+        assert!(m.stopped());
+        assert_eq!(m.push("more"), (String::new(), true));
+    }
+
+    #[test]
+    fn stop_strings_with_multibyte_text() {
+        assert_eq!(run_stops(&["。"], &["日本", "語。", "次"]), ("日本語".into(), true));
+        // The stop string's first char is held; a different char with the same first byte is released.
+        // "é" is C3 A9 and "è" is C3 A8.
+        let mut m = StopMatcher::new(vec!["éx".into()]);
+        assert_eq!(m.push("aé"), ("a".into(), false));
+        assert_eq!(m.push("è"), ("éè".into(), false));
+        assert_eq!(m.push("éx🎉"), (String::new(), true));
+        assert_eq!(run_stops(&["🎉!"], &["a🎉", "b"]), ("a🎉b".into(), false));
+        assert_eq!(run_stops(&["🎉!"], &["a🎉", "!"]), ("a".into(), true));
+    }
+}
