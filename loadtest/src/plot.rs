@@ -1,0 +1,89 @@
+//! The picture: latency percentiles (log scale) against the offered rate, one point per run, with the SLO
+//! line in step mode. SVG through plotters' SVG backend (text is SVG `<text>`, so no font files or C
+//! libraries are needed).
+
+use crate::report::Report;
+use anyhow::Context;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// Writes the plot of `report` to `path` (SVG).
+pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
+    let mut runs: Vec<_> = report
+        .runs
+        .iter()
+        .filter(|r| r.ok > 0)
+        .map(|r| (r.offered_rps.unwrap_or(r.achieved_rps), r))
+        .collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+
+    type Pick = fn(&crate::report::RunReport) -> Option<f64>;
+    let mut series: Vec<(&str, RGBColor, Pick)> = vec![
+        ("p50", RGBColor(31, 119, 180), |r| Some(r.latency_ms.p50)),
+        ("p90", RGBColor(44, 160, 44), |r| Some(r.latency_ms.p90)),
+        ("p99", RGBColor(214, 39, 40), |r| Some(r.latency_ms.p99)),
+        ("p99.9", RGBColor(148, 103, 189), |r| Some(r.latency_ms.p999)),
+    ];
+    if report.runs.iter().any(|r| r.streaming.is_some()) {
+        series.push(("TTFT p99", RGBColor(255, 127, 14), |r| r.streaming.as_ref().map(|s| s.ttft_ms.p99)));
+        series.push(("inter-token p99", RGBColor(140, 86, 75), |r| {
+            r.streaming.as_ref().map(|s| s.inter_token_ms.p99)
+        }));
+    }
+    let slo = report.step.as_ref().map(|s| s.slo_p99_ms);
+
+    let ys: Vec<f64> = runs
+        .iter()
+        .flat_map(|(_, r)| series.iter().filter_map(move |(_, _, f)| f(r)))
+        .chain(slo)
+        .filter(|y| *y > 0.0)
+        .collect();
+    let y_lo = ys.iter().copied().fold(f64::INFINITY, f64::min).min(1.0) / 2.0;
+    let y_hi = ys.iter().copied().fold(0.0, f64::max).max(1.0) * 2.0;
+    let x_hi = runs.iter().map(|(x, _)| *x).fold(1.0, f64::max) * 1.1;
+
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).context("plot")?;
+    let title = format!("{}: {} latency vs offered rate", report.scenario, report.target);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..x_hi, (y_lo..y_hi).log_scale())
+        .context("plot axes")?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (requests/s)")
+        .y_desc("latency (ms, from intended send time)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| if *v >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+        .draw()
+        .context("plot mesh")?;
+    for (name, color, pick) in &series {
+        let pts: Vec<(f64, f64)> =
+            runs.iter().filter_map(|(x, r)| pick(r).map(|y| (*x, y.max(y_lo)))).collect();
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)).point_size(4))
+            .context("plot series")?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    if let Some(s) = slo {
+        chart
+            .draw_series(LineSeries::new(vec![(0.0, s), (x_hi, s)], BLACK.stroke_width(1)))
+            .context("plot SLO")?
+            .label(format!("SLO p99 {s} ms"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .context("plot legend")?;
+    root.present().with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

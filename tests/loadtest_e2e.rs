@@ -1,0 +1,211 @@
+//! slate-loadtest against the real server binary, a few seconds at a low rate per target: the report's
+//! counts add up (sent = ok + errors + rejected, scheduled = sent + skipped), agree with the server's own
+//! request counters, and the JSON report and the SVG plot are written.
+
+mod common;
+
+use slate_loadtest::{Endpoints, Options, Report, Scenario};
+use std::path::Path;
+use std::time::Duration;
+
+const DEMO: &str = "[[models]]\nname = \"demo-ranker\"\nkind = \"ranker\"\npath = \"models/demo-ranker\"\n";
+const SLM: &str = "[[models]]\nname = \"smollm2-135m\"\nkind = \"slm\"\npath = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"\n";
+
+fn options(slate: &common::Slate, out: Option<&Path>) -> Options {
+    Options {
+        endpoints: Endpoints { http: slate.url(""), grpc: slate.grpc_url(), ..Endpoints::default() },
+        step: false,
+        out_dir: out.map(Path::to_path_buf),
+        progress: false,
+    }
+}
+
+fn rank_scenario(target: &str, rate: f64, duration_s: f64, extra: &str) -> Scenario {
+    Scenario::parse(
+        &format!(
+            r#"
+name = "e2e-{target}"
+target = "{target}"
+model = "demo-ranker"
+[load]
+rate = {rate}
+duration_s = {duration_s}
+timeout_ms = 10000
+[ranking]
+history_len = {{ uniform = {{ min = 20, max = 150 }} }}
+candidates = {{ uniform = {{ min = 8, max = 64 }} }}
+members = {{ count = 20, zipf_s = 1.1 }}
+top_k = 5
+[priorities]
+feed = 0.5
+ads = 0.5
+{extra}"#
+        ),
+        "e2e.toml",
+    )
+    .expect("valid scenario")
+}
+
+/// Sum of `name`'s samples whose labels contain every `label="value"` in `labels`.
+fn counter(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|lv| l.contains(lv)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn check_counts(report: &Report) {
+    for r in &report.runs {
+        assert_eq!(r.sent, r.ok + r.errors + r.rejected, "sent = ok + errors + rejected: {r:?}");
+        assert_eq!(r.scheduled, r.sent + r.skipped, "{r:?}");
+        assert_eq!(r.errors, r.errors_by_code.values().sum::<u64>(), "{r:?}");
+        assert_eq!(r.latency_ms.count, r.ok);
+    }
+}
+
+fn check_files(report: &Report, out: &Path) {
+    let json = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
+    let back: Report = serde_json::from_str(&json).expect("report.json parses back");
+    assert_eq!(back.runs.len(), report.runs.len());
+    assert_eq!(back.runs[0].sent, report.runs[0].sent);
+    let svg = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg written");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "an SVG document");
+    assert!(svg.contains("p99") && svg.contains("offered rate"), "legend and axis labels drawn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_grpc_rank_counts_add_up_and_match_the_server() {
+    let slate = common::Slate::start(DEMO);
+    slate.wait_ready(Duration::from_secs(60)).await;
+    for (target, protocol) in [("http-rank", "http"), ("grpc-rank", "grpc")] {
+        let out = tempfile::tempdir().unwrap();
+        let s = rank_scenario(target, 8.0, 3.0, "");
+        let report =
+            slate_loadtest::run(&s, &options(&slate, Some(out.path()))).await.expect("load test runs");
+        println!("{}", report.table());
+        check_counts(&report);
+        check_files(&report, out.path());
+        let r = &report.runs[0];
+        assert!(r.sent >= 10, "about 24 requests expected in 3 s at 8 rps: {r:?}");
+        assert_eq!(r.ok, r.sent, "a lightly loaded server answers everything: {r:?}");
+        assert!(r.latency_ms.p50 > 0.0 && r.latency_ms.p50 <= r.latency_ms.p99, "{r:?}");
+        assert!(r.latency_ms.p99 <= r.latency_ms.max + 1e-9, "{r:?}");
+        // 20 Zipf members: members come back with the same history, so the server's cache hits.
+        let cache = r.cache.as_ref().expect("ranking responses carry cache_hit");
+        assert_eq!(cache.hits + cache.misses, r.ok);
+        assert!(cache.hits > 0, "repeat members hit the history cache: {cache:?}");
+        assert_eq!(r.by_priority.values().map(|s| s.count).sum::<u64>(), r.ok);
+
+        // The server counted exactly the requests the generator says it sent.
+        let scrape = reqwest::get(slate.url("/metrics")).await.unwrap().text().await.unwrap();
+        let served = counter(
+            &scrape,
+            "slate_requests_total",
+            &["method=\"rank\"", &format!("protocol=\"{protocol}\""), "model=\"demo-ranker\""],
+        );
+        assert_eq!(served as u64, r.sent, "server's slate_requests_total for {protocol} rank");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_counted_as_rejections() {
+    // One queued request per model at most: a burst of large requests gets 429 / RESOURCE_EXHAUSTED.
+    let cfg = format!("{DEMO}[models.ranker]\nworkers = 1\nmax_queued_requests = 1\n");
+    let slate = common::Slate::start(&cfg);
+    slate.wait_ready(Duration::from_secs(60)).await;
+    let mut rejected = 0;
+    for target in ["http-rank", "grpc-rank"] {
+        let s = rank_scenario(target, 200.0, 1.0, "");
+        let mut s = s;
+        let r = s.ranking.as_mut().unwrap();
+        r.history_len = slate_loadtest::dist::Dist::Fixed(100);
+        r.candidates = slate_loadtest::dist::Dist::Fixed(512);
+        s.load.arrival = slate_loadtest::schedule::Arrival::Fixed;
+        let report = slate_loadtest::run(&s, &options(&slate, None)).await.expect("load test runs");
+        println!("{}", report.table());
+        check_counts(&report);
+        let r = &report.runs[0];
+        assert!(r.rejected > 0, "a queue of one overflows at 200 rps: {r:?}");
+        assert!(r.ok > 0, "{r:?}");
+        assert!(r.rejection_latency_ms.count == r.rejected);
+        rejected += r.rejected;
+    }
+    let scrape = reqwest::get(slate.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(counter(&scrape, "slate_rejections_total", &[]) as u64, rejected, "server's rejections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_mode_reports_the_best_rate_and_plots_every_step() {
+    let slate = common::Slate::start(DEMO);
+    slate.wait_ready(Duration::from_secs(60)).await;
+    let mut s = rank_scenario("http-rank", 5.0, 1.0, "");
+    s.step = slate_loadtest::scenario::Step {
+        start_rate: 5.0,
+        increment: 5.0,
+        max_rate: 15.0,
+        slo_p99_ms: 10_000.0,
+        pause_s: 0.0,
+        ..Default::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let report = slate_loadtest::run(&s, &Options { step: true, ..options(&slate, Some(out.path())) })
+        .await
+        .expect("step mode runs");
+    println!("{}", report.table());
+    check_counts(&report);
+    check_files(&report, out.path());
+    let rates: Vec<f64> = report.runs.iter().map(|r| r.offered_rps.unwrap()).collect();
+    assert_eq!(rates, vec![5.0, 10.0, 15.0]);
+    assert!(report.runs.iter().all(|r| r.slo_pass == Some(true)));
+    let step = report.step.as_ref().unwrap();
+    assert_eq!(step.best_rate, Some(15.0));
+    assert!(step.reached_max_rate);
+    // One marker per step and series in the plot.
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
+    assert!(svg.matches("<circle").count() >= 3 * 4, "markers for 3 steps × 4 percentiles");
+}
+
+/// OpenAI streaming (completions and chat) and gRPC GenerateStream against the SLM: time to first token
+/// and inter-token gaps are measured. Needs the generation endpoints and models/SmolLM2-135M-Instruct.Q4_1.gguf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slm_streaming_targets_measure_ttft_and_inter_token_latency() {
+    let slate = common::Slate::start(SLM);
+    slate.wait_ready(Duration::from_secs(180)).await;
+    for target in ["http-completions", "http-chat", "grpc-generate-stream"] {
+        let s = Scenario::parse(
+            &format!(
+                r#"
+name = "e2e-{target}"
+target = "{target}"
+model = "smollm2-135m"
+[load]
+arrival = "fixed"
+rate = 1.0
+duration_s = 2.0
+timeout_ms = 60000
+[generation]
+prompt_tokens = {{ uniform = {{ min = 8, max = 32 }} }}
+max_tokens = {{ fixed = 8 }}
+"#
+            ),
+            "slm.toml",
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let report =
+            slate_loadtest::run(&s, &options(&slate, Some(out.path()))).await.expect("load test runs");
+        println!("{}", report.table());
+        check_counts(&report);
+        check_files(&report, out.path());
+        let r = &report.runs[0];
+        assert_eq!(r.ok, r.sent, "{target}: {r:?}");
+        assert_eq!(r.sent, 2, "fixed arrivals at 0 s and 1 s");
+        let st = r.streaming.as_ref().expect("streaming stats");
+        assert_eq!(st.ttft_ms.count, r.ok, "{target}: one TTFT per request");
+        assert!(st.ttft_ms.p50 > 0.0 && st.ttft_ms.p50 <= r.latency_ms.p50, "{target}: {st:?}");
+        assert!(st.tokens >= r.ok, "{target}: tokens counted: {st:?}");
+        assert!(st.inter_token_ms.count > 0, "{target}: 8 tokens give inter-token gaps: {st:?}");
+    }
+}
