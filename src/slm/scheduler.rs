@@ -815,11 +815,11 @@ impl Engine {
             let pending = s.pending();
             if let SeqKind::Score(st) = &s.kind {
                 if pending == 0 && st.first.is_some() {
+                    // All labels run in one step, even past the budget: deferring them could starve
+                    // the request behind a steady stream of decodes, and labels are short.
                     let total: usize = st.labels.iter().map(Vec::len).sum();
-                    if total <= left || plan.is_empty() {
-                        plan.push((i, Plan::Labels));
-                        left = left.saturating_sub(total);
-                    }
+                    plan.push((i, Plan::Labels));
+                    left = left.saturating_sub(total);
                     continue;
                 }
             }
