@@ -258,8 +258,34 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
             }
         );
     }
+    // Where a decode step's time goes: the model's forward pass alone (one token continuing a
+    // 128-token cache, inside a pool of the same size) against the engine's per-token time above.
+    let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
+    let model = super::model::LlamaModel::from_gguf(&file).map_err(|e| anyhow!(e))?;
+    drop(file);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let mut kv = super::kv::SeqKv::new(model.config().kv_shape(), 128 + 65);
+    let mut scratch = super::model::Scratch::default();
+    let prompt = prompt_of(&sample, 128);
+    let chunk = |kv: &mut super::kv::SeqKv, toks: &[u32], scratch: &mut super::model::Scratch| {
+        use super::model::{Chunk, Want};
+        pool.install(|| model.forward(&mut [Chunk { kv, tokens: toks, want: Want::Last }], scratch));
+    };
+    chunk(&mut kv, &prompt, &mut scratch);
+    let mut times = Vec::new();
+    for i in 0..64 {
+        let t = Instant::now();
+        chunk(&mut kv, &[sample[i % sample.len()]], &mut scratch);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "\nforward pass alone, 1 decode token after 128: {:.2} ms median ({:.1} tok/s); the engine's \
+         1-stream rate above adds sampling, streaming and scheduling",
+        median(times.clone()),
+        1e3 / median(times)
+    );
     if let Some(p) = &peer {
-        println!("\nllama.cpp: {}", p.get("version").and_then(Value::as_str).unwrap_or("?"));
+        println!("llama.cpp: {}", p.get("version").and_then(Value::as_str).unwrap_or("?"));
     }
     Ok(())
 }

@@ -345,32 +345,27 @@ impl LlamaModel {
                 let kvs: Vec<&SeqKv> = chunks.iter().map(|c| &*c.kv).collect();
                 let qkv = &s.qkv;
                 let rows = &rows;
-                s.att.par_chunks_mut(qd).enumerate().for_each_init(Vec::new, |scratch, (t, out)| {
+                // One task per (token, KV head): the `group` query heads sharing a KV head attend as
+                // `group` rows of one call, so each key/value vector is loaded once for all of them. The
+                // grouping never depends on the batch, so a token's arithmetic stays batch-invariant,
+                // and a decode step of one sequence still spreads over the pool.
+                let kv_heads = cfg.kv_heads;
+                s.att.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scratch, (tk, out)| {
+                    let (t, kh) = (tk / kv_heads, tk % kv_heads);
                     let (ci, pos) = rows[t];
                     let kv = kvs[ci];
-                    let q = &qkv[t * qkv_w..t * qkv_w + qd];
-                    for h in 0..cfg.heads {
-                        let (kt, v) = kv.head(li, h / group);
-                        let att = HeadAttention {
-                            head_dim: hd,
-                            n_keys: pos + 1,
-                            kt,
-                            kt_stride: kv.stride(),
-                            v,
-                            v_stride: hd,
-                            scale,
-                        };
-                        attend_head(
-                            &att,
-                            &q[h * hd..(h + 1) * hd],
-                            hd,
-                            1,
-                            None,
-                            &mut out[h * hd..(h + 1) * hd],
-                            hd,
-                            scratch,
-                        );
-                    }
+                    let q = &qkv[t * qkv_w + kh * group * hd..t * qkv_w + (kh + 1) * group * hd];
+                    let (kt, v) = kv.head(li, kh);
+                    let att = HeadAttention {
+                        head_dim: hd,
+                        n_keys: pos + 1,
+                        kt,
+                        kt_stride: kv.stride(),
+                        v,
+                        v_stride: hd,
+                        scale,
+                    };
+                    attend_head(&att, q, hd, group, None, out, hd, scratch);
                 });
             }
             layer.wo.matmul(&s.att, t_total, &mut s.proj);
