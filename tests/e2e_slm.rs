@@ -354,6 +354,13 @@ async fn every_bad_input_is_named() {
         ),
         ("/v1/score", json!({"model": MODEL, "prompt": "hi", "labels": []}), 422, "labels"),
         ("/v1/score", json!({"model": MODEL, "prompt": "hi", "labels": [""]}), 422, "labels[0]"),
+        ("/v1/completions", json!({"model": MODEL, "prompt": "hi", "priority": "vip"}), 422, "priority"),
+        (
+            "/v1/score",
+            json!({"model": MODEL, "prompt": "hi", "labels": ["a"], "priority": "vip"}),
+            422,
+            "priority",
+        ),
         ("/v1/completions", json!({"model": "nope", "prompt": "hi"}), 404, "model"),
         ("/v1/completions", json!({"prompt": "hi"}), 422, "model"),
     ];
@@ -363,6 +370,23 @@ async fn every_bad_input_is_named() {
         let msg = r["error"]["message"].as_str().unwrap_or("");
         assert!(msg.contains(field), "{path} {body}: message {msg:?} does not name {field}");
     }
+    // The `priority` header is used when the body names no class.
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/completions"))
+        .header("priority", "vip")
+        .json(&completion("hi", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/completions"))
+        .header("priority", "batch")
+        .json(&completion("hi", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     // Malformed JSON: 400.
     let r = reqwest::Client::new()
         .post(s.url("/v1/chat/completions"))

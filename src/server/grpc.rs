@@ -26,17 +26,17 @@ pub struct RankingService {
 impl Ranking for RankingService {
     async fn rank(&self, request: Request<pb::RankRequest>) -> Result<Response<pb::RankResponse>, Status> {
         let timeout = grpc_timeout(request.metadata())?;
-        let ctx = request
-            .extensions()
-            .get::<Arc<RequestCtx>>()
-            .cloned()
-            .expect("FrontLayer puts a RequestCtx on every request; this is a bug");
-        let priority =
-            request.metadata().get("priority").map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+        let ctx = ctx_of(&request);
+        let priority = metadata_priority(request.metadata()).map(str::to_string);
         let req = RankRequest::from(request.into_inner());
         let resp = super::rank(&self.state, &ctx, req, timeout, priority.as_deref()).await?;
         Ok(Response::new(resp.into()))
     }
+}
+
+/// The `priority` metadata, if any (a non-ASCII value becomes an unknown class name, refused later).
+fn metadata_priority(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata.get("priority").map(|v| v.to_str().unwrap_or("\u{fffd}"))
 }
 
 fn ctx_of<T>(request: &Request<T>) -> Arc<RequestCtx> {
@@ -62,7 +62,7 @@ fn prompt_of(prompt: String, messages: Vec<pb::ChatMessage>) -> Result<Prompt, E
 fn generate_request(
     req: pb::GenerateRequest,
     timeout: Option<Duration>,
-    priority: Option<String>,
+    priority: Option<&str>,
 ) -> Result<(String, GenerateRequest), Error> {
     let s = req.sampling.unwrap_or_default();
     let params = SamplingParams {
@@ -75,7 +75,7 @@ fn generate_request(
         logprobs: s.logprobs,
         top_logprobs: s.top_logprobs,
     };
-    let priority = if req.priority.is_empty() { priority.unwrap_or_default() } else { req.priority };
+    let priority = super::pick_priority(req.priority, priority);
     Ok((
         req.model,
         GenerateRequest {
@@ -125,9 +125,8 @@ impl GenerationService {
     ) -> Result<crate::slm::scheduler::GenStream, Status> {
         let timeout = grpc_timeout(request.metadata())?;
         let ctx = ctx_of(&request);
-        let priority =
-            request.metadata().get("priority").map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
-        let (model, req) = generate_request(request.into_inner(), timeout, priority)?;
+        let priority = metadata_priority(request.metadata()).map(str::to_string);
+        let (model, req) = generate_request(request.into_inner(), timeout, priority.as_deref())?;
         Ok(super::generate(&self.state, &ctx, &model, req).await?)
     }
 }
@@ -203,10 +202,9 @@ impl Generation for GenerationService {
     async fn score(&self, request: Request<pb::ScoreRequest>) -> Result<Response<pb::ScoreResponse>, Status> {
         let timeout = grpc_timeout(request.metadata())?;
         let ctx = ctx_of(&request);
-        let priority =
-            request.metadata().get("priority").map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+        let priority = metadata_priority(request.metadata()).map(str::to_string);
         let req = request.into_inner();
-        let priority = if req.priority.is_empty() { priority.unwrap_or_default() } else { req.priority };
+        let priority = super::pick_priority(req.priority, priority.as_deref());
         let labels = req.labels.clone();
         let sreq = ScoreRequest {
             prompt: prompt_of(req.prompt, req.messages)?,

@@ -50,7 +50,7 @@ async fn rank(
     JsonBody(req): JsonBody<RankRequest>,
 ) -> Result<Json<RankResponse>, Error> {
     let timeout = timeout_from_header(&headers)?;
-    let priority = headers.get(PRIORITY_HEADER).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let priority = header_priority(&headers);
     Ok(Json(super::rank(&state, &ctx, req, timeout, priority).await?))
 }
 
@@ -95,6 +95,11 @@ async fn not_found(method: Method, uri: Uri) -> Error {
 async fn method_not_allowed(method: Method, uri: Uri) -> Error {
     // The error enum has no 405; a JSON 404 that says what exists is the honest nearest answer.
     Error::NotFound(format!("no route for {method} {} (the path exists with another method)", uri.path()))
+}
+
+/// The `priority` header, if any (a non-UTF-8 value becomes an unknown class name, refused later).
+pub(crate) fn header_priority(headers: &HeaderMap) -> Option<&str> {
+    headers.get(PRIORITY_HEADER).map(|v| v.to_str().unwrap_or("\u{fffd}"))
 }
 
 /// `x-request-timeout-ms`: a positive integer, or absent (the model's default deadline).

@@ -20,7 +20,7 @@ pub mod layer;
 pub mod openai;
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ranking::{RankRequest, RankResponse};
 use crate::registry::Registry;
 use layer::RequestCtx;
@@ -78,6 +78,23 @@ pub async fn rank(
     handle.rank(req, timeout, priority).await
 }
 
+/// The priority class a request asks for: its own field, else the `priority` header (HTTP) or
+/// metadata (gRPC), else "" (the default class). The same rule as ranking's.
+pub fn pick_priority(field: String, header: Option<&str>) -> String {
+    if field.is_empty() {
+        header.unwrap_or_default().to_string()
+    } else {
+        field
+    }
+}
+
+/// Runs tokenization and chat-template rendering on the blocking pool, never on the runtime's threads.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("tokenizer task failed: {e}")))?
+}
+
 /// The generation core both protocols call: model lookup, then the model's engine.
 pub async fn generate(
     state: &AppState,
@@ -86,7 +103,8 @@ pub async fn generate(
     req: crate::slm::scheduler::GenerateRequest,
 ) -> Result<crate::slm::scheduler::GenStream> {
     ctx.set_model(model, state.is_configured(model));
-    state.registry.slm(model)?.generate(req)
+    let handle = state.registry.slm(model)?;
+    off_runtime(move || handle.generate(req)).await
 }
 
 /// The label-scoring core both protocols call.
@@ -97,7 +115,21 @@ pub async fn score(
     req: crate::slm::scheduler::ScoreRequest,
 ) -> Result<crate::slm::scheduler::ScoreResult> {
     ctx.set_model(model, state.is_configured(model));
-    state.registry.slm(model)?.score(req).await
+    let handle = state.registry.slm(model)?;
+    let answer = off_runtime(move || handle.submit_score(req)).await?;
+    answer.await.map_err(|_| Error::Internal("the engine dropped a scoring request".into()))?
+}
+
+/// Token ids of a prompt (chat rendered first), for `/v1/tokenize`.
+pub async fn tokenize(
+    state: &AppState,
+    ctx: &RequestCtx,
+    model: &str,
+    prompt: crate::slm::scheduler::Prompt,
+) -> Result<(crate::slm::scheduler::SlmHandle, Vec<u32>)> {
+    ctx.set_model(model, state.is_configured(model));
+    let handle = state.registry.slm(model)?;
+    off_runtime(move || handle.encode(&prompt).map(|ids| (handle, ids))).await
 }
 
 /// Why the server could not start or stopped with an error.

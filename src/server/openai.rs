@@ -7,7 +7,7 @@
 //! `service_tier`, `parallel_tool_calls`) are accepted; any other unknown field, and `n` ≠ 1, is a 422
 //! naming it, so a typo never silently changes what was asked.
 
-use super::http::{timeout_from_header, JsonBody, PRIORITY_HEADER};
+use super::http::{header_priority, timeout_from_header, JsonBody};
 use super::layer::RequestCtx;
 use super::AppState;
 use crate::error::Error;
@@ -146,11 +146,7 @@ fn sampling(
         logprobs,
         top_logprobs,
     };
-    let priority = match (&c.priority, headers.get(PRIORITY_HEADER)) {
-        (Some(p), _) => p.clone(),
-        (None, Some(h)) => h.to_str().unwrap_or("\u{fffd}").to_string(),
-        (None, None) => String::new(),
-    };
+    let priority = super::pick_priority(c.priority.clone().unwrap_or_default(), header_priority(headers));
     Ok(GenerateRequest {
         prompt,
         params,
@@ -464,10 +460,8 @@ pub async fn tokenize(
     Extension(ctx): Extension<Arc<RequestCtx>>,
     JsonBody(req): JsonBody<TokenizeRequest>,
 ) -> Result<Json<Value>, Error> {
-    ctx.set_model(&req.model, state.is_configured(&req.model));
-    let handle = state.registry.slm(&req.model)?;
     let prompt = prompt_of(req.prompt, req.messages)?;
-    let ids = handle.encode(&prompt)?;
+    let (handle, ids) = super::tokenize(&state, &ctx, &req.model, prompt).await?;
     let strs: Vec<String> = ids.iter().map(|&i| handle.tokenizer().token_str(i)).collect();
     Ok(Json(json!({
         "model": req.model,
@@ -495,11 +489,7 @@ pub async fn score(
     headers: HeaderMap,
     JsonBody(req): JsonBody<ScoreBody>,
 ) -> Result<Json<Value>, Error> {
-    let priority = match (&req.priority, headers.get(PRIORITY_HEADER)) {
-        (Some(p), _) => p.clone(),
-        (None, Some(h)) => h.to_str().unwrap_or("\u{fffd}").to_string(),
-        (None, None) => String::new(),
-    };
+    let priority = super::pick_priority(req.priority.clone().unwrap_or_default(), header_priority(&headers));
     let sreq = ScoreRequest {
         prompt: prompt_of(req.prompt, req.messages)?,
         labels: req.labels.clone(),

@@ -439,6 +439,12 @@ impl SlmHandle {
 
     /// Scores each label as a continuation of the prompt.
     pub async fn score(&self, req: ScoreRequest) -> Result<ScoreResult> {
+        let answer = self.submit_score(req)?;
+        answer.await.map_err(|_| Error::Internal("the engine dropped a scoring request".into()))?
+    }
+
+    /// Validates, tokenizes and queues a scoring request; the answer arrives on the receiver.
+    pub fn submit_score(&self, req: ScoreRequest) -> Result<oneshot::Receiver<Result<ScoreResult>>> {
         let now = Instant::now();
         let priority = self.inner.classes.resolve(&req.priority)?;
         if req.labels.is_empty() {
@@ -487,7 +493,7 @@ impl SlmHandle {
             arrived: now,
             deadline: self.deadline(req.timeout, now),
         })?;
-        rx.await.map_err(|_| Error::Internal("the engine dropped a scoring request".into()))?
+        Ok(rx)
     }
 }
 
