@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process exits.
     pub shutdown_grace_s: f64,
+    /// How much compute threads raise their nice value (Linux, 0..=19; 0 = same priority as IO), so
+    /// IO threads (rejections, health probes, metrics scrapes) preempt model work under overload.
+    pub compute_nice: i32,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             http_addr: "127.0.0.1:8080".parse().expect("valid literal"),
             grpc_addr: "127.0.0.1:50051".parse().expect("valid literal"),
             shutdown_grace_s: 30.0,
+            compute_nice: 10,
         }
     }
 }
@@ -221,8 +225,13 @@ pub struct RankerSettings {
     /// Requests admitted (queued or running) at once; beyond it requests get 429 at once.
     pub max_queued_requests: usize,
     /// Work tokens (history events + candidates) admitted at once; beyond it requests get 429 at once.
-    /// Size it to what the workers finish within your latency budget.
+    /// A hard cap; `max_queue_delay_ms` is the bound that tracks the latency budget.
     pub max_queued_tokens: usize,
+    /// Admission by estimated wait: a request that would wait longer than this before its compute
+    /// starts (the work admitted ahead of it × the measured cost per work token ÷ workers) gets 429 at
+    /// once, so admitted requests keep their latency under overload instead of queueing for seconds.
+    /// Set it to the latency SLO minus a request's own compute time. 0 disables it.
+    pub max_queue_delay_ms: f64,
     /// Most work tokens one scheduler step (a batch) may hold. Larger requests are split into
     /// candidate micro-batches across steps and share them with small requests.
     pub max_step_tokens: usize,
@@ -246,6 +255,7 @@ impl Default for RankerSettings {
             workers: 0,
             max_queued_requests: 256,
             max_queued_tokens: 65_536,
+            max_queue_delay_ms: 25.0,
             max_step_tokens: 2048,
             max_wait_ms: 0.0,
             promote_after_ms: 50,
@@ -297,6 +307,9 @@ impl Config {
                 "server.shutdown_grace_s: must be a finite number ≥ 0, got {}",
                 s.shutdown_grace_s
             ));
+        }
+        if !(0..=19).contains(&s.compute_nice) {
+            return Err(format!("server.compute_nice: must be in 0..=19, got {}", s.compute_nice));
         }
         let l = &self.limits;
         for (key, v) in [
@@ -351,7 +364,11 @@ impl Config {
                     return Err(format!("models[{i}].ranker.{key}: must be > 0"));
                 }
             }
-            for (key, v) in [("max_wait_ms", r.max_wait_ms), ("cache_ttl_s", r.cache_ttl_s)] {
+            for (key, v) in [
+                ("max_wait_ms", r.max_wait_ms),
+                ("max_queue_delay_ms", r.max_queue_delay_ms),
+                ("cache_ttl_s", r.cache_ttl_s),
+            ] {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(format!("models[{i}].ranker.{key}: must be a finite number ≥ 0, got {v}"));
                 }
@@ -397,6 +414,18 @@ mod tests {
         let c = Config::load(Path::new("config/default.toml")).unwrap();
         let kinds: Vec<_> = c.models.iter().map(|m| (m.name.as_str(), m.kind)).collect();
         assert_eq!(kinds, [("demo-ranker", ModelKind::Ranker), ("smollm2-135m", ModelKind::Slm)]);
+    }
+
+    #[test]
+    fn the_reference_ranker_config_file_is_valid() {
+        // Its model folder is made by `slate bench ranker --write-model`; point it at a temporary one.
+        let text = std::fs::read_to_string("config/reference-ranker.toml").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = text.replace("models/reference-ranker", &dir.path().display().to_string());
+        assert_ne!(text, std::fs::read_to_string("config/reference-ranker.toml").unwrap());
+        let c = Config::parse(&text, "reference-ranker.toml").unwrap();
+        assert_eq!(c.models.len(), 1);
+        assert_eq!((c.models[0].name.as_str(), c.models[0].kind), ("reference-ranker", ModelKind::Ranker));
     }
 
     #[test]
@@ -480,6 +509,14 @@ mod tests {
     fn negative_grace_is_named() {
         let e = err("[server]\nshutdown_grace_s = -1.0\n");
         assert!(e.contains("server.shutdown_grace_s"), "{e}");
+    }
+
+    #[test]
+    fn compute_nice_out_of_range_is_named() {
+        for bad in ["-1", "20"] {
+            let e = err(&format!("[server]\ncompute_nice = {bad}\n"));
+            assert!(e.contains("server.compute_nice: must be in 0..=19"), "{e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! workers) → `ranking::model` (the ranker) → `kernels` (CPU compute). See docs/ARCHITECTURE.md.
 
 pub mod cli;
+pub mod compute;
 pub mod config;
 pub mod error;
 pub mod kernels;

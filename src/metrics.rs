@@ -98,7 +98,8 @@ fn describe() {
     describe_histogram!(
         RANK_STAGE_DURATION,
         Unit::Seconds,
-        "Ranking compute time by stage: history_encode, candidates."
+        "Ranking compute time by stage, summed over a request's micro-batches: history_encode, \
+         candidates (the candidate layers), head (MLP and calibration)."
     );
     describe_histogram!(RANK_CANDIDATES, Unit::Count, "Candidates per ranking request.");
     describe_counter!(
@@ -225,12 +226,14 @@ pub fn cancellation(model: &str) {
 }
 
 /// Records one computed ranking request.
+#[allow(clippy::too_many_arguments)]
 pub fn rank_computed(
     model: &str,
     mode: &'static str,
     queue: Duration,
     history_encode_s: f64,
     candidates_s: f64,
+    head_s: f64,
     n_candidates: usize,
     truncated: u32,
 ) {
@@ -239,7 +242,11 @@ pub fn rank_computed(
     histogram!(RANK_QUEUE_DURATION, "model" => m.clone()).record(queue.as_secs_f64());
     histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "history_encode")
         .record(history_encode_s);
-    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "candidates").record(candidates_s);
+    // `candidates_s` includes the head (as the response's timing.candidates_ms does); the stages here
+    // are disjoint.
+    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "candidates")
+        .record((candidates_s - head_s).max(0.0));
+    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "head").record(head_s);
     histogram!(RANK_CANDIDATES, "model" => m.clone()).record(n_candidates as f64);
     if truncated > 0 {
         counter!(RANK_HISTORY_TRUNCATED, "model" => m).increment(u64::from(truncated));

@@ -214,11 +214,61 @@ async fn overload_is_refused_at_once_while_admitted_requests_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_that_would_wait_past_the_queue_delay_bound_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = slow_model(dir.path());
+    let slate = Slate::start(&model_toml(
+        "slow",
+        dir.path(),
+        "workers = 1, max_queue_delay_ms = 1.0, max_queued_requests = 64, cache_bytes = 0",
+    ));
+    slate.wait_ready(Duration::from_secs(60)).await;
+    // Readiness ran one real request, so the cost per work token is measured. One request alone is
+    // always admitted (nothing ahead of it).
+    let (s, _, body) = post_rank(&slate, &slow_request(&model, 1, 4), &[]).await;
+    assert_eq!(s, 200, "{body}");
+
+    // Eight at once: each is ≥ 16 full 257-token passes (milliseconds), so any request behind another
+    // would wait more than 1 ms.
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let req = slow_request(&model, 10 + i, 16);
+        let url = slate.url("/v1/rank");
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new().post(url).json(&req).send().await.unwrap();
+            let retry_ms =
+                r.headers().get("retry-after-ms").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (r.status().as_u16(), retry_ms)
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _) => ok += 1,
+            (429, Some(ms)) => {
+                assert!((10..=10_000).contains(&ms), "retry hint from the backlog, got {ms} ms");
+                refused += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
+    assert_eq!(
+        metric(&slate, "slate_rejections_total{model=\"slow\",reason=\"queue_delay\"}").await,
+        refused as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expired_deadline_never_reaches_compute_and_cancel_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let model = slow_model(dir.path());
-    let slate =
-        Slate::start(&model_toml("slow", dir.path(), "workers = 1, max_wait_ms = 0.0, cache_bytes = 0"));
+    // No bound by estimated wait: this test needs requests to queue behind the slow ones.
+    let slate = Slate::start(&model_toml(
+        "slow",
+        dir.path(),
+        "workers = 1, max_wait_ms = 0.0, max_queue_delay_ms = 0.0, cache_bytes = 0",
+    ));
     slate.wait_ready(Duration::from_secs(60)).await;
     let computed_before = metric(&slate, "slate_rank_compute_total").await;
 

@@ -90,6 +90,11 @@ pub struct BenchArgs {
     /// Seed of the random weights and requests.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+
+    /// Write the reference-workload model (random weights from --seed) to this folder and exit, e.g. to
+    /// serve it for load tests (config/reference-ranker.toml).
+    #[arg(long, value_name = "DIR", env = "SLATE_BENCH_WRITE_MODEL")]
+    pub write_model: Option<PathBuf>,
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -540,6 +545,14 @@ fn fmt_load(f: Option<f64>) -> String {
 // ------------------------------------------------------------------------------------------------
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(dir) = &args.write_model {
+        let cfg = RankerConfig::reference_workload();
+        RankerModel::random(&cfg, args.seed)
+            .save(dir)
+            .with_context(|| format!("writing the reference model to {}", dir.display()))?;
+        println!("wrote the reference-workload model (seed {}) to {}", args.seed, dir.display());
+        return Ok(());
+    }
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }

@@ -88,6 +88,7 @@ fn head(
     probs: &mut [f32],
     s: &mut Scratch,
 ) {
+    let t0 = std::time::Instant::now();
     let (d, cdd) = (cfg.d_model, cfg.candidate_dense_dim);
     let in0 = d + cdd;
     // u0 = [y ; candidate_dense]   [n × in0]
@@ -129,4 +130,5 @@ fn head(
     }
     let [b0, b1] = bufs;
     (s.head_a, s.head_b, s.head_c) = (u, b0, b1);
+    s.head_ns += t0.elapsed().as_nanos() as u64;
 }

@@ -97,6 +97,9 @@ pub struct Scratch {
     pub(crate) head_b: Vec<f32>,
     pub(crate) head_c: Vec<f32>,
     pub(crate) cat: Vec<f32>,
+    /// Nanoseconds spent in the head by the blocks scored with this scratch (a running total; the
+    /// scheduler reads differences to time the `head` stage).
+    pub(crate) head_ns: u64,
 }
 
 impl Scratch {

@@ -51,6 +51,7 @@ struct Job {
     started: OnceLock<Instant>,
     history_ns: AtomicU64,
     candidates_ns: AtomicU64,
+    head_ns: AtomicU64,
     reply: Mutex<Option<oneshot::Sender<Result<RankResponse>>>>,
     admission: Arc<Admission>,
 }
@@ -74,29 +75,67 @@ impl Drop for Job {
     }
 }
 
-/// Admission counters: requests and work tokens in the system (queued or running).
+/// Admission: requests and work tokens in the system (queued or running), bounded by count, by tokens
+/// and by the estimated wait those tokens mean at the measured compute cost.
 struct Admission {
     requests: AtomicUsize,
     tokens: AtomicUsize,
     max_requests: usize,
     max_tokens: usize,
+    /// Longest estimated wait admitted (zero: no bound by wait).
+    max_delay: Duration,
+    /// Steps run in parallel (the worker count): the rate at which queued tokens drain.
+    workers: usize,
+    cost: Arc<CostEstimate>,
+}
+
+/// Why a request was refused, and when a retry has a chance.
+#[derive(Debug, PartialEq)]
+struct Refusal {
+    reason: &'static str,
+    retry_after_ms: u64,
 }
 
 impl Admission {
-    fn try_admit(&self, tokens: usize) -> std::result::Result<(), &'static str> {
+    fn try_admit(&self, tokens: usize) -> std::result::Result<(), Refusal> {
+        let refuse = |reason, ms| Err(Refusal { reason, retry_after_ms: ms });
         if self.requests.fetch_add(1, Ordering::AcqRel) >= self.max_requests {
             self.requests.fetch_sub(1, Ordering::AcqRel);
-            return Err("queue_requests");
+            return refuse("queue_requests", self.drain_ms(self.tokens.load(Ordering::Acquire)));
         }
         let before = self.tokens.fetch_add(tokens, Ordering::AcqRel);
         // A single request larger than the whole budget is admitted when nothing else is queued, so
-        // the budget never makes a valid request unservable.
-        if before > 0 && before + tokens > self.max_tokens {
+        // the budget never makes a valid request unservable; likewise the wait bound only refuses
+        // when there is work ahead.
+        let reason = if before > 0 && before + tokens > self.max_tokens {
+            Some("queue_tokens")
+        } else if before > 0 && !self.max_delay.is_zero() && self.wait_for(before) > self.max_delay {
+            Some("queue_delay")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             self.tokens.fetch_sub(tokens, Ordering::AcqRel);
             self.requests.fetch_sub(1, Ordering::AcqRel);
-            return Err("queue_tokens");
+            return refuse(reason, self.drain_ms(before));
         }
         Ok(())
+    }
+
+    /// Estimated time until `tokens` of admitted work have been computed.
+    fn wait_for(&self, tokens: usize) -> Duration {
+        let per_token = self.cost.per_token();
+        per_token.saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX)) / self.workers.max(1) as u32
+    }
+
+    /// Retry hint: until the backlog ahead has drained below the wait bound (10 ms .. 10 s; 100 ms
+    /// while nothing has been measured yet).
+    fn drain_ms(&self, backlog_tokens: usize) -> u64 {
+        if self.cost.per_token().is_zero() {
+            return 100;
+        }
+        let excess = self.wait_for(backlog_tokens).saturating_sub(self.max_delay);
+        (excess.as_millis() as u64).clamp(10, 10_000)
     }
 
     fn release(&self, tokens: usize) {
@@ -200,11 +239,15 @@ impl RankerHandle {
         } else {
             settings.workers
         };
+        let cost = Arc::new(CostEstimate { ns_per_token: AtomicU64::new(0) });
         let admission = Arc::new(Admission {
             requests: AtomicUsize::new(0),
             tokens: AtomicUsize::new(0),
             max_requests: settings.max_queued_requests,
             max_tokens: settings.max_queued_tokens,
+            max_delay: Duration::from_secs_f64(settings.max_queue_delay_ms / 1e3),
+            workers,
+            cost: Arc::clone(&cost),
         });
         let cache = (settings.cache_bytes > 0).then(|| {
             Arc::new(HistoryCache::new(
@@ -223,7 +266,6 @@ impl RankerHandle {
         // One step in hand per worker: more would take work from the batcher before a worker is free.
         let (step_tx, step_rx) = crossbeam_channel::bounded::<Step>(workers);
         let wake = Arc::new(Notify::new());
-        let cost = Arc::new(CostEstimate { ns_per_token: AtomicU64::new(0) });
         for i in 0..workers {
             let ctx = WorkerCtx {
                 name: name.to_string(),
@@ -235,7 +277,10 @@ impl RankerHandle {
             };
             std::thread::Builder::new()
                 .name(format!("rank-{name}-{i}"))
-                .spawn(move || ctx.run())
+                .spawn(move || {
+                    crate::compute::lower_current_thread();
+                    ctx.run()
+                })
                 .expect("spawning a worker thread");
         }
         let actor = Actor {
@@ -310,11 +355,11 @@ impl RankerHandle {
         let history_tokens = if cached.is_some() { 0 } else { req.history.len().min(cfg.max_history) };
         let m = req.candidates.len();
         let tokens = history_tokens + m;
-        if let Err(reason) = s.admission.try_admit(tokens) {
+        if let Err(Refusal { reason, retry_after_ms }) = s.admission.try_admit(tokens) {
             metrics::rejection(&s.name, reason);
             return Err(Error::ResourceExhausted {
                 message: format!("model '{}' is at capacity ({reason}); retry later", s.name),
-                retry_after_ms: 100,
+                retry_after_ms,
             });
         }
         let units = 1 + m.div_ceil(cfg.micro_batch);
@@ -337,6 +382,7 @@ impl RankerHandle {
             started: OnceLock::new(),
             history_ns: AtomicU64::new(0),
             candidates_ns: AtomicU64::new(0),
+            head_ns: AtomicU64::new(0),
             reply: Mutex::new(Some(reply)),
             admission: Arc::clone(&s.admission),
         });
@@ -628,11 +674,13 @@ impl WorkerCtx {
         buf.clear();
         buf.resize(n * t, 0.0);
         let t0 = Instant::now();
+        let head_before = scratch.head_ns;
         let ok = std::panic::catch_unwind(AssertUnwindSafe(|| match hist {
             Some(h) => self.model.score_candidates(p, h, range.clone(), buf, scratch),
             None => self.model.score_per_candidate(p, range.clone(), buf, scratch),
         }));
         job.candidates_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        job.head_ns.fetch_add(scratch.head_ns.wrapping_sub(head_before), Ordering::Relaxed);
         if ok.is_err() {
             job.finish(Err(Error::Internal("candidate scoring panicked".into())));
             return 0;
@@ -666,9 +714,66 @@ impl WorkerCtx {
             queue,
             resp.timing.history_encode_ms / 1e3,
             resp.timing.candidates_ms / 1e3,
+            job.head_ns.load(Ordering::Relaxed) as f64 / 1e9,
             resp.candidates.len(),
             resp.history_truncated,
         );
         job.finish(Ok(resp));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max_tokens: usize, max_delay_ms: u64, workers: usize, ns_per_token: u64) -> Admission {
+        Admission {
+            requests: AtomicUsize::new(0),
+            tokens: AtomicUsize::new(0),
+            max_requests: 4,
+            max_tokens,
+            max_delay: Duration::from_millis(max_delay_ms),
+            workers,
+            cost: Arc::new(CostEstimate { ns_per_token: AtomicU64::new(ns_per_token) }),
+        }
+    }
+
+    #[test]
+    fn the_wait_bound_refuses_when_the_work_ahead_would_take_too_long() {
+        // 10 µs per token, 2 workers: 1000 tokens ahead = 5 ms of wait.
+        let a = admission(1 << 20, 5, 2, 10_000);
+        a.try_admit(1000).unwrap(); // nothing ahead: always admitted
+        a.try_admit(1).unwrap(); // 1000 ahead = 5 ms: not over the bound
+        let r = a.try_admit(1).unwrap_err(); // 1001 ahead > 5 ms
+        assert_eq!(r.reason, "queue_delay");
+        assert!((10..=10_000).contains(&r.retry_after_ms));
+        assert_eq!(a.tokens.load(Ordering::Relaxed), 1001, "a refusal leaves the counters as they were");
+        assert_eq!(a.requests.load(Ordering::Relaxed), 2);
+        a.release(1000);
+        a.try_admit(1).unwrap(); // the backlog drained: admitted again
+    }
+
+    #[test]
+    fn the_retry_hint_grows_with_the_backlog() {
+        let a = admission(1 << 20, 5, 1, 100_000); // 0.1 ms per token, one worker
+        a.try_admit(2000).unwrap(); // 200 ms of work
+        let r = a.try_admit(1).unwrap_err();
+        assert_eq!(r.reason, "queue_delay");
+        assert_eq!(r.retry_after_ms, 195, "until the 200 ms backlog is under the 5 ms bound");
+    }
+
+    #[test]
+    fn without_a_measurement_or_with_the_bound_off_only_the_caps_apply() {
+        let unmeasured = admission(1000, 5, 1, 0);
+        unmeasured.try_admit(600).unwrap();
+        unmeasured.try_admit(400).unwrap();
+        let r = unmeasured.try_admit(1).unwrap_err();
+        assert_eq!(r, Refusal { reason: "queue_tokens", retry_after_ms: 100 });
+
+        let off = admission(1 << 20, 0, 1, 1_000_000); // 1 ms per token, but no wait bound
+        for _ in 0..4 {
+            off.try_admit(1000).unwrap();
+        }
+        assert_eq!(off.try_admit(1).unwrap_err().reason, "queue_requests");
     }
 }

@@ -175,6 +175,7 @@ impl Server {
         tracing::info!("http listening on {http_addr}");
         tracing::info!("grpc listening on {grpc_addr}");
 
+        crate::compute::configure(config.server.compute_nice);
         let registry = Registry::new(&config);
         registry.spawn_loading(&config);
         let state = AppState::new(config, registry);

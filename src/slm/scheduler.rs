@@ -223,6 +223,7 @@ impl SlmHandle {
                 let name = name.to_string();
                 move |i| format!("slm-{name}-{i}")
             })
+            .start_handler(|_| crate::compute::lower_current_thread())
             .build()
             .map_err(|e| format!("cannot start the compute pool: {e}"))?;
         let engine = Engine {
@@ -243,7 +244,10 @@ impl SlmHandle {
         };
         std::thread::Builder::new()
             .name(format!("slm-{name}"))
-            .spawn(move || engine.run())
+            .spawn(move || {
+                crate::compute::lower_current_thread();
+                engine.run()
+            })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         Ok(SlmHandle {
             inner: Arc::new(Shared {
