@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod gemm;
+pub mod int8;
 pub mod linear;
 pub mod norm;
 pub mod quant;
