@@ -51,6 +51,9 @@ pub struct SlmBenchArgs {
     /// Skip the llama.cpp peer.
     #[arg(long)]
     pub no_peer: bool,
+    /// Only time the model's forward pass (no engine, no peer): quick, and a clean target for `perf`.
+    #[arg(long)]
+    pub forward_only: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -145,6 +148,9 @@ fn peer(args: &SlmBenchArgs) -> Option<Value> {
 pub fn run(args: &SlmBenchArgs) -> Result<()> {
     if args.threads == 0 || args.rounds == 0 || args.gen_tokens < 2 {
         bail!("--threads and --rounds must be ≥ 1 and --gen-tokens ≥ 2");
+    }
+    if args.forward_only {
+        return forward_alone(args);
     }
     let max_streams = args.streams.iter().copied().max().unwrap_or(1);
     let max_prompt = args.prompt_tokens.iter().copied().max().unwrap_or(128).max(128);
@@ -258,34 +264,80 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
             }
         );
     }
-    // Where a decode step's time goes: the model's forward pass alone (one token continuing a
-    // 128-token cache, inside a pool of the same size) against the engine's per-token time above.
-    let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
-    let model = super::model::LlamaModel::from_gguf(&file).map_err(|e| anyhow!(e))?;
-    drop(file);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
-    let mut kv = super::kv::SeqKv::new(model.config().kv_shape(), 128 + 65);
-    let mut scratch = super::model::Scratch::default();
-    let prompt = prompt_of(&sample, 128);
-    let chunk = |kv: &mut super::kv::SeqKv, toks: &[u32], scratch: &mut super::model::Scratch| {
-        use super::model::{Chunk, Want};
-        pool.install(|| model.forward(&mut [Chunk { kv, tokens: toks, want: Want::Last }], scratch));
-    };
-    chunk(&mut kv, &prompt, &mut scratch);
-    let mut times = Vec::new();
-    for i in 0..64 {
-        let t = Instant::now();
-        chunk(&mut kv, &[sample[i % sample.len()]], &mut scratch);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    println!(
-        "\nforward pass alone, 1 decode token after 128: {:.2} ms median ({:.1} tok/s); the engine's \
-         1-stream rate above adds sampling, streaming and scheduling",
-        median(times.clone()),
-        1e3 / median(times)
-    );
+    println!();
+    forward_alone(args)?;
     if let Some(p) = &peer {
         println!("llama.cpp: {}", p.get("version").and_then(Value::as_str).unwrap_or("?"));
     }
     Ok(())
+}
+
+/// Where a decode step's time goes: the model's forward pass alone (one decode token per sequence
+/// continuing 128-token caches, inside a pool of the same size), for 1 sequence and for the largest
+/// `--streams` count, against the engine's per-token times.
+fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
+    use super::kv::SeqKv;
+    use super::model::{Chunk, LlamaModel, Scratch, Want};
+    let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
+    let sample = super::tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
+        .map_err(|e| anyhow!("{e}"))?
+        .encode("The history of the printing press begins in the fifteenth century.", false)
+        .map_err(|e| anyhow!("{e}"))?;
+    let model = LlamaModel::from_gguf(&file).map_err(|e| anyhow!(e))?;
+    drop(file);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let steps = args.gen_tokens.max(8);
+    let mut scratch = Scratch::default();
+    let max_streams = args.streams.iter().copied().max().unwrap_or(1);
+    let mut counts = vec![1];
+    if max_streams > 1 {
+        counts.push(max_streams);
+    }
+    for s in counts {
+        let (mut times, mut cpus) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            let mut kvs: Vec<SeqKv> =
+                (0..s).map(|_| SeqKv::new(model.config().kv_shape(), 128 + steps + 1)).collect();
+            for (i, kv) in kvs.iter_mut().enumerate() {
+                let mut ids = prompt_of(&sample, 128 + i);
+                ids.drain(..i);
+                let mut chunks = [Chunk { kv, tokens: &ids, want: Want::Last }];
+                pool.install(|| model.forward(&mut chunks, &mut scratch));
+            }
+            let toks: Vec<[u32; 1]> = (0..steps).map(|i| [sample[i % sample.len()]]).collect();
+            for tok in &toks {
+                let t = Instant::now();
+                let mut chunks: Vec<Chunk> =
+                    kvs.iter_mut().map(|kv| Chunk { kv, tokens: tok, want: Want::Last }).collect();
+                let cpu = pool.install(|| {
+                    let c = thread_cpu_ms();
+                    model.forward(&mut chunks, &mut scratch);
+                    thread_cpu_ms() - c
+                });
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                cpus.push(cpu);
+            }
+        }
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let ms = median(times);
+        println!(
+            "forward pass alone, {s} sequence{} × 1 decode token after 128 (contexts 128..{}): {ms:.2} ms \
+             median per step ({:.1} tok/s), min {min:.2} ms; CPU time of the pool thread that runs the \
+             step {:.2} ms (median)",
+            if s == 1 { "" } else { "s" },
+            128 + steps,
+            s as f64 * 1e3 / ms,
+            median(cpus)
+        );
+    }
+    Ok(())
+}
+
+/// CPU time of the calling thread, in ms (robust to other processes sharing the cores, unlike wall
+/// time; with `--threads 1` it is the whole forward pass's work).
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always supported on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 * 1e-6
 }

@@ -2,9 +2,12 @@
 //!
 //! Each sequence owns its cache, sized at admission for `prompt + max_tokens` positions (the engine
 //! reserves that much of the budget up front, so a running sequence never needs more memory and is
-//! never preempted). Per layer and KV head the keys are stored transposed (`kt[c·cap + j]`: 8
-//! consecutive positions form one vector, the layout `kernels::cpu::attend_head` reads) and the
-//! values row-major (`v[j·hd + c]`).
+//! never preempted). Per layer and KV head the keys are stored in tiles of 8 positions, each tile
+//! `[head_dim × 8]` contiguous (the layout `kernels::cpu::attention::attend_tiled` reads: 8 consecutive
+//! positions form one vector, and attention streams the cache front to back) and the values
+//! row-major (`v[j·hd + c]`).
+
+use crate::kernels::cpu::attention::{tiled_key_index, KEY_TILE};
 
 /// Shape of every cache of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +32,7 @@ pub struct SeqKv {
     cap: usize,
     requested: usize,
     len: usize,
-    /// `[layer][kv_head][head_dim × cap]`, flattened.
+    /// `[layer][kv_head][cap/8 tiles × head_dim × 8]`, flattened.
     kt: Vec<f32>,
     /// `[layer][kv_head][cap × head_dim]`, flattened.
     v: Vec<f32>,
@@ -38,7 +41,7 @@ pub struct SeqKv {
 impl SeqKv {
     /// An empty cache with room for `capacity` positions.
     pub fn new(shape: KvShape, capacity: usize) -> Self {
-        let cap = capacity.max(1).div_ceil(8) * 8;
+        let cap = capacity.max(1).div_ceil(KEY_TILE) * KEY_TILE;
         let n = shape.layers * shape.kv_heads * shape.head_dim * cap;
         SeqKv { shape, cap, requested: capacity, len: 0, kt: vec![0.0; n], v: vec![0.0; n] }
     }
@@ -49,13 +52,11 @@ impl SeqKv {
         assert!(capacity >= self.len, "fork: capacity below the cached length");
         let mut out = SeqKv::new(self.shape, capacity);
         let hd = self.shape.head_dim;
+        // Whole tiles: the tiles holding positions 0..len are a prefix of each head's key buffer.
+        let tiled = self.len.div_ceil(KEY_TILE) * KEY_TILE * hd;
         for lh in 0..self.shape.layers * self.shape.kv_heads {
             let (src, dst) = (lh * hd * self.cap, lh * hd * out.cap);
-            for c in 0..hd {
-                let s = src + c * self.cap;
-                let d = dst + c * out.cap;
-                out.kt[d..d + self.len].copy_from_slice(&self.kt[s..s + self.len]);
-            }
+            out.kt[dst..dst + tiled].copy_from_slice(&self.kt[src..src + tiled]);
             out.v[dst..dst + self.len * hd].copy_from_slice(&self.v[src..src + self.len * hd]);
         }
         out.len = self.len;
@@ -75,8 +76,8 @@ impl SeqKv {
         self.requested
     }
 
-    /// Buffer stride of one transposed key row (positions, padded to 8).
-    pub fn stride(&self) -> usize {
+    /// Positions the buffers hold (the capacity rounded up to whole key tiles).
+    pub fn padded_capacity(&self) -> usize {
         self.cap
     }
 
@@ -95,7 +96,7 @@ impl SeqKv {
         assert!(pos < self.requested, "kv write past the sequence's capacity");
         let base = (layer * self.shape.kv_heads + head) * hd * self.cap;
         for (c, &kc) in k[..hd].iter().enumerate() {
-            self.kt[base + c * self.cap + pos] = kc;
+            self.kt[base + tiled_key_index(hd, pos, c)] = kc;
         }
         self.v[base + pos * hd..base + (pos + 1) * hd].copy_from_slice(&v[..hd]);
     }
@@ -106,7 +107,8 @@ impl SeqKv {
         self.len = len;
     }
 
-    /// Transposed keys (`[head_dim × stride]`) and values (`[stride × head_dim]`) of one layer/head.
+    /// Tiled keys (`[padded_capacity/8 × head_dim × 8]`, see the module docs) and values
+    /// (`[padded_capacity × head_dim]`) of one layer/head.
     pub fn head(&self, layer: usize, head: usize) -> (&[f32], &[f32]) {
         let n = self.shape.head_dim * self.cap;
         let base = (layer * self.shape.kv_heads + head) * n;
@@ -168,7 +170,7 @@ mod tests {
     #[test]
     fn write_read_and_fork() {
         let mut kv = SeqKv::new(SHAPE, 5);
-        assert_eq!(kv.stride(), 8);
+        assert_eq!(kv.padded_capacity(), 8);
         for pos in 0..3 {
             for l in 0..2 {
                 for h in 0..3 {
@@ -181,17 +183,17 @@ mod tests {
         }
         kv.set_len(3);
         let f = kv.fork(9);
-        assert_eq!((f.len(), f.capacity(), f.stride()), (3, 9, 16));
+        assert_eq!((f.len(), f.capacity(), f.padded_capacity()), (3, 9, 16));
         for l in 0..2 {
             for h in 0..3 {
                 let (kt, v) = kv.head(l, h);
                 let (fkt, fv) = f.head(l, h);
                 for pos in 0..3 {
                     for c in 0..4 {
-                        assert_eq!(kt[c * 8 + pos], fkt[c * 16 + pos]);
+                        assert_eq!(kt[tiled_key_index(4, pos, c)], fkt[tiled_key_index(4, pos, c)]);
                         assert_eq!(v[pos * 4 + c], fv[pos * 4 + c]);
                     }
-                    assert_eq!(fkt[2 * 16 + pos], (pos * 100 + l * 10 + h) as f32 + 0.2);
+                    assert_eq!(fkt[2 * 8 + pos], (pos * 100 + l * 10 + h) as f32 + 0.2);
                 }
             }
         }

@@ -10,9 +10,10 @@
 
 use super::gguf::GgufFile;
 use super::kv::{KvShape, SeqKv};
-use crate::kernels::cpu::attention::{attend_head, HeadAttention};
-use crate::kernels::cpu::quant::QMatrix;
-use rayon::prelude::*;
+use crate::kernels::cpu::attention::{attend_tiled, TiledHead};
+use crate::kernels::cpu::quant::{QMatrix, Team};
+use crate::kernels::cpu::simd::swiglu;
+use std::cell::RefCell;
 use std::path::Path;
 
 /// Architecture parameters, from the GGUF metadata.
@@ -125,6 +126,11 @@ pub struct LlamaModel {
     weight_bytes: usize,
 }
 
+thread_local! {
+    /// Attention score rows, per thread, reused across steps.
+    static ATT_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Which logits a chunk wants back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -193,16 +199,16 @@ impl Stacked {
     }
 
     /// `out[t] = [W₀ x[t] | W₁ x[t] | …]` for `n` rows of `x`.
-    fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+    fn matmul(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32]) {
         match self {
-            Stacked::One(m) => m.matmul(x, n, out),
+            Stacked::One(m) => m.matmul_team(team, x, n, out),
             Stacked::Parts(ms) => {
                 let width: usize = ms.iter().map(|m| m.rows()).sum();
                 let mut off = 0;
                 let mut tmp = Vec::new();
                 for m in ms.iter() {
                     tmp.resize(n * m.rows(), 0.0);
-                    m.matmul(x, n, &mut tmp);
+                    m.matmul_team(team, x, n, &mut tmp);
                     for t in 0..n {
                         out[t * width + off..t * width + off + m.rows()]
                             .copy_from_slice(&tmp[t * m.rows()..(t + 1) * m.rows()]);
@@ -282,6 +288,12 @@ impl LlamaModel {
     /// When a chunk is empty, a token id is outside the vocabulary, or a cache would pass its capacity
     /// or the context length — the engine validates all of these before a step.
     pub fn forward(&self, chunks: &mut [Chunk], s: &mut Scratch) -> Vec<Vec<f32>> {
+        // One team for the whole step: its parallel regions (each matmul, each layer's attention)
+        // are handed out without a rayon fork-join each.
+        Team::run(|team| self.forward_team(team, chunks, s))
+    }
+
+    fn forward_team(&self, team: &Team, chunks: &mut [Chunk], s: &mut Scratch) -> Vec<Vec<f32>> {
         let cfg = &self.cfg;
         let (d, hd) = (cfg.d_model, cfg.head_dim);
         let (qd, kvd) = (cfg.heads * hd, cfg.kv_heads * hd);
@@ -319,7 +331,7 @@ impl LlamaModel {
         let group = cfg.heads / cfg.kv_heads;
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.h);
-            layer.wqkv.matmul(&s.h, t_total, &mut s.qkv);
+            layer.wqkv.matmul(team, &s.h, t_total, &mut s.qkv);
             if let Some(b) = &layer.bqkv {
                 for row in s.qkv.chunks_exact_mut(qkv_w) {
                     row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
@@ -350,36 +362,26 @@ impl LlamaModel {
                 // grouping never depends on the batch, so a token's arithmetic stays batch-invariant,
                 // and a decode step of one sequence still spreads over the pool.
                 let kv_heads = cfg.kv_heads;
-                s.att.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scratch, (tk, out)| {
+                team.for_each_chunk_mut(&mut s.att[..t_total * qd], group * hd, &|tk, out| {
                     let (t, kh) = (tk / kv_heads, tk % kv_heads);
                     let (ci, pos) = rows[t];
                     let kv = kvs[ci];
                     let q = &qkv[t * qkv_w + kh * group * hd..t * qkv_w + (kh + 1) * group * hd];
                     let (kt, v) = kv.head(li, kh);
-                    let att = HeadAttention {
-                        head_dim: hd,
-                        n_keys: pos + 1,
-                        kt,
-                        kt_stride: kv.stride(),
-                        v,
-                        v_stride: hd,
-                        scale,
-                    };
-                    attend_head(&att, q, hd, group, None, out, hd, scratch);
+                    let att = TiledHead { head_dim: hd, n_keys: pos + 1, kt, v, scale };
+                    ATT_SCRATCH.with(|sc| attend_tiled(&att, q, hd, group, out, hd, &mut sc.borrow_mut()));
                 });
             }
-            layer.wo.matmul(&s.att, t_total, &mut s.proj);
+            layer.wo.matmul_team(team, &s.att, t_total, &mut s.proj);
             s.x.iter_mut().zip(&s.proj).for_each(|(x, p)| *x += p);
             rms_norm_rows(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.h);
-            layer.wgu.matmul(&s.h, t_total, &mut s.gu);
+            layer.wgu.matmul(team, &s.h, t_total, &mut s.gu);
             let f = cfg.ffn;
             for (gu, act) in s.gu.chunks_exact(2 * f).zip(s.act.chunks_exact_mut(f)) {
                 let (g, u) = gu.split_at(f);
-                for ((a, &g), &u) in act.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
+                swiglu(g, u, act);
             }
-            layer.wdown.matmul(&s.act, t_total, &mut s.proj);
+            layer.wdown.matmul_team(team, &s.act, t_total, &mut s.proj);
             s.x.iter_mut().zip(&s.proj).for_each(|(x, p)| *x += p);
         }
         for c in chunks.iter_mut() {
@@ -413,7 +415,11 @@ impl LlamaModel {
         rms_norm_rows(&sel, &self.out_norm, cfg.rms_eps, &mut normed);
         let vocab = cfg.vocab;
         let mut logits = vec![0.0f32; picked.len() * vocab];
-        self.output.as_ref().unwrap_or(&self.embed).matmul(&normed, picked.len(), &mut logits);
+        self.output.as_ref().unwrap_or(&self.embed).matmul_team(team, &normed, picked.len(), &mut logits);
+        if let [n] = counts[..] {
+            debug_assert_eq!(n, picked.len());
+            return vec![logits]; // one chunk: its rows are all the logits, no copy
+        }
         let mut out = Vec::with_capacity(chunks.len());
         let mut off = 0;
         for n in counts {

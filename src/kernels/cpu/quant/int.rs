@@ -129,6 +129,9 @@ mod avx2 {
     const K_Q4_K: u8 = 3;
     const K_Q6_K: u8 = 4;
 
+    /// Blocks ahead that [`tile`] prefetches (8 blocks of a 4-bit type: 1 KiB of codes).
+    const PF_BLOCKS: usize = 8;
+
     /// Tokens per register tile (they share each unpacked weight word): as many as keep the
     /// per-token integer sums and accumulators in the 16 registers (6 measured ~15% faster than 4 for
     /// the 4-bit types at 128 tokens; Q8_0 and Q6_K need two more live weight registers).
@@ -320,6 +323,20 @@ mod avx2 {
         let (ad, as_, asum, alo) = (act.d.as_ptr(), act.s.as_ptr(), act.sum.as_ptr(), act.sum_lo.as_ptr());
         let mut acc = [_mm256_setzero_ps(); NT];
         for b in 0..nb {
+            // Software prefetch PF_BLOCKS blocks ahead in both streams (codes, scales): a decode step
+            // streams ~100 MB of weights, and the hardware prefetcher restarts at every 4 KiB page.
+            // Only the group's first token tile reads from memory; later tiles find it in L1. A
+            // prefetch never faults, so the address may lie past the streams (wrapping_add, never
+            // dereferenced).
+            if t0 == 0 {
+                let ahead = (g * nb + b + PF_BLOCKS) * qsb;
+                for l in (0..qsb).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(qs.wrapping_add(ahead + l).cast());
+                }
+                if K == K_Q4_0 || K == K_Q4_1 || K == K_Q8_0 {
+                    _mm_prefetch::<_MM_HINT_T0>(sc.wrapping_add((g * nb + b + PF_BLOCKS) * spu).cast());
+                }
+            }
             // SAFETY (whole block body): (g, b) is a block of `p`, so its `qsb` code bytes, its scale
             // unit and aux bytes lie inside the streams (see `pack`); tb < n·nb indexes whole
             // 32-code activation blocks and the per-block arrays (lengths asserted in `matmul_groups`).

@@ -16,7 +16,9 @@
 //! **Threads.** Call `matmul` from inside the rayon pool (run the whole forward pass under
 //! `pool.install`/`rayon::scope`): then each call's fork-join is an in-pool join, whereas from a
 //! plain thread every call is injected into the pool while the caller sleeps, which cost ~25% of a
-//! SmolLM2 decode step (121 matmuls) here.
+//! SmolLM2 decode step (121 matmuls) here. Cheaper still, [`QMatrix::matmul_team`] splits a call
+//! over a [`Team`] that the caller started once for many calls (the SLM's forward pass: one rayon
+//! hand-off per step instead of one fork-join per matmul).
 //!
 //! **Batch invariance.** `out[t][r]` is a function of row `r` and token `t` alone: the activation
 //! quantization is per token, the integer dots are exact, and the f32 accumulation runs the same
@@ -32,8 +34,11 @@ mod act;
 mod float;
 mod int;
 mod pack;
+mod team;
 #[cfg(test)]
 mod tests;
+
+pub use team::Team;
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -265,9 +270,19 @@ impl QMatrix {
         self.matmul_with(simd_available(), x, n, out);
     }
 
+    /// [`QMatrix::matmul`] with its chunks spread over `team` instead of rayon's pool (same results,
+    /// bit for bit).
+    pub fn matmul_team(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_split(simd_available(), Split::Team(team), x, n, out);
+    }
+
     /// [`QMatrix::matmul`] with the path chosen by the caller (`simd` is ignored where AVX2/FMA/F16C
     /// are absent): for tests and benchmarks.
     pub fn matmul_with(&self, simd: bool, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_split(simd, Split::Rayon, x, n, out);
+    }
+
+    fn matmul_split(&self, simd: bool, split: Split, x: &[f32], n: usize, out: &mut [f32]) {
         let simd = simd && simd_available();
         let (rows, cols) = (self.rows, self.cols);
         assert!(x.len() >= n * cols, "matmul: x has {} < {n}×{cols} floats", x.len());
@@ -280,7 +295,7 @@ impl QMatrix {
         match &self.data {
             Data::F32(w) => {
                 let units = rows.div_ceil(float::ROW_TILE);
-                par_ranges(units, n * rows * cols, |us| {
+                split.ranges(units, n * rows * cols, &|us| {
                     let r = us.start * float::ROW_TILE..(us.end * float::ROW_TILE).min(rows);
                     // SAFETY: `out` holds n·rows floats (asserted above) and this closure writes only
                     // rows `r` of each token, a range no other chunk touches.
@@ -290,7 +305,7 @@ impl QMatrix {
             Data::Packed(p) => {
                 let mut act = ACT.with(Cell::take);
                 act.quantize(simd, x, n, cols);
-                par_ranges(p.groups(), n * rows * cols, |gs| {
+                split.ranges(p.groups(), n * rows * cols, &|gs| {
                     // SAFETY: as above, for the rows of groups `gs`.
                     unsafe { int::matmul_groups(simd, p, &act, out.get(), gs) };
                 });
@@ -316,13 +331,39 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Runs `f` over `units` split into contiguous ranges, on rayon's pool when `macs` is large enough.
-fn par_ranges(units: usize, macs: usize, f: impl Fn(Range<usize>) + Sync) {
-    let threads = rayon::current_num_threads();
-    if macs < PAR_MIN_MACS || threads <= 1 || units <= 1 {
-        f(0..units);
-        return;
+/// Where a matmul's chunks run.
+#[derive(Clone, Copy)]
+enum Split<'a> {
+    /// rayon's current pool, one fork-join per call.
+    Rayon,
+    /// A [`Team`] already running (one region per call).
+    Team(&'a Team),
+}
+
+/// Chunks of row groups per team thread: a team hands chunks out from one counter, so smaller
+/// chunks even out a thread that starts late at little cost.
+const TEAM_CHUNKS_PER_THREAD: usize = 4;
+
+impl Split<'_> {
+    /// Runs `f` over `units` split into contiguous ranges, in parallel when `macs` is large enough.
+    fn ranges(self, units: usize, macs: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        let threads = match self {
+            Split::Rayon => rayon::current_num_threads(),
+            Split::Team(t) => t.threads(),
+        };
+        if macs < PAR_MIN_MACS || threads <= 1 || units <= 1 {
+            f(0..units);
+            return;
+        }
+        match self {
+            Split::Rayon => {
+                let chunks = units.min(threads * CHUNKS_PER_THREAD);
+                (0..chunks).into_par_iter().for_each(|c| f(units * c / chunks..units * (c + 1) / chunks));
+            }
+            Split::Team(t) => {
+                let chunks = units.min(threads * TEAM_CHUNKS_PER_THREAD);
+                t.for_each(chunks, &|c| f(units * c / chunks..units * (c + 1) / chunks));
+            }
+        }
     }
-    let chunks = units.min(threads * CHUNKS_PER_THREAD);
-    (0..chunks).into_par_iter().for_each(|c| f(units * c / chunks..units * (c + 1) / chunks));
 }
