@@ -197,6 +197,20 @@ pub struct SlmSettings {
     pub max_labels: usize,
     /// Deadline when the client sends none (x-request-timeout-ms / grpc-timeout), in milliseconds.
     pub default_timeout_ms: u64,
+    /// Weight re-quantization at load: `none` serves the file's types as they are; `int8` converts
+    /// F32/F16 weight matrices to int8 per output channel (y = s ⊙ Qx, run by the integer kernels:
+    /// a quarter of the memory traffic, logits within a few percent of the float model); matrices
+    /// already quantized in the file are kept.
+    pub quantize: SlmQuantize,
+}
+
+/// See [`SlmSettings::quantize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlmQuantize {
+    #[default]
+    None,
+    Int8,
 }
 
 impl Default for SlmSettings {
@@ -212,6 +226,7 @@ impl Default for SlmSettings {
             max_tokens_limit: 4096,
             max_labels: 64,
             default_timeout_ms: 120_000,
+            quantize: SlmQuantize::None,
         }
     }
 }
@@ -509,6 +524,17 @@ mod tests {
     fn negative_grace_is_named() {
         let e = err("[server]\nshutdown_grace_s = -1.0\n");
         assert!(e.contains("server.shutdown_grace_s"), "{e}");
+    }
+
+    #[test]
+    fn slm_quantize_takes_none_or_int8() {
+        let slm = |v: &str| {
+            format!("[[models]]\nname = \"m\"\nkind = \"slm\"\npath = \"Cargo.toml\"\nslm = {{ quantize = \"{v}\" }}\n")
+        };
+        assert_eq!(Config::parse(&slm("int8"), "c.toml").unwrap().models[0].slm.quantize, SlmQuantize::Int8);
+        assert_eq!(Config::parse(&slm("none"), "c.toml").unwrap().models[0].slm.quantize, SlmQuantize::None);
+        let e = err(&slm("int4"));
+        assert!(e.contains("unknown variant `int4`") && e.contains("quantize"), "{e}");
     }
 
     #[test]

@@ -28,7 +28,18 @@ pub fn load(
     let file = gguf::GgufFile::open(path)?;
     let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
         .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
-    let model = model::LlamaModel::from_gguf(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut model = model::LlamaModel::from_gguf(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut version = file.content_hash();
+    if settings.quantize == crate::config::SlmQuantize::Int8 {
+        let n = model
+            .quantize_float_weights_int8()
+            .map_err(|e| format!("{}: quantize = \"int8\": {e}", path.display()))?;
+        tracing::info!(model = name, matrices = n, "float weight matrices re-quantized to int8 per channel");
+        // Different weights, different outputs: the version says so.
+        if n > 0 {
+            version.push_str("+int8");
+        }
+    }
     if tokenizer.vocab_size() > model.config().vocab {
         return Err(format!(
             "{}: the tokenizer has {} tokens but token_embd.weight only {} rows",
@@ -37,7 +48,6 @@ pub fn load(
             model.config().vocab
         ));
     }
-    let version = file.content_hash();
     drop(file);
     SlmHandle::start(name, version, model, tokenizer, settings, max_prompt_tokens, classes)
 }

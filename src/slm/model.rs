@@ -11,7 +11,8 @@
 use super::gguf::GgufFile;
 use super::kv::{KvShape, SeqKv};
 use crate::kernels::cpu::attention::{attend_tiled, TiledHead};
-use crate::kernels::cpu::quant::{QMatrix, Team};
+use crate::kernels::cpu::int8::quantize_per_channel;
+use crate::kernels::cpu::quant::{QMatrix, Team, WeightType};
 use crate::kernels::cpu::simd::swiglu;
 use std::cell::RefCell;
 use std::path::Path;
@@ -262,17 +263,60 @@ impl LlamaModel {
         let output =
             if f.has_tensor("output.weight") { Some(f.matrix("output.weight", cfg.vocab, d)?) } else { None };
         let (rope_cos, rope_sin) = rope_tables(&cfg);
-        let weight_bytes = embed.bytes()
-            + output.as_ref().map_or(0, |o| o.bytes())
-            + layers
-                .iter()
-                .map(|l| l.wqkv.bytes() + l.wo.bytes() + l.wgu.bytes() + l.wdown.bytes())
-                .sum::<usize>();
-        Ok(LlamaModel { cfg, embed, layers, out_norm, output, rope_cos, rope_sin, weight_bytes })
+        let mut model =
+            LlamaModel { cfg, embed, layers, out_norm, output, rope_cos, rope_sin, weight_bytes: 0 };
+        model.weight_bytes = model.matrices_bytes();
+        Ok(model)
     }
 
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// Re-quantizes every F32/F16 weight matrix to int8 per output channel (`kernels::cpu::int8`: the
+    /// `models[].slm.quantize = "int8"` load option for float GGUF models, run by the integer kernels);
+    /// quantized matrices are kept as they are. Returns how many matrices were converted.
+    pub fn quantize_float_weights_int8(&mut self) -> Result<usize, String> {
+        fn convert(m: &mut QMatrix, name: &str) -> Result<usize, String> {
+            if !matches!(m.ty(), WeightType::F32 | WeightType::F16) {
+                return Ok(0);
+            }
+            let (rows, cols) = (m.rows(), m.cols());
+            let mut w = vec![0f32; rows * cols];
+            for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+                m.dequantize_row(r, row);
+            }
+            *m = quantize_per_channel(&w, rows, cols).map_err(|e| format!("{name}: {e}"))?;
+            Ok(1)
+        }
+        fn convert_stacked(st: &mut Stacked, name: &str) -> Result<usize, String> {
+            match st {
+                Stacked::One(m) => convert(m, name),
+                Stacked::Parts(ms) => ms.iter_mut().map(|m| convert(m, name)).sum(),
+            }
+        }
+        let mut n = convert(&mut self.embed, "token_embd.weight")?;
+        if let Some(o) = &mut self.output {
+            n += convert(o, "output.weight")?;
+        }
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            n += convert_stacked(&mut l.wqkv, &format!("blk.{i}.attn_qkv"))?;
+            n += convert(&mut l.wo, &format!("blk.{i}.attn_output.weight"))?;
+            n += convert_stacked(&mut l.wgu, &format!("blk.{i}.ffn_gate_up"))?;
+            n += convert(&mut l.wdown, &format!("blk.{i}.ffn_down.weight"))?;
+        }
+        self.weight_bytes = self.matrices_bytes();
+        Ok(n)
+    }
+
+    fn matrices_bytes(&self) -> usize {
+        self.embed.bytes()
+            + self.output.as_ref().map_or(0, |o| o.bytes())
+            + self
+                .layers
+                .iter()
+                .map(|l| l.wqkv.bytes() + l.wo.bytes() + l.wgu.bytes() + l.wdown.bytes())
+                .sum::<usize>()
     }
 
     /// Bytes of weight matrices held.
