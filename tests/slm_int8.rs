@@ -2,8 +2,9 @@
 //! an F16 copy of the real SmolLM2-135M model (its Q4_1/Q8_0 weights dequantized and written as F16 with
 //! candle's GGUF writer, here in a temporary folder), loaded as F16 and re-quantized to int8 per output
 //! channel at load. Required: next-token logits within 0.08 × (logit range) of the F16 path at every
-//! step (one scale per row is coarser than the file's per-32 scales; measured worst 0.06), and identical greedy tokens wherever the F16 model's top-two margin is above twice the logit
-//! difference (flips at near-ties are counted and printed). Prints both paths' speed (no timing asserts).
+//! step (one scale per row is coarser than the file's per-32 scales; measured worst 0.06), and
+//! identical greedy tokens wherever the F16 model's top-two margin is above twice the logit difference
+//! (flips at near-ties are counted and printed). Prints both paths' speed (no timing asserts).
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
