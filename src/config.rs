@@ -239,7 +239,8 @@ pub struct RankerSettings {
     pub workers: usize,
     /// Requests admitted (queued or running) at once; beyond it requests get 429 at once.
     pub max_queued_requests: usize,
-    /// Work tokens (history events + candidates) admitted at once; beyond it requests get 429 at once.
+    /// Work tokens admitted at once (history events + candidates; a `per_candidate` request counts
+    /// candidates × (history + 1)); beyond it requests get 429 at once.
     /// A hard cap; `max_queue_delay_ms` is the bound that tracks the latency budget.
     pub max_queued_tokens: usize,
     /// Admission by estimated wait: a request that would wait longer than this before its compute

@@ -66,7 +66,8 @@ async fn batched_answers_equal_solo_answers_for_random_mixes() {
     let cross = save(d1.path(), &small_config(Fusion::AppendCross, 21), 21);
     let selfm = save(d2.path(), &small_config(Fusion::AppendSelf, 22), 22);
     // A small step budget so requests are split into micro-batches that share steps.
-    let settings = "max_step_tokens = 64, max_wait_ms = 2.0, cache_bytes = 0";
+    // No bound by estimated wait: 32 requests arrive at once and must all be computed.
+    let settings = "max_step_tokens = 64, max_wait_ms = 2.0, max_queue_delay_ms = 0.0, cache_bytes = 0";
     let toml =
         format!("{}{}", model_toml("cross", d1.path(), settings), model_toml("self", d2.path(), settings));
     let slate = Slate::start(&toml);

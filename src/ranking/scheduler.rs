@@ -42,6 +42,9 @@ struct Job {
     enqueued: Instant,
     deadline: Instant,
     tokens: usize,
+    /// Admission units: `tokens` for amortized requests; a per-candidate request runs every candidate
+    /// through its own history pass, `candidates × (history + 1)` token passes.
+    work: usize,
     cache_key: Option<CacheKey>,
     cached: Option<Arc<EncodedHistory>>,
     cancelled: Arc<AtomicBool>,
@@ -71,7 +74,7 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.admission.release(self.tokens);
+        self.admission.release(self.work);
     }
 }
 
@@ -355,7 +358,8 @@ impl RankerHandle {
         let history_tokens = if cached.is_some() { 0 } else { req.history.len().min(cfg.max_history) };
         let m = req.candidates.len();
         let tokens = history_tokens + m;
-        if let Err(Refusal { reason, retry_after_ms }) = s.admission.try_admit(tokens) {
+        let work = if amortized { tokens } else { m * (req.history.len().min(cfg.max_history) + 1) };
+        if let Err(Refusal { reason, retry_after_ms }) = s.admission.try_admit(work) {
             metrics::rejection(&s.name, reason);
             return Err(Error::ResourceExhausted {
                 message: format!("model '{}' is at capacity ({reason}); retry later", s.name),
@@ -373,6 +377,7 @@ impl RankerHandle {
             enqueued,
             deadline,
             tokens,
+            work,
             cache_key,
             cached,
             cancelled: Arc::clone(&cancelled),
@@ -644,7 +649,12 @@ impl WorkerCtx {
         .unwrap_or_else(|_| Err(Error::Internal("the history pass panicked".into())));
         let elapsed = t0.elapsed();
         job.history_ns.store(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        let computed = if job.cached.is_some() { 0 } else { job.tokens - job.req.candidates.len() };
+        // Token passes computed here: none on a cache hit or in per-candidate mode (its candidate
+        // units run the history with each candidate).
+        let computed = match &outcome {
+            Ok((_, Some(_))) if job.cached.is_none() => job.tokens - job.req.candidates.len(),
+            _ => 0,
+        };
         match outcome {
             Ok(ready) => {
                 let _ = job.ready.set(Ok(ready));
@@ -687,7 +697,11 @@ impl WorkerCtx {
         }
         job.probs.lock().expect("probs lock poisoned")[range.start * t..range.end * t].copy_from_slice(buf);
         self.unit_done(job);
-        n
+        // Token passes, the unit of the cost estimate (per-candidate: each candidate with its history).
+        match hist {
+            Some(_) => n,
+            None => n * (p.history_len + 1),
+        }
     }
 
     /// Counts a finished unit; the last one builds and sends the response.
