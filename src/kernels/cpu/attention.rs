@@ -257,6 +257,40 @@ fn exp2_nonpos(y: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e))
 }
 
+/// Softmax numerators of one score row in place: `P[j] = 2^((S[j] − m)·c1)` for `j < n`, 0 on the
+/// padding `n..np` (`np` = `n` rounded up to 8); returns the vector of partial sums (lane order fixed,
+/// so every caller sums the same way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_row(srow: &mut [f32], n: usize, np: usize, m: f32, c1: f32) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let full8 = n / 8 * 8;
+    let (vc1, vneg) = (_mm256_set1_ps(c1), _mm256_set1_ps(-m * c1));
+    let mut vsum = _mm256_setzero_ps();
+    for ch in srow[..full8].chunks_exact_mut(8) {
+        // SAFETY: `ch` holds exactly 8 floats.
+        unsafe {
+            let e = exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg));
+            _mm256_storeu_ps(ch.as_mut_ptr(), e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+    }
+    if full8 < np {
+        // The ragged last vector: lanes past n are padding, zeroed.
+        let ch = &mut srow[full8..np];
+        // SAFETY: `ch` holds exactly 8 floats (np − full8 = 8).
+        let e = unsafe { exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg)) };
+        let mut tmp = [0f32; 8];
+        // SAFETY: `tmp` holds 8 floats.
+        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), e) };
+        tmp[n - full8..].fill(0.0);
+        ch.copy_from_slice(&tmp);
+        // SAFETY: as above.
+        vsum = _mm256_add_ps(vsum, unsafe { _mm256_loadu_ps(tmp.as_ptr()) });
+    }
+    vsum
+}
+
 /// One block of `R ≤ RB` query rows.
 ///
 /// # Safety
@@ -353,31 +387,7 @@ unsafe fn block_avx2<const R: usize>(
         if n == 0 && own_s.is_none() {
             continue; // no key at all: inv_sum stays 0 → zero output
         }
-        let (vc1, vneg) = (_mm256_set1_ps(c1), _mm256_set1_ps(-m * c1));
-        let mut vsum = _mm256_setzero_ps();
-        let full8 = n / 8 * 8;
-        for ch in srow[..full8].chunks_exact_mut(8) {
-            // SAFETY: `ch` holds exactly 8 floats.
-            unsafe {
-                let e = exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg));
-                _mm256_storeu_ps(ch.as_mut_ptr(), e);
-                vsum = _mm256_add_ps(vsum, e);
-            }
-        }
-        if full8 < np {
-            // The ragged last vector: lanes past n_keys are padding, zeroed.
-            let ch = &mut srow[full8..np];
-            // SAFETY: `ch` holds exactly 8 floats (np − full8 = 8).
-            let e = unsafe { exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg)) };
-            let mut tmp = [0f32; 8];
-            // SAFETY: `tmp` holds 8 floats.
-            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), e) };
-            tmp[n - full8..].fill(0.0);
-            ch.copy_from_slice(&tmp);
-            // SAFETY: as above.
-            vsum = _mm256_add_ps(vsum, unsafe { _mm256_loadu_ps(tmp.as_ptr()) });
-        }
-        let mut sum = hsum(vsum);
+        let mut sum = hsum(exp_row(srow, n, np, m, c1));
         if let Some(s) = own_s {
             own_p[r] = ((s - m) * att.scale).exp();
             sum += own_p[r];
@@ -681,29 +691,7 @@ unsafe fn tiled_avx2(
         for &s in &srow[full8..n] {
             m = m.max(s);
         }
-        let (vc1, vneg) = (_mm256_set1_ps(c1), _mm256_set1_ps(-m * c1));
-        let mut vsum = _mm256_setzero_ps();
-        for ch in srow[..full8].chunks_exact_mut(8) {
-            // SAFETY: `ch` holds exactly 8 floats.
-            unsafe {
-                let e = exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg));
-                _mm256_storeu_ps(ch.as_mut_ptr(), e);
-                vsum = _mm256_add_ps(vsum, e);
-            }
-        }
-        if full8 < np {
-            let ch = &mut srow[full8..np];
-            // SAFETY: `ch` holds exactly 8 floats (np − full8 = 8).
-            let e = unsafe { exp2_nonpos(_mm256_fmadd_ps(_mm256_loadu_ps(ch.as_ptr()), vc1, vneg)) };
-            let mut tmp = [0f32; 8];
-            // SAFETY: `tmp` holds 8 floats.
-            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), e) };
-            tmp[n - full8..].fill(0.0);
-            ch.copy_from_slice(&tmp);
-            // SAFETY: as above.
-            vsum = _mm256_add_ps(vsum, unsafe { _mm256_loadu_ps(tmp.as_ptr()) });
-        }
-        *is = 1.0 / hsum(vsum);
+        *is = 1.0 / hsum(exp_row(srow, n, np, m, c1));
     }
     // 3. out[r] = inv_sum[r] · Σ_j P[r][j] v_j, key chunk by key chunk (partial sums kept in `out`).
     //    (The first chunk's values were prefetched before the softmax.)
