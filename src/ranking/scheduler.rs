@@ -57,13 +57,23 @@ struct Job {
     head_ns: AtomicU64,
     reply: Mutex<Option<oneshot::Sender<Result<RankResponse>>>>,
     admission: Arc<Admission>,
+    released: AtomicBool,
 }
 
 impl Job {
-    /// Sends the answer once; later calls do nothing.
+    /// Sends the answer once; later calls do nothing. The job's admission is released first, so a
+    /// client that sends its next request as soon as it has the answer is not counted twice.
     fn finish(&self, result: Result<RankResponse>) {
         if let Some(tx) = self.reply.lock().expect("reply lock poisoned").take() {
+            self.release_admission();
             let _ = tx.send(result);
+        }
+    }
+
+    /// Gives the job's request and work back to admission (once, whichever of answer or drop is first).
+    fn release_admission(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.admission.release(self.work);
         }
     }
 
@@ -74,7 +84,7 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.admission.release(self.work);
+        self.release_admission();
     }
 }
 
@@ -390,6 +400,7 @@ impl RankerHandle {
             head_ns: AtomicU64::new(0),
             reply: Mutex::new(Some(reply)),
             admission: Arc::clone(&s.admission),
+            released: AtomicBool::new(false),
         });
         if s.submit.try_send(job).is_err() {
             // Admission bounds the channel, so this only happens when the actor is gone.
