@@ -416,6 +416,66 @@ unsafe fn block_avx2<const R: usize>(
     }
 }
 
+/// The lanes of one column slice `c .. c + width` (`8·(NV − 1) < width ≤ 8·NV`) of a row: NV whole
+/// vectors, or with `MASKED` the lanes `8k + i < width` of vector k only. Pointers are formed with
+/// `wrapping_add`: masked-off lanes may lie past a slice and are never accessed.
+#[cfg(target_arch = "x86_64")]
+struct Lanes<const NV: usize, const MASKED: bool> {
+    masks: [std::arch::x86_64::__m256i; NV],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const NV: usize, const MASKED: bool> Lanes<NV, MASKED> {
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn new(width: usize) -> Self {
+        use std::arch::x86_64::*;
+        let base = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let w = _mm256_set1_epi32(width as i32);
+        let mut masks = [base; NV];
+        for (k, m) in masks.iter_mut().enumerate() {
+            *m = _mm256_cmpgt_epi32(w, _mm256_add_epi32(base, _mm256_set1_epi32(8 * k as i32)));
+        }
+        Lanes { masks }
+    }
+
+    /// Vector `k` of the slice starting at `p`.
+    ///
+    /// # Safety
+    /// The enabled lanes of vector `k` at `p` are in bounds of one allocation.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load(&self, p: *const f32, k: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; masked-off lanes are not read.
+        unsafe {
+            if MASKED {
+                _mm256_maskload_ps(p.wrapping_add(8 * k), self.masks[k])
+            } else {
+                _mm256_loadu_ps(p.wrapping_add(8 * k))
+            }
+        }
+    }
+
+    /// Stores `x` as vector `k` of the slice starting at `p`.
+    ///
+    /// # Safety
+    /// The enabled lanes of vector `k` at `p` are in bounds of one allocation we may write.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store(&self, p: *mut f32, k: usize, x: std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; masked-off lanes are not written.
+        unsafe {
+            if MASKED {
+                _mm256_maskstore_ps(p.wrapping_add(8 * k), self.masks[k], x);
+            } else {
+                _mm256_storeu_ps(p.wrapping_add(8 * k), x);
+            }
+        }
+    }
+}
+
 /// `P·V` (+ own value) for `R` rows and the `width ≤ 8·NV` value columns starting at `c`; `MASKED`
 /// selects masked loads/stores (needed when `width < 8·NV`).
 ///
@@ -439,32 +499,16 @@ unsafe fn pv_block<const R: usize, const NV: usize, const MASKED: bool>(
     out_stride: usize,
 ) {
     use std::arch::x86_64::*;
-    // Lane masks: lane i of vector k is on when 8k + i < width.
-    let base = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let w = _mm256_set1_epi32(width as i32);
-    let mut masks = [base; NV];
-    for (k, m) in masks.iter_mut().enumerate() {
-        *m = _mm256_cmpgt_epi32(w, _mm256_add_epi32(base, _mm256_set1_epi32(8 * k as i32)));
-    }
-    // Pointers are formed with wrapping_add: a fully masked-off vector may point past the slice, and
-    // masked lanes are never accessed.
-    // SAFETY (of `load`/`store`): callers pass pointers whose enabled lanes are in bounds.
-    let load = |p: *const f32, k: usize| unsafe {
-        if MASKED {
-            _mm256_maskload_ps(p.wrapping_add(8 * k), masks[k])
-        } else {
-            _mm256_loadu_ps(p.wrapping_add(8 * k))
-        }
-    };
+    let lanes = Lanes::<NV, MASKED>::new(width);
     let (vp, sp, op) = (att.v.as_ptr(), scratch.as_ptr(), out.as_mut_ptr());
     let mut acc = [[_mm256_setzero_ps(); NV]; R];
     for jj in 0..att.n_keys {
         let vrow = vp.wrapping_add(jj * att.v_stride + c);
         let mut vv = [_mm256_setzero_ps(); NV];
         for (k, x) in vv.iter_mut().enumerate() {
-            // jj < n_keys and the enabled lanes are columns < c + width ≤ hd: inside v's checked
-            // [n_keys × v_stride] extent.
-            *x = load(vrow, k);
+            // SAFETY: jj < n_keys and the enabled lanes are columns < c + width ≤ hd: inside v's
+            // checked [n_keys × v_stride] extent.
+            *x = unsafe { lanes.load(vrow, k) };
         }
         for (r, a) in acc.iter_mut().enumerate() {
             // SAFETY: r < R ≤ RB and jj < n_keys ≤ np: inside the RB × np scratch.
@@ -479,22 +523,15 @@ unsafe fn pv_block<const R: usize, const NV: usize, const MASKED: bool>(
             let pw = _mm256_set1_ps(own_p[r]);
             let orow = o.v.as_ptr().wrapping_add(r * o.stride + c);
             for (k, ak) in a.iter_mut().enumerate() {
-                // r < R rows, enabled lanes are columns < hd: inside own.v's checked extent.
-                *ak = _mm256_fmadd_ps(pw, load(orow, k), *ak);
+                // SAFETY: r < R rows, enabled lanes are columns < hd: inside own.v's checked extent.
+                *ak = _mm256_fmadd_ps(pw, unsafe { lanes.load(orow, k) }, *ak);
             }
         }
         let is = _mm256_set1_ps(inv_sum[r]);
         let orow = op.wrapping_add(r * out_stride + c);
-        for k in 0..NV {
-            let x = _mm256_mul_ps(a[k], is);
+        for (k, ak) in a.iter().enumerate() {
             // SAFETY: r < R rows, enabled lanes are columns < hd: inside out's checked extent.
-            unsafe {
-                if MASKED {
-                    _mm256_maskstore_ps(orow.wrapping_add(8 * k), masks[k], x);
-                } else {
-                    _mm256_storeu_ps(orow.wrapping_add(8 * k), x);
-                }
-            }
+            unsafe { lanes.store(orow, k, _mm256_mul_ps(*ak, is)) };
         }
     }
 }
@@ -827,28 +864,13 @@ unsafe fn pv_row<const NV: usize, const MASKED: bool, const PREFETCH: bool>(
 ) {
     use std::arch::x86_64::*;
     debug_assert!(c + width <= hd && hd <= o.len() && j1 <= p.len() && v.len() >= j1 * hd);
-    let base = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let w = _mm256_set1_epi32(width as i32);
-    let mut masks = [base; NV];
-    for (k, m) in masks.iter_mut().enumerate() {
-        *m = _mm256_cmpgt_epi32(w, _mm256_add_epi32(base, _mm256_set1_epi32(8 * k as i32)));
-    }
-    // Pointers are formed with wrapping_add: masked-off lanes may lie past the slices and are never
-    // accessed.
-    // SAFETY (of `load`): callers pass pointers whose enabled lanes are in bounds.
-    let load = |ptr: *const f32, k: usize| unsafe {
-        if MASKED {
-            _mm256_maskload_ps(ptr.wrapping_add(8 * k), masks[k])
-        } else {
-            _mm256_loadu_ps(ptr.wrapping_add(8 * k))
-        }
-    };
+    let lanes = Lanes::<NV, MASKED>::new(width);
     let op = o.as_mut_ptr().wrapping_add(c);
     let mut acc = [_mm256_setzero_ps(); NV];
     if j0 > 0 {
         for (k, a) in acc.iter_mut().enumerate() {
-            // Enabled lanes are columns < c + width ≤ o.len().
-            *a = load(op, k);
+            // SAFETY: enabled lanes are columns < c + width ≤ o.len().
+            *a = unsafe { lanes.load(op, k) };
         }
     }
     let (vp, pp) = (v.as_ptr(), p.as_ptr());
@@ -865,19 +887,13 @@ unsafe fn pv_row<const NV: usize, const MASKED: bool, const PREFETCH: bool>(
         let pv = unsafe { _mm256_broadcast_ss(&*pp.add(j)) };
         let vrow = vp.wrapping_add(j * hd + c);
         for (k, a) in acc.iter_mut().enumerate() {
-            // Enabled lanes are columns < c + width ≤ hd of row j < j1: inside v.
-            *a = _mm256_fmadd_ps(pv, load(vrow, k), *a);
+            // SAFETY: enabled lanes are columns < c + width ≤ hd of row j < j1: inside v.
+            *a = _mm256_fmadd_ps(pv, unsafe { lanes.load(vrow, k) }, *a);
         }
     }
     for (k, a) in acc.iter().enumerate() {
         // SAFETY: enabled lanes are columns < c + width ≤ o.len().
-        unsafe {
-            if MASKED {
-                _mm256_maskstore_ps(op.wrapping_add(8 * k), masks[k], *a);
-            } else {
-                _mm256_storeu_ps(op.wrapping_add(8 * k), *a);
-            }
-        }
+        unsafe { lanes.store(op, k, *a) };
     }
 }
 
