@@ -564,6 +564,10 @@ mod tests {
             "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_wait_ms = -1.0 }\n",
         );
         assert!(e.contains("models[0].ranker.max_wait_ms"), "{e}");
+        let e = err(
+            "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_queue_delay_ms = -1.0 }\n",
+        );
+        assert!(e.contains("models[0].ranker.max_queue_delay_ms: must be a finite number ≥ 0"), "{e}");
     }
 
     #[test]
