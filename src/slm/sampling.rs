@@ -83,8 +83,9 @@ impl SamplingParams {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
     pub token: u32,
-    /// log-softmax of the raw logits at `token` (before penalties and temperature).
-    pub logprob: f32,
+    /// log-softmax of the raw logits at `token` (before penalties and temperature); `None` unless
+    /// `logprobs` was asked for (it costs a pass of `exp` over the vocabulary).
+    pub logprob: Option<f32>,
     /// The `top_logprobs` most likely tokens by raw logits, most likely first (ties: lower id first);
     /// empty unless requested.
     pub top_logprobs: Vec<(u32, f32)>,
@@ -108,15 +109,29 @@ fn desc(logits: &[f32], a: u32, b: u32) -> Ordering {
 
 /// Index of the largest logit, lowest id on ties.
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &x) in logits.iter().enumerate() {
-        if key(x) > best_v {
-            best = i;
-            best_v = x;
+    let max = max_key(logits);
+    if max == f32::NEG_INFINITY {
+        // Nothing beats −∞ (all −∞ or NaN): the first id, as a strict-improvement scan gives.
+        return 0;
+    }
+    logits.iter().position(|&x| x == max).expect("the maximum is one of the logits") as u32
+}
+
+/// The largest logit, NaN counted as −∞. Eight independent lane maxima, so the compiler vectorizes
+/// the scan (a decode step runs it over the whole vocabulary once per sequence).
+fn max_key(logits: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = logits.chunks_exact(8);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (m, &x) in lanes.iter_mut().zip(ch) {
+            // `x > m` is false for NaN: NaN never wins, as if it were −∞.
+            if x > *m {
+                *m = x;
+            }
         }
     }
-    best as u32
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
 /// The token sampler of one sequence: holds its RNG and the counts of the tokens it generated.
@@ -164,15 +179,18 @@ impl Sampler {
         assert!(!logits.is_empty(), "sampling from an empty vocabulary; this is a bug");
         assert!(logits.len() <= u32::MAX as usize, "vocabulary larger than u32; this is a bug");
 
-        // Log-softmax normalizer of the raw logits.
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(key(x)));
-        let lse = if max == f32::NEG_INFINITY {
-            0.0
-        } else {
-            let sum: f32 = logits.iter().map(|&x| (key(x) - max).exp()).sum();
-            max + sum.ln()
-        };
-        let top_logprobs = if self.params.logprobs && self.params.top_logprobs > 0 {
+        // Log-softmax normalizer of the raw logits: a pass of `exp` over the whole vocabulary, so
+        // only when log-probabilities were asked for.
+        let lse = self.params.logprobs.then(|| {
+            let max = max_key(logits);
+            if max == f32::NEG_INFINITY {
+                0.0
+            } else {
+                let sum: f32 = logits.iter().map(|&x| (key(x) - max).exp()).sum();
+                max + sum.ln()
+            }
+        });
+        let top_logprobs = if let (Some(lse), true) = (lse, self.params.top_logprobs > 0) {
             self.top_raw(logits, self.params.top_logprobs as usize, lse)
         } else {
             Vec::new()
@@ -199,7 +217,7 @@ impl Sampler {
 
         let raw = raw_changed.iter().find(|(t, _)| *t == token).map_or(logits[token as usize], |(_, x)| *x);
         *self.counts.entry(token).or_insert(0) += 1;
-        Sampled { token, logprob: key(raw) - lse, top_logprobs }
+        Sampled { token, logprob: lse.map(|lse| key(raw) - lse), top_logprobs }
     }
 
     /// The `n` largest raw logits as (id, logprob), most likely first.
@@ -376,6 +394,36 @@ mod tests {
     }
 
     #[test]
+    fn vectorized_argmax_equals_the_plain_scan() {
+        // The definition: first strict improvement over −∞, NaN never wins.
+        fn scan(l: &[f32]) -> u32 {
+            let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
+            for (i, &x) in l.iter().enumerate() {
+                if key(x) > best_v {
+                    (best, best_v) = (i, x);
+                }
+            }
+            best as u32
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        for n in [1, 2, 7, 8, 9, 15, 16, 17, 63, 1000, 49152] {
+            for _ in 0..20 {
+                // Few distinct values, so ties are common; some NaN and −∞.
+                let l: Vec<f32> = (0..n)
+                    .map(|_| match rng.random_range(0..10) {
+                        0 => f32::NAN,
+                        1 => f32::NEG_INFINITY,
+                        _ => rng.random_range(-4..4) as f32,
+                    })
+                    .collect();
+                assert_eq!(argmax(&l), scan(&l), "n = {n}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 11]), 0);
+    }
+
+    #[test]
     fn same_seed_same_tokens() {
         let p = params(|p| {
             p.seed = Some(42);
@@ -502,7 +550,7 @@ mod tests {
         }));
         let a = s.sample(&mut raw.clone());
         assert_eq!(a.token, 1);
-        assert!((a.logprob - (3.0 - lse)).abs() < 1e-5);
+        assert!((a.logprob.unwrap() - (3.0 - lse)).abs() < 1e-5);
         let ids: Vec<u32> = a.top_logprobs.iter().map(|x| x.0).collect();
         assert_eq!(ids, vec![1, 2, 0]);
         for (id, lp) in &a.top_logprobs {
@@ -511,7 +559,7 @@ mod tests {
         // The second pick is penalized (3 - 2 < 2) but its logprob is still of the raw logits.
         let b = s.sample(&mut raw.clone());
         assert_eq!(b.token, 2);
-        assert!((b.logprob - (2.0 - lse)).abs() < 1e-5);
+        assert!((b.logprob.unwrap() - (2.0 - lse)).abs() < 1e-5);
         assert_eq!(b.top_logprobs[0].0, 1);
 
         // Over a full vocabulary the probabilities sum to 1.
@@ -527,15 +575,16 @@ mod tests {
         let lse = m + raw.iter().map(|x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32;
         let total: f64 = raw.iter().map(|x| ((x - lse) as f64).exp()).sum();
         assert!((total - 1.0).abs() < 1e-4);
-        assert!((out.logprob - (raw[out.token as usize] - lse)).abs() < 1e-4);
+        assert!((out.logprob.unwrap() - (raw[out.token as usize] - lse)).abs() < 1e-4);
         assert_eq!(out.top_logprobs.len(), 20);
         assert!(out.top_logprobs.windows(2).all(|w| w[0].1 >= w[1].1));
         let best = raw.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
         assert_eq!(out.top_logprobs[0].0, best);
 
-        // Not requested: no list.
+        // Not requested: no list and no logprob.
         let mut s = Sampler::new(&params(|p| p.temperature = 0.0));
-        assert!(s.sample(&mut [0.0, 1.0]).top_logprobs.is_empty());
+        let out = s.sample(&mut [0.0, 1.0]);
+        assert!(out.top_logprobs.is_empty() && out.logprob.is_none());
     }
 
     #[test]

@@ -977,7 +977,7 @@ fn emit_token(
         id: sampled.token,
         token: tok.token_str(sampled.token),
         bytes: tok.token_bytes(sampled.token),
-        logprob: sampled.logprob,
+        logprob: sampled.logprob.expect("the sampler computes logprobs when they are asked for"),
         top: sampled.top_logprobs.iter().map(|&(id, lp)| (id, tok.token_str(id), lp)).collect(),
     });
     let usage =
