@@ -155,9 +155,12 @@ mod avx2 {
             WeightType::F32 | WeightType::F16 => unreachable!("float types are not packed"),
         };
         for g in gs {
+            // Balanced tiles (8 tokens → 4 + 4, not 6 + 2): every tile shares its unpacked
+            // weights among as many tokens as the others.
             let mut t0 = 0;
             while t0 < act.n {
-                let nt = (act.n - t0).min(tokens_per_tile(kind));
+                let rest = act.n - t0;
+                let nt = rest.div_ceil(rest.div_ceil(tokens_per_tile(kind)));
                 // SAFETY: forwarded contract; tokens t0..t0+nt < n.
                 unsafe {
                     match kind {
