@@ -45,6 +45,39 @@ pub fn swiglu_with(simd: bool, g: &[f32], u: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Unnormalized softmax weights: `out[i] = e^((x[i] − shift)·scale)`, 0 where `x[i]` is NaN or the
+/// exponent is below [`EXP_LO`] (negligible next to the maximum's 1 when `shift` is the maximum);
+/// returns their sum. With `shift` ≥ every `x[i]` and `scale > 0` the exponents are ≤ 0. The AVX2 path
+/// uses [`avx2::exp256`] (relative error ≈ 2e-7) and sums in f64 lanes.
+///
+/// # Panics
+/// When `out` is shorter than `x`.
+pub fn softmax_weights(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f64 {
+    softmax_weights_with(has_avx2_fma(), x, shift, scale, out)
+}
+
+/// [`softmax_weights`] with the path chosen by the caller (`simd` is ignored where AVX2 is absent).
+pub fn softmax_weights_with(simd: bool, x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f64 {
+    let n = x.len();
+    let out = &mut out[..n];
+    let mut done = 0;
+    let mut total = 0f64;
+    #[cfg(target_arch = "x86_64")]
+    if simd && has_avx2_fma() {
+        // SAFETY: AVX2+FMA are present (checked just above); x and out hold n floats each.
+        total = unsafe { avx2::softmax_weights(x, shift, scale, out) };
+        done = n / 8 * 8;
+    }
+    let _ = simd;
+    for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
+        let y = (v - shift) * scale;
+        // `y > EXP_LO` is false for NaN, so NaN inputs weigh 0.
+        *o = if y > EXP_LO { y.min(EXP_HI).exp() } else { 0.0 };
+        total += *o as f64;
+    }
+    total
+}
+
 /// Lower/upper clamps of the exp argument: `2^n` stays a normal float for `n = round(x·log2 e)`.
 pub(crate) const EXP_LO: f32 = -87.0;
 pub(crate) const EXP_HI: f32 = 88.0;
@@ -98,6 +131,39 @@ pub(crate) mod avx2 {
                 _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(s, uv));
             }
         }
+    }
+
+    /// [`super::softmax_weights`] over the whole 8-float vectors of `x` (the caller does the rest);
+    /// returns their sum.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present; `out` holds at least `x.len()` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn softmax_weights(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f64 {
+        let n = x.len() / 8 * 8;
+        assert!(out.len() >= n, "softmax_weights: out too short");
+        let (vs, vshift, lo) = (_mm256_set1_ps(scale), _mm256_set1_ps(shift), _mm256_set1_ps(super::EXP_LO));
+        // Summed in f64 lanes: 6,000 f32 additions per lane would lose ~4e-6 of the total.
+        let mut sum = _mm256_setzero_pd();
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 ≤ n ≤ the length of each slice.
+            unsafe {
+                let y = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vshift), vs);
+                // Ordered compare: false (weight 0) for NaN and below the clamp.
+                let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(y, lo);
+                let w = _mm256_and_ps(exp256(y), keep);
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), w);
+                let halves = _mm256_add_pd(
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(w)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(w)),
+                );
+                sum = _mm256_add_pd(sum, halves);
+            }
+        }
+        let mut lanes = [0f64; 4];
+        // SAFETY: `lanes` holds 4 doubles.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), sum) };
+        lanes.iter().sum()
     }
 
     /// Sum of the 8 lanes.
@@ -193,6 +259,39 @@ mod tests {
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp256(_mm256_loadu_ps(xin.as_ptr()))) };
         assert!(out.iter().all(|v| v.is_finite() && *v >= 0.0), "{out:?}");
         assert!(out[0] < 1e-37 && out[7] > 1e38);
+    }
+
+    #[test]
+    fn softmax_weights_match_f64_on_ragged_sizes() {
+        let mut rng = TestRng::new(5);
+        for n in [0, 1, 7, 8, 9, 31, 1000, 49152] {
+            let mut x = rng.vec(n, 12.0);
+            for i in (0..n).step_by(97) {
+                x[i] = [f32::NAN, f32::NEG_INFINITY, -1e30][i % 3];
+            }
+            let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            for scale in [1.0f32, 1.0 / 0.7, 10.0] {
+                let (mut a, mut b) = (vec![9f32; n], vec![9f32; n]);
+                let ta = softmax_weights_with(true, &x, max, scale, &mut a);
+                let tb = softmax_weights_with(false, &x, max, scale, &mut b);
+                let mut want_total = 0f64;
+                for i in 0..n {
+                    let y = ((x[i] - max) * scale) as f64;
+                    let want = if x[i].is_nan() || y <= EXP_LO as f64 { 0.0 } else { y.exp() };
+                    want_total += want;
+                    for got in [a[i], b[i]] {
+                        assert!(
+                            (got as f64 - want).abs() <= 4e-7 * want + 1e-30,
+                            "x = {} → {got}, want {want}",
+                            x[i]
+                        );
+                    }
+                }
+                for t in [ta, tb] {
+                    assert!((t - want_total).abs() <= 1e-6 * want_total.max(1e-30), "{t} vs {want_total}");
+                }
+            }
+        }
     }
 
     #[test]
