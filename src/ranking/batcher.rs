@@ -35,6 +35,10 @@ pub struct Pending {
     /// History tokens to encode; 0 when the encoded history came from the cache.
     pub history_tokens: usize,
     pub candidates: usize,
+    /// Its compute in the unit the cost estimate is kept in (token passes): history + candidates when
+    /// candidates are amortized over the encoded history, candidates × (history + 1) when every
+    /// candidate recomputes it.
+    pub work: usize,
 }
 
 /// A piece of one request's work.
@@ -117,7 +121,8 @@ impl BatchBuilder {
 
     /// Removes requests that must not (or no longer) run: cancelled ones (`is_cancelled(id)`), those
     /// whose deadline passed, and not-yet-started ones that would miss their deadline given
-    /// `cost_per_token` (the current estimate of compute time per work token; zero disables that check).
+    /// `cost_per_token` (the current estimate of compute time per unit of [`Pending::work`]; zero
+    /// disables that check).
     pub fn drop_doomed(
         &mut self,
         now: Instant,
@@ -133,7 +138,8 @@ impl BatchBuilder {
                     Some(DropReason::Expired)
                 } else if !e.started
                     && !cost_per_token.is_zero()
-                    && now + cost_per_token.saturating_mul(e.remaining_tokens() as u32) > e.p.deadline
+                    && now + cost_per_token.saturating_mul(u32::try_from(e.p.work).unwrap_or(u32::MAX))
+                        > e.p.deadline
                 {
                     Some(DropReason::WouldMissDeadline)
                 } else {
@@ -271,6 +277,7 @@ mod tests {
             deadline: t + Duration::from_secs(1),
             history_tokens: history,
             candidates: cands,
+            work: history + cands,
         }
     }
 
@@ -388,6 +395,23 @@ mod tests {
         assert_eq!(dropped, vec![(2, DropReason::WouldMissDeadline)]);
         assert!(b.is_empty());
         assert_eq!(b.queued_tokens(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn would_miss_deadline_counts_work_not_tokens() {
+        // Per-candidate scoring: 10 candidates each re-running a 10-event history = 110 token passes,
+        // though only 20 tokens are queued. At 1 ms per pass it needs 110 ms; 50 ms are left.
+        let mut b = BatchBuilder::new(policy(), 1);
+        let mut p = pending(1, 0, 10, 10);
+        p.work = 10 * (10 + 1);
+        p.deadline = now() + Duration::from_millis(50);
+        b.push(p);
+        let mut q = pending(2, 0, 10, 10);
+        q.deadline = now() + Duration::from_millis(50);
+        b.push(q);
+        let dropped = b.drop_doomed(now(), Duration::from_millis(1), |_| false);
+        assert_eq!(dropped, vec![(1, DropReason::WouldMissDeadline)]);
+        assert_eq!(b.queued_tokens(), 20);
     }
 
     #[tokio::test(start_paused = true)]

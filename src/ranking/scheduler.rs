@@ -484,6 +484,7 @@ impl Actor {
             deadline: job.deadline,
             history_tokens: job.tokens - job.req.candidates.len(),
             candidates: job.req.candidates.len(),
+            work: job.work,
         });
         self.jobs.insert(job.id, job);
         self.publish_queue_gauges();
