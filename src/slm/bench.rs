@@ -17,7 +17,7 @@
 use super::gguf::GgufFile;
 use super::sampling::SamplingParams;
 use super::scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
-use crate::config::SlmSettings;
+use crate::config::{KvDtype, SlmSettings};
 use crate::ranking::PriorityClasses;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -54,6 +54,10 @@ pub struct SlmBenchArgs {
     /// Only time the model's forward pass (no engine, no peer): quick, and a clean target for `perf`.
     #[arg(long)]
     pub forward_only: bool,
+    /// KV-cache element type (`models[].slm.kv_cache_dtype`): f32, or f16 (half the bytes per
+    /// position). The llama.cpp peer keeps its own default (f16).
+    #[arg(long, value_enum, default_value_t = KvDtype::default())]
+    pub kv_dtype: KvDtype,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -161,6 +165,7 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
         max_step_tokens: max_prompt.max(max_streams),
         kv_cache_bytes: 4 << 30,
         max_tokens_limit: args.gen_tokens.max(16),
+        kv_cache_dtype: args.kv_dtype,
         ..Default::default()
     };
     let classes = PriorityClasses { names: vec!["default".into()], default: 0 };
@@ -177,9 +182,10 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
     let h = super::load("bench", &args.model, &settings, max_prompt + 1, classes).map_err(|e| anyhow!(e))?;
     super::warm_up(&h).map_err(|e| anyhow!(e))?;
     println!(
-        "slate bench slm: {} · {} threads · greedy · medians of {} rounds",
+        "slate bench slm: {} · {} threads · {} KV cache · greedy · medians of {} rounds",
         args.model.display(),
         args.threads,
+        args.kv_dtype.as_str(),
         args.rounds
     );
     let peer = peer(args);
@@ -289,6 +295,7 @@ fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
     let steps = args.gen_tokens.max(8);
     let mut scratch = Scratch::default();
     let max_streams = args.streams.iter().copied().max().unwrap_or(1);
+    let shape = model.config().kv_shape().with_dtype(args.kv_dtype);
     let mut counts = vec![1];
     if max_streams > 1 {
         counts.push(max_streams);
@@ -296,8 +303,7 @@ fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
     for s in counts {
         let (mut times, mut cpus) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            let mut kvs: Vec<SeqKv> =
-                (0..s).map(|_| SeqKv::new(model.config().kv_shape(), 128 + steps + 1)).collect();
+            let mut kvs: Vec<SeqKv> = (0..s).map(|_| SeqKv::new(shape, 128 + steps + 1)).collect();
             for (i, kv) in kvs.iter_mut().enumerate() {
                 let mut ids = prompt_of(&sample, 128 + i);
                 ids.drain(..i);
@@ -321,9 +327,10 @@ fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         let ms = median(times);
         println!(
-            "forward pass alone, {s} sequence{} × 1 decode token after 128 (contexts 128..{}): {ms:.2} ms \
-             median per step ({:.1} tok/s), min {min:.2} ms; CPU time of the pool thread that runs the \
+            "forward pass alone ({} KV), {s} sequence{} × 1 decode token after 128 (contexts 128..{}): \
+             {ms:.2} ms median per step ({:.1} tok/s), min {min:.2} ms; CPU time of the pool thread that runs the \
              step {:.2} ms (median)",
+            args.kv_dtype.as_str(),
             if s == 1 { "" } else { "s" },
             128 + steps,
             s as f64 * 1e3 / ms,

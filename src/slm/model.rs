@@ -9,7 +9,7 @@
 //! row-independent), so a sequence gets bit-identical logits alone, batched, or prefilled in chunks.
 
 use super::gguf::GgufFile;
-use super::kv::{KvShape, SeqKv};
+use super::kv::{KvDtype, KvHead, KvShape, SeqKv};
 use crate::kernels::cpu::attention::{attend_tiled, TiledHead};
 use crate::kernels::cpu::int8::quantize_per_channel;
 use crate::kernels::cpu::quant::{QMatrix, Team, WeightType};
@@ -37,8 +37,9 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// The cache shape in f32 (the engine applies `kv_cache_dtype` with [`KvShape::with_dtype`]).
     pub fn kv_shape(&self) -> KvShape {
-        KvShape { layers: self.layers, kv_heads: self.kv_heads, head_dim: self.head_dim }
+        KvShape { layers: self.layers, kv_heads: self.kv_heads, head_dim: self.head_dim, dtype: KvDtype::F32 }
     }
 
     fn from_gguf(f: &GgufFile) -> Result<Self, String> {
@@ -411,9 +412,20 @@ impl LlamaModel {
                     let (ci, pos) = rows[t];
                     let kv = kvs[ci];
                     let q = &qkv[t * qkv_w + kh * group * hd..t * qkv_w + (kh + 1) * group * hd];
-                    let (kt, v) = kv.head(li, kh);
-                    let att = TiledHead { head_dim: hd, n_keys: pos + 1, kt, v, scale };
-                    ATT_SCRATCH.with(|sc| attend_tiled(&att, q, hd, group, out, hd, &mut sc.borrow_mut()));
+                    let n_keys = pos + 1;
+                    ATT_SCRATCH.with(|sc| {
+                        let sc = &mut sc.borrow_mut();
+                        match kv.head(li, kh) {
+                            KvHead::F32 { kt, v } => {
+                                let att = TiledHead { head_dim: hd, n_keys, kt, v, scale };
+                                attend_tiled(&att, q, hd, group, out, hd, sc)
+                            }
+                            KvHead::F16 { kt, v } => {
+                                let att = TiledHead { head_dim: hd, n_keys, kt, v, scale };
+                                attend_tiled(&att, q, hd, group, out, hd, sc)
+                            }
+                        }
+                    });
                 });
             }
             layer.wo.matmul_team(team, &s.att, t_total, &mut s.proj);

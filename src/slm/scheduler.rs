@@ -206,7 +206,10 @@ impl SlmHandle {
             0 => model.config().context_length,
             n => n.min(model.config().context_length),
         };
-        let budget = KvBudget::new(settings.kv_cache_bytes, model.config().kv_shape());
+        let budget = KvBudget::new(
+            settings.kv_cache_bytes,
+            model.config().kv_shape().with_dtype(settings.kv_cache_dtype),
+        );
         if budget.total_tokens() == 0 {
             return Err("kv_cache_bytes is too small for one position of this model".into());
         }
@@ -621,7 +624,8 @@ impl Engine {
                     }
                     s.fail(Error::Internal(msg.clone()));
                 }
-                self.budget = KvBudget::new(self.settings.kv_cache_bytes, self.model.config().kv_shape());
+                let shape = self.model.config().kv_shape().with_dtype(self.settings.kv_cache_dtype);
+                self.budget = KvBudget::new(self.settings.kv_cache_bytes, shape);
             }
             self.publish_gauges();
         }
@@ -756,7 +760,10 @@ impl Engine {
                 SeqKind::Gen(_) => s.reserve,
                 SeqKind::Score(_) => s.prompt_len,
             };
-            s.kv = Some(SeqKv::new(self.model.config().kv_shape(), cap));
+            s.kv = Some(SeqKv::new(
+                self.model.config().kv_shape().with_dtype(self.settings.kv_cache_dtype),
+                cap,
+            ));
             self.running.push(s);
         }
     }

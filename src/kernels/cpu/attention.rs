@@ -18,9 +18,98 @@
 //! [`attend_tiled`] is the same computation (no own key) over the SLM KV cache's layout, keys in
 //! tiles of 8 positions ([`TiledHead`]): decode attention reads each sequence's whole cache per
 //! token, mostly from memory, and the tiles make that one forward stream (with software prefetch)
-//! instead of `head_dim` strided rows — about 2× faster when the caches do not fit in L3.
+//! instead of `head_dim` strided rows — about 2× faster when the caches do not fit in L3. Its keys and
+//! values are f32 or f16 ([`KvElement`]): f16 halves the cache and the bytes each token streams; every
+//! element is widened to f32 as it is loaded and all arithmetic stays f32, so an f16 cache gives
+//! exactly the f32 kernel's result on the f16-rounded keys and values.
 
 use super::simd::has_avx2_fma;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+/// Element type of a [`TiledHead`]'s keys and values: `f32`, or `half::f16` (half the memory and
+/// traffic; widened to f32 on load, so the arithmetic is the f32 kernel's). Sealed: the SIMD paths
+/// rely on the two layouts.
+pub trait KvElement: sealed::Sealed + Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// Stored narrower than f32: the AVX2 `P·V` widens each chunk of values into scratch once (then
+    /// runs the f32 code on it) instead of converting every value row once per query row.
+    const WIDENED: bool;
+
+    fn to_f32(self) -> f32;
+
+    /// The slice itself when the elements are f32 (the f32 `P·V` reads values in place).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+
+    /// Eight consecutive elements at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// AVX and F16C must be present (callers run with "avx2,fma,f16c"); `p .. p + 8` is readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElement for f32 {
+    const WIDENED: bool = false;
+
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[inline]
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    #[inline]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract: 8 floats readable at p.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl KvElement for half::f16 {
+    const WIDENED: bool = true;
+
+    #[inline]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+
+    #[inline]
+    fn as_f32(_: &[half::f16]) -> Option<&[f32]> {
+        None
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract: 8 halves (16 bytes) readable at p; unaligned load.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// Whether [`attend_tiled`]'s AVX2 path may run: AVX2 + FMA, and F16C for the f16 loads (one compiled
+/// path serves both element types; every AVX2 CPU has F16C).
+#[inline]
+fn has_avx2_fma_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// The keys and values one head attends to, shared by every query row of a call.
 #[derive(Debug, Clone, Copy)]
@@ -542,16 +631,16 @@ pub const KEY_TILE: usize = 8;
 /// The keys and values of one head in the decode layout (the SLM's KV cache): keys in tiles of
 /// [`KEY_TILE`] consecutive positions, each tile `[head_dim × 8]` contiguous (key `j`'s component `c`
 /// at `(j/8)·8·hd + 8c + j%8`), so attention streams the cache front to back instead of reading
-/// `head_dim` strided rows; values row-major.
+/// `head_dim` strided rows; values row-major. Elements are f32 or f16 ([`KvElement`]).
 #[derive(Debug, Clone, Copy)]
-pub struct TiledHead<'a> {
+pub struct TiledHead<'a, T: KvElement = f32> {
     pub head_dim: usize,
     pub n_keys: usize,
     /// `[padded_keys(n_keys) / 8 tiles × head_dim × 8]`; lanes of keys `≥ n_keys` in the last tile
     /// must exist but may hold anything.
-    pub kt: &'a [f32],
+    pub kt: &'a [T],
     /// `[n_keys × head_dim]`, row-major.
-    pub v: &'a [f32],
+    pub v: &'a [T],
     /// Score scale (1/√head_dim); applied inside the exponent.
     pub scale: f32,
 }
@@ -569,8 +658,8 @@ pub fn tiled_key_index(head_dim: usize, j: usize, c: usize) -> usize {
 /// # Panics
 /// When a slice is too short for the shapes and strides it is given with.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_tiled(
-    att: &TiledHead,
+pub fn attend_tiled<T: KvElement>(
+    att: &TiledHead<T>,
     q: &[f32],
     q_stride: usize,
     rows: usize,
@@ -578,14 +667,15 @@ pub fn attend_tiled(
     out_stride: usize,
     scratch: &mut Vec<f32>,
 ) {
-    attend_tiled_with(has_avx2_fma(), att, q, q_stride, rows, out, out_stride, scratch);
+    attend_tiled_with(has_avx2_fma_f16c(), att, q, q_stride, rows, out, out_stride, scratch);
 }
 
-/// [`attend_tiled`] with the path chosen by the caller (`simd` is ignored where AVX2 is absent).
+/// [`attend_tiled`] with the path chosen by the caller (`simd` is ignored where AVX2, FMA or F16C is
+/// absent).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_tiled_with(
+pub fn attend_tiled_with<T: KvElement>(
     simd: bool,
-    att: &TiledHead,
+    att: &TiledHead<T>,
     q: &[f32],
     q_stride: usize,
     rows: usize,
@@ -607,9 +697,15 @@ pub fn attend_tiled_with(
         scratch.resize(rows * np + rows, 0.0);
     }
     #[cfg(target_arch = "x86_64")]
-    if simd && has_avx2_fma() {
-        // SAFETY: AVX2+FMA are present (checked just above); the asserts above are the bounds
-        // `tiled_avx2` relies on, and `scratch` holds rows × (padded keys + 1) floats.
+    if simd && has_avx2_fma_f16c() {
+        // Narrow values are widened into scratch one `P·V` chunk at a time.
+        let need = rows * np + rows + if T::WIDENED { PV_KEYS * hd } else { 0 };
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        // SAFETY: AVX2, FMA and F16C are present (checked just above); the asserts above are the
+        // bounds `tiled_avx2` relies on, and `scratch` holds rows × (padded keys + 1) floats (plus
+        // PV_KEYS × head_dim for widened values).
         unsafe { tiled_avx2(att, q, q_stride, rows, out, out_stride, scratch) };
         return;
     }
@@ -617,9 +713,9 @@ pub fn attend_tiled_with(
     tiled_scalar(att, q, q_stride, rows, out, out_stride, scratch);
 }
 
-/// Scalar path of [`attend_tiled`]: the plain definition, row by row.
-fn tiled_scalar(
-    att: &TiledHead,
+/// Scalar path of [`attend_tiled`]: the plain definition, row by row (elements widened as read).
+fn tiled_scalar<T: KvElement>(
+    att: &TiledHead<T>,
     q: &[f32],
     q_stride: usize,
     rows: usize,
@@ -638,7 +734,7 @@ fn tiled_scalar(
         }
         let mut m = f32::NEG_INFINITY;
         for (j, pj) in p.iter_mut().enumerate() {
-            let s: f32 = (0..hd).map(|c| qr[c] * att.kt[tiled_key_index(hd, j, c)]).sum();
+            let s: f32 = (0..hd).map(|c| qr[c] * att.kt[tiled_key_index(hd, j, c)].to_f32()).sum();
             *pj = s;
             m = m.max(s);
         }
@@ -648,7 +744,7 @@ fn tiled_scalar(
             sum += *pj;
         }
         for (c, oc) in o_row.iter_mut().enumerate() {
-            let acc: f32 = p.iter().enumerate().map(|(j, &pj)| pj * att.v[j * hd + c]).sum();
+            let acc: f32 = p.iter().enumerate().map(|(j, &pj)| pj * att.v[j * hd + c].to_f32()).sum();
             *oc = acc / sum;
         }
     }
@@ -664,17 +760,20 @@ const TILED_RB: usize = 4;
 const PV_KEYS: usize = 64;
 
 /// AVX2 path of [`attend_tiled`]: scores for up to 4 rows × 16 keys per register block (the
-/// tile pair is one contiguous 4 KiB stretch at head_dim 64, read once for all rows), a vector softmax
-/// per row, then `P·V` in chunks of [`PV_KEYS`] keys, one row at a time with up to 64 value columns
-/// in registers (each value row is read whole, in order).
+/// tile pair is one contiguous 4 KiB stretch at head_dim 64 in f32, read once for all rows; f16 keys
+/// are widened once per 8-key vector for all rows), a vector softmax per row, then `P·V` in chunks of
+/// [`PV_KEYS`] keys, one row at a time with up to 64 value columns in registers (each value row is
+/// read whole, in order). f16 values are first widened chunk by chunk into scratch (16 KiB at
+/// head_dim 64, in L1), so each is converted once for all rows, and the f32 `P·V` runs on that.
 ///
 /// # Safety
-/// AVX2 and FMA must be present; `rows > 0`; `q`, `out`, `att.kt` (`≥ padded_keys(n)·hd`), `att.v`
-/// (`≥ n·hd`) as asserted in [`attend_tiled_with`]; `scratch.len() ≥ rows · (padded_keys(n) + 1)`.
+/// AVX2, FMA and F16C must be present; `rows > 0`; `q`, `out`, `att.kt` (`≥ padded_keys(n)·hd`),
+/// `att.v` (`≥ n·hd`) as asserted in [`attend_tiled_with`]; `scratch.len() ≥ rows · (padded_keys(n)
+/// + 1)`, plus `PV_KEYS · hd` when `T::WIDENED`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tiled_avx2(
-    att: &TiledHead,
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tiled_avx2<T: KvElement>(
+    att: &TiledHead<T>,
     q: &[f32],
     q_stride: usize,
     rows: usize,
@@ -701,23 +800,24 @@ unsafe fn tiled_avx2(
         // SAFETY: forwarded contract for rows r0 .. r0 + nr.
         unsafe {
             match nr {
-                4 => tiled_scores::<4>(att, qb, q_stride, sb, np),
-                3 => tiled_scores::<3>(att, qb, q_stride, sb, np),
-                2 => tiled_scores::<2>(att, qb, q_stride, sb, np),
-                _ => tiled_scores::<1>(att, qb, q_stride, sb, np),
+                4 => tiled_scores::<T, 4>(att, qb, q_stride, sb, np),
+                3 => tiled_scores::<T, 3>(att, qb, q_stride, sb, np),
+                2 => tiled_scores::<T, 2>(att, qb, q_stride, sb, np),
+                _ => tiled_scores::<T, 1>(att, qb, q_stride, sb, np),
             }
         }
         r0 += nr;
     }
-    for l in (0..n.min(PV_KEYS) * hd).step_by(16) {
+    for l in (0..n.min(PV_KEYS) * hd).step_by(line_elems::<T>()) {
         // A prefetch never faults; the address is inside v anyway (l < n·hd).
         _mm_prefetch::<_MM_HINT_T0>(att.v.as_ptr().wrapping_add(l).cast());
     }
     // 2. Softmax per row, in place: P[r][j] = 2^((S − max)·scale·log2 e), 0 on the padding.
     let c1 = att.scale * std::f32::consts::LOG2_E;
     let full8 = n / 8 * 8;
-    let (scratch, inv_sum) = scratch.split_at_mut(rows * np);
-    for (r, is) in inv_sum[..rows].iter_mut().enumerate() {
+    let (scratch, rest) = scratch.split_at_mut(rows * np);
+    let (inv_sum, stage) = rest.split_at_mut(rows);
+    for (r, is) in inv_sum.iter_mut().enumerate() {
         let srow = &mut scratch[r * np..(r + 1) * np];
         let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
         for ch in srow[..full8].chunks_exact(8) {
@@ -735,48 +835,124 @@ unsafe fn tiled_avx2(
     let mut j0 = 0;
     while j0 < n {
         let j1 = (j0 + PV_KEYS).min(n);
-        for r in 0..rows {
-            let p = &scratch[r * np..r * np + n];
-            let o = &mut out[r * out_stride..r * out_stride + hd];
-            let mut c = 0;
-            // The first row's pass brings the chunk in from memory: it prefetches the next chunk.
-            // SAFETY (all): columns [c, c + width) lie within hd; keys j0..j1 < n.
-            while c + 64 <= hd {
-                unsafe {
-                    if r == 0 {
-                        pv_row::<8, false, true>(att.v, hd, c, 64, j0, j1, p, o)
-                    } else {
-                        pv_row::<8, false, false>(att.v, hd, c, 64, j0, j1, p, o)
-                    }
-                };
-                c += 64;
-            }
-            while c + 8 <= hd {
-                unsafe { pv_row::<1, false, false>(att.v, hd, c, 8, j0, j1, p, o) };
-                c += 8;
-            }
-            if c < hd {
-                unsafe { pv_row::<1, true, false>(att.v, hd, c, hd - c, j0, j1, p, o) };
+        match T::as_f32(att.v) {
+            // SAFETY: v holds n ≥ j1 rows of hd; scratch holds the rows × np scores.
+            Some(v) => unsafe { pv_chunk(v, 0, hd, j0, j1, rows, scratch, np, out, out_stride, true) },
+            None => {
+                let (src, dst) = (&att.v[j0 * hd..j1 * hd], &mut stage[..(j1 - j0) * hd]);
+                // SAFETY: AVX2/F16C (forwarded); `stage` holds PV_KEYS · hd ≥ (j1 − j0) · hd floats.
+                unsafe { widen(src, dst) };
+                // SAFETY: `dst` holds value rows j0 .. j1; scratch holds the rows × np scores.
+                unsafe { pv_chunk(dst, j0, hd, j0, j1, rows, scratch, np, out, out_stride, false) }
             }
         }
         j0 = j1;
     }
-    for (r, &is) in inv_sum[..rows].iter().enumerate() {
+    for (r, &is) in inv_sum.iter().enumerate() {
         for x in &mut out[r * out_stride..r * out_stride + hd] {
             *x *= is;
         }
     }
 }
 
-/// Scores of `R` query rows against every (padded) key, 16 keys (a tile pair) per register block.
+/// Elements of `T` in one 64-byte cache line (the step of the prefetch loops).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+const fn line_elems<T>() -> usize {
+    64 / std::mem::size_of::<T>()
+}
+
+/// `dst[i] = src[i]` widened to f32 (`dst.len()` elements), prefetching the `PV_KEYS · hd` elements
+/// that follow `src` (the next `P·V` chunk's values) on the way.
 ///
 /// # Safety
-/// AVX2 and FMA; `q` holds `R` rows of `head_dim` at `q_stride`; `att.kt ≥ np·hd`; `s ≥ (R−1)·np + np`.
+/// AVX2, FMA and F16C; `src.len() ≥ dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen<T: KvElement>(src: &[T], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let len = dst.len();
+    debug_assert!(src.len() >= len);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let full = len / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        if i % line_elems::<T>() == 0 {
+            // The same line of the next chunk (the chunk is `len` elements long, the last one
+            // shorter); a prefetch never faults, so the address may lie past `src`.
+            _mm_prefetch::<_MM_HINT_T0>(sp.wrapping_add(i + len).cast());
+        }
+        // SAFETY: i + 8 ≤ full ≤ len ≤ both lengths.
+        unsafe { _mm256_storeu_ps(dp.add(i), T::load8(sp.add(i))) };
+        i += 8;
+    }
+    for (d, s) in dst[full..].iter_mut().zip(&src[full..len]) {
+        *d = s.to_f32();
+    }
+}
+
+/// `P·V` partial sums of keys `j0 .. j1` for every row: `out[r] (+)= Σ_j P[r][j] v_j` (from zero when
+/// `j0 = 0`), where `v` holds the value rows from key `v_first` on (`v_j` at `v[(j − v_first)·hd ..]`).
+/// With `prefetch`, the first row's pass prefetches the next chunk's value rows from `v`.
+///
+/// # Safety
+/// AVX2 and FMA; `v` holds rows `v_first ≤ j0 .. j1` of `hd` floats; `scores` holds `rows` rows of
+/// `np ≥ j1` probabilities; `out` holds `rows` rows of `hd` at `out_stride`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn tiled_scores<const R: usize>(
-    att: &TiledHead,
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_chunk(
+    v: &[f32],
+    v_first: usize,
+    hd: usize,
+    j0: usize,
+    j1: usize,
+    rows: usize,
+    scores: &[f32],
+    np: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    prefetch: bool,
+) {
+    for r in 0..rows {
+        let p = &scores[r * np..r * np + j1];
+        let o = &mut out[r * out_stride..r * out_stride + hd];
+        let mut c = 0;
+        // The first row's pass brings the chunk in from memory: it prefetches the next chunk.
+        // SAFETY (all): columns [c, c + width) lie within hd; keys j0..j1 lie in v and p.
+        while c + 64 <= hd {
+            unsafe {
+                if r == 0 && prefetch {
+                    pv_row::<8, false, true>(v, v_first, hd, c, 64, j0, j1, p, o)
+                } else {
+                    pv_row::<8, false, false>(v, v_first, hd, c, 64, j0, j1, p, o)
+                }
+            };
+            c += 64;
+        }
+        while c + 8 <= hd {
+            unsafe { pv_row::<1, false, false>(v, v_first, hd, c, 8, j0, j1, p, o) };
+            c += 8;
+        }
+        if c < hd {
+            unsafe { pv_row::<1, true, false>(v, v_first, hd, c, hd - c, j0, j1, p, o) };
+        }
+    }
+}
+
+/// Scores of `R` query rows against every (padded) key, 16 keys (a tile pair) per register block;
+/// each key vector is loaded (and widened, for f16) once for all `R` rows.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `q` holds `R` rows of `head_dim` at `q_stride`; `att.kt ≥ np·hd`;
+/// `s ≥ (R−1)·np + np`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn tiled_scores<T: KvElement, const R: usize>(
+    att: &TiledHead<T>,
     q: &[f32],
     q_stride: usize,
     s: &mut [f32],
@@ -787,7 +963,7 @@ unsafe fn tiled_scores<const R: usize>(
     debug_assert!(q.len() >= (R - 1) * q_stride + hd && s.len() >= R * np && att.kt.len() >= np * hd);
     let (qp, kt, sp) = (q.as_ptr(), att.kt.as_ptr(), s.as_mut_ptr());
     let tiles = np / KEY_TILE;
-    for l in (0..(tiles.min(4) * KEY_TILE * hd)).step_by(16) {
+    for l in (0..(tiles.min(4) * KEY_TILE * hd)).step_by(line_elems::<T>()) {
         // The first two tile pairs (the loop below prefetches the rest); inside kt, and a prefetch
         // never faults anyway.
         _mm_prefetch::<_MM_HINT_T0>(kt.wrapping_add(l).cast());
@@ -797,16 +973,19 @@ unsafe fn tiled_scores<const R: usize>(
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let base = t * KEY_TILE * hd;
         for c in 0..hd {
-            // One cache line of the tile pair two pairs ahead per step (the pair is 2·8·hd floats, hd
-            // lines): the cache arrives as a stream of short runs that the hardware prefetcher,
-            // which stops at page boundaries, does not hide. A prefetch never faults, so the
-            // address may lie past the buffer (formed with wrapping_add, never dereferenced).
-            _mm_prefetch::<_MM_HINT_T0>(kt.wrapping_add(base + 4 * KEY_TILE * hd + 16 * c).cast());
-            // SAFETY: tiles t, t + 1 < np/8: both loads lie inside kt's np·hd floats; r < R and c < hd
-            // stay within q.
+            // One cache line of the tile pair two pairs ahead per line's worth of steps (the pair is
+            // 2·8·hd elements: hd lines in f32, hd/2 in f16): the cache arrives as a stream of short
+            // runs that the hardware prefetcher, which stops at page boundaries, does not hide. A
+            // prefetch never faults, so the address may lie past the buffer (formed with
+            // wrapping_add, never dereferenced).
+            if (16 * c) % line_elems::<T>() == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(kt.wrapping_add(base + 4 * KEY_TILE * hd + 16 * c).cast());
+            }
+            // SAFETY: tiles t, t + 1 < np/8: both loads lie inside kt's np·hd elements; r < R and
+            // c < hd stay within q.
             unsafe {
-                let k0 = _mm256_loadu_ps(kt.add(base + 8 * c));
-                let k1 = _mm256_loadu_ps(kt.add(base + 8 * hd + 8 * c));
+                let k0 = T::load8(kt.add(base + 8 * c));
+                let k1 = T::load8(kt.add(base + 8 * hd + 8 * c));
                 for (r, a) in acc.iter_mut().enumerate() {
                     let qv = _mm256_broadcast_ss(&*qp.add(r * q_stride + c));
                     a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
@@ -829,7 +1008,7 @@ unsafe fn tiled_scores<const R: usize>(
         for c in 0..hd {
             // SAFETY: as above for the last tile.
             unsafe {
-                let k0 = _mm256_loadu_ps(kt.add(base + 8 * c));
+                let k0 = T::load8(kt.add(base + 8 * c));
                 for (r, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*qp.add(r * q_stride + c)), k0, *a);
                 }
@@ -842,18 +1021,20 @@ unsafe fn tiled_scores<const R: usize>(
     }
 }
 
-/// `o[c .. c + width] (+)= Σ_{j0 ≤ j < j1} p[j] · v_j[c .. c + width]` for one row: starts from zero
-/// when `j0 = 0`, else adds to the partial sums already in `o`. `MASKED` for `width < 8·NV`.
+/// `o[c .. c + width] (+)= Σ_{j0 ≤ j < j1} p[j] · v_j[c .. c + width]` for one row, `v_j` at
+/// `v[(j − v_first)·hd ..]`: starts from zero when `j0 = 0`, else adds to the partial sums already in
+/// `o`. `MASKED` for `width < 8·NV`.
 ///
 /// # Safety
 /// AVX2 and FMA; `c + width ≤ hd ≤ o.len()`, `width > 8·(NV − 1)`, `MASKED || width == 8·NV`;
-/// `j1 ≤ p.len()` and `v` holds `j1` rows of `hd`.
+/// `v_first ≤ j0`, `j1 ≤ p.len()` and `v` holds `j1 − v_first` rows of `hd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_row<const NV: usize, const MASKED: bool, const PREFETCH: bool>(
     v: &[f32],
+    v_first: usize,
     hd: usize,
     c: usize,
     width: usize,
@@ -863,7 +1044,9 @@ unsafe fn pv_row<const NV: usize, const MASKED: bool, const PREFETCH: bool>(
     o: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(c + width <= hd && hd <= o.len() && j1 <= p.len() && v.len() >= j1 * hd);
+    debug_assert!(
+        c + width <= hd && hd <= o.len() && j1 <= p.len() && v_first <= j0 && v.len() >= (j1 - v_first) * hd
+    );
     let lanes = Lanes::<NV, MASKED>::new(width);
     let op = o.as_mut_ptr().wrapping_add(c);
     let mut acc = [_mm256_setzero_ps(); NV];
@@ -873,7 +1056,8 @@ unsafe fn pv_row<const NV: usize, const MASKED: bool, const PREFETCH: bool>(
             *a = unsafe { lanes.load(op, k) };
         }
     }
-    let (vp, pp) = (v.as_ptr(), p.as_ptr());
+    // Row j of the chunk at vp + j·hd.
+    let (vp, pp) = (v.as_ptr().wrapping_sub(v_first * hd), p.as_ptr());
     for j in j0..j1 {
         if PREFETCH {
             // The next chunk's value rows (one row's lines per key), while this chunk is read from
@@ -887,7 +1071,8 @@ unsafe fn pv_row<const NV: usize, const MASKED: bool, const PREFETCH: bool>(
         let pv = unsafe { _mm256_broadcast_ss(&*pp.add(j)) };
         let vrow = vp.wrapping_add(j * hd + c);
         for (k, a) in acc.iter_mut().enumerate() {
-            // SAFETY: enabled lanes are columns < c + width ≤ hd of row j < j1: inside v.
+            // SAFETY: enabled lanes are columns < c + width ≤ hd of row j − v_first < j1 − v_first:
+            // inside v.
             *a = _mm256_fmadd_ps(pv, unsafe { lanes.load(vrow, k) }, *a);
         }
     }
@@ -1052,10 +1237,107 @@ mod tests {
         }
     }
 
+    /// Keys `k` (`[n × hd]`) in the tiled layout with a spare tile, the padding NaN (to prove it is
+    /// ignored), each element converted by `f`.
+    fn tiled_keys<T: KvElement>(k: &[f32], n: usize, hd: usize, f: impl Fn(f32) -> T) -> Vec<T> {
+        let mut kt = vec![f(f32::NAN); (padded_keys(n) + 8) * hd];
+        for j in 0..n {
+            for c in 0..hd {
+                kt[tiled_key_index(hd, j, c)] = f(k[j * hd + c]);
+            }
+        }
+        kt
+    }
+
+    fn to_f16(x: f32) -> half::f16 {
+        half::f16::from_f32(x)
+    }
+
+    /// `x` rounded to f16 and back.
+    fn rounded(x: &[f32]) -> Vec<f32> {
+        x.iter().map(|&x| to_f16(x).to_f32()).collect()
+    }
+
+    #[test]
+    fn tiled_f16_matches_reference_and_the_f32_kernel_on_rounded_inputs() {
+        let mut rng = TestRng::new(13);
+        for case in 0..200 {
+            let hd = [1, 3, 4, 7, 8, 9, 16, 17, 24, 32, 64, 65, 72, 80][rng.below(14)];
+            let n = [0, 1, 2, 7, 8, 9, 15, 16, 17, 24, 33, 63, 64, 65, 100, 129, 200][rng.below(17)];
+            let rows = 1 + rng.below(9);
+            let (qs, os) = (hd + rng.below(3), hd + rng.below(3));
+            let q = rng.vec(rows * qs, 2.0);
+            // The f16 cache holds the rounded keys and values; the reference sees those.
+            let k = rounded(&rng.vec(n * hd, 2.0));
+            let v = rounded(&rng.vec(n * hd, 1.0));
+            let (kt16, v16) =
+                (tiled_keys(&k, n, hd, to_f16), v.iter().map(|&x| to_f16(x)).collect::<Vec<_>>());
+            let kt32 = tiled_keys(&k, n, hd, |x| x);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let att16 = TiledHead { head_dim: hd, n_keys: n, kt: &kt16, v: &v16, scale };
+            let att32 = TiledHead { head_dim: hd, n_keys: n, kt: &kt32, v: &v, scale };
+            let want = reference(&q, qs, rows, &k, &v, n, hd, None, scale);
+            for simd in [false, true] {
+                let (mut out16, mut out32) = (vec![f32::NAN; rows * os], vec![f32::NAN; rows * os]);
+                let mut scratch = vec![f32::NAN; 3];
+                attend_tiled_with(simd, &att16, &q, qs, rows, &mut out16, os, &mut scratch);
+                attend_tiled_with(simd, &att32, &q, qs, rows, &mut out32, os, &mut scratch);
+                let got: Vec<f32> = (0..rows).flat_map(|r| out16[r * os..r * os + hd].to_vec()).collect();
+                let what = format!("case {case} simd={simd} hd={hd} n={n} rows={rows}");
+                assert_close(&got, &want, 2e-5, 2e-6, &what);
+                // Widened on load, same arithmetic: bit for bit the f32 kernel's result on the same
+                // (rounded) numbers, the untouched columns past hd included.
+                let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out16), bits(&out32), "{what}: f16 differs from f32 on rounded inputs");
+            }
+            // A row's result does not depend on the other rows of the call (batch invariance).
+            let mut all = vec![0f32; rows * hd];
+            attend_tiled(&att16, &q, qs, rows, &mut all, hd, &mut Vec::new());
+            for r in 0..rows {
+                let mut one = vec![0f32; hd];
+                attend_tiled(&att16, &q[r * qs..], qs, 1, &mut one, hd, &mut Vec::new());
+                assert_eq!(one, all[r * hd..(r + 1) * hd], "case {case}: row {r} depends on the batch");
+            }
+        }
+    }
+
+    /// What storing keys and values as f16 costs against f32 on the same (unrounded) inputs. Each
+    /// element is rounded with relative error ≤ 2⁻¹¹ (half an ulp): values |v| ≤ 1 move the output by
+    /// at most 2⁻¹² ≈ 2.4e-4, keys move each scaled score by ≤ 2⁻¹¹·scale·Σ|q_c·k_c| (rms ~1e-4 here,
+    /// |q| ≤ 2, |k| ≤ 2), which moves the output by that times the values' spread. Measured max
+    /// |Δ| = 3.5e-4 over these cases; asserted ≤ 1e-3.
+    #[test]
+    fn tiled_f16_stays_close_to_f32_on_unrounded_inputs() {
+        let mut rng = TestRng::new(14);
+        let mut worst = 0f32;
+        for case in 0..100 {
+            let hd = [8, 16, 32, 64, 65, 80][rng.below(6)];
+            let n = [1, 7, 16, 33, 64, 129, 200, 513][rng.below(8)];
+            let rows = 1 + rng.below(6);
+            let q = rng.vec(rows * hd, 2.0);
+            let (k, v) = (rng.vec(n * hd, 2.0), rng.vec(n * hd, 1.0));
+            let (kt16, v16) =
+                (tiled_keys(&k, n, hd, to_f16), v.iter().map(|&x| to_f16(x)).collect::<Vec<_>>());
+            let kt32 = tiled_keys(&k, n, hd, |x| x);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let att16 = TiledHead { head_dim: hd, n_keys: n, kt: &kt16, v: &v16, scale };
+            let att32 = TiledHead { head_dim: hd, n_keys: n, kt: &kt32, v: &v, scale };
+            let (mut out16, mut out32) = (vec![0f32; rows * hd], vec![0f32; rows * hd]);
+            attend_tiled(&att16, &q, hd, rows, &mut out16, hd, &mut Vec::new());
+            attend_tiled(&att32, &q, hd, rows, &mut out32, hd, &mut Vec::new());
+            let d = out16.iter().zip(&out32).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d <= 1e-3, "case {case} hd={hd} n={n} rows={rows}: max |Δ| {d}");
+            worst = worst.max(d);
+        }
+        eprintln!("f16 vs f32 KV: max |Δ| {worst:.2e}");
+    }
+
     /// Decode attention of SmolLM2's shapes (head_dim 64, 3 query rows per KV head, 96 layer-heads per
     /// sequence × 8 sequences, so the caches do not fit in L3) for the strided and the tiled key
-    /// layouts, one thread, the minimum over repetitions:
-    /// `cargo test --release --lib kernels::cpu::attention -- --ignored --nocapture timings`.
+    /// layouts, then the tiled layout with an f32 and an f16 cache (n_keys 128..1024 over 768 heads;
+    /// 90 heads = one sequence's layers, in L3; 2 heads = hot in L1/L2, where f16 only adds the
+    /// conversions; GB/s counts each type's own bytes), one thread, the minimum over repetitions:
+    /// `cargo test --release --lib -- --ignored --nocapture --exact kernels::cpu::attention::tests::timings`.
     #[test]
     #[ignore]
     fn timings() {
@@ -1104,6 +1386,45 @@ mod tests {
                     bytes / t / 1e9
                 );
             }
+        }
+        for (n, heads) in [(128, 768), (256, 768), (512, 768), (1024, 768), (160, 90), (512, 90), (160, 2)] {
+            let np = padded_keys(n);
+            let kt: Vec<Vec<f32>> = (0..heads).map(|_| rng.vec(np * hd, 1.0)).collect();
+            let v: Vec<Vec<f32>> = (0..heads).map(|_| rng.vec(np * hd, 1.0)).collect();
+            let half = |x: &Vec<Vec<f32>>| -> Vec<Vec<half::f16>> {
+                x.iter().map(|h| h.iter().map(|&x| half::f16::from_f32(x)).collect()).collect()
+            };
+            let (kt16, v16) = (half(&kt), half(&v));
+            let q = rng.vec(rows * hd, 1.0);
+            let mut out = vec![0f32; rows * hd];
+            let mut scratch = Vec::new();
+            let scale = 0.125;
+            // Interleaved repetitions (f32, f16, f32, …) so drift on a shared machine hits both.
+            let (mut t32, mut t16) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..7 {
+                let t = Instant::now();
+                for h in 0..heads {
+                    let att = TiledHead { head_dim: hd, n_keys: n, kt: &kt[h], v: &v[h], scale };
+                    attend_tiled(&att, &q, hd, rows, &mut out, hd, &mut scratch);
+                }
+                t32 = t32.min(t.elapsed().as_secs_f64() / heads as f64);
+                let t = Instant::now();
+                for h in 0..heads {
+                    let att = TiledHead { head_dim: hd, n_keys: n, kt: &kt16[h], v: &v16[h], scale };
+                    attend_tiled(&att, &q, hd, rows, &mut out, hd, &mut scratch);
+                }
+                t16 = t16.min(t.elapsed().as_secs_f64() / heads as f64);
+            }
+            let flops = 4.0 * (rows * n * hd) as f64;
+            for (what, t, size) in [("tiled f32", t32, 4.0), ("tiled f16", t16, 2.0)] {
+                println!(
+                    "n={n:<4} {heads:>3} heads {what:>9}: {:>7.2} µs/head  {:>5.1} GFLOP/s  {:>5.1} GB/s",
+                    t * 1e6,
+                    flops / t / 1e9,
+                    2.0 * size * (n * hd) as f64 / t / 1e9
+                );
+            }
+            println!("n={n:<4} {heads:>3} heads f16/f32 time: {:.2}", t16 / t32);
         }
     }
 }

@@ -1,0 +1,279 @@
+//! The f16 KV cache (`models[].slm.kv_cache_dtype = "f16"`), on tiny generated GGUF models and on the
+//! real SmolLM2-135M-Instruct Q4_1 file when present:
+//! - batching stays exact: several sequences decoded in one step give bit for bit the logits (and, in
+//!   the engine, the text) each gets alone, as with the f32 cache;
+//! - rounding keys and values to f16 moves logits little: within a stated fraction of the logit range
+//!   of the f32-cache run over 16 greedy steps, with the same greedy tokens (where the f32 run's top
+//!   two are not a near-tie, as tests/slm_int8.rs does);
+//! - `kv_cache_bytes` buys twice the positions.
+
+use candle_core::quantized::GgmlDType;
+use slate::config::{KvDtype, SlmSettings};
+use slate::error::Error;
+use slate::ranking::PriorityClasses;
+use slate::slm::gguf::GgufFile;
+use slate::slm::kv::SeqKv;
+use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
+use slate::slm::sampling::SamplingParams;
+use slate::slm::scheduler::{GenEvent, GenStream, GenerateRequest, Prompt, SlmHandle};
+use slate::slm::testing::{write_tiny_gguf, TinySpec};
+use slate::slm::tokenizer::SlmTokenizer;
+use std::path::{Path, PathBuf};
+
+fn tiny(spec: &TinySpec) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&path, spec);
+    (dir, path)
+}
+
+/// The real model, or None (with the reason printed) when the file is absent.
+fn real_model() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipped: {} is missing (scripts/fetch-models.sh fetches it)", p.display());
+        None
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+}
+
+/// Logits of `steps` decode tokens for several sequences decoded together in one forward per step
+/// (prompts prefilled together too), and for each alone; all with `dtype` caches. Decode tokens are
+/// fixed (not sampled) so both runs see the same inputs.
+fn batched_and_alone(model: &LlamaModel, dtype: KvDtype, prompts: &[Vec<u32>], steps: usize) {
+    let shape = model.config().kv_shape().with_dtype(dtype);
+    let token = |i: usize, s: usize| ((i * 31 + s * 7) % (model.config().vocab - 3) + 3) as u32;
+    let run = |which: &[usize]| -> Vec<Vec<Vec<f32>>> {
+        let mut kvs: Vec<SeqKv> =
+            which.iter().map(|&i| SeqKv::new(shape, prompts[i].len() + steps)).collect();
+        let mut scratch = Scratch::default();
+        let mut logits = vec![Vec::new(); which.len()];
+        let mut chunks: Vec<Chunk> = kvs
+            .iter_mut()
+            .zip(which)
+            .map(|(kv, &i)| Chunk { kv, tokens: &prompts[i], want: Want::Last })
+            .collect();
+        for (l, out) in logits.iter_mut().zip(model.forward(&mut chunks, &mut scratch)) {
+            l.push(out);
+        }
+        drop(chunks);
+        for s in 0..steps {
+            let toks: Vec<[u32; 1]> = which.iter().map(|&i| [token(i, s)]).collect();
+            let mut chunks: Vec<Chunk> =
+                kvs.iter_mut().zip(&toks).map(|(kv, t)| Chunk { kv, tokens: t, want: Want::Last }).collect();
+            for (l, out) in logits.iter_mut().zip(model.forward(&mut chunks, &mut scratch)) {
+                l.push(out);
+            }
+        }
+        logits
+    };
+    let all: Vec<usize> = (0..prompts.len()).collect();
+    let together = run(&all);
+    for i in all {
+        let alone = run(&[i]);
+        // Bit for bit: the f16 cache is written and read the same way whatever else is in the step.
+        assert!(
+            alone[0]
+                .iter()
+                .flatten()
+                .zip(together[i].iter().flatten())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{dtype:?}: sequence {i} batched differs from alone"
+        );
+    }
+}
+
+/// Greedy decoding of `steps` tokens with an f32 cache and an f16 cache side by side (both fed the
+/// f32 run's tokens). Asserts max |Δlogit| ≤ `bound` × (logit range) at every step and the same greedy
+/// token unless the f32 run's top-two margin is within twice the largest logit difference (a
+/// near-tie that any rounding may flip; counted in `near_ties`). Returns the worst max|Δlogit|/range
+/// and the greedy tokens of the f32 and the f16 run.
+fn compare(
+    model: &LlamaModel,
+    prompt: &[u32],
+    steps: usize,
+    bound: f32,
+    near_ties: &mut usize,
+) -> (f32, Vec<u32>, Vec<u32>) {
+    let shape = model.config().kv_shape();
+    let mut kv32 = SeqKv::new(shape, prompt.len() + steps);
+    let mut kv16 = SeqKv::new(shape.with_dtype(KvDtype::F16), prompt.len() + steps);
+    let (mut s32, mut s16) = (Scratch::default(), Scratch::default());
+    let (mut next, mut worst, mut t32, mut t16) = (prompt.to_vec(), 0f32, Vec::new(), Vec::new());
+    for step in 0..steps {
+        let a = model.forward(&mut [Chunk { kv: &mut kv32, tokens: &next, want: Want::Last }], &mut s32);
+        let b = model.forward(&mut [Chunk { kv: &mut kv16, tokens: &next, want: Want::Last }], &mut s16);
+        let (a, b) = (&a[0], &b[0]);
+        let (lo, hi) = a.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        let max_diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        worst = worst.max(max_diff / (hi - lo));
+        assert!(max_diff <= bound * (hi - lo), "step {step}: max |Δlogit| {max_diff} over range {}", hi - lo);
+        let (ta, tb) = (argmax(a) as u32, argmax(b) as u32);
+        let mut sorted = a.clone();
+        sorted.sort_by(|x, y| y.total_cmp(x));
+        let margin = sorted[0] - sorted[1];
+        if margin > 2.0 * max_diff {
+            assert_eq!(ta, tb, "step {step}: greedy tokens differ with a margin of {margin}");
+        } else if ta != tb {
+            *near_ties += 1;
+        }
+        t32.push(ta);
+        t16.push(tb);
+        next = vec![ta];
+    }
+    (worst, t32, t16)
+}
+
+#[test]
+fn tiny_model_batches_exactly_and_follows_f32() {
+    // head_dim 16 and 32 (GQA 2:1 and 4:1); prompts long enough for several key tiles and P·V chunks.
+    // Bounds on max|Δlogit|/range, 3× the worst measured over these prompts: 0.0097 with Q4_1 layers
+    // (whose activations are rounded to 8 bits before each matmul, which turns the cache's tiny
+    // rounding into whole 8-bit steps here and there) and 0.0020 with F32 layers (no activation
+    // rounding: the f16 cache's own effect).
+    for (spec, bound) in [
+        (TinySpec { context_length: 512, ..TinySpec::default() }, 0.03),
+        (
+            TinySpec {
+                d_model: 128,
+                heads: 4,
+                kv_heads: 1,
+                ffn: 256,
+                context_length: 512,
+                ..TinySpec::default()
+            },
+            0.03,
+        ),
+        (TinySpec { context_length: 512, dtype: GgmlDType::F32, ..TinySpec::default() }, 0.006),
+    ] {
+        let (_d, path) = tiny(&spec);
+        let model = LlamaModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+        let prompts: Vec<Vec<u32>> = [3usize, 17, 70, 9, 130]
+            .iter()
+            .map(|&n| (0..n).map(|i| (i * 13 % 200 + 3) as u32).collect())
+            .collect();
+        batched_and_alone(&model, KvDtype::F16, &prompts, 6);
+        let mut near_ties = 0;
+        for p in &prompts {
+            let (worst, _, _) = compare(&model, p, 16, bound, &mut near_ties);
+            eprintln!(
+                "tiny d_model {} {:?}: prompt of {}: worst max|Δlogit|/range {worst:.5}",
+                spec.d_model,
+                spec.dtype,
+                p.len()
+            );
+        }
+        eprintln!(
+            "tiny d_model {}: greedy flips at near-ties: {near_ties} of {}",
+            spec.d_model,
+            16 * prompts.len()
+        );
+    }
+}
+
+#[test]
+fn real_model_batches_exactly_and_follows_f32() {
+    let Some(path) = real_model() else { return };
+    let file = GgufFile::open(&path).unwrap();
+    let tok = SlmTokenizer::from_gguf_metadata(file.metadata()).unwrap();
+    let model = LlamaModel::from_gguf(&file).unwrap();
+    let prompts: Vec<Vec<u32>> = [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "def fibonacci(n):\n",
+        "The history of the printing press begins in the fifteenth century, when movable type changed how \
+         books were made, sold and read across Europe.",
+    ]
+    .iter()
+    .map(|p| tok.encode_prompt(p, true).unwrap())
+    .collect();
+    batched_and_alone(&model, KvDtype::F16, &prompts, 4);
+    // Worst max|Δlogit|/range measured over these prompts: 0.036 (0.036, 0.031, 0.024), asserted
+    // ≤ 0.08 (2.2×, the bound tests/slm_int8.rs uses). That is this model's noise floor, not the
+    // cache's rounding alone: its activations are rounded to 8 bits before every Q4_1/Q8_0 matmul, so
+    // any change flips some of those roundings (Slate vs candle, which differ only in rounding order,
+    // measure 0.040 in tests/slm_parity.rs); with no activation rounding (the tiny F32 model above)
+    // the f16 cache moves logits by 0.2 % of the range. Greedy tokens: no near-tie flipped (0 of 48).
+    let mut near_ties = 0;
+    for (i, p) in prompts.iter().enumerate() {
+        let (worst, t32, t16) = compare(&model, p, 16, 0.08, &mut near_ties);
+        eprintln!("worst max|Δlogit|/range {worst:.5}; f16 text {:?}", tok.decode(&t16, true));
+        if i == 0 {
+            // The test prompt: the same greedy answer with either cache.
+            assert_eq!(t16, t32, "f16: {:?}, f32: {:?}", tok.decode(&t16, true), tok.decode(&t32, true));
+            assert!(tok.decode(&t16, true).starts_with("The capital of France is Paris."));
+        }
+    }
+    eprintln!("greedy flips at near-ties: {near_ties} of {}", 16 * prompts.len());
+}
+
+fn classes() -> PriorityClasses {
+    PriorityClasses { names: vec!["feed".into()], default: 0 }
+}
+
+fn greedy(prompt: &str, max_tokens: i64) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Text(prompt.into()),
+        params: SamplingParams { temperature: 0.0, ..Default::default() },
+        max_tokens: Some(max_tokens),
+        stop: Vec::new(),
+        ignore_eos: true,
+        priority: String::new(),
+        timeout: None,
+    }
+}
+
+async fn drain(mut s: GenStream) -> Result<(String, usize), Error> {
+    let mut text = String::new();
+    loop {
+        match s.events.recv().await {
+            Some(GenEvent::Token { text: t, .. }) => text.push_str(&t),
+            Some(GenEvent::Finished { text: t, usage, .. }) => {
+                text.push_str(&t);
+                return Ok((text, usage.completion_tokens));
+            }
+            Some(GenEvent::Failed(e)) => return Err(e),
+            None => panic!("stream ended without a final event"),
+        }
+    }
+}
+
+fn start(path: &Path, settings: SlmSettings) -> SlmHandle {
+    slate::slm::load("tiny", path, &settings, 4096, classes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_with_f16_cache_batches_exactly_and_holds_twice_the_positions() {
+    let (_d, path) = tiny(&TinySpec::default());
+    let f16 = |s: SlmSettings| SlmSettings { kv_cache_dtype: KvDtype::F16, ..s };
+    let prompts = ["hello world", "a", "the quick brown fox jumps over the lazy dog", "1234567890", "!"];
+    let solo_engine = start(&path, f16(SlmSettings { max_running_sequences: 1, ..Default::default() }));
+    let mut solo = Vec::new();
+    for p in prompts {
+        solo.push(drain(solo_engine.generate(greedy(p, 20)).unwrap()).await.unwrap());
+    }
+    // All at once, with a small step budget so prefills are chunked and share steps with decodes.
+    let batch_engine =
+        start(&path, f16(SlmSettings { max_running_sequences: 8, max_step_tokens: 7, ..Default::default() }));
+    let streams: Vec<GenStream> =
+        prompts.iter().map(|p| batch_engine.generate(greedy(p, 20)).unwrap()).collect();
+    let mut batched = Vec::new();
+    for s in streams {
+        batched.push(drain(s).await.unwrap());
+    }
+    assert_eq!(solo, batched);
+
+    // The same bytes hold twice the positions: a request over the f32 budget fits the f16 one.
+    let per_token =
+        LlamaModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap().config().kv_shape().bytes_per_token();
+    let bytes = SlmSettings { kv_cache_bytes: per_token * 100, ..Default::default() };
+    let (e32, e16) = (start(&path, bytes.clone()), start(&path, f16(bytes)));
+    assert_eq!((e32.kv_tokens(), e16.kv_tokens()), (100, 200));
+    assert!(matches!(e32.generate(greedy("hi", 150)), Err(Error::InvalidArgument(_))));
+    let (_, n) = drain(e16.generate(greedy("hi", 150)).unwrap()).await.unwrap();
+    assert_eq!(n, 150);
+}
