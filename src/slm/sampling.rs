@@ -139,8 +139,10 @@ fn max_key(logits: &[f32]) -> f32 {
 /// `out`. One scan keeping a sorted buffer of the best `k` so far: most logits lose to the buffer's
 /// last entry at once, so this costs about one comparison per token (a selection over the whole
 /// vocabulary costs several).
-fn top_k(logits: &[f32], k: usize, out: &mut Vec<u32>) {
-    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+/// `best` is scratch (kept by the sampler so steady-state decoding does not allocate).
+fn top_k(logits: &[f32], k: usize, best: &mut Vec<(f32, u32)>, out: &mut Vec<u32>) {
+    best.clear();
+    best.reserve(k + 1);
     for (i, &x) in logits.iter().enumerate() {
         let x = key(x);
         // Ids arrive in increasing order, so an equal logit ranks below every entry already kept.
@@ -194,6 +196,8 @@ pub struct Sampler {
     idx: Vec<u32>,
     /// Scratch: the top-p candidates (see [`nucleus`]).
     keep: Vec<u32>,
+    /// Scratch of [`top_k`].
+    best: Vec<(f32, u32)>,
     /// Scratch: unnormalized probabilities by token id.
     weights: Vec<f32>,
 }
@@ -210,6 +214,7 @@ impl Sampler {
             counts: HashMap::new(),
             idx: Vec::new(),
             keep: Vec::new(),
+            best: Vec::new(),
             weights: Vec::new(),
         }
     }
@@ -291,7 +296,7 @@ impl Sampler {
         self.idx.clear();
         let k = self.params.top_k as usize;
         if k > 0 && k < v {
-            top_k(logits, k, &mut self.idx);
+            top_k(logits, k, &mut self.best, &mut self.idx);
         } else {
             self.idx.extend(0..v as u32);
         }
@@ -572,7 +577,7 @@ mod tests {
                 want.sort_by(|&a, &b| desc(&logits, a, b));
                 want.truncate(k);
                 let mut got = Vec::new();
-                top_k(&logits, k, &mut got);
+                top_k(&logits, k, &mut Vec::new(), &mut got);
                 assert_eq!(got, want, "v = {v}, k = {k}");
             }
         }
