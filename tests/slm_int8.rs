@@ -11,6 +11,7 @@ use candle_core::Device;
 use slate::slm::gguf::GgufFile;
 use slate::slm::kv::SeqKv;
 use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
+use slate::slm::testing::check_step_logits;
 use slate::slm::tokenizer::SlmTokenizer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,10 +43,6 @@ fn write_f16_copy(src: &Path, dst: &Path) {
     gguf_file::write(&mut out, &metadata, &tensors).unwrap();
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
-}
-
 /// Greedy decoding of `steps` tokens with both models side by side (both fed the F16 model's tokens);
 /// returns the worst max|Δlogit| / range seen and the tokens; counts flipped near-ties.
 fn compare(
@@ -63,23 +60,9 @@ fn compare(
     for step in 0..steps {
         let a = f16.forward(&mut [Chunk { kv: &mut kv_a, tokens: &next, want: Want::Last }], &mut s_a);
         let b = int8.forward(&mut [Chunk { kv: &mut kv_b, tokens: &next, want: Want::Last }], &mut s_b);
-        let (a, b) = (&a[0], &b[0]);
-        let (lo, hi) = a.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-        let max_diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        worst = worst.max(max_diff / (hi - lo));
-        assert!(max_diff <= 0.08 * (hi - lo), "step {step}: max |Δlogit| {max_diff} over range {}", hi - lo);
-        let (ta, tb) = (argmax(a) as u32, argmax(b) as u32);
-        // The greedy token must agree unless the F16 model's top two are within twice the largest
-        // logit difference (a near-tie that any re-quantization may flip); either way both continue
-        // with the F16 model's token.
-        let mut sorted = a.clone();
-        sorted.sort_by(|x, y| y.total_cmp(x));
-        let margin = sorted[0] - sorted[1];
-        if margin > 2.0 * max_diff {
-            assert_eq!(ta, tb, "step {step}: greedy tokens differ with a margin of {margin}");
-        } else if ta != tb {
-            *near_ties += 1;
-        }
+        // Both continue with the F16 model's token.
+        let (rel, ta, _) = check_step_logits(&a[0], &b[0], 0.08, step, near_ties);
+        worst = worst.max(rel);
         tokens.push(ta);
         next = vec![ta];
     }

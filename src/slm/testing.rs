@@ -111,3 +111,34 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> usize {
     gguf_file::write(&mut file, &md_refs, &t_refs).expect("write tiny gguf");
     vocab
 }
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+}
+
+/// Compares one greedy step of a fast path's logits `b` with the reference's `a`: asserts max |Δ| ≤
+/// `bound` × the range of `a`, and the same greedy token unless `a`'s top two are within twice that
+/// largest difference (a near-tie any rounding may flip; counted in `near_ties`). Returns max |Δ| ÷
+/// range and both greedy tokens.
+pub fn check_step_logits(
+    a: &[f32],
+    b: &[f32],
+    bound: f32,
+    step: usize,
+    near_ties: &mut usize,
+) -> (f32, u32, u32) {
+    let (lo, hi) = a.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    let max_diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(max_diff <= bound * (hi - lo), "step {step}: max |Δlogit| {max_diff} over range {}", hi - lo);
+    let (ta, tb) = (argmax(a), argmax(b));
+    let mut sorted = a.to_vec();
+    sorted.sort_by(|x, y| y.total_cmp(x));
+    let margin = sorted[0] - sorted[1];
+    if margin > 2.0 * max_diff {
+        assert_eq!(ta, tb, "step {step}: greedy tokens differ with a margin of {margin}");
+    } else if ta != tb {
+        *near_ties += 1;
+    }
+    (max_diff / (hi - lo), ta, tb)
+}
