@@ -1,8 +1,8 @@
 //! The continuous-batching engine on tiny generated GGUF models: batch and chunking invariance,
 //! admission (429), preemption by priority, cancellation, deadlines, and label scoring against a
-//! direct forward pass.
+//! direct forward pass; the f16 KV cache in the engine.
 
-use slate::config::SlmSettings;
+use slate::config::{KvDtype, SlmSettings};
 use slate::error::Error;
 use slate::ranking::PriorityClasses;
 use slate::slm::gguf::GgufFile;
@@ -311,4 +311,43 @@ fn broken_files_fail_with_clear_errors() {
     b2[at + 4..at + 8].copy_from_slice(&1u32.to_le_bytes());
     let msg = GgufFile::from_bytes(b2).and_then(|f| LlamaModel::from_gguf(&f).map(|_| ())).unwrap_err();
     assert!(msg.contains("attn_k.weight has shape"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_with_f16_cache_batches_exactly_and_holds_twice_the_positions() {
+    let (_d, path) = tiny(&TinySpec::default());
+    let f16 = |s: SlmSettings| SlmSettings { kv_cache_dtype: KvDtype::F16, ..s };
+    let prompts = ["hello world", "a", "the quick brown fox jumps over the lazy dog", "1234567890", "!"];
+    let solo_engine = start(&path, f16(SlmSettings { max_running_sequences: 1, ..Default::default() }));
+    let mut solo = Vec::new();
+    for p in prompts {
+        solo.push(
+            drain(solo_engine.generate(GenerateRequest { ignore_eos: true, ..greedy(p, 20) }).unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    // All at once, with a small step budget so prefills are chunked and share steps with decodes.
+    let batch_engine =
+        start(&path, f16(SlmSettings { max_running_sequences: 8, max_step_tokens: 7, ..Default::default() }));
+    let streams: Vec<GenStream> = prompts
+        .iter()
+        .map(|p| batch_engine.generate(GenerateRequest { ignore_eos: true, ..greedy(p, 20) }).unwrap())
+        .collect();
+    let mut batched = Vec::new();
+    for s in streams {
+        batched.push(drain(s).await.unwrap());
+    }
+    assert_eq!(solo, batched);
+
+    // The same bytes hold twice the positions: a request over the f32 budget fits the f16 one.
+    let per_token =
+        LlamaModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap().config().kv_shape().bytes_per_token();
+    let bytes = SlmSettings { kv_cache_bytes: per_token * 100, ..Default::default() };
+    let (e32, e16) = (start(&path, bytes.clone()), start(&path, f16(bytes)));
+    assert_eq!((e32.kv_tokens(), e16.kv_tokens()), (100, 200));
+    assert!(matches!(e32.generate(greedy("hi", 150)), Err(Error::InvalidArgument(_))));
+    let long = GenerateRequest { ignore_eos: true, ..greedy("hi", 150) };
+    let (_, _, n) = drain(e16.generate(long).unwrap()).await.unwrap();
+    assert_eq!(n, 150);
 }

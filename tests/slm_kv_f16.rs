@@ -1,21 +1,19 @@
 //! The f16 KV cache (`models[].slm.kv_cache_dtype = "f16"`), on tiny generated GGUF models and on the
 //! real SmolLM2-135M-Instruct Q4_1 file when present:
-//! - batching stays exact: several sequences decoded in one step give bit for bit the logits (and, in
-//!   the engine, the text) each gets alone, as with the f32 cache;
+//! - batching stays exact: several sequences decoded in one step give bit for bit the logits each
+//!   gets alone, as with the f32 cache;
 //! - rounding keys and values to f16 moves logits little: within a stated fraction of the logit range
 //!   of the f32-cache run over 16 greedy steps, with the same greedy tokens (where the f32 run's top
 //!   two are not a near-tie, as tests/slm_int8.rs does);
-//! - `kv_cache_bytes` buys twice the positions.
+//!
+//! The engine with an f16 cache (batched text equals alone; `kv_cache_bytes` buys twice the
+//! positions) is tested in tests/slm_engine.rs beside the other engine tests.
 
 use candle_core::quantized::GgmlDType;
-use slate::config::{KvDtype, SlmSettings};
-use slate::error::Error;
-use slate::ranking::PriorityClasses;
+use slate::config::KvDtype;
 use slate::slm::gguf::GgufFile;
 use slate::slm::kv::SeqKv;
 use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
-use slate::slm::sampling::SamplingParams;
-use slate::slm::scheduler::{GenEvent, GenStream, GenerateRequest, Prompt, SlmHandle};
 use slate::slm::testing::{check_step_logits, write_tiny_gguf, TinySpec};
 use slate::slm::tokenizer::SlmTokenizer;
 use std::path::{Path, PathBuf};
@@ -193,71 +191,4 @@ fn real_model_batches_exactly_and_follows_f32() {
         }
     }
     eprintln!("greedy flips at near-ties: {near_ties} of {}", 16 * prompts.len());
-}
-
-fn classes() -> PriorityClasses {
-    PriorityClasses { names: vec!["feed".into()], default: 0 }
-}
-
-fn greedy(prompt: &str, max_tokens: i64) -> GenerateRequest {
-    GenerateRequest {
-        prompt: Prompt::Text(prompt.into()),
-        params: SamplingParams { temperature: 0.0, ..Default::default() },
-        max_tokens: Some(max_tokens),
-        stop: Vec::new(),
-        ignore_eos: true,
-        priority: String::new(),
-        timeout: None,
-    }
-}
-
-async fn drain(mut s: GenStream) -> Result<(String, usize), Error> {
-    let mut text = String::new();
-    loop {
-        match s.events.recv().await {
-            Some(GenEvent::Token { text: t, .. }) => text.push_str(&t),
-            Some(GenEvent::Finished { text: t, usage, .. }) => {
-                text.push_str(&t);
-                return Ok((text, usage.completion_tokens));
-            }
-            Some(GenEvent::Failed(e)) => return Err(e),
-            None => panic!("stream ended without a final event"),
-        }
-    }
-}
-
-fn start(path: &Path, settings: SlmSettings) -> SlmHandle {
-    slate::slm::load("tiny", path, &settings, 4096, classes()).unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_with_f16_cache_batches_exactly_and_holds_twice_the_positions() {
-    let (_d, path) = tiny(&TinySpec::default());
-    let f16 = |s: SlmSettings| SlmSettings { kv_cache_dtype: KvDtype::F16, ..s };
-    let prompts = ["hello world", "a", "the quick brown fox jumps over the lazy dog", "1234567890", "!"];
-    let solo_engine = start(&path, f16(SlmSettings { max_running_sequences: 1, ..Default::default() }));
-    let mut solo = Vec::new();
-    for p in prompts {
-        solo.push(drain(solo_engine.generate(greedy(p, 20)).unwrap()).await.unwrap());
-    }
-    // All at once, with a small step budget so prefills are chunked and share steps with decodes.
-    let batch_engine =
-        start(&path, f16(SlmSettings { max_running_sequences: 8, max_step_tokens: 7, ..Default::default() }));
-    let streams: Vec<GenStream> =
-        prompts.iter().map(|p| batch_engine.generate(greedy(p, 20)).unwrap()).collect();
-    let mut batched = Vec::new();
-    for s in streams {
-        batched.push(drain(s).await.unwrap());
-    }
-    assert_eq!(solo, batched);
-
-    // The same bytes hold twice the positions: a request over the f32 budget fits the f16 one.
-    let per_token =
-        LlamaModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap().config().kv_shape().bytes_per_token();
-    let bytes = SlmSettings { kv_cache_bytes: per_token * 100, ..Default::default() };
-    let (e32, e16) = (start(&path, bytes.clone()), start(&path, f16(bytes)));
-    assert_eq!((e32.kv_tokens(), e16.kv_tokens()), (100, 200));
-    assert!(matches!(e32.generate(greedy("hi", 150)), Err(Error::InvalidArgument(_))));
-    let (_, n) = drain(e16.generate(greedy("hi", 150)).unwrap()).await.unwrap();
-    assert_eq!(n, 150);
 }
