@@ -157,6 +157,55 @@ async fn openai_http_json_and_sse() {
     assert_eq!((m["kind"].as_str(), m["status"].as_str()), (Some("slm"), Some("ready")));
 }
 
+/// `kv_cache_dtype = "f16"` served over HTTP: greedy text unchanged on the test prompt, a batch still
+/// equals each request alone, top-k / top-p sampling with logprobs is reproducible by seed, and the
+/// budget holds twice the positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_f16_kv_cache_serves_the_same_greedy_answer_and_batches_exactly() {
+    // 100 positions' worth of f32 cache (46,080 bytes each for SmolLM2-135M): 200 positions in f16.
+    let s = start("kv_cache_dtype = \"f16\", kv_cache_bytes = 4608000", "").await;
+    // Prompt + 150 tokens does not fit 100 positions; it fits 200.
+    let mut long = completion("Once upon a time", 150);
+    long["ignore_eos"] = json!(true);
+    let (st, l) = post(&s, "/v1/completions", &long).await;
+    assert_eq!(st, 200, "{l}");
+    assert_eq!(l["usage"]["completion_tokens"], 150, "{l}");
+
+    let (st, p) = post(&s, "/v1/completions", &completion(FRANCE, 24)).await;
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["choices"][0]["text"], "The capital of France is Paris.", "{p}");
+
+    let prompts = ["Who wrote Hamlet?", "Name three colors.", "What is 2 + 2?", "Describe a cat."];
+    let mut solo = Vec::new();
+    for q in prompts {
+        let (_, r) = post(&s, "/v1/chat/completions", &chat(q, 12)).await;
+        solo.push(r["choices"][0]["message"]["content"].clone());
+    }
+    let batched =
+        futures::future::join_all(prompts.iter().map(|q| {
+            let (s, body) = (&s, chat(q, 12));
+            async move {
+                post(s, "/v1/chat/completions", &body).await.1["choices"][0]["message"]["content"].clone()
+            }
+        }))
+        .await;
+    assert_eq!(batched, solo);
+
+    for extra in [json!({"top_k": 40}), json!({"top_p": 0.9})] {
+        let mut req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12,
+            "temperature": 0.8, "seed": 5, "logprobs": 2});
+        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (st, x) = post(&s, "/v1/completions", &req).await;
+        assert_eq!(st, 200, "{x}");
+        let (_, y) = post(&s, "/v1/completions", &req).await;
+        assert_eq!(x["choices"][0]["text"], y["choices"][0]["text"], "{extra}");
+        let lps = x["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap();
+        let tokens = x["choices"][0]["logprobs"]["tokens"].as_array().unwrap();
+        assert!(!lps.is_empty() && lps.len() == tokens.len(), "{x}");
+        assert!(lps.iter().all(|l| l.as_f64().is_some_and(|l| l <= 0.0)), "{x}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_eight_gives_each_request_its_solo_tokens() {
     let s = start("", "").await;
