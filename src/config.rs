@@ -268,8 +268,8 @@ impl Default for SlmSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RankerSettings {
-    /// Scheduler worker threads for this model (0 = one per core). Never tokio's threads; compute
-    /// inside a step runs on the shared compute pool (one thread per core).
+    /// Scheduler worker threads for this model (0 = one per core). Never tokio's threads; each worker
+    /// is one compute thread and runs its steps itself.
     pub workers: usize,
     /// Requests admitted (queued or running) at once; beyond it requests get 429 at once.
     pub max_queued_requests: usize,

@@ -105,6 +105,25 @@ fn lower_level_api_composes_like_rank() {
     }
 }
 
+#[test]
+fn the_history_pass_on_one_thread_equals_the_parallel_one() {
+    // 100 events = four row blocks of 32, so the parallel pass really splits; the worker-thread pass
+    // must give the same bits (the scheduler's workers use it, `rank()` the parallel one).
+    for fusion in [Fusion::AppendCross, Fusion::AppendSelf] {
+        let mut cfg = config(fusion, 11, 16);
+        cfg.max_history = 128;
+        let model = RankerModel::random(&cfg, 11);
+        let req = testing::random_request(&cfg, 11, 100, 5);
+        let p = model.prepare(&req, 0).unwrap();
+        let parallel = model.encode_history(&p);
+        assert_eq!(parallel.len(), 100);
+        let mut scratch = Scratch::new();
+        assert_eq!(model.encode_history_with(&p, &mut scratch), parallel, "{fusion:?}");
+        // A warm scratch (grown by the first pass) changes nothing either.
+        assert_eq!(model.encode_history_with(&p, &mut scratch), parallel, "{fusion:?} warm");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 

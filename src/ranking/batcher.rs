@@ -5,8 +5,11 @@
 //! candidates in micro-batches. A step takes units from the highest priority class first (a request that
 //! waited longer than `promote_after` counts as the highest class), whole micro-batches at a time, until
 //! the step's token budget is used; a large request is split across steps and shares them with small
-//! ones. Requests whose deadline passed, that cannot finish by their deadline, or whose client left are
-//! removed before any of their compute starts.
+//! ones. A step runs on one worker thread in order, so candidates may follow their history unit in the
+//! same step; candidates left for a later step are handed out only once that history has been computed
+//! ([`BatchBuilder::history_ready`]), so no worker ever waits on another. Requests whose deadline passed,
+//! that cannot finish by their deadline, or whose client left are removed before any of their compute
+//! starts.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -73,6 +76,8 @@ struct Queued {
     /// Next candidate to schedule.
     next_candidate: usize,
     history_done: bool,
+    /// Its history unit has been computed (its encoded history can be read by any worker).
+    history_ready: bool,
     /// Whether any unit of it was handed out (then it is "running": deadlines stop it between units).
     started: bool,
 }
@@ -100,7 +105,7 @@ impl BatchBuilder {
 
     pub fn push(&mut self, p: Pending) {
         let class = p.class.min(self.classes.len() - 1);
-        let q = Queued { p, next_candidate: 0, history_done: false, started: false };
+        let q = Queued { p, next_candidate: 0, history_done: false, history_ready: false, started: false };
         self.queued_tokens += q.remaining_tokens();
         self.classes[class].push_back(q);
     }
@@ -112,6 +117,14 @@ impl BatchBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.classes.iter().all(VecDeque::is_empty)
+    }
+
+    /// Records that request `id`'s history unit has been computed: its remaining candidate units may now
+    /// go to any worker. Unknown ids (already fully scheduled or dropped) are ignored.
+    pub fn history_ready(&mut self, id: u64) {
+        if let Some(e) = self.classes.iter_mut().flatten().find(|e| e.p.id == id) {
+            e.history_ready = true;
+        }
     }
 
     /// Work tokens not yet handed out.
@@ -160,33 +173,37 @@ impl BatchBuilder {
 
     /// When the caller should next call [`Self::next_step`] if nothing new arrives: the moment the
     /// oldest request has waited `max_wait`, or the earliest deadline (to drop it), whichever is first.
+    /// A running request waiting for its history wakes nobody before its deadline: `history_ready` does.
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.classes
             .iter()
             .flatten()
             .map(|e| {
-                let cut = if e.started { e.p.enqueued } else { e.p.enqueued + self.policy.max_wait };
+                let cut = match (e.started, e.history_ready) {
+                    (true, true) => e.p.enqueued,
+                    (true, false) => e.p.deadline,
+                    (false, _) => e.p.enqueued + self.policy.max_wait,
+                };
                 cut.min(e.p.deadline)
             })
             .min()
     }
 
     /// Cuts a step if one is due: when queued work fills the token budget, when the oldest request has
-    /// waited `max_wait`, or when a request is already running (its remaining micro-batches go on
-    /// without waiting). Returns `None` when nothing is due yet.
+    /// waited `max_wait`, or when a running request's history is ready (its remaining micro-batches go
+    /// on without waiting). Returns `None` when nothing is due or nothing can run yet.
     pub fn next_step(&mut self, now: Instant) -> Option<Vec<Unit>> {
         if self.is_empty() {
             return None;
         }
-        let oldest_due = self
-            .classes
-            .iter()
-            .flatten()
-            .any(|e| e.started || now.duration_since(e.p.enqueued) >= self.policy.max_wait);
+        let oldest_due = self.classes.iter().flatten().any(|e| {
+            (e.started && e.history_ready) || now.duration_since(e.p.enqueued) >= self.policy.max_wait
+        });
         if !oldest_due && self.queued_tokens < self.policy.max_step_tokens {
             return None;
         }
-        Some(self.take_step(now))
+        let units = self.take_step(now);
+        (!units.is_empty()).then_some(units)
     }
 
     /// The order requests are served in: promoted (waited ≥ promote_after, oldest first), then by class,
@@ -214,6 +231,10 @@ impl BatchBuilder {
         let mut units = Vec::new();
         'outer: for (c, i) in self.service_order(now) {
             let e = &mut self.classes[c][i];
+            if e.history_done && !e.history_ready {
+                // Its history is being computed in an earlier step: its candidates wait for it.
+                continue;
+            }
             if !e.history_done {
                 let h = e.p.history_tokens;
                 if used > 0 && used + h > budget {
@@ -323,7 +344,10 @@ mod tests {
         // Two whole requests (72 tokens) fit; the third's history (20) still fits, its micro-batch not.
         assert_eq!(tokens(&step, &hist), 92);
         assert!(step.iter().filter(|u| u.last).count() == 2);
-        // The third request is running now, so its remaining micro-batch goes next without waiting.
+        // The third request is running; its remaining micro-batch waits for its history, computed by
+        // whichever worker took the first step, then goes next without waiting for max_wait.
+        assert_eq!(b.next_step(now()), None, "history not computed yet");
+        b.history_ready(2);
         let step2 = b.next_step(now()).expect("running request continues");
         assert_eq!(step2[0], Unit { id: 2, kind: UnitKind::Candidates(0..16), last: true });
     }
@@ -338,6 +362,10 @@ mod tests {
         let mut covered = 0;
         while let Some(step) = b.next_step(now()) {
             steps += 1;
+            // The worker computes the step's histories.
+            for u in step.iter().filter(|u| u.kind == UnitKind::History) {
+                b.history_ready(u.id);
+            }
             let hist = |id| if id == 1 { 10 } else { 5 };
             assert!(tokens(&step, &hist) <= 100);
             for u in &step {
@@ -440,6 +468,40 @@ mod tests {
         assert_eq!(dropped, vec![(1, DropReason::Cancelled)]);
         assert_eq!(b.len_by_class(), vec![0, 1]);
         assert_eq!(b.queued_tokens(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn candidates_split_from_their_history_wait_until_it_is_computed() {
+        let mut b = BatchBuilder::new(policy(), 2);
+        b.push(pending(1, 0, 60, 64)); // 124 tokens: history + two micro-batches fit in 100
+        let first = b.next_step(now()).unwrap();
+        assert_eq!(first.len(), 3, "{first:?}");
+        assert_eq!(
+            first[0].kind,
+            UnitKind::History,
+            "history first: its candidates follow on the same worker"
+        );
+        // Another worker is free, but request 1's history is still being computed: nothing to hand out,
+        // and no wake-up before its deadline (history_ready is what wakes the caller).
+        assert_eq!(b.next_step(now()), None);
+        assert_eq!(b.next_wakeup(), Some(now() + Duration::from_secs(1)));
+        // Work of other requests is not held up by it.
+        b.push(pending(2, 1, 10, 5));
+        advance(Duration::from_millis(2)).await;
+        let other = b.next_step(now()).unwrap();
+        assert!(other.iter().all(|u| u.id == 2), "{other:?}");
+        b.history_ready(1);
+        assert!(b.next_wakeup().unwrap() <= now(), "ready candidates are due at once");
+        let rest = b.next_step(now()).unwrap();
+        assert_eq!(
+            rest,
+            vec![
+                Unit { id: 1, kind: UnitKind::Candidates(32..48), last: false },
+                Unit { id: 1, kind: UnitKind::Candidates(48..64), last: true },
+            ]
+        );
+        assert!(b.is_empty());
+        b.history_ready(1); // already fully scheduled: ignored
     }
 
     #[tokio::test(start_paused = true)]

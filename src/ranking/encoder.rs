@@ -220,13 +220,16 @@ fn transpose_keys(
 /// The history pass of amortized mode: runs the `L` history tokens through the encoder, keeping each
 /// layer's K and V. The last layer's attention/FFN over history rows is skipped: nothing reads it
 /// (history rows never attend to candidates, and only candidate rows reach the head). Row-wise steps
-/// run in parallel over blocks of rows (rayon); `s` holds the shared `[L × 3d]` projections.
+/// run over blocks of rows, in parallel on rayon's current pool when `parallel`, else one after the
+/// other on the calling thread (the same blocks either way, so both give the same bits); `s` holds the
+/// shared `[L × 3d]` projections and, run serially, every block's buffers.
 pub(crate) fn encode_history(
     cfg: &RankerConfig,
     w: &Weights,
     tokens: &[f32],
     l: usize,
     s: &mut Scratch,
+    parallel: bool,
 ) -> EncodedHistory {
     let (d, heads, hd) = (cfg.d_model, cfg.heads, cfg.head_dim());
     let padded = padded_keys(l);
@@ -245,11 +248,16 @@ pub(crate) fn encode_history(
     for (li, lw) in w.layers.iter().enumerate() {
         let last = li + 1 == cfg.layers;
         // LN1 + projections (the last layer needs only K, V), by row blocks.
-        x.par_chunks(BLOCK * d)
-            .zip(qkv_buf.par_chunks_mut(BLOCK * 3 * d))
-            .for_each_init(Scratch::new, |s, (xb, ob)| {
-                project(cfg, lw, xb, xb.len() / d, !last, true, ob, s)
-            });
+        let proj = |s: &mut Scratch, (xb, ob): (&[f32], &mut [f32])| {
+            project(cfg, lw, xb, xb.len() / d, !last, true, ob, s)
+        };
+        if parallel {
+            x.par_chunks(BLOCK * d)
+                .zip(qkv_buf.par_chunks_mut(BLOCK * 3 * d))
+                .for_each_init(Scratch::new, proj);
+        } else {
+            x.chunks(BLOCK * d).zip(qkv_buf.chunks_mut(BLOCK * 3 * d)).for_each(|b| proj(&mut *s, b));
+        }
         let mut kt = vec![0f32; heads * hd * padded];
         transpose_keys(qkv_buf, 3 * d, d, l, heads, hd, &mut kt);
         let mut v = vec![0f32; heads * l * hd];
@@ -264,14 +272,19 @@ pub(crate) fn encode_history(
             // Attention (all L keys) + the rest of the layer, by row blocks.
             let kv = enc.kv(li);
             let qkv_ro: &[f32] = qkv_buf;
-            x.par_chunks_mut(BLOCK * d).enumerate().for_each_init(Scratch::new, |s, (i, xb)| {
+            let rest = |s: &mut Scratch, (i, xb): (usize, &mut [f32])| {
                 let n = xb.len() / d;
                 let mut attn = std::mem::take(&mut s.attn);
                 let a = grow(&mut attn, n * d);
                 attention(cfg, &qkv_ro[i * BLOCK * 3 * d..], 3 * d, n, kv, None, a, &mut s.att);
                 post_attention(cfg, lw, xb, a, n, s);
                 s.attn = attn;
-            });
+            };
+            if parallel {
+                x.par_chunks_mut(BLOCK * d).enumerate().for_each_init(Scratch::new, rest);
+            } else {
+                x.chunks_mut(BLOCK * d).enumerate().for_each(|b| rest(&mut *s, b));
+            }
         }
     }
     s.qkv = qkv;

@@ -162,16 +162,19 @@ impl RankerModel {
         features::prepare(&self.config, &self.weights, req, now_ms)
     }
 
-    /// Encodes the history once: every layer's K and V over the kept events (uses rayon inside).
-    /// For a concat model there is nothing to amortize and the result holds no layers.
+    /// Encodes the history once: every layer's K and V over the kept events, its row blocks in
+    /// parallel on rayon's current pool. For a concat model there is nothing to amortize and the
+    /// result holds no layers.
     pub fn encode_history(&self, p: &Prepared) -> EncodedHistory {
-        encoder::encode_history(
-            &self.config,
-            &self.weights,
-            &p.hist_tokens,
-            p.history_len,
-            &mut self.pool.take(),
-        )
+        let mut s = self.pool.take();
+        encoder::encode_history(&self.config, &self.weights, &p.hist_tokens, p.history_len, &mut s, true)
+    }
+
+    /// [`Self::encode_history`] computed on the calling thread alone, with the caller's scratch (what a
+    /// scheduler worker that is itself one of the compute threads uses). The same bits as the parallel
+    /// pass.
+    pub fn encode_history_with(&self, p: &Prepared, scratch: &mut Scratch) -> EncodedHistory {
+        encoder::encode_history(&self.config, &self.weights, &p.hist_tokens, p.history_len, scratch, false)
     }
 
     /// Scores candidates `range` on the calling thread, in micro-batches of `micro_batch` rows against

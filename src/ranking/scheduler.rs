@@ -6,12 +6,16 @@
 //!        ▼
 //! actor (one tokio task, no compute)   owns the BatchBuilder: drops cancelled/expired requests before
 //!        │ bounded channel of steps    compute, cuts steps by priority under a token budget
-//!        ▼
-//! worker threads (not tokio's)         run a step: history passes (or cache hits), then candidate
-//!                                      micro-batches on the compute pool; the last unit answers
+//!        ▼        ▲ history computed
+//! worker threads (not tokio's; one     run a step's units in order on their own thread: history
+//! per core by default)                 passes (or cache hits), candidate micro-batches; the last unit
+//!                                      of a request answers it
 //! ```
-//! A request's units may run on different workers; candidate units wait (on the worker thread, never on
-//! the compute pool) until the request's history unit has published its encoded history.
+//! Each worker is one compute thread: a step never forks onto a pool, so workers never compete for
+//! cores with each other's helpers and there is no fork/join per unit. A request's candidates may run
+//! on several workers (a large request spreads over the cores), but only after its history unit has
+//! been computed: the worker that computed it tells the actor, which then hands the remaining
+//! micro-batches out. No worker ever waits on another.
 
 use super::api::{Mode, RankRequest, RankResponse, Timing};
 use super::batcher::{BatchBuilder, BatchPolicy, DropReason, Pending, Unit, UnitKind};
@@ -22,7 +26,6 @@ use super::model::RankerModel;
 use crate::config::{Limits, RankerSettings};
 use crate::error::{Error, Result};
 use crate::metrics;
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -278,6 +281,9 @@ impl RankerHandle {
         let (submit, rx) = mpsc::channel(settings.max_queued_requests);
         // One step in hand per worker: more would take work from the batcher before a worker is free.
         let (step_tx, step_rx) = crossbeam_channel::bounded::<Step>(workers);
+        // Workers → actor: ids of requests whose history has been computed (unbounded: at most one
+        // message per admitted request, and the actor drains it on every wake-up).
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<u64>();
         let wake = Arc::new(Notify::new());
         for i in 0..workers {
             let ctx = WorkerCtx {
@@ -285,6 +291,7 @@ impl RankerHandle {
                 model: Arc::clone(&model),
                 cache: cache.clone(),
                 steps: step_rx.clone(),
+                history_done: ready_tx.clone(),
                 wake: Arc::clone(&wake),
                 cost: Arc::clone(&cost),
             };
@@ -301,6 +308,7 @@ impl RankerHandle {
             builder: BatchBuilder::new(policy, classes.names.len()),
             jobs: HashMap::new(),
             steps: step_tx,
+            history_done: ready_rx,
             wake: Arc::clone(&wake),
             cost,
             class_names: classes.names.clone(),
@@ -451,6 +459,7 @@ struct Actor {
     builder: BatchBuilder,
     jobs: HashMap<u64, Arc<Job>>,
     steps: crossbeam_channel::Sender<Step>,
+    history_done: crossbeam_channel::Receiver<u64>,
     wake: Arc<Notify>,
     cost: Arc<CostEstimate>,
     class_names: Vec<String>,
@@ -471,6 +480,9 @@ impl Actor {
             }
             while let Ok(job) = rx.try_recv() {
                 self.push(job);
+            }
+            while let Ok(id) = self.history_done.try_recv() {
+                self.builder.history_ready(id);
             }
             self.dispatch();
         }
@@ -572,15 +584,19 @@ struct WorkerCtx {
     model: Arc<RankerModel>,
     cache: Option<Arc<HistoryCache>>,
     steps: crossbeam_channel::Receiver<Step>,
+    history_done: crossbeam_channel::Sender<u64>,
     wake: Arc<Notify>,
     cost: Arc<CostEstimate>,
 }
 
 impl WorkerCtx {
     fn run(self) {
+        // This thread's buffers, reused by every unit it computes.
+        let mut scratch = Scratch::new();
+        let mut buf = Vec::new();
         while let Ok(step) = self.steps.recv() {
             let t0 = Instant::now();
-            let tokens = self.run_step(&step);
+            let tokens = self.run_step(&step, &mut scratch, &mut buf);
             self.cost.observe(tokens, t0.elapsed());
             drop(step);
             // A worker is free: the actor may cut the next step.
@@ -588,32 +604,27 @@ impl WorkerCtx {
         }
     }
 
-    /// Runs history units first (in order), then every candidate unit on the compute pool. Returns the
-    /// work tokens computed.
-    fn run_step(&self, step: &Step) -> usize {
+    /// Runs the step's units in order on this thread (a request's history unit comes before its
+    /// candidate units). Returns the work tokens computed.
+    fn run_step(&self, step: &Step, scratch: &mut Scratch, buf: &mut Vec<f32>) -> usize {
         let mut tokens = 0;
         for (job, unit) in step {
-            if unit.kind == UnitKind::History {
-                tokens += self.run_history(job);
-            }
+            tokens += match &unit.kind {
+                UnitKind::History => {
+                    let n = self.run_history(job, scratch);
+                    // Its other micro-batches may now go to any worker.
+                    let _ = self.history_done.send(job.id);
+                    self.wake.notify_one();
+                    n
+                }
+                UnitKind::Candidates(range) => {
+                    // Handed out only after the history was computed (same step, earlier, or by
+                    // another worker before the actor let these go), so this does not block.
+                    job.ready.wait();
+                    self.run_candidates(job, range.clone(), scratch, buf)
+                }
+            };
         }
-        // Wait here, on the worker thread, for histories encoded by other workers: never block a
-        // compute-pool thread.
-        let cand: Vec<&(Arc<Job>, Unit)> =
-            step.iter().filter(|(_, u)| matches!(u.kind, UnitKind::Candidates(_))).collect();
-        for (job, _) in &cand {
-            job.ready.wait();
-        }
-        tokens += cand
-            .par_iter()
-            .map_init(
-                || (Scratch::new(), Vec::new()),
-                |(s, buf), (job, unit)| {
-                    let UnitKind::Candidates(range) = &unit.kind else { unreachable!("filtered above") };
-                    self.run_candidates(job, range.clone(), s, buf)
-                },
-            )
-            .sum::<usize>();
         tokens
     }
 
@@ -635,7 +646,7 @@ impl WorkerCtx {
         false
     }
 
-    fn run_history(&self, job: &Arc<Job>) -> usize {
+    fn run_history(&self, job: &Arc<Job>, scratch: &mut Scratch) -> usize {
         let _ = job.started.set(Instant::now());
         if self.should_stop(job) {
             let _ = job.ready.set(Err(()));
@@ -651,7 +662,7 @@ impl WorkerCtx {
                 if let Some(h) = &job.cached {
                     return Ok((p, Some(Arc::clone(h))));
                 }
-                let h = Arc::new(self.model.encode_history(&p));
+                let h = Arc::new(self.model.encode_history_with(&p, scratch));
                 if let (Some(c), Some(k)) = (&self.cache, &job.cache_key) {
                     c.insert(*k, Arc::clone(&h), Instant::now());
                 }
