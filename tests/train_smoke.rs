@@ -46,7 +46,7 @@ fn write_dataset(dir: &Path) {
         let mut seen = std::collections::HashSet::new();
         while seen.len() < 30 {
             // Mostly items of the user's group, sometimes the other group.
-            let own = rng.next() % 4 != 0;
+            let own = !rng.next().is_multiple_of(4);
             let parity = if own { group } else { 1 - group };
             let item = (rng.next() % 30) * 2 + 1 + (1 - parity);
             if !seen.insert(item) {

@@ -141,7 +141,7 @@ impl RankerConfig {
                 return Err(err(key, "must be at least 1"));
             }
         }
-        if self.d_model % self.heads != 0 {
+        if !self.d_model.is_multiple_of(self.heads) {
             return Err(err(
                 "heads",
                 format!("d_model {} is not divisible by heads {}", self.d_model, self.heads),

@@ -24,7 +24,7 @@ pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
 /// [`bias_gelu`] with the path chosen by the caller (`simd` is ignored where AVX2 is absent).
 pub fn bias_gelu_with(simd: bool, x: &mut [f32], bias: &[f32]) {
     let n = bias.len();
-    assert!(n > 0 && x.len() % n == 0, "bias_gelu: {} values are not rows of {n}", x.len());
+    assert!(n > 0 && x.len().is_multiple_of(n), "bias_gelu: {} values are not rows of {n}", x.len());
     #[cfg(target_arch = "x86_64")]
     if simd && has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -71,7 +71,7 @@ fn bias_gelu_avx2(x: &mut [f32], bias: &[f32]) {
 /// `x[r] = max(0, x[r] + bias)` for each row.
 pub fn bias_relu(x: &mut [f32], bias: &[f32]) {
     let n = bias.len();
-    assert!(n > 0 && x.len() % n == 0, "bias_relu: {} values are not rows of {n}", x.len());
+    assert!(n > 0 && x.len().is_multiple_of(n), "bias_relu: {} values are not rows of {n}", x.len());
     for row in x.chunks_exact_mut(n) {
         for (v, &b) in row.iter_mut().zip(bias) {
             *v = (*v + b).max(0.0);
@@ -82,7 +82,7 @@ pub fn bias_relu(x: &mut [f32], bias: &[f32]) {
 /// `x[r] += bias` for each row.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     let n = bias.len();
-    assert!(n > 0 && x.len() % n == 0, "add_bias: {} values are not rows of {n}", x.len());
+    assert!(n > 0 && x.len().is_multiple_of(n), "add_bias: {} values are not rows of {n}", x.len());
     for row in x.chunks_exact_mut(n) {
         for (v, &b) in row.iter_mut().zip(bias) {
             *v += b;

@@ -21,7 +21,7 @@ const BLOCK_BYTES: usize = 2 + BLOCK;
 /// Quantizes `w: [rows × cols]` (row-major, one output channel per row) to int8 per output channel.
 /// `cols` must be a multiple of 32 (the block length of the kernels); non-finite weights are refused.
 pub fn quantize_per_channel(w: &[f32], rows: usize, cols: usize) -> Result<QMatrix, String> {
-    if cols % BLOCK != 0 {
+    if !cols.is_multiple_of(BLOCK) {
         return Err(format!("int8 per-channel: {cols} columns is not a multiple of {BLOCK}"));
     }
     if w.len() != rows * cols {

@@ -1,6 +1,8 @@
 //! Linear layers for small row blocks (a micro-batch: tens of rows × d ≤ a few hundred): weights packed
-//! once at load into 16-column panels, a 6-row × 16-column FMA register tile, and the bias/activation/
-//! residual epilogue applied in registers before the single store.
+//! once at load into 16-column panels, a 6-row × 16-column FMA register tile (AVX2) or 12 rows × 32
+//! columns (AVX-512, two panels at once), and the bias/activation/residual epilogue applied in
+//! registers before the single store. Every output is the same sequential FMA chain over the inputs
+//! on both paths, and the epilogues are the same operations, so AVX-512 gives the AVX2 path's bits.
 //!
 //! Why not the `gemm` crate here: at 64 rows its per-call packing of both operands and its edge handling
 //! cost ~25% against this (weights are constant, so packing them per call is wasted), and the fused
@@ -9,12 +11,14 @@
 //! Packed layout: panel `p` holds columns `16p .. 16p + 16` of `Wᵀ` (`[n_in × n_out]`) as
 //! `[n_in × 16]`, row `k` contiguous; columns past `n_out` are zero.
 
-use super::simd::has_avx2_fma;
+use super::simd::{has_avx2_fma, has_avx512};
 
 /// Columns per panel (two AVX2 vectors).
 pub const PANEL: usize = 16;
-/// Rows per register tile.
+/// Rows per register tile (AVX2).
 const TILE_ROWS: usize = 6;
+/// Rows per register tile (AVX-512: 12 rows × 2 panels = 24 of the 32 vector registers).
+const TILE_ROWS_512: usize = 12;
 
 /// A linear layer `y = x·Wᵀ + b` with `W` packed into column panels.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +134,13 @@ pub fn linear_with(
     }
     assert!(x_stride >= k && x.len() >= (rows - 1) * x_stride + k, "linear: x too short");
     assert!(out_stride >= n && out.len() >= (rows - 1) * out_stride + n, "linear: out too short");
+    #[cfg(target_arch = "x86_64")]
+    if simd && has_avx512() {
+        // SAFETY: AVX-512F (and AVX2 + FMA) present (checked just above); the asserts above are the
+        // bounds the kernel relies on (see `linear_avx512`).
+        unsafe { linear_avx512(lin, x, x_stride, k, rows, bias, epi, out, out_stride) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if simd && has_avx2_fma() {
         // SAFETY: AVX2+FMA present (checked just above); the asserts above are the bounds the kernel
@@ -310,11 +321,206 @@ unsafe fn tile<const R: usize>(
     }
 }
 
+/// AVX-512 path: for each pair of panels (32 columns; a last odd panel alone), 12-row tiles of 24
+/// (or 12) accumulators over `k`, epilogue in registers.
+///
+/// # Safety
+/// AVX-512F, AVX2 and FMA must be present and the bounds asserted in [`linear_with`] must hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn linear_avx512(
+    lin: &PackedLinear,
+    x: &[f32],
+    x_stride: usize,
+    k: usize,
+    rows: usize,
+    bias: &[f32],
+    epi: Epilogue,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let n_panels = lin.n_out.div_ceil(PANEL);
+    let mut p = 0;
+    while p < n_panels {
+        let np = (n_panels - p).min(2);
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = (rows - r0).min(TILE_ROWS_512);
+            let xb = &x[r0 * x_stride..];
+            let ob = &mut out[r0 * out_stride..];
+            // SAFETY: forwarded contract; rows [r0, r0 + nr) are inside the checked rows and panels
+            // [p, p + np) exist.
+            unsafe {
+                if np == 2 {
+                    tile512_rows::<2>(nr, lin, p, xb, x_stride, k, bias, epi, ob, out_stride);
+                } else {
+                    tile512_rows::<1>(nr, lin, p, xb, x_stride, k, bias, epi, ob, out_stride);
+                }
+            }
+            r0 += nr;
+        }
+        p += np;
+    }
+}
+
+/// Dispatches an `nr`-row tile (1 ..= 12) to its monomorphized kernel.
+///
+/// # Safety
+/// As [`tile512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile512_rows<const NP: usize>(
+    nr: usize,
+    lin: &PackedLinear,
+    p: usize,
+    x: &[f32],
+    x_stride: usize,
+    k: usize,
+    bias: &[f32],
+    epi: Epilogue,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match nr {
+            12 => tile512::<12, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            11 => tile512::<11, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            10 => tile512::<10, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            9 => tile512::<9, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            8 => tile512::<8, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            7 => tile512::<7, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            6 => tile512::<6, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            5 => tile512::<5, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            4 => tile512::<4, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            3 => tile512::<3, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            2 => tile512::<2, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+            _ => tile512::<1, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+        }
+    }
+}
+
+/// One `R × 16·NP` output tile: panels `p .. p + NP`.
+///
+/// # Safety
+/// As [`linear_avx512`], for the `R` rows starting at the slices' starts; panels `p .. p + NP` exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile512<const R: usize, const NP: usize>(
+    lin: &PackedLinear,
+    p: usize,
+    x: &[f32],
+    x_stride: usize,
+    k: usize,
+    bias: &[f32],
+    epi: Epilogue,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    use super::simd::avx512::exp512;
+    use std::arch::x86_64::*;
+    let panel_len = lin.n_in * PANEL;
+    let panels: [*const f32; NP] = std::array::from_fn(|h| lin.panels[(p + h) * panel_len..].as_ptr());
+    let xp = x.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); NP]; R];
+    for kk in 0..k {
+        // SAFETY: kk < k ≤ n_in, so the 16 floats of row kk lie inside each of the NP panels; r < R
+        // rows and kk < k lie inside x's checked extent.
+        unsafe {
+            let b: [__m512; NP] = std::array::from_fn(|h| _mm512_loadu_ps(panels[h].add(kk * PANEL)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xp.add(r * x_stride + kk));
+                for h in 0..NP {
+                    a[h] = _mm512_fmadd_ps(xv, b[h], a[h]);
+                }
+            }
+        }
+    }
+    // Panel h covers columns [c0 + 16h, c0 + 16h + widths[h]); only the very last panel can be partial.
+    let c0 = p * PANEL;
+    let masks: [__mmask16; NP] = std::array::from_fn(|h| {
+        let width = PANEL.min(lin.n_out - (c0 + h * PANEL));
+        if width == PANEL {
+            0xFFFF
+        } else {
+            (1u16 << width) - 1
+        }
+    });
+    // SAFETY (of `load`/`store`): enabled lanes are columns < n_out of a checked row; masked-off lanes
+    // are not accessed, and pointers are formed with wrapping_add.
+    let load =
+        |ptr: *const f32, h: usize| unsafe { _mm512_maskz_loadu_ps(masks[h], ptr.wrapping_add(16 * h)) };
+    // SAFETY: as for `load`.
+    let store = |ptr: *mut f32, h: usize, v: __m512| unsafe {
+        _mm512_mask_storeu_ps(ptr.wrapping_add(16 * h), masks[h], v)
+    };
+    let bp = bias.as_ptr().wrapping_add(c0);
+    let bv: [__m512; NP] = std::array::from_fn(|h| load(bp, h));
+    let (gk2, gc, one, zero) = (
+        _mm512_set1_ps(-2.0 * 0.797_884_6),
+        _mm512_set1_ps(0.044_715),
+        _mm512_set1_ps(1.0),
+        _mm512_setzero_ps(),
+    );
+    let op = out.as_mut_ptr();
+    for (r, a) in acc.iter().enumerate() {
+        let orow = op.wrapping_add(r * out_stride + c0);
+        for h in 0..NP {
+            let v = _mm512_add_ps(a[h], bv[h]);
+            let v = match epi {
+                Epilogue::Bias => v,
+                Epilogue::BiasRelu => _mm512_max_ps(v, zero),
+                Epilogue::BiasGelu => {
+                    // The AVX2 tile's operations, lane for lane.
+                    let inner = _mm512_fmadd_ps(_mm512_mul_ps(gc, _mm512_mul_ps(v, v)), v, v);
+                    _mm512_div_ps(v, _mm512_add_ps(one, exp512(_mm512_mul_ps(gk2, inner))))
+                }
+                Epilogue::AddInto => _mm512_add_ps(load(orow, h), v),
+            };
+            store(orow, h, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::cpu::activation::gelu;
     use crate::kernels::cpu::simd::{assert_close, TestRng};
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_gives_the_bits_of_avx2() {
+        if !crate::kernels::cpu::simd::cpu_has_avx512() {
+            eprintln!("SKIPPED: this CPU has no AVX-512F; the AVX-512 tile is not exercised here");
+            return;
+        }
+        let mut rng = TestRng::new(21);
+        for case in 0..200 {
+            // Rows past one and two 12-row tiles, odd and even panel counts, partial last panels.
+            let (rows, n_in, n_out) = (1 + rng.below(40), 1 + rng.below(80), 1 + rng.below(90));
+            let k = if rng.below(3) == 0 { 1 + rng.below(n_in) } else { n_in };
+            let (xs, os) = (n_in + rng.below(4), n_out + rng.below(4));
+            let lin = PackedLinear::from_torch(&rng.vec(n_out * n_in, 1.0), n_out, n_in, rng.vec(n_out, 1.0));
+            let x = rng.vec(rows * xs, 3.0);
+            let out0 = rng.vec(rows * os, 1.0);
+            for epi in [Epilogue::Bias, Epilogue::BiasRelu, Epilogue::BiasGelu, Epilogue::AddInto] {
+                let (mut a, mut b) = (out0.clone(), out0.clone());
+                // SAFETY: AVX-512F, AVX2 and FMA checked above; shapes as linear_with asserts them.
+                unsafe {
+                    linear_avx512(&lin, &x, xs, k, rows, &lin.bias, epi, &mut a, os);
+                    linear_avx2(&lin, &x, xs, k, rows, &lin.bias, epi, &mut b, os);
+                }
+                let (a, b): (Vec<u32>, Vec<u32>) =
+                    (a.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_bits()).collect());
+                assert_eq!(a, b, "case {case} {epi:?} rows={rows} k={k} n_in={n_in} n_out={n_out}");
+            }
+        }
+    }
 
     #[test]
     fn pack_round_trips() {

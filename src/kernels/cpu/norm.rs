@@ -28,7 +28,7 @@ pub fn residual_layer_norm(
 /// `x[r] += delta[r] + bias` for each row; `x`, `delta`: `[rows × d]`, `bias`: `[d]`.
 pub fn add_residual(x: &mut [f32], delta: &[f32], bias: &[f32]) {
     let d = bias.len();
-    assert!(d > 0 && x.len() % d == 0 && delta.len() == x.len(), "add_residual: shapes disagree");
+    assert!(d > 0 && x.len().is_multiple_of(d) && delta.len() == x.len(), "add_residual: shapes disagree");
     for (xr, dr) in x.chunks_exact_mut(d).zip(delta.chunks_exact(d)) {
         for ((xv, &dv), &bv) in xr.iter_mut().zip(dr).zip(bias) {
             *xv += dv + bv;
@@ -39,7 +39,10 @@ pub fn add_residual(x: &mut [f32], delta: &[f32], bias: &[f32]) {
 /// [`layer_norm`] with the path chosen by the caller (`simd` is ignored where AVX2 is absent).
 pub fn layer_norm_with(simd: bool, x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    assert!(d > 0 && b.len() == d && x.len() % d == 0 && out.len() == x.len(), "layer_norm: shapes disagree");
+    assert!(
+        d > 0 && b.len() == d && x.len().is_multiple_of(d) && out.len() == x.len(),
+        "layer_norm: shapes disagree"
+    );
     #[cfg(target_arch = "x86_64")]
     if simd && has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -67,7 +70,7 @@ pub fn residual_layer_norm_with(
         d > 0
             && b.len() == d
             && bias.len() == d
-            && x.len() % d == 0
+            && x.len().is_multiple_of(d)
             && delta.len() == x.len()
             && out.len() == x.len(),
         "residual_layer_norm: shapes disagree"

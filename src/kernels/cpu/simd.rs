@@ -18,6 +18,41 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// Whether the AVX-512 code paths of the f32 kernels (the ranker's dense layers and attention) may
+/// run: AVX-512F on this CPU (with AVX2 + FMA, which every AVX-512 CPU has), unless the environment
+/// variable `SLATE_SIMD=avx2` caps the kernels at AVX2 (to compare the two paths on one machine). The
+/// AVX-512 paths compute every output with the same operations in the same order as the AVX2 ones, so
+/// they give the same bits, only faster.
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            let capped = std::env::var("SLATE_SIMD").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
+            !capped && has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AVX-512F at all (the cap of [`has_avx512`] ignored), for tests that compare
+/// the AVX-512 and AVX2 paths directly.
+#[cfg(test)]
+pub(crate) fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// SwiGLU: `out[i] = silu(g[i]) · u[i] = g[i] / (1 + e^(−g[i])) · u[i]` over `out.len()` elements
 /// (the AVX2 path uses [`avx2::exp256`], relative error ≈ 2e-7 against `f32::exp`). Each element
 /// depends on its own inputs alone.
@@ -188,6 +223,36 @@ pub(crate) mod avx2 {
 }
 
 /// Small deterministic generator for kernel tests (no dependency on `rand` inside kernels).
+/// AVX-512 versions of the vector helpers, lane for lane the same operations as [`avx2`]'s.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// [`super::avx2::exp256`] on 16 lanes: the same clamps, constants and operation order, so each
+    /// lane gives the same bits as the AVX2 function.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn exp512(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(super::EXP_LO)), _mm512_set1_ps(super::EXP_HI));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_2e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166_666_65));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let r2 = _mm512_mul_ps(r, r);
+        p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        _mm512_mul_ps(p, _mm512_castsi512_ps(e))
+    }
+}
+
 #[cfg(test)]
 pub(crate) struct TestRng(u64);
 
@@ -228,6 +293,30 @@ pub(crate) fn assert_close(a: &[f32], b: &[f32], rtol: f32, atol: f32, what: &st
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp512_gives_the_bits_of_exp256() {
+        use std::arch::x86_64::*;
+        if !cpu_has_avx512() {
+            eprintln!("SKIPPED: this CPU has no AVX-512F; exp512 is not exercised here");
+            return;
+        }
+        let mut rng = TestRng::new(17);
+        let mut xs: Vec<f32> = (0..4096).map(|_| rng.f32(-100.0, 100.0)).collect();
+        xs.extend([0.0, -0.0, 1.0, -87.0, 88.0, -87.5, 88.5, f32::MIN_POSITIVE, -1e-30, 50.0, -50.0, 0.5]);
+        xs.resize(xs.len().div_ceil(16) * 16, 0.25);
+        for ch in xs.chunks_exact(16) {
+            let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
+            // SAFETY: AVX-512F (and so AVX2 + FMA) checked above; the arrays hold 16 floats.
+            unsafe {
+                _mm512_storeu_ps(a.as_mut_ptr(), avx512::exp512(_mm512_loadu_ps(ch.as_ptr())));
+                _mm256_storeu_ps(b.as_mut_ptr(), avx2::exp256(_mm256_loadu_ps(ch.as_ptr())));
+                _mm256_storeu_ps(b.as_mut_ptr().add(8), avx2::exp256(_mm256_loadu_ps(ch.as_ptr().add(8))));
+            }
+            assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "inputs {ch:?}");
+        }
+    }
     use std::arch::x86_64::*;
 
     #[test]
@@ -237,7 +326,7 @@ mod tests {
         }
         let mut xs: Vec<f32> = (-8700..=8800).map(|i| i as f32 * 0.01).collect();
         xs.extend([0.0, -0.0, 1e-8, -1e-8, 0.5 * std::f32::consts::LN_2, -0.5 * std::f32::consts::LN_2]);
-        while xs.len() % 8 != 0 {
+        while !xs.len().is_multiple_of(8) {
             xs.push(0.25);
         }
         for chunk in xs.chunks_exact(8) {

@@ -114,7 +114,7 @@ impl WeightType {
 
     /// Bytes of one GGUF row of `cols` weights; `None` when `cols` is not a multiple of the block length.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        if cols % self.block_len() != 0 {
+        if !cols.is_multiple_of(self.block_len()) {
             return None;
         }
         (cols / self.block_len()).checked_mul(self.block_bytes())
