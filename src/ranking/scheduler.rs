@@ -279,8 +279,10 @@ impl RankerHandle {
             micro_batch: model.config().micro_batch,
         };
         let (submit, rx) = mpsc::channel(settings.max_queued_requests);
-        // One step in hand per worker: more would take work from the batcher before a worker is free.
-        let (step_tx, step_rx) = crossbeam_channel::bounded::<Step>(workers);
+        // Two steps in hand per worker, so a worker that finishes one usually finds the next without
+        // sleeping (at 400 rps on 2 cores, one per worker gave p99 24-29 ms and 2-2.5 % refused, two
+        // 18-23 ms and 0.2-0.8 %; four let p99.9 grow as work commits to a worker too early).
+        let (step_tx, step_rx) = crossbeam_channel::bounded::<Step>(2 * workers);
         // Workers → actor: ids of requests whose history has been computed (unbounded: at most one
         // message per admitted request, and the actor drains it on every wake-up).
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<u64>();
