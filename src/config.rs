@@ -476,6 +476,8 @@ mod tests {
         let c = Config::parse(&text, "reference-ranker.toml").unwrap();
         assert_eq!(c.models.len(), 1);
         assert_eq!((c.models[0].name.as_str(), c.models[0].kind), ("reference-ranker", ModelKind::Ranker));
+        // Its [models.ranker] table belongs to that model: the wait bound tuned for the load tests.
+        assert_eq!(c.models[0].ranker.max_queue_delay_ms, 18.0);
     }
 
     #[test]

@@ -196,13 +196,6 @@ enum Path {
     Avx512,
 }
 
-/// Whether the CPU has what [`attend_avx512`] needs (the `SLATE_SIMD` cap of `has_avx512` ignored).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn cpu_avx512f() -> bool {
-    has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
-}
-
 /// [`attend_head`] on `path`, or the next narrower one where the CPU lacks it (AVX-512 → AVX2 →
 /// scalar). `Path::Avx512` ignores the `SLATE_SIMD` cap, so tests can compare the paths directly.
 #[allow(clippy::too_many_arguments)]
@@ -223,7 +216,7 @@ fn attend_head_on(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if path == Path::Avx512 && cpu_avx512f() {
+        if path == Path::Avx512 && super::simd::cpu_has_avx512() {
             let need = RB512 * keys16(att.n_keys);
             if scratch.len() < need {
                 scratch.resize(need, 0.0);

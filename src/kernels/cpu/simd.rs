@@ -30,7 +30,7 @@ pub fn has_avx512() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| {
             let capped = std::env::var("SLATE_SIMD").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
-            !capped && has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+            !capped && cpu_has_avx512()
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -39,9 +39,9 @@ pub fn has_avx512() -> bool {
     }
 }
 
-/// Whether this CPU has AVX-512F at all (the cap of [`has_avx512`] ignored), for tests that compare
-/// the AVX-512 and AVX2 paths directly.
-#[cfg(test)]
+/// Whether this CPU has AVX-512F (and AVX2 + FMA) at all, the cap of [`has_avx512`] ignored: what an
+/// AVX-512 kernel needs to run safely; tests use it to compare the AVX-512 and AVX2 paths directly.
+#[inline]
 pub(crate) fn cpu_has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -294,10 +294,8 @@ pub(crate) fn assert_close(a: &[f32], b: &[f32], rtol: f32, atol: f32, what: &st
 mod tests {
     use super::*;
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp512_gives_the_bits_of_exp256() {
-        use std::arch::x86_64::*;
         if !cpu_has_avx512() {
             eprintln!("SKIPPED: this CPU has no AVX-512F; exp512 is not exercised here");
             return;
