@@ -39,6 +39,21 @@ pub struct ServerConfig {
     /// How much compute threads raise their nice value (Linux, 0..=19; 0 = same priority as IO), so
     /// IO threads (rejections, health probes, metrics scrapes) preempt model work under overload.
     pub compute_nice: i32,
+    /// Tokio (IO) threads: HTTP/gRPC parsing, validation, queueing, answering. 0 = a quarter of the
+    /// cores, at least one: compute runs on the models' own threads, which already take every core, and
+    /// each extra IO thread mostly adds wake-ups and preemptions of compute.
+    pub io_threads: usize,
+}
+
+impl ServerConfig {
+    /// The IO thread count to start: `io_threads`, or for 0 a quarter of `cores`, at least one.
+    pub fn io_threads_for(&self, cores: usize) -> usize {
+        if self.io_threads > 0 {
+            self.io_threads
+        } else {
+            (cores / 4).max(1)
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -48,6 +63,7 @@ impl Default for ServerConfig {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid literal"),
             shutdown_grace_s: 30.0,
             compute_nice: 10,
+            io_threads: 0,
         }
     }
 }
@@ -361,6 +377,9 @@ impl Config {
         if !(0..=19).contains(&s.compute_nice) {
             return Err(format!("server.compute_nice: must be in 0..=19, got {}", s.compute_nice));
         }
+        if s.io_threads > 1024 {
+            return Err(format!("server.io_threads: must be in 0..=1024 (0 = auto), got {}", s.io_threads));
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_body_bytes", l.max_body_bytes),
@@ -598,6 +617,19 @@ mod tests {
             let e = err(&format!("[server]\ncompute_nice = {bad}\n"));
             assert!(e.contains("server.compute_nice: must be in 0..=19"), "{e}");
         }
+    }
+
+    #[test]
+    fn io_threads_default_to_a_quarter_of_the_cores() {
+        let auto = Config::parse("", "c.toml").unwrap().server;
+        assert_eq!(auto.io_threads, 0);
+        assert_eq!(auto.io_threads_for(1), 1);
+        assert_eq!(auto.io_threads_for(2), 1);
+        assert_eq!(auto.io_threads_for(16), 4);
+        let set = Config::parse("[server]\nio_threads = 3\n", "c.toml").unwrap().server;
+        assert_eq!(set.io_threads_for(16), 3);
+        let e = err("[server]\nio_threads = 5000\n");
+        assert!(e.contains("server.io_threads: must be in 0..=1024"), "{e}");
     }
 
     #[test]

@@ -30,7 +30,11 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     slate::telemetry::init(&config.telemetry).map_err(|e| anyhow!("{}: {e}", args.config.display()))?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(), "starting slate");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let io_threads = config.server.io_threads_for(cores);
+    tracing::info!(io_threads, cores, "starting the IO runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(io_threads).enable_all().build()?;
     runtime.block_on(slate::server::run(config, shutdown_signal()))?;
     // Requests cut off at the end of the grace period are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -254,16 +254,34 @@ pub fn rank_computed(
 }
 
 /// Records one scheduler step's size.
-pub fn rank_step(model: &str, requests: usize, candidates: usize, tokens: usize) {
-    let m = model.to_string();
-    histogram!(RANK_STEP_REQUESTS, "model" => m.clone()).record(requests as f64);
-    histogram!(RANK_STEP_CANDIDATES, "model" => m.clone()).record(candidates as f64);
-    histogram!(RANK_STEP_TOKENS, "model" => m).record(tokens as f64);
+/// One model's step-size histograms, looked up once (the queue actor records every step it cuts, so
+/// it keeps the handles instead of resolving labels per step).
+pub struct RankStepMetrics {
+    requests: metrics::Histogram,
+    candidates: metrics::Histogram,
+    tokens: metrics::Histogram,
 }
 
-/// Sets the number of queued requests of one priority class.
-pub fn rank_queued(model: &str, class: &str, n: usize) {
-    gauge!(RANK_QUEUED, "model" => model.to_string(), "priority" => class.to_string()).set(n as f64);
+impl RankStepMetrics {
+    pub fn new(model: &str) -> Self {
+        let m = model.to_string();
+        RankStepMetrics {
+            requests: histogram!(RANK_STEP_REQUESTS, "model" => m.clone()),
+            candidates: histogram!(RANK_STEP_CANDIDATES, "model" => m.clone()),
+            tokens: histogram!(RANK_STEP_TOKENS, "model" => m),
+        }
+    }
+
+    pub fn record(&self, requests: usize, candidates: usize, tokens: usize) {
+        self.requests.record(requests as f64);
+        self.candidates.record(candidates as f64);
+        self.tokens.record(tokens as f64);
+    }
+}
+
+/// The gauge of queued requests of one priority class (set through the handle).
+pub fn rank_queued_gauge(model: &str, class: &str) -> metrics::Gauge {
+    gauge!(RANK_QUEUED, "model" => model.to_string(), "priority" => class.to_string())
 }
 
 pub fn cache_lookup(model: &str, hit: bool) {

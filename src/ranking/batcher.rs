@@ -174,7 +174,13 @@ impl BatchBuilder {
     /// When the caller should next call [`Self::next_step`] if nothing new arrives: the moment the
     /// oldest request has waited `max_wait`, or the earliest deadline (to drop it), whichever is first.
     /// A running request waiting for its history wakes nobody before its deadline: `history_ready` does.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    /// `can_hand_out`: whether a step cut now could be handed to a worker; when not (every worker has
+    /// its steps in hand), only deadlines are due, since waking for work that cannot be handed out
+    /// would spin the caller until a worker takes a step (and the worker says so).
+    pub fn next_wakeup(&self, can_hand_out: bool) -> Option<Instant> {
+        if !can_hand_out {
+            return self.classes.iter().flatten().map(|e| e.p.deadline).min();
+        }
         self.classes
             .iter()
             .flatten()
@@ -317,7 +323,7 @@ mod tests {
         let mut b = BatchBuilder::new(policy(), 3);
         b.push(pending(1, 0, 10, 5));
         assert_eq!(b.next_step(now()), None, "under budget and not waited long enough");
-        assert_eq!(b.next_wakeup(), Some(now() + Duration::from_millis(2)));
+        assert_eq!(b.next_wakeup(true), Some(now() + Duration::from_millis(2)));
         advance(Duration::from_millis(2)).await;
         let step = b.next_step(now()).expect("due after max_wait");
         assert_eq!(
@@ -484,14 +490,14 @@ mod tests {
         // Another worker is free, but request 1's history is still being computed: nothing to hand out,
         // and no wake-up before its deadline (history_ready is what wakes the caller).
         assert_eq!(b.next_step(now()), None);
-        assert_eq!(b.next_wakeup(), Some(now() + Duration::from_secs(1)));
+        assert_eq!(b.next_wakeup(true), Some(now() + Duration::from_secs(1)));
         // Work of other requests is not held up by it.
         b.push(pending(2, 1, 10, 5));
         advance(Duration::from_millis(2)).await;
         let other = b.next_step(now()).unwrap();
         assert!(other.iter().all(|u| u.id == 2), "{other:?}");
         b.history_ready(1);
-        assert!(b.next_wakeup().unwrap() <= now(), "ready candidates are due at once");
+        assert!(b.next_wakeup(true).unwrap() <= now(), "ready candidates are due at once");
         let rest = b.next_step(now()).unwrap();
         assert_eq!(
             rest,
@@ -502,6 +508,22 @@ mod tests {
         );
         assert!(b.is_empty());
         b.history_ready(1); // already fully scheduled: ignored
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_work_that_cannot_be_handed_out_wakes_only_for_deadlines() {
+        let mut b = BatchBuilder::new(policy(), 2);
+        b.push(pending(1, 0, 10, 5));
+        b.push(pending(2, 1, 10, 5));
+        advance(Duration::from_millis(5)).await;
+        // Both are due (waited past max_wait): with a free worker, at once.
+        assert!(b.next_wakeup(true).unwrap() <= now());
+        // With every worker's steps in hand, not before the earliest deadline (1 s after enqueueing).
+        assert_eq!(b.next_wakeup(false), Some(now() + Duration::from_millis(995)));
+        // Nothing queued: nothing to wake for either way.
+        let mut empty = BatchBuilder::new(policy(), 1);
+        assert_eq!(empty.next_wakeup(false), None);
+        assert_eq!(empty.next_step(now()), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -313,7 +313,16 @@ impl RankerHandle {
             history_done: ready_rx,
             wake: Arc::clone(&wake),
             cost,
-            class_names: classes.names.clone(),
+            queued_gauges: classes
+                .names
+                .iter()
+                .map(|class| {
+                    let g = metrics::rank_queued_gauge(name, class);
+                    g.set(0.0);
+                    (g, 0)
+                })
+                .collect(),
+            step_metrics: metrics::RankStepMetrics::new(name),
         };
         runtime.spawn(actor.run(rx));
         RankerHandle {
@@ -464,14 +473,19 @@ struct Actor {
     history_done: crossbeam_channel::Receiver<u64>,
     wake: Arc<Notify>,
     cost: Arc<CostEstimate>,
-    class_names: Vec<String>,
+    /// Per priority class: its queued-requests gauge and the value last set.
+    queued_gauges: Vec<(::metrics::Gauge, usize)>,
+    step_metrics: metrics::RankStepMetrics,
 }
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Arc<Job>>) {
         let mut open = true;
         while open || !self.builder.is_empty() {
-            let wakeup = self.builder.next_wakeup();
+            // With every worker's steps in hand nothing can be handed out before a worker takes a
+            // step (it wakes us then), so only deadlines set the timer: a timer for due work would
+            // spin this task on the IO thread, against the workers' cores.
+            let wakeup = self.builder.next_wakeup(!self.steps.is_full());
             tokio::select! {
                 msg = rx.recv(), if open => match msg {
                     Some(job) => self.push(job),
@@ -557,7 +571,7 @@ impl Actor {
                 }
                 step.push((job, unit));
             }
-            metrics::rank_step(&self.name, reqs, cands, tokens);
+            self.step_metrics.record(reqs, cands, tokens);
             if self.steps.try_send(step).is_err() {
                 // Workers are gone (shutdown): answer what is left.
                 break;
@@ -566,10 +580,14 @@ impl Actor {
         self.publish_queue_gauges();
     }
 
-    fn publish_queue_gauges(&self) {
+    /// Sets the per-class queue gauges that changed (this runs on every arrival and every step).
+    fn publish_queue_gauges(&mut self) {
         let counts = self.builder.len_by_class();
-        for (class, n) in self.class_names.iter().zip(counts) {
-            metrics::rank_queued(&self.name, class, n);
+        for ((gauge, last), n) in self.queued_gauges.iter_mut().zip(counts) {
+            if *last != n {
+                gauge.set(n as f64);
+                *last = n;
+            }
         }
     }
 }
@@ -597,12 +615,12 @@ impl WorkerCtx {
         let mut scratch = Scratch::new();
         let mut buf = Vec::new();
         while let Ok(step) = self.steps.recv() {
+            // Taking a step makes room in the channel: the actor may cut the next one.
+            self.wake.notify_one();
             let t0 = Instant::now();
             let tokens = self.run_step(&step, &mut scratch, &mut buf);
             self.cost.observe(tokens, t0.elapsed());
             drop(step);
-            // A worker is free: the actor may cut the next step.
-            self.wake.notify_one();
         }
     }
 
