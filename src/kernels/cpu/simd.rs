@@ -53,6 +53,28 @@ pub(crate) fn cpu_has_avx512() -> bool {
     }
 }
 
+/// Whether the quantized matmuls may use AVX-512 VNNI dot products (on 256-bit registers): the CPU
+/// has AVX-512 VNNI and VL, and [`has_avx512`] allows AVX-512 (`SLATE_SIMD=avx2` caps it).
+#[inline]
+pub fn has_avx512_vnni() -> bool {
+    has_avx512() && cpu_has_avx512_vnni()
+}
+
+/// Whether this CPU has AVX-512 VNNI and VL (with AVX-512F, AVX2 and FMA), the cap ignored.
+#[inline]
+pub(crate) fn cpu_has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        cpu_has_avx512()
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// SwiGLU: `out[i] = silu(g[i]) · u[i] = g[i] / (1 + e^(−g[i])) · u[i]` over `out.len()` elements
 /// (the AVX2 path uses [`avx2::exp256`], relative error ≈ 2e-7 against `f32::exp`). Each element
 /// depends on its own inputs alone.

@@ -303,15 +303,32 @@ impl QMatrix {
                 });
             }
             Data::Packed(p) => {
+                let isa = int::IntIsa::pick(simd);
                 let mut act = ACT.with(Cell::take);
                 act.quantize(simd, x, n, cols);
                 split.ranges(p.groups(), n * rows * cols, &|gs| {
                     // SAFETY: as above, for the rows of groups `gs`.
-                    unsafe { int::matmul_groups(simd, p, &act, out.get(), gs) };
+                    unsafe { int::matmul_groups(isa, p, &act, out.get(), gs) };
                 });
                 ACT.with(|c| c.set(act));
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl QMatrix {
+    /// The quantized matmul on this thread with the integer-dot path forced, to compare the paths.
+    /// `None` for float matrices.
+    fn matmul_int_isa(&self, isa: int::IntIsa, x: &[f32], n: usize, out: &mut [f32]) -> Option<()> {
+        let Data::Packed(p) = &self.data else { return None };
+        assert!(x.len() >= n * self.cols && out.len() >= n * self.rows);
+        let mut act = ActQ::default();
+        act.quantize(isa != int::IntIsa::Scalar, &x[..n * self.cols], n, self.cols);
+        // SAFETY: `out` holds n·rows floats (asserted), all groups are ours; the caller checked the
+        // CPU for `isa`.
+        unsafe { int::matmul_groups(isa, p, &act, out.as_mut_ptr(), 0..p.groups()) };
+        Some(())
     }
 }
 

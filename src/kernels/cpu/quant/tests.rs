@@ -289,6 +289,33 @@ fn scalar_and_avx2_are_bit_identical_for_quantized_types() {
 }
 
 #[test]
+fn avx2_and_avx512_vnni_dots_are_bit_identical() {
+    if !simd_available() || !crate::kernels::cpu::simd::cpu_has_avx512_vnni() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    use super::int::IntIsa;
+    let mut rng = TestRng::new(61);
+    for ty in &ALL[2..] {
+        let ty = *ty;
+        for _ in 0..12 {
+            let rows = 1 + rng.below(40);
+            let cols = ty.block_len().max(32) * (1 + rng.below(4));
+            let n = 1 + rng.below(14);
+            let (m, _) = random_matrix(&mut rng, ty, rows, cols);
+            let x = rng.vec(n * cols, 4.0);
+            let [scalar, avx2, vnni] = [IntIsa::Scalar, IntIsa::Avx2, IntIsa::Avx512Vnni].map(|isa| {
+                let mut out = vec![f32::NAN; n * rows];
+                m.matmul_int_isa(isa, &x, n, &mut out).expect("a quantized type");
+                bits(&out)
+            });
+            assert_eq!(avx2, vnni, "{ty} {rows}×{cols} n={n}: AVX2 vs VNNI");
+            assert_eq!(scalar, vnni, "{ty} {rows}×{cols} n={n}: scalar vs VNNI");
+        }
+    }
+}
+
+#[test]
 fn matmul_handles_zero_and_large_activations() {
     let mut rng = TestRng::new(7);
     for ty in ALL {
