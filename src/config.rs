@@ -298,6 +298,15 @@ pub struct RankerSettings {
     /// once, so admitted requests keep their latency under overload instead of queueing for seconds.
     /// Set it to the latency SLO minus a request's own compute time. 0 disables it.
     pub max_queue_delay_ms: f64,
+    /// A tighter wait bound for a standing queue (sustained overload, after CoDel): once the estimated
+    /// wait has not fallen below a quarter of this for `overload_after_ms`, requests that would wait longer
+    /// than this are refused (reason `queue_delay_overload`) until the queue drains again. Poisson
+    /// bursts on a loaded server keep the roomier `max_queue_delay_ms`, and admitted requests keep a
+    /// short tail under overload. 0 (the default) disables it; at most `max_queue_delay_ms`.
+    pub overload_queue_delay_ms: f64,
+    /// How long the queue must stand (estimated wait never below a quarter of `overload_queue_delay_ms`)
+    /// before the tighter bound applies, in milliseconds.
+    pub overload_after_ms: f64,
     /// Most work tokens one scheduler step (a batch) may hold. Larger requests are split into
     /// candidate micro-batches across steps and share them with small requests.
     pub max_step_tokens: usize,
@@ -322,6 +331,8 @@ impl Default for RankerSettings {
             max_queued_requests: 256,
             max_queued_tokens: 65_536,
             max_queue_delay_ms: 25.0,
+            overload_queue_delay_ms: 0.0,
+            overload_after_ms: 100.0,
             max_step_tokens: 2048,
             max_wait_ms: 0.0,
             promote_after_ms: 50,
@@ -436,11 +447,22 @@ impl Config {
             for (key, v) in [
                 ("max_wait_ms", r.max_wait_ms),
                 ("max_queue_delay_ms", r.max_queue_delay_ms),
+                ("overload_queue_delay_ms", r.overload_queue_delay_ms),
+                ("overload_after_ms", r.overload_after_ms),
                 ("cache_ttl_s", r.cache_ttl_s),
             ] {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(format!("models[{i}].ranker.{key}: must be a finite number ≥ 0, got {v}"));
                 }
+            }
+            if r.overload_queue_delay_ms > 0.0
+                && (r.max_queue_delay_ms == 0.0 || r.overload_queue_delay_ms > r.max_queue_delay_ms)
+            {
+                return Err(format!(
+                    "models[{i}].ranker.overload_queue_delay_ms: must be ≤ max_queue_delay_ms ({}), which must \
+                     be on (> 0), got {}",
+                    r.max_queue_delay_ms, r.overload_queue_delay_ms
+                ));
             }
             let g = &m.slm;
             for (key, v) in [
@@ -495,8 +517,9 @@ mod tests {
         let c = Config::parse(&text, "reference-ranker.toml").unwrap();
         assert_eq!(c.models.len(), 1);
         assert_eq!((c.models[0].name.as_str(), c.models[0].kind), ("reference-ranker", ModelKind::Ranker));
-        // Its [models.ranker] table belongs to that model: the wait bound tuned for the load tests.
-        assert_eq!(c.models[0].ranker.max_queue_delay_ms, 18.0);
+        // Its [models.ranker] table belongs to that model: the wait bounds tuned for the load tests.
+        assert_eq!(c.models[0].ranker.max_queue_delay_ms, 40.0);
+        assert_eq!(c.models[0].ranker.overload_queue_delay_ms, 18.0);
     }
 
     #[test]
@@ -654,6 +677,23 @@ mod tests {
             "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_queue_delay_ms = -1.0 }\n",
         );
         assert!(e.contains("models[0].ranker.max_queue_delay_ms: must be a finite number ≥ 0"), "{e}");
+        let ranker = |t: &str| {
+            format!("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = {{ {t} }}\n")
+        };
+        for bad in
+            ["overload_queue_delay_ms = 30.0", "max_queue_delay_ms = 0.0, overload_queue_delay_ms = 5.0"]
+        {
+            let e = err(&ranker(bad));
+            assert!(
+                e.contains("models[0].ranker.overload_queue_delay_ms: must be ≤ max_queue_delay_ms"),
+                "{e}"
+            );
+        }
+        let e = err(&ranker("overload_after_ms = -5.0"));
+        assert!(e.contains("models[0].ranker.overload_after_ms: must be a finite number ≥ 0"), "{e}");
+        let ok =
+            Config::parse(&ranker("max_queue_delay_ms = 40.0, overload_queue_delay_ms = 18.0"), "c.toml");
+        assert_eq!(ok.unwrap().models[0].ranker.overload_queue_delay_ms, 18.0);
     }
 
     #[test]
