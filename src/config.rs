@@ -311,8 +311,9 @@ pub struct RankerSettings {
     /// candidate micro-batches across steps and share them with small requests.
     pub max_step_tokens: usize,
     /// How long queued work may gather before a step is cut, in milliseconds. 0 (the default) cuts a
-    /// step as soon as a worker can take it: on CPU, work still merges while the workers are busy, and
-    /// an idle server adds no wait. A few ms trades latency for bigger steps (useful on GPUs).
+    /// step as soon as a worker can take it: on CPU, work still merges while the workers are busy, an
+    /// idle server adds no wait, and a small queue is spread over idle workers (one request's
+    /// candidate micro-batches on several at once). A few ms trades latency for bigger steps (useful on GPUs).
     pub max_wait_ms: f64,
     /// A request queued longer than this is served before every priority class (bounded starvation).
     pub promote_after_ms: u64,

@@ -199,6 +199,27 @@ impl BatchBuilder {
     /// waited `max_wait`, or when a running request's history is ready (its remaining micro-batches go
     /// on without waiting). Returns `None` when nothing is due or nothing can run yet.
     pub fn next_step(&mut self, now: Instant) -> Option<Vec<Unit>> {
+        self.next_step_within(now, self.policy.max_step_tokens)
+    }
+
+    /// The step budget that spreads the queued work over `idle` workers: the queued tokens ÷ `idle`,
+    /// rounded up to whole micro-batches, within 1 micro-batch ..= `max_step_tokens`. With workers
+    /// idle and little queued, one request's candidates then run on several workers at once (its
+    /// latency, not the throughput, is what an idle server can improve); under load the queue is
+    /// long and steps stay full-size. With a `max_wait` set the operator asked for bigger steps
+    /// instead, so then this is `max_step_tokens`.
+    pub fn spread_budget(&self, idle: usize) -> usize {
+        if !self.policy.max_wait.is_zero() {
+            return self.policy.max_step_tokens;
+        }
+        let mb = self.policy.micro_batch;
+        let share = self.queued_tokens.div_ceil(idle.max(1)).div_ceil(mb) * mb;
+        share.clamp(mb, self.policy.max_step_tokens.max(mb))
+    }
+
+    /// [`Self::next_step`] with a step budget of `budget` tokens (at most `max_step_tokens`; at
+    /// least one unit always fits).
+    pub fn next_step_within(&mut self, now: Instant, budget: usize) -> Option<Vec<Unit>> {
         if self.is_empty() {
             return None;
         }
@@ -208,7 +229,7 @@ impl BatchBuilder {
         if !oldest_due && self.queued_tokens < self.policy.max_step_tokens {
             return None;
         }
-        let units = self.take_step(now);
+        let units = self.take_step(now, budget.min(self.policy.max_step_tokens));
         (!units.is_empty()).then_some(units)
     }
 
@@ -230,8 +251,7 @@ impl BatchBuilder {
         promoted.into_iter().map(|(_, c, i)| (c, i)).chain(rest).collect()
     }
 
-    fn take_step(&mut self, now: Instant) -> Vec<Unit> {
-        let budget = self.policy.max_step_tokens;
+    fn take_step(&mut self, now: Instant, budget: usize) -> Vec<Unit> {
         let mb = self.policy.micro_batch;
         let mut used = 0usize;
         let mut units = Vec::new();
@@ -524,6 +544,46 @@ mod tests {
         let mut empty = BatchBuilder::new(policy(), 1);
         assert_eq!(empty.next_wakeup(false), None);
         assert_eq!(empty.next_step(now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_idle_workers_a_small_queue_is_spread_over_them() {
+        // Budget 100, micro-batches of 16: one request of 10 history tokens + 40 candidates.
+        let gathering = BatchBuilder::new(policy(), 1);
+        assert_eq!(gathering.spread_budget(2), 100, "with a max_wait, steps are not spread");
+        let mut b = BatchBuilder::new(BatchPolicy { max_wait: Duration::ZERO, ..policy() }, 1);
+        b.push(pending(1, 0, 10, 40));
+        // 50 tokens over 2 workers: 25, rounded up to whole micro-batches: 32.
+        assert_eq!(b.spread_budget(2), 32);
+        assert_eq!(b.spread_budget(1), 64, "one worker: all of it (50, rounded up)");
+        assert_eq!(b.spread_budget(0), 64, "no worker count: as one");
+        let first = b.next_step_within(now(), b.spread_budget(2)).unwrap();
+        assert_eq!(
+            first,
+            vec![
+                Unit { id: 1, kind: UnitKind::History, last: false },
+                Unit { id: 1, kind: UnitKind::Candidates(0..16), last: false },
+            ],
+            "history and one micro-batch (26 tokens; another would make 42 > 32)"
+        );
+        b.history_ready(1);
+        // The remaining 24 candidates, spread: 24 ÷ 2 → one micro-batch per step.
+        assert_eq!(b.spread_budget(2), 16);
+        let second = b.next_step_within(now(), b.spread_budget(2)).unwrap();
+        assert_eq!(second, vec![Unit { id: 1, kind: UnitKind::Candidates(16..32), last: false }]);
+        let third = b.next_step_within(now(), 16).unwrap();
+        assert_eq!(third, vec![Unit { id: 1, kind: UnitKind::Candidates(32..40), last: true }]);
+        assert!(b.is_empty());
+        // A long queue is never cut above max_step_tokens.
+        for id in 2..10 {
+            b.push(pending(id, 0, 10, 40));
+        }
+        assert_eq!(b.spread_budget(2), 100);
+        assert_eq!(
+            b.next_step_within(now(), usize::MAX).map(|u| u.len()),
+            Some(8),
+            "two whole requests: 100 tokens"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -367,6 +367,7 @@ impl RankerHandle {
             history_done: ready_rx,
             wake: Arc::clone(&wake),
             cost,
+            workers,
             queued_gauges: classes
                 .names
                 .iter()
@@ -527,6 +528,8 @@ struct Actor {
     history_done: crossbeam_channel::Receiver<u64>,
     wake: Arc<Notify>,
     cost: Arc<CostEstimate>,
+    /// Worker threads: how many steps can run at once.
+    workers: usize,
     /// Per priority class: its queued-requests gauge and the value last set.
     queued_gauges: Vec<(::metrics::Gauge, usize)>,
     step_metrics: metrics::RankStepMetrics,
@@ -603,8 +606,12 @@ impl Actor {
             // A job that had started publishes nothing more; unblock any worker waiting on it.
             let _ = job.ready.set(Err(()));
         }
+        // With no step waiting for a worker (some are likely idle), spread what is queued over the
+        // workers instead of giving one worker all of it.
+        let budget =
+            if self.steps.is_empty() { self.builder.spread_budget(self.workers) } else { usize::MAX };
         while !self.steps.is_full() {
-            let Some(units) = self.builder.next_step(now) else { break };
+            let Some(units) = self.builder.next_step_within(now, budget) else { break };
             let mut step: Step = Vec::with_capacity(units.len());
             let (mut reqs, mut cands, mut tokens) = (0usize, 0usize, 0usize);
             for unit in units {
