@@ -4,12 +4,13 @@
 //! A request is a sequence of work units: its history pass (skipped on a cache hit) and then its
 //! candidates in micro-batches. A step takes units from the highest priority class first (a request that
 //! waited longer than `promote_after` counts as the highest class), whole micro-batches at a time, until
-//! the step's token budget is used; a large request is split across steps and shares them with small
-//! ones. A step runs on one worker thread in order, so candidates may follow their history unit in the
-//! same step; candidates left for a later step are handed out only once that history has been computed
-//! ([`BatchBuilder::history_ready`]), so no worker ever waits on another. Requests whose deadline passed,
-//! that cannot finish by their deadline, or whose client left are removed before any of their compute
-//! starts.
+//! the step's token budget is used (`max_step_tokens`, or less to spread a small queue over idle
+//! workers: [`BatchBuilder::spread_budget`]); a large request is split across steps and shares them
+//! with small ones. A step runs on one worker thread in order, so candidates may follow their history
+//! unit in the same step; candidates left for a later step are handed out only once that history has
+//! been computed ([`BatchBuilder::history_ready`]), so no worker ever waits on another. Requests whose
+//! deadline passed, that cannot finish by their deadline, or whose client left are removed before any
+//! of their compute starts.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
