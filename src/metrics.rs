@@ -253,7 +253,6 @@ pub fn rank_computed(
     }
 }
 
-/// Records one scheduler step's size.
 /// One model's step-size histograms, looked up once (the queue actor records every step it cuts, so
 /// it keeps the handles instead of resolving labels per step).
 pub struct RankStepMetrics {
