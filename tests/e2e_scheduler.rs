@@ -216,13 +216,37 @@ async fn overload_is_refused_at_once_while_admitted_requests_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_that_would_wait_past_the_queue_delay_bound_is_refused_at_once() {
+    let (slate, refused, _dir) = burst_of_slow_requests(
+        "workers = 1, max_queue_delay_ms = 1.0, max_queued_requests = 64, cache_bytes = 0",
+    )
+    .await;
+    assert_eq!(
+        metric(&slate, "slate_rejections_total{model=\"slow\",reason=\"queue_delay\"}").await,
+        refused as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standing_queue_is_refused_by_the_overload_bound() {
+    // A roomy bound that never refuses here, and an overload bound of 1 ms that applies as soon as the
+    // queue is not short (overload_after_ms = 0): the burst is refused by the tighter one.
+    let (slate, refused, _dir) = burst_of_slow_requests(
+        "workers = 1, max_queue_delay_ms = 60000.0, overload_queue_delay_ms = 1.0, \
+         overload_after_ms = 0.0, max_queued_requests = 64, cache_bytes = 0",
+    )
+    .await;
+    let by = |reason: &str| format!("slate_rejections_total{{model=\"slow\",reason=\"{reason}\"}}");
+    assert_eq!(metric(&slate, &by("queue_delay_overload")).await, refused as f64);
+    assert_eq!(metric(&slate, &by("queue_delay")).await, 0.0);
+}
+
+/// Starts the slow model with `settings`, calibrates the cost estimate one request at a time, then
+/// sends eight requests at once; asserts some are answered and some refused at once (429 with a
+/// retry hint). Returns the server, the number refused and the model folder (kept while it runs).
+async fn burst_of_slow_requests(settings: &str) -> (Slate, usize, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let model = slow_model(dir.path());
-    let slate = Slate::start(&model_toml(
-        "slow",
-        dir.path(),
-        "workers = 1, max_queue_delay_ms = 1.0, max_queued_requests = 64, cache_bytes = 0",
-    ));
+    let slate = Slate::start(&model_toml("slow", dir.path(), settings));
     slate.wait_ready(Duration::from_secs(60)).await;
     // The cost per work token is an EWMA of measured steps (readiness ran one small amortized
     // request): calibrate it on this shape, one request at a time (one alone is always admitted).
@@ -256,10 +280,7 @@ async fn work_that_would_wait_past_the_queue_delay_bound_is_refused_at_once() {
         }
     }
     assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
-    assert_eq!(
-        metric(&slate, "slate_rejections_total{model=\"slow\",reason=\"queue_delay\"}").await,
-        refused as f64
-    );
+    (slate, refused, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

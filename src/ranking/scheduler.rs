@@ -162,19 +162,11 @@ impl Admission {
 
     /// The wait bound in force, and the refusal reason that goes with it, given the current
     /// estimated wait: the tighter overload bound once the queue has stood too long, else
-    /// `max_delay`. Records a short queue as it goes.
+    /// `max_delay`.
     fn bound_at(&self, wait: Duration, now: Instant) -> (Duration, &'static str) {
-        let Some(o) = &self.overload else { return (self.max_delay, "queue_delay") };
-        let now_ns = now.saturating_duration_since(o.epoch).as_nanos() as u64;
-        if wait < o.delay / 4 {
-            o.last_short_ns.fetch_max(now_ns, Ordering::AcqRel);
-            return (self.max_delay, "queue_delay");
-        }
-        let standing = now_ns.saturating_sub(o.last_short_ns.load(Ordering::Acquire));
-        if standing > o.after.as_nanos() as u64 {
-            (o.delay, "queue_delay_overload")
-        } else {
-            (self.max_delay, "queue_delay")
+        match &self.overload {
+            Some(o) if o.observe(wait, now) => (o.delay, "queue_delay_overload"),
+            _ => (self.max_delay, "queue_delay"),
         }
     }
 
@@ -201,10 +193,23 @@ impl Admission {
     fn release_at(&self, tokens: usize, now: Instant) {
         let left = self.tokens.fetch_sub(tokens, Ordering::AcqRel) - tokens;
         self.requests.fetch_sub(1, Ordering::AcqRel);
-        if self.overload.is_some() {
+        if let Some(o) = &self.overload {
             // A drained queue ends a standing one without waiting for the next arrival.
-            self.bound_at(self.wait_for(left), now);
+            o.observe(self.wait_for(left), now);
         }
+    }
+}
+
+impl Overload {
+    /// Records the estimated wait at `now` (a short one restarts the clock) and says whether the
+    /// queue is standing: not short for longer than `after`.
+    fn observe(&self, wait: Duration, now: Instant) -> bool {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        if wait < self.delay / 4 {
+            self.last_short_ns.fetch_max(now_ns, Ordering::AcqRel);
+            return false;
+        }
+        now_ns.saturating_sub(self.last_short_ns.load(Ordering::Acquire)) > self.after.as_nanos() as u64
     }
 }
 
