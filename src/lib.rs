@@ -1,7 +1,9 @@
 //! Slate: an online inference server for feed ranking and small language models.
 //! Follow a request top-down: `server/` (front ends) → `registry` → `ranking::service` (queue and
-//! workers) → `ranking::model` (the ranker) → `kernels` (CPU compute). See docs/ARCHITECTURE.md.
+//! workers) → `ranking::model` (the ranker) → `backend` (the compute seam; `backend::cpu` runs on
+//! `kernels`). See docs/ARCHITECTURE.md.
 
+pub mod backend;
 pub mod cli;
 pub mod compute;
 pub mod config;

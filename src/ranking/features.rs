@@ -4,9 +4,112 @@
 
 use super::api::{Mode, RankRequest};
 use super::config::{Fusion, RankerConfig};
-use super::weights::Weights;
+use super::weights::HostTensors;
 use crate::error::{Error, Result};
 use std::collections::HashSet;
+
+/// The tensors featurization reads, on the host: the embedding tables (history and candidate tokens),
+/// the member tables, and the head's first layer (to fold a request's member part into its bias).
+/// Moved out of the model's [`HostTensors`] (the large item table is held once) and put back to save.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Tables {
+    /// `[item_buckets × d]`
+    pub item_emb: Vec<f32>,
+    /// `[actions × d]`
+    pub action_emb: Vec<f32>,
+    /// `[time_buckets × d]`
+    pub time_emb: Vec<f32>,
+    /// `[max_history × d]`, row = recency (0 = newest)
+    pub pos_emb: Vec<f32>,
+    /// `[d × event_dense_dim]` as in the file (empty when the dim is 0)
+    event_dense: Vec<f32>,
+    /// `[event_dense_dim × d]`: the same transposed, one row per dense feature
+    pub event_dense_t: Vec<f32>,
+    /// `[d]`
+    pub candidate_token: Vec<f32>,
+    /// Per feature `[(buckets + 1) × member_sparse_dim]`
+    pub member_sparse: Vec<Vec<f32>>,
+    /// `head.0.weight` (or `head.out.weight` without hidden layers), `[head_out × head_input_dim]`
+    head0_w: Vec<f32>,
+    /// Its bias `[head_out]`
+    pub head0_b: Vec<f32>,
+}
+
+/// The embedding tables, `[rows × d]` each: item, action, time, position.
+const EMBEDDINGS: [&str; 4] = [
+    "item_embedding.weight",
+    "action_embedding.weight",
+    "time_embedding.weight",
+    "position_embedding.weight",
+];
+
+/// The head's first linear layer: `head.0`, or `head.out` when there are no hidden layers.
+fn head0(cfg: &RankerConfig) -> &'static str {
+    if cfg.mlp_dims.is_empty() {
+        "head.out"
+    } else {
+        "head.0"
+    }
+}
+
+impl Tables {
+    /// Moves the embedding and member tables out of `t` and copies the head's first layer (which stays
+    /// for the backend).
+    pub fn take(cfg: &RankerConfig, t: &mut HostTensors) -> Self {
+        let d = cfg.d_model;
+        let [item_emb, action_emb, time_emb, pos_emb] = EMBEDDINGS.map(|n| t.take(n));
+        let event_dense = if cfg.event_dense_dim > 0 { t.take("event_dense.weight") } else { Vec::new() };
+        let event_dense_t = transpose(&event_dense, d, cfg.event_dense_dim);
+        let member_sparse =
+            cfg.member_sparse.iter().map(|f| t.take(&format!("member_sparse.{}.weight", f.name))).collect();
+        let h = head0(cfg);
+        Tables {
+            item_emb,
+            action_emb,
+            time_emb,
+            pos_emb,
+            event_dense,
+            event_dense_t,
+            candidate_token: t.take("candidate_token"),
+            member_sparse,
+            head0_w: t.get(&format!("{h}.weight")).to_vec(),
+            head0_b: t.get(&format!("{h}.bias")).to_vec(),
+        }
+    }
+
+    /// Puts copies of the moved tables back into `t` (the inverse of [`Self::take`]).
+    pub fn restore(&self, cfg: &RankerConfig, t: &mut HostTensors) {
+        let d = cfg.d_model;
+        let tables = [&self.item_emb, &self.action_emb, &self.time_emb, &self.pos_emb];
+        for (name, data) in EMBEDDINGS.into_iter().zip(tables) {
+            t.insert(name.into(), vec![data.len() / d, d], data.clone());
+        }
+        if cfg.event_dense_dim > 0 {
+            t.insert("event_dense.weight".into(), vec![d, cfg.event_dense_dim], self.event_dense.clone());
+        }
+        t.insert("candidate_token".into(), vec![d], self.candidate_token.clone());
+        for (f, table) in cfg.member_sparse.iter().zip(&self.member_sparse) {
+            let shape = vec![f.buckets + 1, cfg.member_sparse_dim];
+            t.insert(format!("member_sparse.{}.weight", f.name), shape, table.clone());
+        }
+    }
+
+    /// Weight of input `i` in output `o` of the head's first layer.
+    fn head0_weight(&self, cfg: &RankerConfig, o: usize, i: usize) -> f32 {
+        self.head0_w[o * cfg.head_input_dim() + i]
+    }
+}
+
+/// `[rows × cols]` → `[cols × rows]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+    out
+}
 
 /// `splitmix64` finalizer (wrapping u64 arithmetic), the id hash of the format.
 #[inline]
@@ -84,7 +187,7 @@ impl Prepared {
 
 /// Writes the tokens `c = item_embedding[row] + candidate_token` of candidates `start..start + n`
 /// into `out[n × d]`.
-pub(crate) fn candidate_tokens(w: &Weights, p: &Prepared, start: usize, n: usize, out: &mut [f32]) {
+pub(crate) fn candidate_tokens(w: &Tables, p: &Prepared, start: usize, n: usize, out: &mut [f32]) {
     let d = w.candidate_token.len();
     let rows = &p.cand_rows[start..start + n];
     if n > 1 {
@@ -128,7 +231,7 @@ fn check_dense(field: &str, values: &[f32], want: usize) -> Result<()> {
 
 /// Validates `req` against `cfg` and featurizes it with `w`. `now_ms` is used when the request has no
 /// `request_time_ms`. Every history event is validated, including those truncation drops.
-pub(crate) fn prepare(cfg: &RankerConfig, w: &Weights, req: &RankRequest, now_ms: i64) -> Result<Prepared> {
+pub(crate) fn prepare(cfg: &RankerConfig, w: &Tables, req: &RankRequest, now_ms: i64) -> Result<Prepared> {
     let d = cfg.d_model;
     let requested = Mode::parse_field(&req.mode)?;
     let mode = match cfg.fusion {
@@ -235,12 +338,15 @@ pub(crate) fn prepare(cfg: &RankerConfig, w: &Weights, req: &RankRequest, now_ms
     }
 
     // Fold the member part into the first head layer's bias (it is the same for every candidate).
-    let first = &w.head[0];
     let member_col0 = d + cfg.candidate_dense_dim;
-    let head_bias: Vec<f32> = (0..first.n_out)
+    let head_bias: Vec<f32> = (0..w.head0_b.len())
         .map(|o| {
-            first.bias[o]
-                + member.iter().enumerate().map(|(i, &v)| v * first.weight(o, member_col0 + i)).sum::<f32>()
+            w.head0_b[o]
+                + member
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| v * w.head0_weight(cfg, o, member_col0 + i))
+                    .sum::<f32>()
         })
         .collect();
 
@@ -264,6 +370,26 @@ mod tests {
     use super::*;
     use crate::ranking::api::{Candidate, HistoryEvent};
     use crate::ranking::config::MemberSparseSpec;
+
+    fn tables(cfg: &RankerConfig, seed: u64) -> Tables {
+        Tables::take(cfg, &mut HostTensors::random(cfg, seed))
+    }
+
+    #[test]
+    fn tables_move_out_and_back() {
+        let c = cfg();
+        let all = HostTensors::random(&c, 4);
+        let mut rest = all.clone();
+        let t = Tables::take(&c, &mut rest);
+        assert_ne!(rest, all, "the tables were moved out");
+        assert_eq!(
+            t.event_dense_t[1],
+            all.get("event_dense.weight")[2],
+            "transposed: [c·d + r] holds [r·edd + c]"
+        );
+        t.restore(&c, &mut rest);
+        assert_eq!(rest, all);
+    }
 
     #[test]
     fn splitmix64_known_values() {
@@ -323,7 +449,7 @@ mod tests {
 
     fn err_of(f: impl FnOnce(&mut RankRequest)) -> String {
         let c = cfg();
-        let w = Weights::random(&c, 0);
+        let w = tables(&c, 0);
         let mut r = req();
         f(&mut r);
         match prepare(&c, &w, &r, 0) {
@@ -335,7 +461,7 @@ mod tests {
     #[test]
     fn valid_request_truncates_history() {
         let c = cfg();
-        let w = Weights::random(&c, 0);
+        let w = tables(&c, 0);
         let p = prepare(&c, &w, &req(), 0).unwrap();
         assert_eq!((p.history_len, p.history_truncated), (3, 2));
         assert_eq!(p.hist_tokens.len(), 3 * 8);
@@ -350,7 +476,7 @@ mod tests {
         assert_eq!((p.top_k, p.tasks.clone(), p.mode), (Some(4), vec![2, 0], Mode::PerCandidate));
         let mut cc = c.clone();
         cc.fusion = Fusion::Concat;
-        let wc = Weights::random(&cc, 0);
+        let wc = tables(&cc, 0);
         assert_eq!(prepare(&cc, &wc, &req(), 0).unwrap().mode, Mode::PerCandidate);
     }
 
@@ -390,7 +516,7 @@ mod tests {
     #[test]
     fn missing_member_sparse_uses_the_extra_row() {
         let c = cfg();
-        let w = Weights::random(&c, 3);
+        let w = tables(&c, 3);
         let absent = prepare(&c, &w, &req(), 0).unwrap();
         let mut r = req();
         r.member_sparse.insert("geo".into(), 77);
@@ -399,9 +525,9 @@ mod tests {
         // Folding: head_bias = b0 + W0[:, member cols] · member.
         let row = hash_bucket(77, 5);
         let member = [w.member_sparse[0][row * 2], w.member_sparse[0][row * 2 + 1], 0.25];
-        let h = &w.head[0];
-        for o in 0..h.n_out {
-            let want = h.bias[o] + (0..3).map(|i| member[i] * h.weight(o, 8 + 2 + i)).sum::<f32>();
+        for o in 0..w.head0_b.len() {
+            let want =
+                w.head0_b[o] + (0..3).map(|i| member[i] * w.head0_weight(&c, o, 8 + 2 + i)).sum::<f32>();
             assert!((present.head_bias[o] - want).abs() < 1e-6);
         }
     }

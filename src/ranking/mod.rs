@@ -6,7 +6,6 @@ pub mod api;
 pub mod batcher;
 pub mod bench;
 pub mod cache;
-pub mod candidates;
 pub mod config;
 pub mod encoder;
 pub mod features;

@@ -8,15 +8,16 @@
 //! micro-batches across requests.
 
 use super::api::{CandidateScores, Mode, RankRequest, RankResponse, Timing};
-use super::candidates::{score_block_amortized, score_block_per_candidate};
 use super::config::RankerConfig;
-use super::encoder::{self, EncodedHistory, Scratch};
-use super::features::{self, Prepared};
-use super::weights::Weights;
+use super::encoder::{EncodedHistory, Scratch};
+use super::features::{self, Prepared, Tables};
+use super::weights::HostTensors;
+use crate::backend::{self, CandidateBlock, RankerBackend};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why a model folder could not be loaded; the message names the file and the key or tensor.
@@ -24,10 +25,14 @@ use std::time::Instant;
 #[error("{0}")]
 pub struct RankerLoadError(pub String);
 
-/// A loaded ranker: config, weights in kernel layout, and the weights' version hash.
+/// A loaded ranker: config, the featurization tables, the compute backend holding the encoder and head,
+/// and the weights' version hash.
 pub struct RankerModel {
     config: RankerConfig,
-    weights: Weights,
+    tables: Tables,
+    /// The encoder and head tensors in file layout (what `save` writes back beside the tables).
+    encoder_tensors: HostTensors,
+    backend: Arc<dyn RankerBackend>,
     weights_hash: String,
     /// Scratch buffers kept between calls (one per concurrent user), so a warm model allocates only
     /// its outputs.
@@ -77,6 +82,7 @@ impl std::fmt::Debug for RankerModel {
         f.debug_struct("RankerModel")
             .field("config", &self.config)
             .field("weights_hash", &self.weights_hash)
+            .field("backend", &self.backend)
             .finish()
     }
 }
@@ -95,8 +101,23 @@ impl RankerModel {
         let st_path = dir.join("model.safetensors");
         let bytes =
             std::fs::read(&st_path).map_err(|e| RankerLoadError(format!("{}: {e}", st_path.display())))?;
-        let weights = Weights::from_safetensors(&config, &bytes).map_err(RankerLoadError)?;
-        Ok(RankerModel { config, weights, weights_hash: hash16(&bytes), pool: ScratchPool::default() })
+        let tensors = HostTensors::from_safetensors(&config, &bytes).map_err(RankerLoadError)?;
+        Ok(Self::from_tensors(config, tensors, hash16(&bytes)))
+    }
+
+    /// The model over checked `tensors`: the CPU backend builds its layout from them, then the
+    /// featurization tables are moved out.
+    fn from_tensors(config: RankerConfig, mut tensors: HostTensors, weights_hash: String) -> Self {
+        let backend = backend::cpu::ranker(&config, &tensors);
+        let tables = Tables::take(&config, &mut tensors);
+        RankerModel {
+            config,
+            tables,
+            encoder_tensors: tensors,
+            backend,
+            weights_hash,
+            pool: ScratchPool::default(),
+        }
     }
 
     /// A model with random weights for `config` (seeded, deterministic): activations stay O(1) and the
@@ -108,9 +129,9 @@ impl RankerModel {
         if let Err(e) = config.validate() {
             panic!("RankerModel::random: {e}");
         }
-        let weights = Weights::random(config, seed);
-        let weights_hash = hash16(&weights.to_safetensors(config));
-        RankerModel { config: config.clone(), weights, weights_hash, pool: ScratchPool::default() }
+        let tensors = HostTensors::random(config, seed);
+        let weights_hash = hash16(&tensors.to_safetensors(config));
+        Self::from_tensors(config.clone(), tensors, weights_hash)
     }
 
     /// Writes `dir/config.json` and `dir/model.safetensors` (creating `dir`); `load` reads them back to
@@ -119,7 +140,9 @@ impl RankerModel {
         std::fs::create_dir_all(dir)?;
         let cfg = serde_json::to_string_pretty(&self.config).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("config.json"), cfg + "\n")?;
-        std::fs::write(dir.join("model.safetensors"), self.weights.to_safetensors(&self.config))
+        let mut tensors = self.encoder_tensors.clone();
+        self.tables.restore(&self.config, &mut tensors);
+        std::fs::write(dir.join("model.safetensors"), tensors.to_safetensors(&self.config))
     }
 
     pub fn config(&self) -> &RankerConfig {
@@ -159,7 +182,7 @@ impl RankerModel {
     /// Validates `req` against this model and featurizes it (ids hashed, history truncated to
     /// `max_history`, tokens summed). All request errors are raised here, naming the field.
     pub fn prepare(&self, req: &RankRequest, now_ms: i64) -> Result<Prepared, crate::Error> {
-        features::prepare(&self.config, &self.weights, req, now_ms)
+        features::prepare(&self.config, &self.tables, req, now_ms)
     }
 
     /// Encodes the history once: every layer's K and V over the kept events, its row blocks in
@@ -167,14 +190,14 @@ impl RankerModel {
     /// result holds no layers.
     pub fn encode_history(&self, p: &Prepared) -> EncodedHistory {
         let mut s = self.pool.take();
-        encoder::encode_history(&self.config, &self.weights, &p.hist_tokens, p.history_len, &mut s, true)
+        self.backend.encode_history(&p.hist_tokens, p.history_len, true, &mut s.backend)
     }
 
     /// [`Self::encode_history`] computed on the calling thread alone, with the caller's scratch (what a
     /// scheduler worker that is itself one of the compute threads uses). The same bits as the parallel
     /// pass.
     pub fn encode_history_with(&self, p: &Prepared, scratch: &mut Scratch) -> EncodedHistory {
-        encoder::encode_history(&self.config, &self.weights, &p.hist_tokens, p.history_len, scratch, false)
+        self.backend.encode_history(&p.hist_tokens, p.history_len, false, &mut scratch.backend)
     }
 
     /// Scores candidates `range` on the calling thread, in micro-batches of `micro_batch` rows against
@@ -215,7 +238,7 @@ impl RankerModel {
         probs: &mut [f32],
         s: &mut Scratch,
     ) {
-        let (cfg, t) = (&self.config, self.config.tasks.len());
+        let (cfg, t, d) = (&self.config, self.config.tasks.len(), self.config.d_model);
         assert!(
             range.end <= p.num_candidates(),
             "candidate range {range:?} is past the request's candidates"
@@ -224,17 +247,31 @@ impl RankerModel {
         let hist = hist.filter(|_| cfg.fusion.is_amortizable());
         if let Some(h) = hist {
             assert!(
-                h.len() == p.history_len && h.num_layers() == cfg.layers && h.head_dim == cfg.head_dim(),
+                h.len() == p.history_len && h.num_layers() == cfg.layers,
                 "encoded history does not match this model and request"
             );
         }
-        let mb = cfg.micro_batch;
+        let (mb, cdd) = (cfg.micro_batch, cfg.candidate_dense_dim);
         for (i, out) in probs.chunks_mut(mb * t).enumerate() {
             let (start, n) = (range.start + i * mb, out.len() / t);
-            match hist {
-                Some(h) => score_block_amortized(cfg, &self.weights, p, h, start, n, out, s),
-                None => score_block_per_candidate(cfg, &self.weights, p, start, n, out, s),
+            if s.tokens.len() < n * d {
+                s.tokens.resize(n * d, 0.0);
             }
+            let tokens = &mut s.tokens[..n * d];
+            features::candidate_tokens(&self.tables, p, start, n, tokens);
+            let block = CandidateBlock {
+                tokens,
+                dense: &p.cand_dense[start * cdd..(start + n) * cdd],
+                head_bias: &p.head_bias,
+            };
+            let head = match hist {
+                Some(h) => self.backend.score_amortized(h, &block, out, &mut s.backend),
+                None => {
+                    let hist = &p.hist_tokens;
+                    self.backend.score_per_candidate(hist, p.history_len, &block, out, &mut s.backend)
+                }
+            };
+            s.head_ns += head.as_nanos() as u64;
         }
     }
 

@@ -1,52 +1,10 @@
-//! Ranker weights: the tensor list the format prescribes for a config (names + shapes, the single source
-//! for load, save and random init), and the kernel-ready layout they are repacked into at load: every
-//! linear weight packed into column panels (`kernels::cpu::PackedLinear`), the attention's k and v
-//! fused into one `d → 2d` layer.
+//! Ranker weights on the host: the tensor list the format prescribes for a config (names + shapes, the
+//! single source for load, save and random init) and [`HostTensors`], a model's tensors by name in file
+//! layout, read and checked from `model.safetensors`. Backends build their own layout from them.
 
 use super::config::{Fusion, RankerConfig};
-use crate::kernels::cpu::PackedLinear;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashSet};
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LayerWeights {
-    pub ln1_w: Vec<f32>,
-    pub ln1_b: Vec<f32>,
-    /// `d → d`
-    pub q: PackedLinear,
-    /// `d → 2d`: outputs `[k | v]`
-    pub kv: PackedLinear,
-    pub o: PackedLinear,
-    pub ln2_w: Vec<f32>,
-    pub ln2_b: Vec<f32>,
-    pub up: PackedLinear,
-    pub down: PackedLinear,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Weights {
-    /// `[item_buckets × d]`
-    pub item_emb: Vec<f32>,
-    /// `[actions × d]`
-    pub action_emb: Vec<f32>,
-    /// `[time_buckets × d]`
-    pub time_emb: Vec<f32>,
-    /// `[max_history × d]`, row = recency (0 = newest)
-    pub pos_emb: Vec<f32>,
-    /// `[event_dense_dim × d]` (transposed `event_dense.weight`; empty when the dim is 0)
-    pub event_dense_t: Vec<f32>,
-    /// `[d]`
-    pub candidate_token: Vec<f32>,
-    /// `2d → d` for `concat`
-    pub concat: Option<PackedLinear>,
-    pub layers: Vec<LayerWeights>,
-    pub final_w: Vec<f32>,
-    pub final_b: Vec<f32>,
-    /// Per feature `[(buckets + 1) × member_sparse_dim]`
-    pub member_sparse: Vec<Vec<f32>>,
-    /// Hidden layers then `head.out` (always last).
-    pub head: Vec<PackedLinear>,
-}
 
 /// A tensor in file layout (PyTorch `[out, in]` for linear weights).
 pub(crate) type FileTensor = (Vec<usize>, Vec<f32>);
@@ -99,18 +57,12 @@ pub(crate) fn expected_tensors(cfg: &RankerConfig) -> Vec<(String, Vec<usize>)> 
     t
 }
 
-/// `[rows × cols]` → `[cols × rows]`.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = x[r * cols + c];
-        }
-    }
-    out
-}
+/// A model's tensors by name, in file layout (PyTorch `[out, in]` for linear weights), every one of
+/// them checked against the config it was read or made for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensors(BTreeMap<String, FileTensor>);
 
-impl Weights {
+impl HostTensors {
     /// Parses `model.safetensors` bytes and checks them against `cfg`: every prescribed tensor present,
     /// `F32`, the right shape, finite; no other tensor. Errors name the tensor.
     pub(crate) fn from_safetensors(cfg: &RankerConfig, bytes: &[u8]) -> Result<Self, String> {
@@ -149,130 +101,42 @@ impl Weights {
                 "model.safetensors: unexpected tensor '{n}' (not part of the format for this config.json)"
             ));
         }
-        Ok(Self::from_file_tensors(cfg, tensors))
+        Ok(HostTensors(tensors))
     }
 
-    /// Repacks file-layout tensors (all of `expected_tensors(cfg)`, already shape-checked).
-    pub(crate) fn from_file_tensors(cfg: &RankerConfig, mut t: BTreeMap<String, FileTensor>) -> Self {
-        fn take(t: &mut BTreeMap<String, FileTensor>, name: &str) -> Vec<f32> {
-            t.remove(name).expect("tensor list was checked; this is a bug").1
-        }
-        fn linear(
-            t: &mut BTreeMap<String, FileTensor>,
-            prefix: &str,
-            n_out: usize,
-            n_in: usize,
-        ) -> PackedLinear {
-            let w = take(t, &format!("{prefix}.weight"));
-            PackedLinear::from_torch(&w, n_out, n_in, take(t, &format!("{prefix}.bias")))
-        }
-        let d = cfg.d_model;
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for l in 0..cfg.layers {
-            let p = format!("layers.{l}");
-            // k and v stacked: [2d × d] rows [k; v], bias [k_b; v_b].
-            let kv_w =
-                [take(&mut t, &format!("{p}.attn.k.weight")), take(&mut t, &format!("{p}.attn.v.weight"))]
-                    .concat();
-            let kv_b = [take(&mut t, &format!("{p}.attn.k.bias")), take(&mut t, &format!("{p}.attn.v.bias"))]
-                .concat();
-            layers.push(LayerWeights {
-                ln1_w: take(&mut t, &format!("{p}.ln1.weight")),
-                ln1_b: take(&mut t, &format!("{p}.ln1.bias")),
-                q: linear(&mut t, &format!("{p}.attn.q"), d, d),
-                kv: PackedLinear::from_torch(&kv_w, 2 * d, d, kv_b),
-                o: linear(&mut t, &format!("{p}.attn.o"), d, d),
-                ln2_w: take(&mut t, &format!("{p}.ln2.weight")),
-                ln2_b: take(&mut t, &format!("{p}.ln2.bias")),
-                up: linear(&mut t, &format!("{p}.ffn.up"), cfg.ffn_dim, d),
-                down: linear(&mut t, &format!("{p}.ffn.down"), d, cfg.ffn_dim),
-            });
-        }
-        let concat = (cfg.fusion == Fusion::Concat).then(|| linear(&mut t, "concat", d, 2 * d));
-        let mut head = Vec::new();
-        let mut n_in = cfg.head_input_dim();
-        for (i, &w) in cfg.mlp_dims.iter().enumerate() {
-            head.push(linear(&mut t, &format!("head.{i}"), w, n_in));
-            n_in = w;
-        }
-        head.push(linear(&mut t, "head.out", cfg.tasks.len(), n_in));
-        let event_dense_t = if cfg.event_dense_dim > 0 {
-            transpose(&take(&mut t, "event_dense.weight"), d, cfg.event_dense_dim)
-        } else {
-            Vec::new()
-        };
-        let member_sparse = cfg
-            .member_sparse
-            .iter()
-            .map(|f| take(&mut t, &format!("member_sparse.{}.weight", f.name)))
-            .collect();
-        Weights {
-            item_emb: take(&mut t, "item_embedding.weight"),
-            action_emb: take(&mut t, "action_embedding.weight"),
-            time_emb: take(&mut t, "time_embedding.weight"),
-            pos_emb: take(&mut t, "position_embedding.weight"),
-            event_dense_t,
-            candidate_token: take(&mut t, "candidate_token"),
-            concat,
-            layers,
-            final_w: take(&mut t, "final_ln.weight"),
-            final_b: take(&mut t, "final_ln.bias"),
-            member_sparse,
-            head,
+    /// The values of tensor `name`.
+    ///
+    /// # Panics
+    /// When the tensor is not here: the list was checked against the config, so asking for another
+    /// one is a bug.
+    pub fn get(&self, name: &str) -> &[f32] {
+        match self.0.get(name) {
+            Some((_, data)) => data,
+            None => panic!("tensor '{name}' is not among the checked tensors; this is a bug"),
         }
     }
 
-    /// Back to file layout (PyTorch `[out, in]`), in `expected_tensors` order.
+    /// Removes tensor `name` and returns its values (panics as [`Self::get`]).
+    pub(crate) fn take(&mut self, name: &str) -> Vec<f32> {
+        match self.0.remove(name) {
+            Some((_, data)) => data,
+            None => panic!("tensor '{name}' is not among the checked tensors; this is a bug"),
+        }
+    }
+
+    /// Puts tensor `name` (back) in.
+    pub(crate) fn insert(&mut self, name: String, shape: Vec<usize>, data: Vec<f32>) {
+        self.0.insert(name, (shape, data));
+    }
+
+    /// Every tensor in `expected_tensors` order (file layout).
     pub(crate) fn to_file_tensors(&self, cfg: &RankerConfig) -> Vec<(String, FileTensor)> {
-        let d = cfg.d_model;
-        let mut map: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-        let put_linear = |map: &mut BTreeMap<String, Vec<f32>>, prefix: &str, l: &PackedLinear| {
-            map.insert(format!("{prefix}.weight"), l.to_torch());
-            map.insert(format!("{prefix}.bias"), l.bias.clone());
-        };
-        map.insert("item_embedding.weight".into(), self.item_emb.clone());
-        map.insert("action_embedding.weight".into(), self.action_emb.clone());
-        map.insert("time_embedding.weight".into(), self.time_emb.clone());
-        map.insert("position_embedding.weight".into(), self.pos_emb.clone());
-        if cfg.event_dense_dim > 0 {
-            map.insert("event_dense.weight".into(), transpose(&self.event_dense_t, cfg.event_dense_dim, d));
-        }
-        map.insert("candidate_token".into(), self.candidate_token.clone());
-        if let Some(c) = &self.concat {
-            put_linear(&mut map, "concat", c);
-        }
-        for (l, lw) in self.layers.iter().enumerate() {
-            let p = format!("layers.{l}");
-            map.insert(format!("{p}.ln1.weight"), lw.ln1_w.clone());
-            map.insert(format!("{p}.ln1.bias"), lw.ln1_b.clone());
-            put_linear(&mut map, &format!("{p}.attn.q"), &lw.q);
-            let kv = lw.kv.to_torch(); // [2d × d]: rows k then v
-            map.insert(format!("{p}.attn.k.weight"), kv[..d * d].to_vec());
-            map.insert(format!("{p}.attn.v.weight"), kv[d * d..].to_vec());
-            map.insert(format!("{p}.attn.k.bias"), lw.kv.bias[..d].to_vec());
-            map.insert(format!("{p}.attn.v.bias"), lw.kv.bias[d..].to_vec());
-            put_linear(&mut map, &format!("{p}.attn.o"), &lw.o);
-            map.insert(format!("{p}.ln2.weight"), lw.ln2_w.clone());
-            map.insert(format!("{p}.ln2.bias"), lw.ln2_b.clone());
-            put_linear(&mut map, &format!("{p}.ffn.up"), &lw.up);
-            put_linear(&mut map, &format!("{p}.ffn.down"), &lw.down);
-        }
-        map.insert("final_ln.weight".into(), self.final_w.clone());
-        map.insert("final_ln.bias".into(), self.final_b.clone());
-        for (f, table) in cfg.member_sparse.iter().zip(&self.member_sparse) {
-            map.insert(format!("member_sparse.{}.weight", f.name), table.clone());
-        }
-        let n_hidden = self.head.len() - 1;
-        for (i, l) in self.head.iter().enumerate() {
-            let prefix = if i == n_hidden { "head.out".to_string() } else { format!("head.{i}") };
-            put_linear(&mut map, &prefix, l);
-        }
         expected_tensors(cfg)
             .into_iter()
             .map(|(name, shape)| {
-                let data = map.remove(&name).expect("every prescribed tensor is produced; this is a bug");
-                debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "{name}");
-                (name, (shape, data))
+                let t = self.0.get(&name).expect("every prescribed tensor is here; this is a bug");
+                debug_assert_eq!(t.0, shape, "{name}");
+                (name, t.clone())
             })
             .collect()
     }
@@ -323,7 +187,7 @@ impl Weights {
             };
             tensors.insert(name, (shape, data));
         }
-        Self::from_file_tensors(cfg, tensors)
+        HostTensors(tensors)
     }
 }
 
@@ -352,16 +216,16 @@ mod tests {
         for fusion in [Fusion::AppendCross, Fusion::AppendSelf, Fusion::Concat] {
             let mut cfg = small();
             cfg.fusion = fusion;
-            let w = Weights::random(&cfg, 1);
+            let w = HostTensors::random(&cfg, 1);
             let bytes = w.to_safetensors(&cfg);
-            assert_eq!(Weights::from_safetensors(&cfg, &bytes).unwrap(), w);
+            assert_eq!(HostTensors::from_safetensors(&cfg, &bytes).unwrap(), w);
         }
     }
 
     #[test]
     fn load_errors_name_the_tensor() {
         let cfg = small();
-        let w = Weights::random(&cfg, 2);
+        let w = HostTensors::random(&cfg, 2);
         let mut tensors = w.to_file_tensors(&cfg);
         let write = |t: &[(String, FileTensor)]| {
             let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
@@ -382,32 +246,32 @@ mod tests {
         // Missing.
         let missing: Vec<_> =
             tensors.iter().filter(|(n, _)| n != "layers.0.attn.k.weight").cloned().collect();
-        let e = Weights::from_safetensors(&cfg, &write(&missing)).unwrap_err();
+        let e = HostTensors::from_safetensors(&cfg, &write(&missing)).unwrap_err();
         assert_eq!(e, "model.safetensors: missing tensor 'layers.0.attn.k.weight'");
         // Extra.
         let mut extra = tensors.clone();
         extra.push(("bogus".into(), (vec![1], vec![0.0])));
-        let e = Weights::from_safetensors(&cfg, &write(&extra)).unwrap_err();
+        let e = HostTensors::from_safetensors(&cfg, &write(&extra)).unwrap_err();
         assert!(e.contains("unexpected tensor 'bogus'"), "{e}");
         // Wrong shape.
         let i = tensors.iter().position(|(n, _)| n == "head.0.weight").unwrap();
         tensors[i].1 = (vec![3, 4], vec![0.0; 12]);
-        let e = Weights::from_safetensors(&cfg, &write(&tensors)).unwrap_err();
+        let e = HostTensors::from_safetensors(&cfg, &write(&tensors)).unwrap_err();
         assert!(
             e.starts_with("model.safetensors: tensor 'head.0.weight' has shape [3, 4], expected [6, 14]"),
             "{e}"
         );
         // Non-finite.
         tensors[i].1 = (vec![6, 14], vec![f32::NAN; 84]);
-        let e = Weights::from_safetensors(&cfg, &write(&tensors)).unwrap_err();
+        let e = HostTensors::from_safetensors(&cfg, &write(&tensors)).unwrap_err();
         assert!(e.contains("'head.0.weight' has a non-finite value"), "{e}");
         // Truncated and garbage files: errors, not panics.
         let good = w.to_safetensors(&cfg);
         for cut in [0, 4, 8, 20, good.len() / 2, good.len() - 1] {
-            assert!(Weights::from_safetensors(&cfg, &good[..cut])
+            assert!(HostTensors::from_safetensors(&cfg, &good[..cut])
                 .unwrap_err()
                 .starts_with("model.safetensors:"));
         }
-        assert!(Weights::from_safetensors(&cfg, &[0xff; 64]).is_err());
+        assert!(HostTensors::from_safetensors(&cfg, &[0xff; 64]).is_err());
     }
 }

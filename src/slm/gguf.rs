@@ -2,7 +2,7 @@
 //! (truncated file, unknown or unsupported tensor type, tensor outside the file) instead of a panic.
 //! Header parsing is candle's (`gguf_file::Content`); tensor bytes are sliced out of the file here.
 
-use crate::kernels::cpu::quant::{QMatrix, WeightType};
+use crate::kernels::cpu::quant::WeightType;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use std::collections::HashMap;
@@ -130,26 +130,5 @@ impl GgufFile {
             ));
         }
         Ok((ty, dims, &self.data[start..end]))
-    }
-
-    /// A matrix tensor checked against the expected `[rows, cols]`.
-    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, String> {
-        let (ty, dims, bytes) = self.tensor(name)?;
-        if dims != [rows, cols] {
-            return Err(format!("tensor {name} has shape {dims:?}, expected [{rows}, {cols}]"));
-        }
-        QMatrix::from_raw(ty, rows, cols, bytes).map_err(|e| format!("tensor {name}: {e}"))
-    }
-
-    /// A vector tensor (norm weights, biases) of length `n`, as f32.
-    pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, String> {
-        let (ty, dims, bytes) = self.tensor(name)?;
-        if dims.iter().product::<usize>() != n || dims.len() > 2 {
-            return Err(format!("tensor {name} has shape {dims:?}, expected [{n}]"));
-        }
-        let m = QMatrix::from_raw(ty, 1, n, bytes).map_err(|e| format!("tensor {name}: {e}"))?;
-        let mut out = vec![0.0; n];
-        m.dequantize_row(0, &mut out);
-        Ok(out)
     }
 }

@@ -1,16 +1,13 @@
-//! The KV cache of one sequence and the engine's KV budget.
+//! The KV cache of one sequence (a handle over backend storage) and the engine's KV budget.
 //!
 //! Each sequence owns its cache, sized at admission for `prompt + max_tokens` positions (the engine
 //! reserves that much of the budget up front, so a running sequence never needs more memory and is
-//! never preempted). Per layer and KV head the keys are stored in tiles of 8 positions, each tile
-//! `[head_dim × 8]` contiguous (the layout `kernels::cpu::attention::attend_tiled` reads: 8 consecutive
-//! positions form one vector, and attention streams the cache front to back) and the values
-//! row-major (`v[j·hd + c]`). Elements are f32, or f16 (`models[].slm.kv_cache_dtype`): keys and
-//! values rounded to nearest as they are written, half the bytes per position.
+//! never preempted). Elements are f32, or f16 (`models[].slm.kv_cache_dtype`): half the bytes per
+//! position. The storage layout is the backend's (`backend::cpu` keeps keys in tiles of 8 positions).
 
+pub use crate::backend::KvState;
 pub use crate::config::KvDtype;
-use crate::kernels::cpu::attention::{tiled_key_index, KEY_TILE};
-use half::f16;
+use std::any::Any;
 
 /// Shape of every cache of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,75 +30,29 @@ impl KvShape {
     }
 }
 
-/// Key and value buffers of every layer/head, in the cache's element type.
-#[derive(Debug, Clone)]
-enum Buffers {
-    F32 { kt: Vec<f32>, v: Vec<f32> },
-    F16 { kt: Vec<f16>, v: Vec<f16> },
-}
-
-/// Tiled keys and row-major values of one layer/head (see [`SeqKv::head`]), in the cache's element
-/// type: the model dispatches `attend_tiled` on it.
-#[derive(Debug, Clone, Copy)]
-pub enum KvHead<'a> {
-    F32 { kt: &'a [f32], v: &'a [f32] },
-    F16 { kt: &'a [f16], v: &'a [f16] },
-}
-
-/// The cache of one sequence: positions `0..len` are filled, room for `capacity` positions.
-#[derive(Debug, Clone)]
+/// The cache of one sequence: positions `0..len` are filled, room for `capacity` positions. A handle:
+/// the storage is the backend's, made on the sequence's first step (`LlamaModel::forward` asks the
+/// model's backend for it), so the engine sizes and reserves caches without knowing their layout.
+#[derive(Debug)]
 pub struct SeqKv {
     shape: KvShape,
-    /// Positions the buffers hold (a multiple of 8 ≥ the requested capacity).
-    cap: usize,
-    requested: usize,
+    capacity: usize,
     len: usize,
-    /// Keys `[layer][kv_head][cap/8 tiles × head_dim × 8]` and values `[layer][kv_head][cap ×
-    /// head_dim]`, flattened.
-    buf: Buffers,
+    storage: Option<Box<dyn KvState>>,
 }
 
 impl SeqKv {
     /// An empty cache with room for `capacity` positions.
     pub fn new(shape: KvShape, capacity: usize) -> Self {
-        let cap = capacity.max(1).div_ceil(KEY_TILE) * KEY_TILE;
-        let n = shape.layers * shape.kv_heads * shape.head_dim * cap;
-        let buf = match shape.dtype {
-            KvDtype::F32 => Buffers::F32 { kt: vec![0.0; n], v: vec![0.0; n] },
-            KvDtype::F16 => Buffers::F16 { kt: vec![f16::ZERO; n], v: vec![f16::ZERO; n] },
-        };
-        SeqKv { shape, cap, requested: capacity, len: 0, buf }
+        SeqKv { shape, capacity, len: 0, storage: None }
     }
 
     /// A new cache holding a copy of this one's positions, with room for `capacity` positions in all
     /// (label scoring: every label continues the same prompt without recomputing it).
     pub fn fork(&self, capacity: usize) -> Self {
         assert!(capacity >= self.len, "fork: capacity below the cached length");
-        let mut out = SeqKv::new(self.shape, capacity);
-        let hd = self.shape.head_dim;
-        // Whole tiles: the tiles holding positions 0..len are a prefix of each head's key buffer.
-        let tiled = self.len.div_ceil(KEY_TILE) * KEY_TILE * hd;
-        let (vals, heads) = (self.len * hd, self.shape.layers * self.shape.kv_heads);
-        let (sc, dc) = (self.cap, out.cap);
-        fn copy<T: Copy>(src: &[T], dst: &mut [T], heads: usize, per: usize, n: usize, sc: usize, dc: usize) {
-            for lh in 0..heads {
-                let (s, d) = (lh * per * sc, lh * per * dc);
-                dst[d..d + n].copy_from_slice(&src[s..s + n]);
-            }
-        }
-        match (&self.buf, &mut out.buf) {
-            (Buffers::F32 { kt, v }, Buffers::F32 { kt: okt, v: ov }) => {
-                copy(kt, okt, heads, hd, tiled, sc, dc);
-                copy(v, ov, heads, hd, vals, sc, dc);
-            }
-            (Buffers::F16 { kt, v }, Buffers::F16 { kt: okt, v: ov }) => {
-                copy(kt, okt, heads, hd, tiled, sc, dc);
-                copy(v, ov, heads, hd, vals, sc, dc);
-            }
-            _ => unreachable!("fork: SeqKv::new keeps the shape's dtype, this is a bug"),
-        }
-        out.len = self.len;
-        out
+        let storage = self.storage.as_ref().map(|s| s.fork(self.len, capacity));
+        SeqKv { shape: self.shape, capacity, len: self.len, storage }
     }
 
     pub fn len(&self) -> usize {
@@ -114,67 +65,45 @@ impl SeqKv {
 
     /// Positions this cache was created for.
     pub fn capacity(&self) -> usize {
-        self.requested
-    }
-
-    /// Positions the buffers hold (the capacity rounded up to whole key tiles).
-    pub fn padded_capacity(&self) -> usize {
-        self.cap
+        self.capacity
     }
 
     pub fn shape(&self) -> KvShape {
         self.shape
     }
 
-    /// Bytes held.
+    /// Bytes of storage held (none before the first step).
     pub fn bytes(&self) -> usize {
-        match &self.buf {
-            Buffers::F32 { kt, v } => (kt.len() + v.len()) * std::mem::size_of::<f32>(),
-            Buffers::F16 { kt, v } => (kt.len() + v.len()) * std::mem::size_of::<f16>(),
-        }
+        self.storage.as_ref().map_or(0, |s| s.bytes())
     }
 
-    /// Writes key `k` and value `v` (`head_dim` floats each) of `layer`/`head` at position `pos`
-    /// (rounded to nearest for an f16 cache).
-    pub fn write(&mut self, layer: usize, head: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let hd = self.shape.head_dim;
-        assert!(pos < self.requested, "kv write past the sequence's capacity");
-        let base = (layer * self.shape.kv_heads + head) * hd * self.cap;
-        let (k, v) = (&k[..hd], &v[..hd]);
-        let vals = base + pos * hd..base + (pos + 1) * hd;
-        match &mut self.buf {
-            Buffers::F32 { kt, v: vb } => {
-                for (c, &kc) in k.iter().enumerate() {
-                    kt[base + tiled_key_index(hd, pos, c)] = kc;
-                }
-                vb[vals].copy_from_slice(v);
-            }
-            Buffers::F16 { kt, v: vb } => {
-                for (c, &kc) in k.iter().enumerate() {
-                    kt[base + tiled_key_index(hd, pos, c)] = f16::from_f32(kc);
-                }
-                for (d, &x) in vb[vals].iter_mut().zip(v) {
-                    *d = f16::from_f32(x);
-                }
-            }
-        }
-    }
-
-    /// Marks positions up to `len` as filled (after every layer wrote them).
+    /// Marks positions up to `len` as filled (after a step wrote them).
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.requested, "kv length past the sequence's capacity");
+        assert!(len <= self.capacity, "kv length past the sequence's capacity");
         self.len = len;
     }
 
-    /// Tiled keys (`[padded_capacity/8 × head_dim × 8]`, see the module docs) and values
-    /// (`[padded_capacity × head_dim]`) of one layer/head.
-    pub fn head(&self, layer: usize, head: usize) -> KvHead<'_> {
-        let n = self.shape.head_dim * self.cap;
-        let r = (layer * self.shape.kv_heads + head) * n..(layer * self.shape.kv_heads + head + 1) * n;
-        match &self.buf {
-            Buffers::F32 { kt, v } => KvHead::F32 { kt: &kt[r.clone()], v: &v[r] },
-            Buffers::F16 { kt, v } => KvHead::F16 { kt: &kt[r.clone()], v: &v[r] },
+    /// Drops positions `len..`: the next step continues at `len`, overwriting them.
+    pub fn truncate(&mut self, len: usize) {
+        assert!(len <= self.len, "truncate: length past the cached positions");
+        self.len = len;
+    }
+
+    /// Gives the cache storage from `make(shape, capacity)` if it has none yet.
+    pub fn ensure_storage(&mut self, make: impl FnOnce(KvShape, usize) -> Box<dyn KvState>) {
+        if self.storage.is_none() {
+            self.storage = Some(make(self.shape, self.capacity));
         }
+    }
+
+    /// The storage as the backend's type `T`, if it has storage of that type.
+    pub fn storage<T: KvState>(&self) -> Option<&T> {
+        self.storage.as_deref().and_then(|s| (s as &dyn Any).downcast_ref())
+    }
+
+    /// Mutable [`Self::storage`].
+    pub fn storage_mut<T: KvState>(&mut self) -> Option<&mut T> {
+        self.storage.as_deref_mut().and_then(|s| (s as &mut dyn Any).downcast_mut())
     }
 }
 
@@ -229,91 +158,56 @@ mod tests {
 
     const SHAPE: KvShape = KvShape { layers: 2, kv_heads: 3, head_dim: 4, dtype: KvDtype::F32 };
 
-    /// Key and value component `c` of position `pos`, widened to f32.
-    fn read(kv: &SeqKv, l: usize, h: usize, pos: usize, c: usize) -> (f32, f32) {
-        let (ki, vi) = (tiled_key_index(4, pos, c), pos * 4 + c);
-        match kv.head(l, h) {
-            KvHead::F32 { kt, v } => (kt[ki], v[vi]),
-            KvHead::F16 { kt, v } => (kt[ki].to_f32(), v[vi].to_f32()),
-        }
-    }
-
-    /// Values with more mantissa than f16 keeps, so rounding shows.
-    fn kv_at(pos: usize, l: usize, h: usize) -> ([f32; 4], [f32; 4]) {
-        let base = (pos * 100 + l * 10 + h) as f32 + 0.123_456_7;
-        ([base, base + 0.1, base + 0.2, base + 0.3], [-base, -base - 0.1, -base - 0.2, -base / 3.0])
-    }
-
-    fn filled(shape: KvShape) -> SeqKv {
-        let mut kv = SeqKv::new(shape, 5);
-        assert_eq!(kv.padded_capacity(), 8);
-        for pos in 0..3 {
-            for l in 0..2 {
-                for h in 0..3 {
-                    let (k, v) = kv_at(pos, l, h);
-                    kv.write(l, h, pos, &k, &v);
-                }
-            }
-        }
-        kv.set_len(3);
-        kv
-    }
-
     #[test]
-    fn write_read_and_fork() {
-        for dtype in [KvDtype::F32, KvDtype::F16] {
-            let kv = filled(SHAPE.with_dtype(dtype));
-            let f = kv.fork(9);
-            assert_eq!((f.len(), f.capacity(), f.padded_capacity()), (3, 9, 16));
-            assert_eq!(f.shape(), kv.shape());
-            for l in 0..2 {
-                for h in 0..3 {
-                    for pos in 0..3 {
-                        let (k, v) = kv_at(pos, l, h);
-                        for c in 0..4 {
-                            // f16: exactly the nearest f16 of what was written.
-                            let round = |x: f32| match dtype {
-                                KvDtype::F32 => x,
-                                KvDtype::F16 => f16::from_f32(x).to_f32(),
-                            };
-                            let want = (round(k[c]), round(v[c]));
-                            assert_eq!(read(&kv, l, h, pos, c), want, "{dtype:?} l{l} h{h} pos {pos} c {c}");
-                            assert_eq!(read(&f, l, h, pos, c), want, "fork {dtype:?} l{l} h{h} pos {pos}");
-                            if dtype == KvDtype::F16 {
-                                assert_ne!(want.0, k[c], "f16 rounding did not show");
-                            }
-                        }
-                    }
-                }
-            }
-            // The tiled layout is the same for both types: key component 2 of position p at 2·8 + p.
-            match (f.head(1, 2), dtype) {
-                (KvHead::F32 { kt, .. }, KvDtype::F32) => assert_eq!(kt[2 * 8 + 1], kv_at(1, 1, 2).0[2]),
-                (KvHead::F16 { kt, .. }, KvDtype::F16) => {
-                    assert_eq!(kt[2 * 8 + 1], f16::from_f32(kv_at(1, 1, 2).0[2]))
-                }
-                _ => panic!("{dtype:?} cache returned the other type"),
-            }
-        }
-    }
-
-    #[test]
-    fn f16_halves_bytes_and_doubles_the_budget() {
+    fn f16_halves_bytes_per_token_and_doubles_the_budget() {
         let (f32s, f16s) = (SHAPE, SHAPE.with_dtype(KvDtype::F16));
         assert_eq!(f32s.bytes_per_token(), 2 * 3 * 4 * 2 * 4);
         assert_eq!(f16s.bytes_per_token() * 2, f32s.bytes_per_token());
-        assert_eq!(SeqKv::new(f16s, 13).bytes() * 2, SeqKv::new(f32s, 13).bytes());
-        assert_eq!(SeqKv::new(f16s, 13).bytes(), 16 * f16s.bytes_per_token());
         let bytes = f32s.bytes_per_token() * 10 + 7;
         assert_eq!(KvBudget::new(bytes, f32s).total_tokens(), 10);
         assert_eq!(KvBudget::new(bytes, f16s).total_tokens(), 20);
     }
 
+    /// Storage that records what it was made and forked with.
+    #[derive(Debug)]
+    struct Probe {
+        capacity: usize,
+        copied: usize,
+    }
+
+    impl KvState for Probe {
+        fn bytes(&self) -> usize {
+            self.capacity
+        }
+        fn fork(&self, len: usize, capacity: usize) -> Box<dyn KvState> {
+            Box::new(Probe { capacity, copied: len })
+        }
+    }
+
+    #[test]
+    fn handle_lengths_storage_and_fork() {
+        let mut kv = SeqKv::new(SHAPE, 5);
+        assert_eq!((kv.len(), kv.capacity(), kv.bytes()), (0, 5, 0));
+        assert!(kv.storage::<Probe>().is_none(), "no storage before the first step");
+        kv.ensure_storage(|shape, cap| {
+            assert_eq!(shape, SHAPE);
+            Box::new(Probe { capacity: cap, copied: 0 })
+        });
+        kv.ensure_storage(|_, _| panic!("storage is made once"));
+        assert_eq!(kv.bytes(), 5);
+        kv.set_len(3);
+        let f = kv.fork(9);
+        assert_eq!((f.len(), f.capacity(), f.shape()), (3, 9, SHAPE));
+        let p = f.storage::<Probe>().expect("forked storage");
+        assert_eq!((p.capacity, p.copied), (9, 3));
+        kv.truncate(1);
+        assert_eq!(kv.len(), 1);
+    }
+
     #[test]
     #[should_panic(expected = "capacity")]
-    fn write_past_capacity_panics() {
-        let mut kv = SeqKv::new(SHAPE, 2);
-        kv.write(0, 0, 2, &[0.0; 4], &[0.0; 4]);
+    fn length_past_capacity_panics() {
+        SeqKv::new(SHAPE, 2).set_len(3);
     }
 
     #[test]

@@ -3,32 +3,32 @@
 //! Every function here works on one block of candidates on the calling thread with a caller-owned
 //! `Scratch`; the model parallelizes across blocks.
 
-use super::config::{Fusion, RankerConfig};
-use super::encoder::{attention, encode_sequence, grow, post_attention, project, EncodedHistory, Scratch};
-use super::features::{candidate_tokens, Prepared};
+use super::encoder::{attention, encode_sequence, grow, post_attention, project, KvHistory, Scratch};
 use super::weights::Weights;
+use crate::backend::CandidateBlock;
 use crate::kernels::cpu::norm::layer_norm;
 use crate::kernels::cpu::{linear, Epilogue};
+use crate::ranking::config::{Fusion, RankerConfig};
+use std::time::{Duration, Instant};
 
-/// Amortized scoring of candidates `start..start + n` (`n` ≤ a micro-batch, one pass through the
-/// layers): writes calibrated probabilities for every model task into `probs[n × T]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn score_block_amortized(
+/// Amortized scoring of the `n` candidates of `block` (`n` ≤ a micro-batch, one pass through the
+/// layers): writes calibrated probabilities for every model task into `probs[n × T]`; returns the time
+/// spent in the head.
+pub(super) fn score_block_amortized(
     cfg: &RankerConfig,
     w: &Weights,
-    p: &Prepared,
-    hist: &EncodedHistory,
-    start: usize,
-    n: usize,
+    hist: &KvHistory,
+    block: &CandidateBlock<'_>,
     probs: &mut [f32],
     s: &mut Scratch,
-) {
+) -> Duration {
     debug_assert!(cfg.fusion.is_amortizable());
     let d = cfg.d_model;
+    let n = block.tokens.len() / d;
     let own_kv = cfg.fusion == Fusion::AppendSelf;
     let mut x = std::mem::take(&mut s.x);
     let xs = grow(&mut x, n * d); // [n × d] residual stream of the candidate rows
-    candidate_tokens(w, p, start, n, xs);
+    xs.copy_from_slice(&block.tokens[..n * d]);
     for (li, lw) in w.layers.iter().enumerate() {
         // append_cross needs only Q; append_self also its own K, V.   qkv: [n × 3d] = [Q | K | V]
         let mut qkv = std::mem::take(&mut s.qkv);
@@ -46,49 +46,48 @@ pub(crate) fn score_block_amortized(
     let ys = grow(&mut y, n * d);
     layer_norm(xs, &w.final_w, &w.final_b, cfg.norm_eps, ys);
     s.x = x;
-    head(cfg, w, p, ys, start, n, probs, s);
+    let head_time = head(cfg, w, block, ys, n, probs, s);
     s.y = y;
+    head_time
 }
 
-/// Literal per-candidate scoring of candidates `start..start + n`: one full `[history, candidate]`
-/// sequence per candidate, then the head on the block. Writes `probs[n × T]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn score_block_per_candidate(
+/// Literal per-candidate scoring of the `n` candidates of `block`: one full `[history, candidate]`
+/// sequence per candidate (`history[l × d]`), then the head on the block. Writes `probs[n × T]`;
+/// returns the time spent in the head.
+pub(super) fn score_block_per_candidate(
     cfg: &RankerConfig,
     w: &Weights,
-    p: &Prepared,
-    start: usize,
-    n: usize,
+    history: &[f32],
+    l: usize,
+    block: &CandidateBlock<'_>,
     probs: &mut [f32],
     s: &mut Scratch,
-) {
+) -> Duration {
     let d = cfg.d_model;
+    let n = block.tokens.len() / d;
     let mut y = std::mem::take(&mut s.y);
     let ys = grow(&mut y, n * d);
-    let mut c = vec![0f32; d];
-    for (i, yr) in ys.chunks_exact_mut(d).enumerate() {
-        candidate_tokens(w, p, start + i, 1, &mut c);
-        encode_sequence(cfg, w, &p.hist_tokens, p.history_len, &c, yr, s);
+    for (c, yr) in block.tokens.chunks_exact(d).zip(ys.chunks_exact_mut(d)) {
+        encode_sequence(cfg, w, history, l, c, yr, s);
     }
-    head(cfg, w, p, ys, start, n, probs, s);
+    let head_time = head(cfg, w, block, ys, n, probs, s);
     s.y = y;
+    head_time
 }
 
 /// The head for `n` candidates with final-LN outputs `y[n × d]`: `u = [y ; candidate_dense]` (the
-/// member part is folded into `p.head_bias`), hidden layers with ReLU, `head.out`, then
-/// `p_t = σ(a_t·z_t + b_t)` into `probs[n × T]`.
-#[allow(clippy::too_many_arguments)]
+/// member part is folded into `block.head_bias`), hidden layers with ReLU, `head.out`, then
+/// `p_t = σ(a_t·z_t + b_t)` into `probs[n × T]`. Returns the time it took.
 fn head(
     cfg: &RankerConfig,
     w: &Weights,
-    p: &Prepared,
+    block: &CandidateBlock<'_>,
     y: &[f32],
-    start: usize,
     n: usize,
     probs: &mut [f32],
     s: &mut Scratch,
-) {
-    let t0 = std::time::Instant::now();
+) -> Duration {
+    let t0 = Instant::now();
     let (d, cdd) = (cfg.d_model, cfg.candidate_dense_dim);
     let in0 = d + cdd;
     // u0 = [y ; candidate_dense]   [n × in0]
@@ -99,7 +98,7 @@ fn head(
         let buf = grow(&mut u, n * in0);
         for (i, row) in buf.chunks_exact_mut(in0).enumerate() {
             row[..d].copy_from_slice(&y[i * d..(i + 1) * d]);
-            row[d..].copy_from_slice(&p.cand_dense[(start + i) * cdd..(start + i + 1) * cdd]);
+            row[d..].copy_from_slice(&block.dense[i * cdd..(i + 1) * cdd]);
         }
         buf
     };
@@ -115,7 +114,7 @@ fn head(
             _ => (b0, lin.n_in, b1),
         };
         let out = grow(out, n * lin.n_out); // [n × n_out]
-        let bias = if i == 0 { &p.head_bias } else { &lin.bias };
+        let bias = if i == 0 { block.head_bias } else { &lin.bias[..] };
         let epi = if i < last { Epilogue::BiasRelu } else { Epilogue::Bias };
         linear(lin, inp, k, k, n, bias, epi, out, lin.n_out);
     }
@@ -130,5 +129,5 @@ fn head(
     }
     let [b0, b1] = bufs;
     (s.head_a, s.head_b, s.head_c) = (u, b0, b1);
-    s.head_ns += t0.elapsed().as_nanos() as u64;
+    t0.elapsed()
 }

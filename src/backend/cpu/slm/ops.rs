@@ -1,0 +1,72 @@
+//! Per-token math of the llama layers on the CPU: rotary position embeddings from precomputed tables,
+//! and RMS normalization.
+
+use crate::slm::model::LlamaConfig;
+
+/// `cos`/`sin` of every position of the context, and how pairs are formed.
+pub(super) struct Rope {
+    /// `cos`/`sin` of position p, pair i at `[p·rope_dim/2 + i]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    /// NEOX-style (rotate halves) instead of adjacent pairs.
+    neox: bool,
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig) -> Self {
+        let half = cfg.rope_dim / 2;
+        let mut cos = Vec::with_capacity(cfg.context_length * half);
+        let mut sin = Vec::with_capacity(cfg.context_length * half);
+        for p in 0..cfg.context_length {
+            for i in 0..half {
+                let freq = (cfg.rope_base as f64).powf(-(2.0 * i as f64) / cfg.rope_dim as f64);
+                let angle = p as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Rope { cos, sin, half, neox: cfg.rope_neox }
+    }
+
+    /// Rotates one head vector in place for position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.half;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        if self.neox {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                x[i] = a * cos[i] - b * sin[i];
+                x[i + half] = a * sin[i] + b * cos[i];
+            }
+        } else {
+            for i in 0..half {
+                let (a, b) = (x[2 * i], x[2 * i + 1]);
+                x[2 * i] = a * cos[i] - b * sin[i];
+                x[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+}
+
+/// `out[r] = x[r] / rms(x[r]) ⊙ w` for each row of width `w.len()`. Eight partial sums keep the
+/// reduction vectorizable and its order fixed.
+pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mut acc = [0.0f32; 8];
+        let mut chunks = xr.chunks_exact(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                acc[i] += c[i] * c[i];
+            }
+        }
+        let mut ss: f32 = acc.iter().sum();
+        ss += chunks.remainder().iter().map(|v| v * v).sum::<f32>();
+        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+        for ((o, &v), &wv) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * wv;
+        }
+    }
+}
