@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod ranking;
 pub mod registry;
 pub mod server;
+pub mod serving;
 pub mod slm;
 pub mod telemetry;
 
