@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ranking;
 pub mod registry;
 pub mod server;
+pub mod serving;
 pub mod slm;
 pub mod telemetry;
 

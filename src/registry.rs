@@ -5,7 +5,8 @@
 use crate::config::{Config, ModelConfig, ModelKind};
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::ranking::{PriorityClasses, RankerHandle, RankerModel};
+use crate::ranking::{RankerHandle, RankerModel};
+use crate::serving::PriorityClasses;
 use crate::slm::scheduler::SlmHandle;
 use serde::Serialize;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -71,15 +72,7 @@ impl Registry {
     /// Must be called from within a tokio runtime (the model schedulers' actors run on it).
     pub fn spawn_loading(self: &Arc<Self>, config: &Config) {
         let runtime = tokio::runtime::Handle::current();
-        let classes = PriorityClasses {
-            names: config.priorities.classes.clone(),
-            default: config
-                .priorities
-                .classes
-                .iter()
-                .position(|c| *c == config.priorities.default)
-                .expect("validated: the default priority is a class"),
-        };
+        let classes = PriorityClasses::from_config(&config.priorities);
         for idx in 0..self.entries.len() {
             let this = Arc::clone(self);
             let limits = config.limits.clone();

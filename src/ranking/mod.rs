@@ -21,4 +21,6 @@ pub use config::{Fusion, RankerConfig};
 pub use encoder::{EncodedHistory, Scratch};
 pub use features::Prepared;
 pub use model::{RankerLoadError, RankerModel};
-pub use scheduler::{PriorityClasses, RankerHandle};
+pub use scheduler::RankerHandle;
+// Priority classes belong to every model family (`crate::serving`); the ranker API names them too.
+pub use crate::serving::PriorityClasses;

@@ -13,7 +13,7 @@ pub mod testing;
 pub mod tokenizer;
 
 use crate::config::SlmSettings;
-use crate::ranking::PriorityClasses;
+use crate::serving::PriorityClasses;
 use scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
 use std::path::Path;
 

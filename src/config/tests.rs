@@ -1,0 +1,201 @@
+//! Tests of config parsing and validation: every error names the file and the key.
+
+use super::*;
+
+fn err(text: &str) -> String {
+    Config::parse(text, "cfg.toml").unwrap_err().0
+}
+
+#[test]
+fn the_default_config_file_is_valid() {
+    // Run from the crate root (cargo test's working directory), where its model paths resolve.
+    let c = Config::load(Path::new("config/default.toml")).unwrap();
+    let kinds: Vec<_> = c.models.iter().map(|m| (m.name.as_str(), m.kind)).collect();
+    assert_eq!(kinds, [("demo-ranker", ModelKind::Ranker), ("smollm2-135m", ModelKind::Slm)]);
+}
+
+#[test]
+fn the_reference_ranker_config_file_is_valid() {
+    // Its model folder is made by `slate bench ranker --write-model`; point it at a temporary one.
+    let text = std::fs::read_to_string("config/reference-ranker.toml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = text.replace("models/reference-ranker", &dir.path().display().to_string());
+    assert_ne!(text, std::fs::read_to_string("config/reference-ranker.toml").unwrap());
+    let c = Config::parse(&text, "reference-ranker.toml").unwrap();
+    assert_eq!(c.models.len(), 1);
+    assert_eq!((c.models[0].name.as_str(), c.models[0].kind), ("reference-ranker", ModelKind::Ranker));
+    // Its [models.ranker] table belongs to that model: the wait bounds tuned for the load tests.
+    assert_eq!(c.models[0].ranker.max_queue_delay_ms, 40.0);
+    assert_eq!(c.models[0].ranker.overload_queue_delay_ms, 18.0);
+}
+
+#[test]
+fn slm_settings_are_checked() {
+    let model = |slm: &str| {
+        format!("[[models]]\nname = \"m\"\nkind = \"slm\"\npath = \"Cargo.toml\"\nslm = {{ {slm} }}\n")
+    };
+    assert!(Config::parse(&model(""), "cfg.toml").is_ok());
+    assert!(err(&model("max_step_tokens = 0")).contains("models[0].slm.max_step_tokens: must be > 0"));
+    assert!(err(&model("max_running_sequences = 32, max_step_tokens = 16")).contains("max_step_tokens"));
+    assert!(err(&model("kv_bytes = 5")).contains("kv_bytes"));
+}
+
+#[test]
+fn empty_config_is_valid_with_defaults() {
+    let c = Config::parse("", "cfg.toml").unwrap();
+    assert_eq!(c.server.shutdown_grace_s, 30.0);
+    assert!(c.models.is_empty());
+    assert!(c.auth.exempt_health_and_metrics);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = err("[server]\nhttp_adr = \"127.0.0.1:1\"\n");
+    assert!(e.starts_with("cfg.toml: "), "{e}");
+    assert!(e.contains("http_adr"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_section_is_named() {
+    let e = err("[sever]\n");
+    assert!(e.contains("sever"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let e = err("[limits]\nmax_candidates = \"many\"\n");
+    assert!(e.contains("max_candidates"), "{e}");
+}
+
+#[test]
+fn bad_address_is_named() {
+    let e = err("[server]\nhttp_addr = \"not an address\"\n");
+    assert!(e.contains("http_addr"), "{e}");
+}
+
+#[test]
+fn missing_model_path_is_named() {
+    let e = err("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \"models/definitely-missing\"\n");
+    assert_eq!(e, "cfg.toml: models[0].path: no such file 'models/definitely-missing'");
+}
+
+#[test]
+fn unknown_kind_is_named() {
+    let e = err("[[models]]\nname = \"x\"\nkind = \"forest\"\npath = \".\"\n");
+    assert!(e.contains("kind") || e.contains("forest"), "{e}");
+    assert!(e.contains("forest"), "{e}");
+}
+
+#[test]
+fn missing_model_field_is_named() {
+    let e = err("[[models]]\nname = \"x\"\npath = \".\"\n");
+    assert!(e.contains("kind"), "{e}");
+}
+
+#[test]
+fn duplicate_model_name_is_named() {
+    let e = err(
+        "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\n[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\n",
+    );
+    assert_eq!(e, "cfg.toml: models[1].name: duplicate model name 'x'");
+}
+
+#[test]
+fn zero_limit_is_named() {
+    let e = err("[limits]\nmax_candidates = 0\n");
+    assert_eq!(e, "cfg.toml: limits.max_candidates: must be > 0");
+}
+
+#[test]
+fn negative_grace_is_named() {
+    let e = err("[server]\nshutdown_grace_s = -1.0\n");
+    assert!(e.contains("server.shutdown_grace_s"), "{e}");
+}
+
+#[test]
+fn slm_quantize_takes_none_or_int8() {
+    let slm = |v: &str| {
+        format!("[[models]]\nname = \"m\"\nkind = \"slm\"\npath = \"Cargo.toml\"\nslm = {{ quantize = \"{v}\" }}\n")
+    };
+    assert_eq!(Config::parse(&slm("int8"), "c.toml").unwrap().models[0].slm.quantize, SlmQuantize::Int8);
+    assert_eq!(Config::parse(&slm("none"), "c.toml").unwrap().models[0].slm.quantize, SlmQuantize::None);
+    let e = err(&slm("int4"));
+    assert!(e.contains("unknown variant `int4`") && e.contains("quantize"), "{e}");
+}
+
+#[test]
+fn slm_kv_cache_dtype_takes_f32_or_f16() {
+    let slm = |v: &str| {
+        format!(
+            "[[models]]\nname = \"m\"\nkind = \"slm\"\npath = \"Cargo.toml\"\nslm = {{ kv_cache_dtype = \"{v}\" }}\n"
+        )
+    };
+    let dtype = |v: &str| Config::parse(&slm(v), "c.toml").unwrap().models[0].slm.kv_cache_dtype;
+    assert_eq!(dtype("f16"), KvDtype::F16);
+    assert_eq!(dtype("f32"), KvDtype::F32);
+    // f32 unless configured (the exactness tests rely on it).
+    assert_eq!(SlmSettings::default().kv_cache_dtype, KvDtype::F32);
+    for bad in ["bf16", "F16", "fp16", "int8"] {
+        let e = err(&slm(bad));
+        assert!(e.contains(&format!("unknown variant `{bad}`")) && e.contains("kv_cache_dtype"), "{e}");
+    }
+}
+
+#[test]
+fn compute_nice_out_of_range_is_named() {
+    for bad in ["-1", "20"] {
+        let e = err(&format!("[server]\ncompute_nice = {bad}\n"));
+        assert!(e.contains("server.compute_nice: must be in 0..=19"), "{e}");
+    }
+}
+
+#[test]
+fn io_threads_default_to_a_quarter_of_the_cores() {
+    let auto = Config::parse("", "c.toml").unwrap().server;
+    assert_eq!(auto.io_threads, 0);
+    assert_eq!(auto.io_threads_for(1), 1);
+    assert_eq!(auto.io_threads_for(2), 1);
+    assert_eq!(auto.io_threads_for(16), 4);
+    let set = Config::parse("[server]\nio_threads = 3\n", "c.toml").unwrap().server;
+    assert_eq!(set.io_threads_for(16), 3);
+    let e = err("[server]\nio_threads = 5000\n");
+    assert!(e.contains("server.io_threads: must be in 0..=1024"), "{e}");
+}
+
+#[test]
+fn priorities_are_validated() {
+    let e = err("[priorities]\nclasses = [\"feed\", \"feed\"]\n");
+    assert!(e.contains("priorities.classes[1]"), "{e}");
+    let e = err("[priorities]\nclasses = [\"feed\"]\ndefault = \"ads\"\n");
+    assert!(e.contains("priorities.default"), "{e}");
+}
+
+#[test]
+fn ranker_settings_are_validated() {
+    let e =
+        err("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_step_tokens = 0 }\n");
+    assert_eq!(e, "cfg.toml: models[0].ranker.max_step_tokens: must be > 0");
+    let e =
+        err("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_wait_ms = -1.0 }\n");
+    assert!(e.contains("models[0].ranker.max_wait_ms"), "{e}");
+    let e = err(
+        "[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { max_queue_delay_ms = -1.0 }\n",
+    );
+    assert!(e.contains("models[0].ranker.max_queue_delay_ms: must be a finite number ≥ 0"), "{e}");
+    let ranker =
+        |t: &str| format!("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = {{ {t} }}\n");
+    for bad in ["overload_queue_delay_ms = 30.0", "max_queue_delay_ms = 0.0, overload_queue_delay_ms = 5.0"] {
+        let e = err(&ranker(bad));
+        assert!(e.contains("models[0].ranker.overload_queue_delay_ms: must be ≤ max_queue_delay_ms"), "{e}");
+    }
+    let e = err(&ranker("overload_after_ms = -5.0"));
+    assert!(e.contains("models[0].ranker.overload_after_ms: must be a finite number ≥ 0"), "{e}");
+    let ok = Config::parse(&ranker("max_queue_delay_ms = 40.0, overload_queue_delay_ms = 18.0"), "c.toml");
+    assert_eq!(ok.unwrap().models[0].ranker.overload_queue_delay_ms, 18.0);
+}
+
+#[test]
+fn kind_settings_unknown_key_is_named() {
+    let e = err("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { wokers = 2 }\n");
+    assert!(e.contains("wokers"), "{e}");
+}

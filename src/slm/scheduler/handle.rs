@@ -1,0 +1,372 @@
+//! The IO side of an SLM: [`SlmHandle`] starts the engine thread, validates and tokenizes requests,
+//! bounds the waiting queue (429 at once beyond it) and hands jobs to the engine over a channel.
+
+use super::api::{GenStream, GenerateRequest, Prompt, ScoreRequest, ScoreResult};
+use super::engine::Engine;
+use super::job::{score_reservation, GenJob, Job, JobKind, ScoreJob};
+use crate::config::SlmSettings;
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::serving::{DeadlinePolicy, PriorityClasses, Slots};
+use crate::slm::chat::ChatTemplate;
+use crate::slm::kv::KvBudget;
+use crate::slm::model::{LlamaModel, Scratch};
+use crate::slm::tokenizer::SlmTokenizer;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Cheap-to-clone handle to one SLM's engine.
+#[derive(Clone)]
+pub struct SlmHandle {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    version: String,
+    tx: crossbeam_channel::Sender<Job>,
+    tokenizer: Arc<SlmTokenizer>,
+    template: Option<ChatTemplate>,
+    settings: SlmSettings,
+    classes: PriorityClasses,
+    context_length: usize,
+    max_prompt_tokens: usize,
+    kv_tokens: usize,
+    vocab: usize,
+    /// Requests handed to the engine and not yet admitted to run (the engine gives their slots back).
+    waiting: Arc<Slots>,
+    deadlines: DeadlinePolicy,
+    stats: Arc<EngineStats>,
+}
+
+/// Live engine counters (also exported as metrics), for tests and introspection.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub kv_reserved_tokens: AtomicUsize,
+    pub steps: AtomicUsize,
+    pub preemptions: AtomicUsize,
+}
+
+impl SlmHandle {
+    /// Starts the engine thread for `model`. `version` identifies the weights (shown in /v1/models).
+    pub fn start(
+        name: &str,
+        version: String,
+        model: LlamaModel,
+        tokenizer: SlmTokenizer,
+        settings: &SlmSettings,
+        max_prompt_tokens: usize,
+        classes: PriorityClasses,
+    ) -> std::result::Result<Self, String> {
+        let template = match tokenizer.chat_template() {
+            Some(t) => Some(
+                ChatTemplate::new(
+                    t,
+                    tokenizer.bos_token().unwrap_or(""),
+                    tokenizer.eos_token().unwrap_or(""),
+                )
+                .map_err(|e| format!("chat template: {e}"))?,
+            ),
+            None => None,
+        };
+        let context_length = match settings.context_length {
+            0 => model.config().context_length,
+            n => n.min(model.config().context_length),
+        };
+        let budget = KvBudget::new(
+            settings.kv_cache_bytes,
+            model.config().kv_shape().with_dtype(settings.kv_cache_dtype),
+        );
+        if budget.total_tokens() == 0 {
+            return Err("kv_cache_bytes is too small for one position of this model".into());
+        }
+        let tokenizer = Arc::new(tokenizer);
+        let (tx, rx) = crossbeam_channel::bounded(settings.max_waiting_requests.max(1) * 2);
+        let waiting = Arc::new(Slots::new(settings.max_waiting_requests));
+        let kv_tokens = budget.total_tokens();
+        let vocab = model.config().vocab;
+        let stats = Arc::new(EngineStats::default());
+        let threads = if settings.threads == 0 { num_cpus::get() } else { settings.threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name({
+                let name = name.to_string();
+                move |i| format!("slm-{name}-{i}")
+            })
+            .start_handler(|_| crate::compute::lower_current_thread())
+            .build()
+            .map_err(|e| format!("cannot start the compute pool: {e}"))?;
+        let engine = Engine {
+            pool,
+            stats: Arc::clone(&stats),
+            name: name.to_string(),
+            model,
+            tok: Arc::clone(&tokenizer),
+            settings: settings.clone(),
+            context_length,
+            rx,
+            waiting_slots: Arc::clone(&waiting),
+            waiting: Vec::new(),
+            running: Vec::new(),
+            budget,
+            scratch: Scratch::default(),
+            next_id: 0,
+        };
+        std::thread::Builder::new()
+            .name(format!("slm-{name}"))
+            .spawn(move || {
+                crate::compute::lower_current_thread();
+                engine.run()
+            })
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        Ok(SlmHandle {
+            inner: Arc::new(Shared {
+                name: name.to_string(),
+                version,
+                tx,
+                tokenizer,
+                template,
+                settings: settings.clone(),
+                classes,
+                context_length,
+                max_prompt_tokens,
+                kv_tokens,
+                vocab,
+                waiting,
+                deadlines: DeadlinePolicy::from_millis(settings.default_timeout_ms),
+                stats,
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.stats
+    }
+
+    /// KV positions the engine's budget holds.
+    pub fn kv_tokens(&self) -> usize {
+        self.inner.kv_tokens
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    pub fn tokenizer(&self) -> &SlmTokenizer {
+        &self.inner.tokenizer
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.inner.context_length
+    }
+
+    /// Token ids of a prompt (chat prompts rendered with the template first). `field` names the
+    /// request field in errors ("prompt" or "messages").
+    pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let (ids, field) = match prompt {
+            Prompt::Text(t) => {
+                if t.is_empty() {
+                    return Err(Error::invalid("prompt", "must not be empty"));
+                }
+                (self.inner.tokenizer.encode_prompt(t, true)?, "prompt")
+            }
+            Prompt::Chat(messages) => {
+                let template = self.inner.template.as_ref().ok_or_else(|| {
+                    Error::invalid("messages", "this model has no chat template; send a prompt instead")
+                })?;
+                let text = template.render(messages, true)?;
+                (self.inner.tokenizer.encode_prompt(&text, true)?, "messages")
+            }
+            Prompt::Tokens(ids) => {
+                let vocab = self.inner.vocab;
+                if let Some(i) = ids.iter().position(|&t| t as usize >= vocab) {
+                    return Err(Error::invalid(
+                        &format!("prompt[{i}]"),
+                        format!("token id {} is outside the vocabulary ({vocab})", ids[i]),
+                    ));
+                }
+                (ids.clone(), "prompt")
+            }
+        };
+        if ids.is_empty() {
+            return Err(Error::invalid(field, "tokenizes to no tokens"));
+        }
+        let limit = self.inner.max_prompt_tokens.min(self.inner.context_length);
+        if ids.len() > limit {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} tokens is over the limit of {limit} (context length {})",
+                    ids.len(),
+                    self.inner.context_length
+                ),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// Counts one more waiting job, or refuses with 429 when the waiting queue is full.
+    fn admit(&self) -> Result<()> {
+        let max = self.inner.waiting.max();
+        if !self.inner.waiting.try_acquire() {
+            metrics::rejection(&self.inner.name, "queue_full");
+            return Err(Error::ResourceExhausted {
+                message: format!("model '{}': {max} requests are already waiting", self.inner.name),
+                retry_after_ms: 100,
+            });
+        }
+        Ok(())
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.inner.tx.try_send(job).map_err(|e| {
+            self.inner.waiting.release();
+            match e {
+                crossbeam_channel::TrySendError::Full(_) => {
+                    metrics::rejection(&self.inner.name, "queue_full");
+                    Error::ResourceExhausted {
+                        message: format!("model '{}': queue is full", self.inner.name),
+                        retry_after_ms: 100,
+                    }
+                }
+                crossbeam_channel::TrySendError::Disconnected(_) => {
+                    Error::Unavailable(format!("model '{}' engine stopped", self.inner.name))
+                }
+            }
+        })
+    }
+
+    /// Validates and queues a generation; tokens arrive on the returned stream.
+    pub fn generate(&self, req: GenerateRequest) -> Result<GenStream> {
+        let now = Instant::now();
+        let priority = self.inner.classes.resolve(&req.priority)?;
+        req.params.validate()?;
+        if req.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::invalid("stop", "stop strings must not be empty"));
+        }
+        if req.stop.len() > 4 {
+            return Err(Error::invalid("stop", "at most 4 stop strings"));
+        }
+        let prompt = self.encode(&req.prompt)?;
+        let room = self.inner.context_length - prompt.len();
+        let limit = self.inner.settings.max_tokens_limit;
+        let max_tokens = match req.max_tokens {
+            None => self.inner.settings.default_max_tokens.min(room).min(limit),
+            Some(n) if n <= 0 => return Err(Error::invalid("max_tokens", "must be at least 1")),
+            Some(n) if n as u64 > limit as u64 => {
+                return Err(Error::invalid("max_tokens", format!("{n} is over the limit of {limit}")))
+            }
+            Some(n) => {
+                let n = n as usize;
+                if n > room {
+                    return Err(Error::invalid(
+                        "max_tokens",
+                        format!(
+                            "prompt ({} tokens) + max_tokens ({n}) is over the context length {}",
+                            prompt.len(),
+                            self.inner.context_length
+                        ),
+                    ));
+                }
+                n
+            }
+        };
+        if max_tokens == 0 {
+            return Err(Error::invalid("prompt", "leaves no room in the context to generate"));
+        }
+        if prompt.len() + max_tokens > self.inner.kv_tokens {
+            return Err(Error::invalid(
+                "max_tokens",
+                format!(
+                    "prompt + max_tokens = {} positions is over this model's KV cache budget of {}",
+                    prompt.len() + max_tokens,
+                    self.inner.kv_tokens
+                ),
+            ));
+        }
+        self.admit()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let prompt_tokens = prompt.len();
+        self.send(Job {
+            kind: JobKind::Gen(GenJob {
+                prompt,
+                ignore_eos: req.ignore_eos,
+                params: req.params,
+                max_tokens,
+                stop: req.stop,
+                events: tx,
+            }),
+            priority,
+            arrived: now,
+            deadline: self.inner.deadlines.deadline(now, req.timeout),
+        })?;
+        Ok(GenStream { events: rx, prompt_tokens })
+    }
+
+    /// Scores each label as a continuation of the prompt.
+    pub async fn score(&self, req: ScoreRequest) -> Result<ScoreResult> {
+        let answer = self.submit_score(req)?;
+        answer.await.map_err(|_| Error::Internal("the engine dropped a scoring request".into()))?
+    }
+
+    /// Validates, tokenizes and queues a scoring request; the answer arrives on the receiver.
+    pub fn submit_score(&self, req: ScoreRequest) -> Result<oneshot::Receiver<Result<ScoreResult>>> {
+        let now = Instant::now();
+        let priority = self.inner.classes.resolve(&req.priority)?;
+        if req.labels.is_empty() {
+            return Err(Error::invalid("labels", "must list at least one label"));
+        }
+        if req.labels.len() > self.inner.settings.max_labels {
+            return Err(Error::invalid(
+                "labels",
+                format!(
+                    "{} labels is over the limit of {}",
+                    req.labels.len(),
+                    self.inner.settings.max_labels
+                ),
+            ));
+        }
+        let prompt = self.encode(&req.prompt)?;
+        let mut labels = Vec::with_capacity(req.labels.len());
+        for (i, l) in req.labels.iter().enumerate() {
+            let ids = self.inner.tokenizer.encode(l, false)?;
+            if ids.is_empty() {
+                return Err(Error::invalid(&format!("labels[{i}]"), "must not be empty"));
+            }
+            if prompt.len() + ids.len() > self.inner.context_length {
+                return Err(Error::invalid(
+                    &format!("labels[{i}]"),
+                    "prompt + label is over the context length",
+                ));
+            }
+            labels.push(ids);
+        }
+        let need = score_reservation(prompt.len(), &labels);
+        if need > self.inner.kv_tokens {
+            return Err(Error::invalid(
+                "labels",
+                format!(
+                    "prompt and labels need {need} KV positions, over the budget of {}",
+                    self.inner.kv_tokens
+                ),
+            ));
+        }
+        self.admit()?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Job {
+            kind: JobKind::Score(ScoreJob { prompt, labels, reply: tx }),
+            priority,
+            arrived: now,
+            deadline: self.inner.deadlines.deadline(now, req.timeout),
+        })?;
+        Ok(rx)
+    }
+}
