@@ -64,7 +64,7 @@ async fn the_first_scrape_has_every_queried_metric_for_every_default_model() {
         let missing: Vec<&String> = queried
             .keys()
             .filter(|n| per_model(n, m.kind))
-            .filter(|n| !has_series(&scrape, n, &[model.clone()]))
+            .filter(|n| !has_series(&scrape, n, std::slice::from_ref(&model)))
             .collect();
         assert_eq!(missing, Vec::<&String>::new(), "{}: no series at start:\n{scrape}", m.name);
 
