@@ -1,5 +1,7 @@
 //! Shared helpers for end-to-end tests: start the real `slate` binary on free ports with a temporary
-//! config, learn the bound addresses from its log, and talk to it.
+//! config, learn the bound addresses from its log, and talk to it; find what tests need from outside
+//! the repository (the SLM file, the project's Python, tools), failing loudly when it is missing;
+//! `queries` reads the metric names the deployment artifacts query.
 //!
 //! ```ignore
 //! mod common;
