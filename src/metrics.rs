@@ -43,6 +43,53 @@ pub const SLM_FINISHED: &str = "slate_slm_sequences_finished_total";
 pub const SLM_PREEMPTIONS: &str = "slate_slm_preemptions_total";
 pub const SLM_STEP_DURATION: &str = "slate_slm_step_duration_seconds";
 
+// Label values. Each label of a fixed set is declared here, once; the recording functions below check
+// (in debug builds) that call sites stay within these sets, and `register_*` puts every combination on
+// the first scrape at zero, so dashboards and rules see a series before its first event.
+
+/// The `model` label of requests that name no configured model (health, metrics, server-wide refusals).
+pub const NO_MODEL: &str = "-";
+
+/// `reason` of [`REJECTIONS_TOTAL`]: the server-wide `limits.max_concurrent_requests` (counted before a
+/// handler has read the model, so under [`NO_MODEL`]).
+pub const REJECT_MAX_CONCURRENT: &str = "max_concurrent_requests";
+/// `reason` of [`REJECTIONS_TOTAL`]: a ranker's queue holds `max_queued_requests` already.
+pub const REJECT_QUEUE_REQUESTS: &str = "queue_requests";
+/// `reason` of [`REJECTIONS_TOTAL`]: a ranker's queued work tokens would pass their bound.
+pub const REJECT_QUEUE_TOKENS: &str = "queue_tokens";
+/// `reason` of [`REJECTIONS_TOTAL`]: a ranker's estimated wait is over its bound.
+pub const REJECT_QUEUE_DELAY: &str = "queue_delay";
+/// `reason` of [`REJECTIONS_TOTAL`]: a ranker's estimated wait is over the standing-queue bound.
+pub const REJECT_QUEUE_DELAY_OVERLOAD: &str = "queue_delay_overload";
+/// `reason` of [`REJECTIONS_TOTAL`]: an SLM's waiting queue is full.
+pub const REJECT_QUEUE_FULL: &str = "queue_full";
+/// Every `reason` a ranker refuses with.
+pub const RANKER_REJECTIONS: [&str; 4] =
+    [REJECT_QUEUE_REQUESTS, REJECT_QUEUE_TOKENS, REJECT_QUEUE_DELAY, REJECT_QUEUE_DELAY_OVERLOAD];
+/// Every `reason` an SLM refuses with.
+pub const SLM_REJECTIONS: [&str; 1] = [REJECT_QUEUE_FULL];
+
+/// `mode` of [`RANK_COMPUTE_TOTAL`] (the ranking API's `mode` values).
+pub const RANK_MODES: [&str; 2] = ["amortized", "per_candidate"];
+/// `stage` of [`RANK_STAGE_DURATION`].
+pub const STAGE_HISTORY_ENCODE: &str = "history_encode";
+pub const STAGE_CANDIDATES: &str = "candidates";
+pub const STAGE_HEAD: &str = "head";
+pub const RANK_STAGES: [&str; 3] = [STAGE_HISTORY_ENCODE, STAGE_CANDIDATES, STAGE_HEAD];
+/// `result` of [`CACHE_LOOKUPS_TOTAL`].
+pub const CACHE_HIT: &str = "hit";
+pub const CACHE_MISS: &str = "miss";
+pub const CACHE_RESULTS: [&str; 2] = [CACHE_HIT, CACHE_MISS];
+/// `reason` of [`CACHE_EVICTIONS_TOTAL`]: the byte bound (least recently used first), or the entry's age.
+pub const EVICT_SIZE: &str = "size";
+pub const EVICT_TTL: &str = "ttl";
+pub const EVICTION_REASONS: [&str; 2] = [EVICT_SIZE, EVICT_TTL];
+/// `reason` of [`SLM_FINISHED`] and [`SLM_E2E_DURATION`]: the API's finish reasons (`stop`, `length`),
+/// a scoring request done, and the two ways a sequence ends unserved.
+pub const SLM_FINISH_REASONS: [&str; 5] = ["stop", "length", "scored", "cancelled", "deadline"];
+/// `protocol` of the request metrics.
+pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];
+
 /// Latency buckets: 36 geometric steps from 100 µs to 30 s (ratio ≈ 1.433).
 pub fn latency_buckets() -> Vec<f64> {
     let (lo, hi, n) = (1e-4f64, 30.0f64, 36);
@@ -62,22 +109,112 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets())
-                .expect("non-empty bucket list")
-                .set_buckets_for_metric(Matcher::Full(RANK_CANDIDATES.into()), &count_buckets())
-                .expect("non-empty bucket list")
-                .set_buckets_for_metric(Matcher::Prefix("slate_rank_step_".into()), &count_buckets())
-                .expect("non-empty bucket list")
-                .set_buckets_for_metric(Matcher::Prefix("slate_slm_step_".into()), &count_buckets())
-                .expect("non-empty bucket list")
-                .install_recorder()
-                .expect("the Prometheus recorder is installed once per process");
+            let handle =
+                builder().install_recorder().expect("the Prometheus recorder is installed once per process");
             describe();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            register_server();
             handle
         })
         .clone()
+}
+
+/// The exporter with Slate's bucket sets.
+fn builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets())
+        .expect("non-empty bucket list")
+        .set_buckets_for_metric(Matcher::Full(RANK_CANDIDATES.into()), &count_buckets())
+        .expect("non-empty bucket list")
+        .set_buckets_for_metric(Matcher::Prefix("slate_rank_step_".into()), &count_buckets())
+        .expect("non-empty bucket list")
+        .set_buckets_for_metric(Matcher::Prefix("slate_slm_step_".into()), &count_buckets())
+        .expect("non-empty bucket list")
+}
+
+// Registration at zero. A handle created by `counter!`/`gauge!`/`histogram!` puts its series in the
+// registry without recording anything: counters and gauges render as 0, histograms as empty buckets
+// with `_count 0` (tested below). Registering never changes a value, so it is safe at any time, also
+// after a series has moved.
+
+/// The server's own series that name no model.
+fn register_server() {
+    for protocol in PROTOCOLS {
+        let _ = gauge!(REQUESTS_IN_FLIGHT, "protocol" => protocol);
+    }
+    let _ = counter!(REJECTIONS_TOTAL, "model" => NO_MODEL, "reason" => REJECT_MAX_CONCURRENT);
+}
+
+/// The request series of `model` on each (protocol, method) that serves it, at code `ok`.
+pub fn register_requests(model: &str, methods: impl IntoIterator<Item = (&'static str, &'static str)>) {
+    for (protocol, method) in methods {
+        let m = model.to_string();
+        let _ = counter!(REQUESTS_TOTAL, "model" => m.clone(), "method" => method, "protocol" => protocol, "code" => "ok");
+        let _ = histogram!(REQUEST_DURATION, "model" => m, "method" => method, "protocol" => protocol, "status_class" => "2xx");
+    }
+}
+
+/// The series every model kind has.
+fn register_model(model: &str, rejections: &[&'static str]) {
+    let m = model.to_string();
+    let _ = gauge!(MODEL_READY, "model" => m.clone());
+    for reason in rejections {
+        let _ = counter!(REJECTIONS_TOTAL, "model" => m.clone(), "reason" => *reason);
+    }
+    let _ = counter!(DEADLINE_DROPS_TOTAL, "model" => m.clone());
+    let _ = counter!(CANCELLATIONS_TOTAL, "model" => m);
+}
+
+/// Every series of ranker `model`, for each of its priority `classes`.
+pub fn register_ranker(model: &str, classes: &[String]) {
+    register_model(model, &RANKER_REJECTIONS);
+    let m = model.to_string();
+    let _ = histogram!(RANK_QUEUE_DURATION, "model" => m.clone());
+    for stage in RANK_STAGES {
+        let _ = histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => stage);
+    }
+    let _ = histogram!(RANK_CANDIDATES, "model" => m.clone());
+    let _ = counter!(RANK_HISTORY_TRUNCATED, "model" => m.clone());
+    for mode in RANK_MODES {
+        let _ = counter!(RANK_COMPUTE_TOTAL, "model" => m.clone(), "mode" => mode);
+    }
+    let _ = RankStepMetrics::new(model);
+    for class in classes {
+        let _ = rank_queued_gauge(model, class);
+    }
+    for result in CACHE_RESULTS {
+        let _ = counter!(CACHE_LOOKUPS_TOTAL, "model" => m.clone(), "result" => result);
+    }
+    for reason in EVICTION_REASONS {
+        let _ = counter!(CACHE_EVICTIONS_TOTAL, "model" => m.clone(), "reason" => reason);
+    }
+    let _ = gauge!(CACHE_BYTES, "model" => m);
+}
+
+/// Every series of SLM `model`.
+pub fn register_slm(model: &str) {
+    register_model(model, &SLM_REJECTIONS);
+    let m = model.to_string();
+    for name in [
+        SLM_TTFT,
+        SLM_INTER_TOKEN,
+        SLM_QUEUE_DURATION,
+        SLM_STEP_TOKENS,
+        SLM_STEP_SEQUENCES,
+        SLM_STEP_DURATION,
+    ] {
+        let _ = histogram!(name, "model" => m.clone());
+    }
+    for reason in SLM_FINISH_REASONS {
+        let _ = counter!(SLM_FINISHED, "model" => m.clone(), "reason" => reason);
+        let _ = histogram!(SLM_E2E_DURATION, "model" => m.clone(), "reason" => reason);
+    }
+    for name in [SLM_PROMPT_TOKENS, SLM_GENERATED_TOKENS, SLM_PREEMPTIONS] {
+        let _ = counter!(name, "model" => m.clone());
+    }
+    for name in [SLM_RUNNING, SLM_WAITING, SLM_KV_USAGE] {
+        let _ = gauge!(name, "model" => m.clone());
+    }
 }
 
 fn describe() {
@@ -214,6 +351,12 @@ pub fn model_ready(model: &str, ready: bool) {
 }
 
 pub fn rejection(model: &str, reason: &'static str) {
+    debug_assert!(
+        reason == REJECT_MAX_CONCURRENT
+            || RANKER_REJECTIONS.contains(&reason)
+            || SLM_REJECTIONS.contains(&reason),
+        "rejection reason {reason:?} is not declared in metrics.rs"
+    );
     counter!(REJECTIONS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
 }
 
@@ -237,16 +380,17 @@ pub fn rank_computed(
     n_candidates: usize,
     truncated: u32,
 ) {
+    debug_assert!(RANK_MODES.contains(&mode), "rank mode {mode:?} is not declared in metrics.rs");
     let m = model.to_string();
     counter!(RANK_COMPUTE_TOTAL, "model" => m.clone(), "mode" => mode).increment(1);
     histogram!(RANK_QUEUE_DURATION, "model" => m.clone()).record(queue.as_secs_f64());
-    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "history_encode")
+    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => STAGE_HISTORY_ENCODE)
         .record(history_encode_s);
     // `candidates_s` includes the head (as the response's timing.candidates_ms does); the stages here
     // are disjoint.
-    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "candidates")
+    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => STAGE_CANDIDATES)
         .record((candidates_s - head_s).max(0.0));
-    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => "head").record(head_s);
+    histogram!(RANK_STAGE_DURATION, "model" => m.clone(), "stage" => STAGE_HEAD).record(head_s);
     histogram!(RANK_CANDIDATES, "model" => m.clone()).record(n_candidates as f64);
     if truncated > 0 {
         counter!(RANK_HISTORY_TRUNCATED, "model" => m).increment(u64::from(truncated));
@@ -284,11 +428,15 @@ pub fn rank_queued_gauge(model: &str, class: &str) -> metrics::Gauge {
 }
 
 pub fn cache_lookup(model: &str, hit: bool) {
-    counter!(CACHE_LOOKUPS_TOTAL, "model" => model.to_string(), "result" => if hit { "hit" } else { "miss" })
+    counter!(CACHE_LOOKUPS_TOTAL, "model" => model.to_string(), "result" => if hit { CACHE_HIT } else { CACHE_MISS })
         .increment(1);
 }
 
 pub fn cache_evicted(model: &str, reason: &'static str, bytes_now: usize) {
+    debug_assert!(
+        EVICTION_REASONS.contains(&reason),
+        "eviction reason {reason:?} is not declared in metrics.rs"
+    );
     counter!(CACHE_EVICTIONS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
     cache_bytes(model, bytes_now);
 }
@@ -314,6 +462,10 @@ pub fn slm_queued(model: &str, waited: Duration) {
 }
 
 pub fn slm_finished(model: &str, reason: &'static str, elapsed: Duration) {
+    debug_assert!(
+        SLM_FINISH_REASONS.contains(&reason),
+        "finish reason {reason:?} is not declared in metrics.rs"
+    );
     let m = model.to_string();
     counter!(SLM_FINISHED, "model" => m.clone(), "reason" => reason).increment(1);
     histogram!(SLM_E2E_DURATION, "model" => m, "reason" => reason).record(elapsed.as_secs_f64());
@@ -352,6 +504,87 @@ mod tests {
         assert!((b[0] - 1e-4).abs() < 1e-12);
         assert!((b[35] - 30.0).abs() < 1e-9);
         assert!(b.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    /// Renders what `f` registers or records, through a recorder of its own (the global one is shared
+    /// by every test of the process).
+    fn render_local(f: impl FnOnce()) -> String {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, f);
+        handle.render()
+    }
+
+    /// The sample lines of `text` whose series is `series` (name and labels, as rendered).
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+    }
+
+    #[test]
+    fn registered_series_render_at_zero() {
+        let text = render_local(|| {
+            register_server();
+            register_requests("r", [("http", "rank")]);
+            register_ranker("r", &["feed".to_string(), "batch".to_string()]);
+            register_slm("s");
+        });
+        let zero = |series: &str| {
+            let line = sample(&text, series).unwrap_or_else(|| panic!("{series} is not rendered:\n{text}"));
+            assert!(line.ends_with(" 0"), "{line}");
+        };
+        // Histograms: every bucket and the count at zero.
+        zero(r#"slate_rank_queue_duration_seconds_count{model="r"}"#);
+        zero(r#"slate_rank_queue_duration_seconds_bucket{model="r",le="+Inf"}"#);
+        zero(
+            r#"slate_request_duration_seconds_count{model="r",method="rank",protocol="http",status_class="2xx"}"#,
+        );
+        zero(r#"slate_slm_time_to_first_token_seconds_count{model="s"}"#);
+        zero(r#"slate_rank_step_tokens_count{model="r"}"#);
+        for stage in RANK_STAGES {
+            zero(&format!(r#"slate_rank_stage_duration_seconds_count{{model="r",stage="{stage}"}}"#));
+        }
+        // Counters and gauges of every declared label value.
+        zero(r#"slate_requests_total{model="r",method="rank",protocol="http",code="ok"}"#);
+        zero(&format!(r#"slate_rejections_total{{model="{NO_MODEL}",reason="{REJECT_MAX_CONCURRENT}"}}"#));
+        for reason in RANKER_REJECTIONS {
+            zero(&format!(r#"slate_rejections_total{{model="r",reason="{reason}"}}"#));
+        }
+        zero(r#"slate_rejections_total{model="s",reason="queue_full"}"#);
+        for reason in SLM_FINISH_REASONS {
+            zero(&format!(r#"slate_slm_sequences_finished_total{{model="s",reason="{reason}"}}"#));
+            zero(&format!(r#"slate_slm_sequence_duration_seconds_count{{model="s",reason="{reason}"}}"#));
+        }
+        for reason in EVICTION_REASONS {
+            zero(&format!(r#"slate_history_cache_evictions_total{{model="r",reason="{reason}"}}"#));
+        }
+        for model in ["r", "s"] {
+            zero(&format!(r#"slate_deadline_drops_total{{model="{model}"}}"#));
+            zero(&format!(r#"slate_model_ready{{model="{model}"}}"#));
+        }
+        zero(r#"slate_rank_history_truncated_total{model="r"}"#);
+        zero(r#"slate_rank_queued_requests{model="r",priority="batch"}"#);
+        zero(r#"slate_requests_in_flight{protocol="grpc"}"#);
+        zero(r#"slate_slm_kv_usage_ratio{model="s"}"#);
+        // Each kind has only its own series.
+        assert!(sample(&text, r#"slate_rank_compute_total{model="s",mode="amortized"}"#).is_none());
+        assert!(sample(&text, r#"slate_slm_preemptions_total{model="r"}"#).is_none());
+    }
+
+    #[test]
+    fn registering_again_keeps_the_values() {
+        let text = render_local(|| {
+            register_ranker("r", &[]);
+            rejection("r", REJECT_QUEUE_TOKENS);
+            model_ready("r", true);
+            rank_computed("r", "amortized", Duration::from_millis(2), 0.001, 0.002, 0.0005, 8, 3);
+            register_ranker("r", &[]);
+        });
+        let value =
+            |series: &str| sample(&text, series).and_then(|l| l.rsplit(' ').next()).map(str::to_string);
+        assert_eq!(value(r#"slate_rejections_total{model="r",reason="queue_tokens"}"#).as_deref(), Some("1"));
+        assert_eq!(value(r#"slate_model_ready{model="r"}"#).as_deref(), Some("1"));
+        assert_eq!(value(r#"slate_rank_history_truncated_total{model="r"}"#).as_deref(), Some("3"));
+        assert_eq!(value(r#"slate_rank_queue_duration_seconds_count{model="r"}"#).as_deref(), Some("1"));
     }
 
     #[test]

@@ -9,11 +9,16 @@
 //!   and the adapter query exists on it;
 //! - the nginx member-affinity config in front of two servers sends each member to one replica.
 //!
-//! Tools: promtool and nginx (Debian packages `prometheus`, `nginx`; .ci/run installs them), Python 3 with
-//! kubernetes-validate and cloudcoil-models-prometheus-operator (scripts/test.sh installs them).
+//! Needs promtool and nginx (Debian packages `prometheus`, `nginx`), the project's Python environment with
+//! kubernetes-validate and cloudcoil-models-prometheus-operator (tests/common's `python()`), and the
+//! default SLM file: scripts/test.sh provides them all; each test fails, saying so, without its own.
 
 mod common;
 
+use common::queries::{
+    dashboard, dashboard_queries, queried_metrics, root, rule_files, scraped_names, tokens,
+};
+use common::tool;
 use slate_loadtest::workload::{Draw, Workload};
 use slate_loadtest::{Endpoints, Options, Scenario};
 use std::collections::BTreeSet;
@@ -21,35 +26,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn root(p: &str) -> PathBuf {
-    Path::new(ROOT).join(p)
-}
-
-/// A tool from PATH, or a panic that says how to get it.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
-    found.unwrap_or_else(|| {
-        panic!(
-            "`{name}` not found in PATH. It comes from Debian's `{package}` package; .ci/run installs it \
-             (apt-get download {package} && dpkg -x, no services started)"
-        )
-    })
-}
-
-fn rule_files() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root("deploy/prometheus"))
-        .expect("deploy/prometheus exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
-        .collect();
-    v.sort();
-    assert!(v.len() >= 2, "recording and alerting rule files: {v:?}");
-    v
-}
 
 #[test]
 fn prometheus_rules_pass_promtool() {
@@ -87,20 +63,22 @@ fn promtool_catches_a_broken_rule() {
 
 /// Runs deploy/check_manifests.py on `files` (none: every manifest); (exit ok, stdout, stderr).
 fn check_manifests(files: &[&Path]) -> (bool, String, String) {
-    let out = Command::new("python3")
+    let python = common::python();
+    let out = Command::new(&python)
         .arg(root("deploy/check_manifests.py"))
         .arg("--json")
         .args(files)
         .output()
-        .expect("run python3 deploy/check_manifests.py");
+        .unwrap_or_else(|e| panic!("run {} deploy/check_manifests.py: {e}", python.display()));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
     assert!(
         !stderr.contains("ModuleNotFoundError"),
-        "deploy/check_manifests.py needs kubernetes-validate and cloudcoil-models-prometheus-operator \
-         (scripts/test.sh installs them):\n{stderr}"
+        "deploy/check_manifests.py needs kubernetes-validate and cloudcoil-models-prometheus-operator in \
+         {} (scripts/test.sh installs them):\n{stderr}",
+        python.display()
     );
     (out.status.success(), stdout, stderr)
 }
@@ -227,59 +205,12 @@ fn the_manifest_checker_rejects_invalid_manifests() {
     }
 }
 
-/// Metric-like tokens in `text` that start with `prefix` (`slate_` for metrics, `slate:` for recording
-/// rules).
-fn tokens(text: &str, prefix: &str) -> BTreeSet<String> {
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    let mut out = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find(prefix) {
-        let before = rest[..i].chars().next_back();
-        let tail = &rest[i..];
-        let end = tail.find(|c: char| !is_ident(c)).unwrap_or(tail.len());
-        if !before.is_some_and(is_ident) {
-            out.insert(tail[..end].to_string());
-        }
-        rest = &tail[end.max(1)..];
-    }
-    out
-}
-
-/// Every `expr` (and variable query) in a Grafana dashboard.
-fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                match (k.as_str(), x) {
-                    ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
-                    ("query", serde_json::Value::Object(q)) => {
-                        if let Some(s) = q.get("query").and_then(|s| s.as_str()) {
-                            out.push(s.to_string());
-                        }
-                    }
-                    _ => dashboard_queries(x, out),
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| dashboard_queries(x, out)),
-        _ => {}
-    }
-}
-
-/// Metric names in a Prometheus text exposition.
-fn scraped_names(scrape: &str) -> BTreeSet<String> {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l[..l.find(['{', ' ']).unwrap_or(l.len())].to_string())
-        .collect()
-}
-
 fn demo_slm_config(extra_ranker: &str) -> String {
     format!(
         "[[models]]\nname = \"demo-ranker\"\nkind = \"ranker\"\npath = \"models/demo-ranker\"\n\
          [models.ranker]\n{extra_ranker}\n\
-         [[models]]\nname = \"smollm2-135m\"\nkind = \"slm\"\npath = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"\n"
+         [[models]]\nname = \"smollm2-135m\"\nkind = \"slm\"\npath = \"{}\"\n",
+        common::smollm2().display()
     )
 }
 
@@ -401,22 +332,17 @@ async fn live_scrape_passes_promtool_and_has_every_metric_the_dashboard_and_rule
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Every metric the dashboard, the rules and the adapter query is on it (tests/metrics_at_start.rs
+    // holds a fresh server to the same list before any traffic).
     let live = scraped_names(&scrape);
-    let missing =
-        |names: &BTreeSet<String>| names.iter().filter(|n| !live.contains(*n)).cloned().collect::<Vec<_>>();
+    let missing: Vec<_> = queried_metrics().into_iter().filter(|(n, _)| !live.contains(n)).collect();
+    assert_eq!(missing, vec![], "queried metrics missing from a live scrape (metric, queried by)");
 
-    // Grafana: the JSON parses, and every metric its queries use is on the scrape; every recording rule it
-    // uses is defined in deploy/prometheus.
-    let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root("deploy/grafana/slate-dashboard.json")).unwrap())
-            .expect("the dashboard is JSON");
+    // Every recording rule the dashboard uses is defined in deploy/prometheus.
+    let dash = dashboard();
     assert!(dash["panels"].as_array().is_some_and(|p| p.len() > 10), "the dashboard has panels");
     let mut queries = Vec::new();
     dashboard_queries(&dash, &mut queries);
-    assert!(queries.len() > 20, "{} queries", queries.len());
-    let used: BTreeSet<String> = queries.iter().flat_map(|q| tokens(q, "slate_")).collect();
-    assert!(used.len() > 20, "the dashboard queries {} metrics: {used:?}", used.len());
-    assert_eq!(missing(&used), Vec::<String>::new(), "dashboard metrics missing from a live scrape");
     let rules_text: String = rule_files().iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
     let recorded: BTreeSet<String> = rules_text
         .lines()
@@ -430,15 +356,6 @@ async fn live_scrape_passes_promtool_and_has_every_metric_the_dashboard_and_rule
             "the dashboard uses {r}, which no recording rule defines ({recorded:?})"
         );
     }
-
-    // Rules and the adapter's series queries, likewise.
-    let rule_metrics = tokens(&rules_text, "slate_");
-    assert_eq!(missing(&rule_metrics), Vec::<String>::new(), "rule metrics missing from a live scrape");
-    let adapter = std::fs::read_to_string(root("deploy/k8s/prometheus-adapter.yaml")).unwrap();
-    let series: BTreeSet<String> =
-        adapter.lines().filter(|l| l.contains("seriesQuery")).flat_map(|l| tokens(l, "slate_")).collect();
-    assert!(!series.is_empty());
-    assert_eq!(missing(&series), Vec::<String>::new(), "adapter series missing from a live scrape");
 }
 
 /// A free loopback port (bound, then released for nginx to take).

@@ -17,9 +17,7 @@ const MODEL: &str = "smollm2";
 const FRANCE: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
 fn model_path() -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)", p.display());
-    p.display().to_string()
+    common::smollm2().display().to_string()
 }
 
 fn config(extra_slm: &str, limits: &str) -> String {

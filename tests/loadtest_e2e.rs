@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::Duration;
 
 const DEMO: &str = "[[models]]\nname = \"demo-ranker\"\nkind = \"ranker\"\npath = \"models/demo-ranker\"\n";
-const SLM: &str = "[[models]]\nname = \"smollm2-135m\"\nkind = \"slm\"\npath = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"\n";
 
 fn options(slate: &common::Slate, out: Option<&Path>) -> Options {
     Options {
@@ -171,7 +170,11 @@ async fn step_mode_reports_the_best_rate_and_plots_every_step() {
 /// and inter-token gaps are measured. Needs the generation endpoints and models/SmolLM2-135M-Instruct.Q4_1.gguf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slm_streaming_targets_measure_ttft_and_inter_token_latency() {
-    let slate = common::Slate::start(SLM);
+    let slm = format!(
+        "[[models]]\nname = \"smollm2-135m\"\nkind = \"slm\"\npath = \"{}\"\n",
+        common::smollm2().display()
+    );
+    let slate = common::Slate::start(&slm);
     slate.wait_ready(Duration::from_secs(180)).await;
     for target in ["http-completions", "http-chat", "grpc-generate-stream"] {
         let s = Scenario::parse(

@@ -1,7 +1,10 @@
 //! Parity with the NumPy reference (tools/reference/ranker.py, float64, literal per-candidate masks):
 //! random small models of all three fusions with event/candidate/member dense features, member sparse
 //! features with one missing, histories longer than max_history, and L = 0; plus the demo ranker
-//! (models/demo-ranker/) when it exists. Needs python3 with numpy (scripts/test.sh installs it).
+//! (models/demo-ranker/, committed). Runs the reference with the project's Python environment (numpy;
+//! tests/common's `python()`, made by scripts/test.sh).
+
+mod common;
 
 use slate::ranking::config::{Fusion, MemberSparseSpec, RankerConfig};
 use slate::ranking::{testing, RankRequest, RankResponse, RankerModel};
@@ -38,17 +41,19 @@ fn reference(model_dir: &Path, req: &RankRequest, work: &Path) -> serde_json::Va
     let req_path = work.join("request.json");
     std::fs::write(&req_path, body.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/ranker.py");
-    let out = Command::new("python3")
+    let python = common::python();
+    let out = Command::new(&python)
         .arg(&script)
         .arg("--model")
         .arg(model_dir)
         .arg("--request")
         .arg(&req_path)
         .output()
-        .expect("running python3 (the NumPy reference needs python3 with numpy: pip install numpy)");
+        .unwrap_or_else(|e| panic!("running {} tools/reference/ranker.py: {e}", python.display()));
     assert!(
         out.status.success(),
-        "reference failed (needs numpy: `pip install numpy`): {}",
+        "the NumPy reference failed ({} needs numpy; scripts/test.sh installs it): {}",
+        python.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
@@ -81,10 +86,15 @@ fn check(resp: &RankResponse, want: &serde_json::Value, what: &str) {
             c.objective
         );
     }
+    assert_eq!(
+        resp.top_k_indices.is_some(),
+        want.get("top_k_indices").is_some(),
+        "{what}: top-k indices from one side only"
+    );
     if let Some(idx) = want.get("top_k_indices") {
         let want_idx: Vec<u32> = serde_json::from_value(idx.clone()).unwrap();
         // Near-ties may legitimately order differently at f32 precision; compare as sets of objectives.
-        let got_idx = resp.top_k_indices.clone().expect("top_k requested");
+        let got_idx = resp.top_k_indices.clone().expect("checked above");
         assert_eq!(got_idx.len(), want_idx.len(), "{what}");
         for (g, w) in got_idx.iter().zip(&want_idx) {
             let (og, ow) =
@@ -150,12 +160,14 @@ fn parity_concat() {
 }
 
 #[test]
-fn parity_on_demo_ranker_if_present() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo-ranker");
-    if !dir.join("config.json").exists() {
-        eprintln!("models/demo-ranker/ not present; skipped");
-        return;
-    }
+fn parity_on_demo_ranker() {
+    let dir = common::require(
+        "models/demo-ranker/config.json",
+        "the demo ranker is committed; restore it with git",
+    )
+    .parent()
+    .expect("a file in models/demo-ranker")
+    .to_path_buf();
     let model = RankerModel::load(&dir).unwrap();
     let cfg = model.config().clone();
     let work = TempDir::new("demo");

@@ -6,6 +6,8 @@
 //! identical greedy tokens wherever the F16 model's top-two margin is above twice the logit difference
 //! (flips at near-ties are counted and printed). Prints both paths' speed (no timing asserts).
 
+mod common;
+
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 use slate::slm::gguf::GgufFile;
@@ -17,9 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn model_path() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)", p.display());
-    p
+    common::smollm2()
 }
 
 /// Writes an F16 copy of `src` (every quantized tensor dequantized to F16; F32 tensors kept).

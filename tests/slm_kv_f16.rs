@@ -1,5 +1,5 @@
 //! The f16 KV cache (`models[].slm.kv_cache_dtype = "f16"`), on tiny generated GGUF models and on the
-//! real SmolLM2-135M-Instruct Q4_1 file when present:
+//! real SmolLM2-135M-Instruct Q4_1 file:
 //! - batching stays exact: several sequences decoded in one step give bit for bit the logits each
 //!   gets alone, as with the f32 cache;
 //! - rounding keys and values to f16 moves logits little: within a stated fraction of the logit range
@@ -9,6 +9,8 @@
 //! The engine with an f16 cache (batched text equals alone; `kv_cache_bytes` buys twice the
 //! positions) is tested in tests/slm_engine.rs beside the other engine tests.
 
+mod common;
+
 use candle_core::quantized::GgmlDType;
 use slate::config::KvDtype;
 use slate::slm::gguf::GgufFile;
@@ -16,24 +18,13 @@ use slate::slm::kv::SeqKv;
 use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
 use slate::slm::testing::{check_step_logits, write_tiny_gguf, TinySpec};
 use slate::slm::tokenizer::SlmTokenizer;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn tiny(spec: &TinySpec) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_gguf(&path, spec);
     (dir, path)
-}
-
-/// The real model, or None (with the reason printed) when the file is absent.
-fn real_model() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped: {} is missing (scripts/fetch-models.sh fetches it)", p.display());
-        None
-    }
 }
 
 /// Logits of `steps` decode tokens for several sequences decoded together in one forward per step
@@ -160,7 +151,7 @@ fn tiny_model_batches_exactly_and_follows_f32() {
 
 #[test]
 fn real_model_batches_exactly_and_follows_f32() {
-    let Some(path) = real_model() else { return };
+    let path = common::smollm2();
     let file = GgufFile::open(&path).unwrap();
     let tok = SlmTokenizer::from_gguf_metadata(file.metadata()).unwrap();
     let model = LlamaModel::from_gguf(&file).unwrap();

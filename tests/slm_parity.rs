@@ -6,6 +6,8 @@
 //! block as Q8_1, Slate the same way), so logits differ only by rounding order: we require
 //! max |Δlogit| ≤ 0.05 · (logit range) and the same argmax at every step.
 
+mod common;
+
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -16,9 +18,7 @@ use slate::slm::testing::{write_tiny_gguf, TinySpec};
 use slate::slm::tokenizer::SlmTokenizer;
 
 fn model_path() -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)", p.display());
-    p
+    common::smollm2()
 }
 
 fn argmax(v: &[f32]) -> usize {

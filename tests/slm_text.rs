@@ -1,29 +1,27 @@
 //! The SLM text layer on the real default model file (models/SmolLM2-135M-Instruct.Q4_1.gguf): tokenizer
 //! ids and round trips, control tokens, the end-of-generation set, and the chat template.
 //!
-//! Expected ids come from an independent Python re-implementation of llama.cpp's `llm_tokenizer_bpe` for
-//! `tokenizer.ggml.pre = "smollm"` (split with `\p{N}`, then GPT-2's regex; byte-level merges applied by
-//! rank; control tokens split out first), run over this file's `tokenizer.ggml.tokens`/`merges`, and
-//! cross-checked against Hugging Face `tokenizers` 0.23.3 (Python) built the same way (BPE + Digits +
-//! ByteLevel without prefix space): both agreed on every string below.
+//! Expected ids: llama.cpp's tokenization of each string. `tools/peers/golden_tokens.py --llama-tokenize
+//! PATH` prints the arrays below from a native llama.cpp build's `llama-tokenize` (its strings and these
+//! are the same). They were first computed with an independent Python re-implementation of llama.cpp's
+//! `llm_tokenizer_bpe` for `tokenizer.ggml.pre = "smollm"`, cross-checked against Hugging Face
+//! `tokenizers` 0.23.3 built the same way (the two agreed on every string).
+
+mod common;
 
 use candle_core::quantized::gguf_file;
 use slate::slm::chat::{ChatMessage, ChatTemplate};
 use slate::slm::tokenizer::{IncrementalDecoder, SlmTokenizer};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
-const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SYSTEM: &str =
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
 
 fn tokenizer() -> &'static SlmTokenizer {
     static TOK: OnceLock<SlmTokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(MODEL);
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| {
-            panic!("{}: {e}; run scripts/fetch-models.sh to download the default model", path.display())
-        });
+        let path = common::smollm2();
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let content = gguf_file::Content::read(&mut std::io::BufReader::new(file))
             .unwrap_or_else(|e| panic!("{}: not a readable GGUF file: {e}", path.display()));
         SlmTokenizer::from_gguf_metadata(&content.metadata).expect("tokenizer from the default model")

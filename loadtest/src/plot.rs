@@ -2,13 +2,15 @@
 //! line in step mode. SVG through plotters' SVG backend (text is SVG `<text>`, so no font files or C
 //! libraries are needed).
 
-use crate::report::Report;
+use crate::report::{Report, RunReport};
 use anyhow::Context;
 use plotters::prelude::*;
 use std::path::Path;
 
-/// Writes the plot of `report` to `path` (SVG).
-pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
+/// The runs to plot with their x (offered rate; closed loop: achieved rate), in order of x, so each
+/// series' line joins its points left to right (step mode runs rates in search order: climbing, then
+/// bisecting back). Runs without a success have no latency to plot.
+fn by_rate(report: &Report) -> Vec<(f64, &RunReport)> {
     let mut runs: Vec<_> = report
         .runs
         .iter()
@@ -16,8 +18,14 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
         .map(|r| (r.offered_rps.unwrap_or(r.achieved_rps), r))
         .collect();
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs
+}
 
-    type Pick = fn(&crate::report::RunReport) -> Option<f64>;
+/// Writes the plot of `report` to `path` (SVG).
+pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
+    let runs = by_rate(report);
+
+    type Pick = fn(&RunReport) -> Option<f64>;
     let mut series: Vec<(&str, RGBColor, Pick)> = vec![
         ("p50", RGBColor(31, 119, 180), |r| Some(r.latency_ms.p50)),
         ("p90", RGBColor(44, 160, 44), |r| Some(r.latency_ms.p90)),
@@ -86,4 +94,75 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
         .context("plot legend")?;
     root.present().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Outcome, Recorder, Status};
+    use std::time::Duration;
+
+    /// An open-loop run at `rate` whose `ok` requests each took `ms`.
+    fn run(rate: f64, ok: u64, ms: u64) -> RunReport {
+        let mut rec = Recorder::default();
+        let took = Duration::from_millis(ms);
+        for _ in 0..ok {
+            rec.record(&Outcome::new(Status::Ok, took, took));
+        }
+        let second = Duration::from_secs(1);
+        RunReport::new(Some(rate), None, second, second, 10, 10, 0, Duration::ZERO, &rec)
+    }
+
+    /// Step mode's order: climbing 100, 200, 400 (fails), then bisecting 300, 250; one run without a
+    /// success.
+    fn step_report() -> Report {
+        Report {
+            scenario: "plot".into(),
+            target: "http-rank".into(),
+            model: "m".into(),
+            mode: "open".into(),
+            arrival: "fixed".into(),
+            seed: 1,
+            started_unix_ms: 0,
+            runs: vec![
+                run(100.0, 10, 5),
+                run(200.0, 10, 6),
+                run(400.0, 10, 80),
+                run(300.0, 10, 9),
+                run(250.0, 10, 7),
+                run(500.0, 0, 0),
+            ],
+            step: None,
+            files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn runs_are_plotted_in_order_of_offered_rate() {
+        let report = step_report();
+        let xs: Vec<f64> = by_rate(&report).iter().map(|(x, _)| *x).collect();
+        assert_eq!(xs, [100.0, 200.0, 250.0, 300.0, 400.0]);
+    }
+
+    #[test]
+    fn every_drawn_line_goes_left_to_right() {
+        let path = std::env::temp_dir().join(format!("slate-loadtest-plot-{}.svg", std::process::id()));
+        write_svg(&step_report(), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        // One polyline per percentile series, each through all five runs (legend marks are 2-point ones).
+        let lines: Vec<Vec<f64>> = svg
+            .split("<polyline")
+            .skip(1)
+            .map(|el| {
+                let points = el.split("points=\"").nth(1).and_then(|p| p.split('"').next()).expect("points");
+                points.split_whitespace().map(|xy| xy.split(',').next().unwrap().parse().unwrap()).collect()
+            })
+            .collect();
+        let series: Vec<&Vec<f64>> = lines.iter().filter(|xs| xs.len() == 5).collect();
+        assert_eq!(series.len(), 4, "p50, p90, p99, p99.9: {lines:?}");
+        for xs in series {
+            assert!(xs.windows(2).all(|w| w[0] < w[1]), "a line goes back: {xs:?}");
+        }
+    }
 }

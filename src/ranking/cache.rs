@@ -91,7 +91,7 @@ impl HistoryCache {
         if expired {
             if let Some(e) = inner.lru.pop(key) {
                 inner.bytes -= e.bytes;
-                metrics::cache_evicted(&self.model, "ttl", inner.bytes);
+                metrics::cache_evicted(&self.model, metrics::EVICT_TTL, inner.bytes);
             }
             drop(inner);
             metrics::cache_lookup(&self.model, false);
@@ -119,7 +119,7 @@ impl HistoryCache {
             match inner.lru.pop_lru() {
                 Some((_, e)) => {
                     inner.bytes -= e.bytes;
-                    metrics::cache_evicted(&self.model, "size", inner.bytes);
+                    metrics::cache_evicted(&self.model, metrics::EVICT_SIZE, inner.bytes);
                 }
                 None => break,
             }

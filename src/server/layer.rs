@@ -5,6 +5,7 @@
 //! Handlers only fill in what only they know: the model, via [`RequestCtx::set_model`].
 
 use super::AppState;
+use crate::config::ModelKind;
 use crate::error::{code_label_of, CodeLabel, Error};
 use crate::metrics;
 use crate::telemetry::REQUEST_ID_HEADER;
@@ -55,7 +56,7 @@ impl RequestCtx {
     }
 
     fn model_label(&self) -> &str {
-        self.model.get().map_or("-", String::as_str)
+        self.model.get().map_or(metrics::NO_MODEL, String::as_str)
     }
 }
 
@@ -76,6 +77,25 @@ const METHODS: &[(Protocol, &str, &str)] = &[
     (Protocol::Grpc, "/grpc.health.v1.Health/", "health"),
     (Protocol::Grpc, "/grpc.reflection.", "reflection"),
 ];
+
+/// The `method` labels whose requests name a model of each kind (the rest name none).
+const MODEL_METHODS: &[(ModelKind, &str)] = &[
+    (ModelKind::Ranker, "rank"),
+    (ModelKind::Slm, "completions"),
+    (ModelKind::Slm, "chat_completions"),
+    (ModelKind::Slm, "tokenize"),
+    (ModelKind::Slm, "score"),
+    (ModelKind::Slm, "generate"),
+    (ModelKind::Slm, "generate_stream"),
+];
+
+/// The (protocol, method) label pairs of the endpoints that serve a model of `kind`.
+pub fn model_methods(kind: ModelKind) -> impl Iterator<Item = (&'static str, &'static str)> {
+    METHODS
+        .iter()
+        .filter(move |(_, _, label)| MODEL_METHODS.contains(&(kind, *label)))
+        .map(|(protocol, _, label)| (protocol.as_str(), *label))
+}
 
 fn method_label(protocol: Protocol, path: &str) -> &'static str {
     METHODS
@@ -232,7 +252,7 @@ where
             false => Err(Error::Unauthenticated),
             true if probe => Ok(None),
             true => Arc::clone(&state.admission).try_acquire_owned().map(Some).map_err(|_| {
-                crate::metrics::rejection(ctx.model_label(), "max_concurrent_requests");
+                metrics::rejection(ctx.model_label(), metrics::REJECT_MAX_CONCURRENT);
                 Error::ResourceExhausted {
                     message: format!(
                         "server is at capacity: limits.max_concurrent_requests = {} requests in flight",
@@ -350,6 +370,25 @@ mod tests {
             "reflection"
         );
         assert_eq!(method_label(Protocol::Grpc, "/v1/rank"), "unknown");
+    }
+
+    #[test]
+    fn model_methods_are_method_labels_of_both_protocols() {
+        let ranker: Vec<_> = model_methods(ModelKind::Ranker).collect();
+        assert_eq!(ranker, [("http", "rank"), ("grpc", "rank")]);
+        let slm: Vec<_> = model_methods(ModelKind::Slm).collect();
+        assert_eq!(
+            slm,
+            [
+                ("http", "completions"),
+                ("http", "chat_completions"),
+                ("http", "tokenize"),
+                ("http", "score"),
+                ("grpc", "generate"),
+                ("grpc", "generate_stream"),
+                ("grpc", "score"),
+            ]
+        );
     }
 
     #[tokio::test]

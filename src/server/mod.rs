@@ -19,7 +19,7 @@ pub mod http;
 pub mod layer;
 pub mod openai;
 
-use crate::config::Config;
+use crate::config::{Config, ModelKind};
 use crate::error::{Error, Result};
 use crate::ranking::{RankRequest, RankResponse};
 use crate::registry::Registry;
@@ -132,6 +132,18 @@ pub async fn tokenize(
     off_runtime(move || handle.encode(&prompt).map(|ids| (handle, ids))).await
 }
 
+/// Puts every series of every configured model on the scrape at zero (see `crate::metrics`), so a
+/// fresh server's first scrape already has what dashboards and alerts query.
+fn register_metrics(config: &Config) {
+    for m in &config.models {
+        crate::metrics::register_requests(&m.name, layer::model_methods(m.kind));
+        match m.kind {
+            ModelKind::Ranker => crate::metrics::register_ranker(&m.name, &config.priorities.classes),
+            ModelKind::Slm => crate::metrics::register_slm(&m.name),
+        }
+    }
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -176,6 +188,9 @@ impl Server {
         tracing::info!("grpc listening on {grpc_addr}");
 
         crate::compute::configure(config.server.compute_nice);
+        // The recorder before the registry: loader threads report readiness as soon as they finish.
+        crate::metrics::install();
+        register_metrics(&config);
         let registry = Registry::new(&config);
         registry.spawn_loading(&config);
         let state = AppState::new(config, registry);

@@ -1,5 +1,7 @@
 //! Shared helpers for end-to-end tests: start the real `slate` binary on free ports with a temporary
-//! config, learn the bound addresses from its log, and talk to it.
+//! config, learn the bound addresses from its log, and talk to it; find what tests need from outside
+//! the repository (the SLM file, the project's Python, tools), failing loudly when it is missing;
+//! `queries` reads the metric names the deployment artifacts query.
 //!
 //! ```ignore
 //! mod common;
@@ -9,13 +11,63 @@
 //! ```
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod queries;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_slate");
+
+/// The default SLM, relative to the crate root (`scripts/fetch-models.sh` fetches it).
+pub const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+// What tests need from outside the repository. A test never passes silently without its subject:
+// whatever `scripts/test.sh` provides (model file, Python packages, tools) fails the test when missing,
+// with the command that provides it.
+
+/// `path` (relative to the crate root) as an absolute path; panics with `how` (the command that
+/// provides it) when it does not exist.
+pub fn require(path: &str, how: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    assert!(p.exists(), "{} is missing: {how}", p.display());
+    p
+}
+
+/// The default SLM's GGUF file, or a panic that says how to fetch it.
+pub fn smollm2() -> PathBuf {
+    require(SMOLLM2, "run scripts/fetch-models.sh (scripts/test.sh does)")
+}
+
+/// The Python that tests run tools with (NumPy reference, manifest checker): `$SLATE_PYTHON`, else
+/// the project's `.venv/bin/python3` (both made by `scripts/test.sh`); else a panic saying so.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLATE_PYTHON").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "SLATE_PYTHON={} is not a file", p.display());
+        return p;
+    }
+    require(
+        ".venv/bin/python3",
+        "the project's Python environment; run scripts/test.sh (it creates .venv/ with numpy, \
+         kubernetes-validate and cloudcoil-models-prometheus-operator), or set SLATE_PYTHON",
+    )
+}
+
+/// A tool from PATH, or a panic that says which Debian package has it (`scripts/test.sh` installs it).
+pub fn tool(name: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{name}` not found in PATH. It comes from Debian's `{package}` package; scripts/test.sh installs \
+             it (apt-get download {package} && dpkg -x, no services started)"
+        )
+    })
+}
 
 /// Environment variables of ours that must not leak from the developer's shell into a test server.
 const SCRUBBED_ENV: &[&str] = &[
