@@ -5,6 +5,7 @@
 //! work tokens in the system (queued or running) and the estimated wait those tokens mean at the
 //! measured compute cost ([`CostEstimate`]), with a tighter bound for a standing queue.
 
+use crate::metrics;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,7 +132,7 @@ impl Admission {
         let refuse = |reason, ms| Err(Refusal { reason, retry_after_ms: ms });
         if !self.requests.try_acquire() {
             let backlog = self.tokens.load(Ordering::Acquire);
-            return refuse("queue_requests", self.drain_ms(backlog, self.max_delay));
+            return refuse(metrics::REJECT_QUEUE_REQUESTS, self.drain_ms(backlog, self.max_delay));
         }
         let before = self.tokens.fetch_add(tokens, Ordering::AcqRel);
         let wait = self.wait_for(before);
@@ -140,7 +141,7 @@ impl Admission {
         // the budget never makes a valid request unservable; likewise the wait bound only refuses
         // when there is work ahead.
         let reason = if before > 0 && before + tokens > self.max_tokens {
-            Some("queue_tokens")
+            Some(metrics::REJECT_QUEUE_TOKENS)
         } else if before > 0 && !bound.is_zero() && wait > bound {
             Some(delay_reason)
         } else {
@@ -159,8 +160,8 @@ impl Admission {
     /// `max_delay`.
     fn bound_at(&self, wait: Duration, now: Instant) -> (Duration, &'static str) {
         match &self.overload {
-            Some(o) if o.observe(wait, now) => (o.delay, "queue_delay_overload"),
-            _ => (self.max_delay, "queue_delay"),
+            Some(o) if o.observe(wait, now) => (o.delay, metrics::REJECT_QUEUE_DELAY_OVERLOAD),
+            _ => (self.max_delay, metrics::REJECT_QUEUE_DELAY),
         }
     }
 

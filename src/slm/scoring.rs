@@ -1,5 +1,5 @@
 //! Label scoring arithmetic: log-probabilities of label tokens from logits rows, and the normalized
-//! distribution over labels. The engine (scheduler.rs) runs one prefill of the prompt and then every
+//! distribution over labels. The engine (scheduler/step.rs) runs one prefill of the prompt and then every
 //! label's tokens against a copy of the prompt's KV cache.
 
 /// `log softmax(logits)[token]`, computed in f64 (max-shifted log-sum-exp).

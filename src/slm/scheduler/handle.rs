@@ -217,7 +217,7 @@ impl SlmHandle {
     fn admit(&self) -> Result<()> {
         let max = self.inner.waiting.max();
         if !self.inner.waiting.try_acquire() {
-            metrics::rejection(&self.inner.name, "queue_full");
+            metrics::rejection(&self.inner.name, metrics::REJECT_QUEUE_FULL);
             return Err(Error::ResourceExhausted {
                 message: format!("model '{}': {max} requests are already waiting", self.inner.name),
                 retry_after_ms: 100,
@@ -231,7 +231,7 @@ impl SlmHandle {
             self.inner.waiting.release();
             match e {
                 crossbeam_channel::TrySendError::Full(_) => {
-                    metrics::rejection(&self.inner.name, "queue_full");
+                    metrics::rejection(&self.inner.name, metrics::REJECT_QUEUE_FULL);
                     Error::ResourceExhausted {
                         message: format!("model '{}': queue is full", self.inner.name),
                         retry_after_ms: 100,
