@@ -19,7 +19,6 @@ pub(super) fn keys16(n_keys: usize) -> usize {
     n_keys.div_ceil(16) * 16
 }
 
-
 /// AVX-512 path: [`avx2::attend`](super::avx2::attend)'s computation with the same operations on each lane in
 /// the same order (so the same bits), on 16-float vectors. Up to 12 query rows at a time (the rows spread
 /// evenly over the blocks): scores for all the block's rows × 32 keys per register block (each key vector

@@ -76,15 +76,8 @@ fn simd_and_scalar_match_reference_on_ragged_sizes() {
         }
         let (ok, ov) = (rng.vec(rows * hd, 2.0), rng.vec(rows * hd, 1.0));
         let scale = 1.0 / (hd as f32).sqrt();
-        let att = HeadAttention {
-            head_dim: hd,
-            n_keys: n,
-            kt: &kt,
-            kt_stride,
-            v: &vstrided,
-            v_stride: vs,
-            scale,
-        };
+        let att =
+            HeadAttention { head_dim: hd, n_keys: n, kt: &kt, kt_stride, v: &vstrided, v_stride: vs, scale };
         let own = with_own.then_some(OwnKv { k: &ok, v: &ov, stride: hd });
         let want = reference(&q, qs, rows, &k, &v, n, hd, with_own.then_some((&ok[..], &ov[..])), scale);
         // Every path (AVX-512 where the CPU has it, else its fallback), and the public dispatch.
@@ -100,10 +93,7 @@ fn simd_and_scalar_match_reference_on_ragged_sizes() {
             assert_close(&got, &want, 2e-5, 2e-6, &what);
             // Columns past hd in each output row are untouched.
             for r in 0..rows {
-                assert!(
-                    out[r * os + hd..r * os + os].iter().all(|x| x.is_nan()),
-                    "{what}: wrote past hd"
-                );
+                assert!(out[r * os + hd..r * os + os].iter().all(|x| x.is_nan()), "{what}: wrote past hd");
             }
         }
     }
@@ -320,10 +310,7 @@ fn tiled_simd_and_scalar_match_reference_on_ragged_sizes() {
             let what = format!("case {case} simd={simd} hd={hd} n={n} rows={rows}");
             assert_close(&got, &want, 2e-5, 2e-6, &what);
             for r in 0..rows {
-                assert!(
-                    out[r * os + hd..r * os + os].iter().all(|x| x.is_nan()),
-                    "{what}: wrote past hd"
-                );
+                assert!(out[r * os + hd..r * os + os].iter().all(|x| x.is_nan()), "{what}: wrote past hd");
             }
             outs.push(got);
         }
@@ -371,8 +358,7 @@ fn tiled_f16_matches_reference_and_the_f32_kernel_on_rounded_inputs() {
         // The f16 cache holds the rounded keys and values; the reference sees those.
         let k = rounded(&rng.vec(n * hd, 2.0));
         let v = rounded(&rng.vec(n * hd, 1.0));
-        let (kt16, v16) =
-            (tiled_keys(&k, n, hd, to_f16), v.iter().map(|&x| to_f16(x)).collect::<Vec<_>>());
+        let (kt16, v16) = (tiled_keys(&k, n, hd, to_f16), v.iter().map(|&x| to_f16(x)).collect::<Vec<_>>());
         let kt32 = tiled_keys(&k, n, hd, |x| x);
         let scale = 1.0 / (hd as f32).sqrt();
         let att16 = TiledHead { head_dim: hd, n_keys: n, kt: &kt16, v: &v16, scale };
@@ -417,8 +403,7 @@ fn tiled_f16_stays_close_to_f32_on_unrounded_inputs() {
         let rows = 1 + rng.below(6);
         let q = rng.vec(rows * hd, 2.0);
         let (k, v) = (rng.vec(n * hd, 2.0), rng.vec(n * hd, 1.0));
-        let (kt16, v16) =
-            (tiled_keys(&k, n, hd, to_f16), v.iter().map(|&x| to_f16(x)).collect::<Vec<_>>());
+        let (kt16, v16) = (tiled_keys(&k, n, hd, to_f16), v.iter().map(|&x| to_f16(x)).collect::<Vec<_>>());
         let kt32 = tiled_keys(&k, n, hd, |x| x);
         let scale = 1.0 / (hd as f32).sqrt();
         let att16 = TiledHead { head_dim: hd, n_keys: n, kt: &kt16, v: &v16, scale };

@@ -3,8 +3,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{exp_row, Lanes};
-use super::tiled::{KvElement, TiledHead, KEY_TILE};
 use super::padded_keys;
+use super::tiled::{KvElement, TiledHead, KEY_TILE};
 use crate::kernels::cpu::simd::avx2::{hmax, hsum};
 
 /// Query rows whose scores are computed together in [`attend_tiled`]'s AVX2 path.

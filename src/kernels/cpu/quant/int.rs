@@ -527,10 +527,7 @@ macro_rules! int_simd_kernels {
         /// `q` must point to 256 readable bytes and `xq(t)` to 32 for every `t < NT`.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn dots_i8<const NT: usize>(
-            q: *const u8,
-            xq: impl Fn(usize) -> *const i8,
-        ) -> [__m256i; NT] {
+        unsafe fn dots_i8<const NT: usize>(q: *const u8, xq: impl Fn(usize) -> *const i8) -> [__m256i; NT] {
             let ones = _mm256_set1_epi16(1);
             let mut sums = [_mm256_setzero_si256(); NT];
             for j in 0..8 {
