@@ -25,7 +25,6 @@
 //! values are f32 or f16 ([`KvElement`]): f16 halves the cache and the bytes each token streams; every
 //! element is widened to f32 as it is loaded and all arithmetic stays f32, so an f16 cache gives
 //! exactly the f32 kernel's result on the f16-rounded keys and values.
-
 //!
 //! Files: this one holds the strided API, its dispatch and the scalar reference; [`avx2`] and
 //! [`avx512`] its two SIMD paths (different tilings, the same operations per lane), which share the
