@@ -42,7 +42,7 @@ pub fn bias_gelu_with(simd: bool, x: &mut [f32], bias: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn bias_gelu_avx2(x: &mut [f32], bias: &[f32]) {
-    use super::simd::avx2::exp256;
+    use super::simd::avx2::exp;
     use std::arch::x86_64::*;
     let n = bias.len();
     let full = n / 8 * 8;
@@ -57,7 +57,7 @@ fn bias_gelu_avx2(x: &mut [f32], bias: &[f32]) {
                     _mm256_loadu_ps(bias.as_ptr().add(j)),
                 );
                 let inner = _mm256_fmadd_ps(_mm256_mul_ps(c, _mm256_mul_ps(v, v)), v, v);
-                let e = exp256(_mm256_mul_ps(k2, inner));
+                let e = exp(_mm256_mul_ps(k2, inner));
                 _mm256_storeu_ps(row.as_mut_ptr().add(j), _mm256_div_ps(v, _mm256_add_ps(one, e)));
             }
             j += 8;

@@ -15,10 +15,6 @@ use super::simd::{has_avx2_fma, has_avx512};
 
 /// Columns per panel (two AVX2 vectors).
 pub const PANEL: usize = 16;
-/// Rows per register tile (AVX2).
-const TILE_ROWS: usize = 6;
-/// Rows per register tile (AVX-512: 12 rows × 2 panels = 24 of the 32 vector registers).
-const TILE_ROWS_512: usize = 12;
 
 /// A linear layer `y = x·Wᵀ + b` with `W` packed into column panels.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,15 +133,15 @@ pub fn linear_with(
     #[cfg(target_arch = "x86_64")]
     if simd && has_avx512() {
         // SAFETY: AVX-512F (and AVX2 + FMA) present (checked just above); the asserts above are the
-        // bounds the kernel relies on (see `linear_avx512`).
-        unsafe { linear_avx512(lin, x, x_stride, k, rows, bias, epi, out, out_stride) };
+        // bounds the kernel relies on (see `avx512::linear`).
+        unsafe { avx512::linear(lin, x, x_stride, k, rows, bias, epi, out, out_stride) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if simd && has_avx2_fma() {
         // SAFETY: AVX2+FMA present (checked just above); the asserts above are the bounds the kernel
-        // relies on (see `linear_avx2`).
-        unsafe { linear_avx2(lin, x, x_stride, k, rows, bias, epi, out, out_stride) };
+        // relies on (see `avx2::linear`).
+        unsafe { avx2::linear(lin, x, x_stride, k, rows, bias, epi, out, out_stride) };
         return;
     }
     let _ = simd;
@@ -191,298 +187,214 @@ fn linear_scalar(
     }
 }
 
-/// AVX2 path: for each panel, 6-row tiles of 12 accumulators over `k`, epilogue in registers.
-///
-/// # Safety
-/// AVX2 and FMA must be present and the bounds asserted in [`linear_with`] must hold.
+/// The SIMD path, written once over an ISA's vector ([`super::simd`]) and compiled per ISA (the
+/// `mod avx2` and `mod avx512` below): for each group of up to `max_panels` panels (`NV` vectors of
+/// columns), tiles of up to `tile_rows` rows × `NV` vectors of accumulators, an FMA chain over `k`,
+/// then the epilogue in registers and one store. `mask_full`: whether the epilogue masks the bias and
+/// output accesses of full tiles too (an AVX-512 masked move costs what a plain one does; AVX2's
+/// `maskload` does not, so full AVX2 tiles use plain loads).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn linear_avx2(
-    lin: &PackedLinear,
-    x: &[f32],
-    x_stride: usize,
-    k: usize,
-    rows: usize,
-    bias: &[f32],
-    epi: Epilogue,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    for p in 0..lin.n_out.div_ceil(PANEL) {
-        let mut r0 = 0;
-        while r0 < rows {
-            let nr = (rows - r0).min(TILE_ROWS);
-            let xb = &x[r0 * x_stride..];
-            let ob = &mut out[r0 * out_stride..];
-            // SAFETY: forwarded contract; rows [r0, r0 + nr) are inside the checked rows.
+macro_rules! linear_simd {
+    (
+        features: $features:literal,
+        vector: $v:path,
+        tile_rows: [$rmax:literal $(, $r:literal)*],
+        max_panels: $pmax:literal,
+        mask_full: $mask_full:literal $(,)?
+    ) => {
+        use super::{Epilogue, PackedLinear, PANEL};
+        use $v as v;
+        use v::F32s;
+
+        /// Rows per register tile (`TILE_ROWS × NV` accumulators).
+        const TILE_ROWS: usize = $rmax;
+        /// Panels per tile at most (the accumulators of 2 panels × 12 rows fill 24 of AVX-512's 32
+        /// registers).
+        const MAX_PANELS: usize = $pmax;
+        const MASK_FULL: bool = $mask_full;
+        /// Vectors per panel.
+        const PANEL_VECTORS: usize = PANEL / v::LANES;
+
+        /// # Safety
+        /// The CPU has this ISA's features and the bounds asserted in [`super::linear_with`] hold.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn linear(
+            lin: &PackedLinear,
+            x: &[f32],
+            x_stride: usize,
+            k: usize,
+            rows: usize,
+            bias: &[f32],
+            epi: Epilogue,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            let n_panels = lin.n_out.div_ceil(PANEL);
+            let mut p = 0;
+            while p < n_panels {
+                let np = (n_panels - p).min(MAX_PANELS);
+                let mut r0 = 0;
+                while r0 < rows {
+                    let nr = (rows - r0).min(TILE_ROWS);
+                    let xb = &x[r0 * x_stride..];
+                    let ob = &mut out[r0 * out_stride..];
+                    // SAFETY: forwarded contract; rows [r0, r0 + nr) are inside the checked rows and
+                    // panels [p, p + np) exist.
+                    unsafe {
+                        if MAX_PANELS == 2 && np == 2 {
+                            const NV: usize = 2 * PANEL_VECTORS;
+                            tile_rows::<NV>(nr, lin, p, xb, x_stride, k, bias, epi, ob, out_stride);
+                        } else {
+                            const NV: usize = PANEL_VECTORS;
+                            tile_rows::<NV>(nr, lin, p, xb, x_stride, k, bias, epi, ob, out_stride);
+                        }
+                    }
+                    r0 += nr;
+                }
+                p += np;
+            }
+        }
+
+        /// Dispatches an `nr`-row tile (1 ..= `TILE_ROWS`) to its monomorphized kernel.
+        ///
+        /// # Safety
+        /// As [`tile`].
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile_rows<const NV: usize>(
+            nr: usize,
+            lin: &PackedLinear,
+            p: usize,
+            x: &[f32],
+            x_stride: usize,
+            k: usize,
+            bias: &[f32],
+            epi: Epilogue,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded contract.
             unsafe {
                 match nr {
-                    6 => tile::<6>(lin, p, xb, x_stride, k, bias, epi, ob, out_stride),
-                    5 => tile::<5>(lin, p, xb, x_stride, k, bias, epi, ob, out_stride),
-                    4 => tile::<4>(lin, p, xb, x_stride, k, bias, epi, ob, out_stride),
-                    3 => tile::<3>(lin, p, xb, x_stride, k, bias, epi, ob, out_stride),
-                    2 => tile::<2>(lin, p, xb, x_stride, k, bias, epi, ob, out_stride),
-                    _ => tile::<1>(lin, p, xb, x_stride, k, bias, epi, ob, out_stride),
+                    $rmax => tile::<$rmax, NV>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
+                    $($r => tile::<$r, NV>(lin, p, x, x_stride, k, bias, epi, out, out_stride),)*
+                    _ => tile::<1, NV>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
                 }
             }
-            r0 += nr;
         }
-    }
-}
 
-/// One `R × 16` output tile of panel `p`.
-///
-/// # Safety
-/// As [`linear_avx2`], for the `R` rows starting at the slices' starts.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    lin: &PackedLinear,
-    p: usize,
-    x: &[f32],
-    x_stride: usize,
-    k: usize,
-    bias: &[f32],
-    epi: Epilogue,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    use super::simd::avx2::exp256;
-    use std::arch::x86_64::*;
-    let panel = lin.panels[p * lin.n_in * PANEL..].as_ptr();
-    let xp = x.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for kk in 0..k {
-        // SAFETY: kk < k ≤ n_in, so the 16 floats of row kk lie inside panel p; r < R rows and kk < k
-        // lie inside x's checked extent.
-        unsafe {
-            let b0 = _mm256_loadu_ps(panel.add(kk * PANEL));
-            let b1 = _mm256_loadu_ps(panel.add(kk * PANEL + 8));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm256_broadcast_ss(&*xp.add(r * x_stride + kk));
-                a[0] = _mm256_fmadd_ps(xv, b0, a[0]);
-                a[1] = _mm256_fmadd_ps(xv, b1, a[1]);
-            }
-        }
-    }
-    // Columns [c0, c0 + width) of this panel exist; a partial panel uses masked bias loads/stores.
-    let c0 = p * PANEL;
-    let width = PANEL.min(lin.n_out - c0);
-    let base = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let w = _mm256_set1_epi32(width as i32);
-    let masks =
-        [_mm256_cmpgt_epi32(w, base), _mm256_cmpgt_epi32(w, _mm256_add_epi32(base, _mm256_set1_epi32(8)))];
-    let full = width == PANEL;
-    // SAFETY (of `load`/`store`): enabled lanes are columns < n_out of a checked row; pointers are
-    // formed with wrapping_add since a masked-off vector may point past the slice.
-    let load = |ptr: *const f32, h: usize| unsafe {
-        if full {
-            _mm256_loadu_ps(ptr.wrapping_add(8 * h))
-        } else {
-            _mm256_maskload_ps(ptr.wrapping_add(8 * h), masks[h])
-        }
-    };
-    // SAFETY: as for `load`.
-    let store = |ptr: *mut f32, h: usize, v: __m256| unsafe {
-        if full {
-            _mm256_storeu_ps(ptr.wrapping_add(8 * h), v)
-        } else {
-            _mm256_maskstore_ps(ptr.wrapping_add(8 * h), masks[h], v)
-        }
-    };
-    let bp = bias.as_ptr().wrapping_add(c0);
-    let bv = [load(bp, 0), load(bp, 1)];
-    let (gk2, gc, one, zero) = (
-        _mm256_set1_ps(-2.0 * 0.797_884_6),
-        _mm256_set1_ps(0.044_715),
-        _mm256_set1_ps(1.0),
-        _mm256_setzero_ps(),
-    );
-    let op = out.as_mut_ptr();
-    for (r, a) in acc.iter().enumerate() {
-        let orow = op.wrapping_add(r * out_stride + c0);
-        for h in 0..2 {
-            let v = _mm256_add_ps(a[h], bv[h]);
-            let v = match epi {
-                Epilogue::Bias => v,
-                Epilogue::BiasRelu => _mm256_max_ps(v, zero),
-                Epilogue::BiasGelu => {
-                    // x / (1 + e^(−2y)), y = √(2/π)(x + 0.044715x³)
-                    let inner = _mm256_fmadd_ps(_mm256_mul_ps(gc, _mm256_mul_ps(v, v)), v, v);
-                    _mm256_div_ps(v, _mm256_add_ps(one, exp256(_mm256_mul_ps(gk2, inner))))
+        /// One `R × NV·LANES` output tile from panel `p` on.
+        ///
+        /// # Safety
+        /// As [`linear`], for the `R` rows starting at the slices' starts; the panels the `NV`
+        /// vectors cover exist.
+        #[target_feature(enable = $features)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile<const R: usize, const NV: usize>(
+            lin: &PackedLinear,
+            p: usize,
+            x: &[f32],
+            x_stride: usize,
+            k: usize,
+            bias: &[f32],
+            epi: Epilogue,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            let panel_len = lin.n_in * PANEL;
+            // Vector h of a row: panel p + h·LANES / 16, from column (h·LANES) % 16 of that panel.
+            let panels: [*const f32; NV] = std::array::from_fn(|h| {
+                let (panel, col) = (p + h * v::LANES / PANEL, h * v::LANES % PANEL);
+                lin.panels[panel * panel_len..].as_ptr().wrapping_add(col)
+            });
+            let xp = x.as_ptr();
+            let mut acc = [[v::zero(); NV]; R];
+            for kk in 0..k {
+                // SAFETY: kk < k ≤ n_in, so the vectors of row kk lie inside their panels; r < R rows
+                // and kk < k lie inside x's checked extent.
+                unsafe {
+                    let b: [F32s; NV] = std::array::from_fn(|h| v::load(panels[h].add(kk * PANEL)));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xv = v::broadcast(xp.add(r * x_stride + kk));
+                        for h in 0..NV {
+                            a[h] = v::fmadd(xv, b[h], a[h]);
+                        }
+                    }
                 }
-                Epilogue::AddInto => _mm256_add_ps(load(orow, h), v),
-            };
-            store(orow, h, v);
-        }
-    }
-}
-
-/// AVX-512 path: for each pair of panels (32 columns; a last odd panel alone), 12-row tiles of 24
-/// (or 12) accumulators over `k`, epilogue in registers.
-///
-/// # Safety
-/// AVX-512F, AVX2 and FMA must be present and the bounds asserted in [`linear_with`] must hold.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn linear_avx512(
-    lin: &PackedLinear,
-    x: &[f32],
-    x_stride: usize,
-    k: usize,
-    rows: usize,
-    bias: &[f32],
-    epi: Epilogue,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    let n_panels = lin.n_out.div_ceil(PANEL);
-    let mut p = 0;
-    while p < n_panels {
-        let np = (n_panels - p).min(2);
-        let mut r0 = 0;
-        while r0 < rows {
-            let nr = (rows - r0).min(TILE_ROWS_512);
-            let xb = &x[r0 * x_stride..];
-            let ob = &mut out[r0 * out_stride..];
-            // SAFETY: forwarded contract; rows [r0, r0 + nr) are inside the checked rows and panels
-            // [p, p + np) exist.
-            unsafe {
-                if np == 2 {
-                    tile512_rows::<2>(nr, lin, p, xb, x_stride, k, bias, epi, ob, out_stride);
+            }
+            // Columns [c0, c0 + width) of the tile exist; only the very last panel can be partial.
+            let c0 = p * PANEL;
+            let width = (NV * v::LANES).min(lin.n_out - c0);
+            let masks = v::lane_masks::<NV>(width);
+            let plain = !MASK_FULL && width == NV * v::LANES;
+            // SAFETY (of `load`/`store`): enabled lanes are columns < n_out of a checked row;
+            // masked-off lanes are not accessed, and pointers are formed with wrapping_add since a
+            // masked-off vector may point past the slice.
+            let load = |ptr: *const f32, h: usize| unsafe {
+                if plain {
+                    v::load(ptr.wrapping_add(v::LANES * h))
                 } else {
-                    tile512_rows::<1>(nr, lin, p, xb, x_stride, k, bias, epi, ob, out_stride);
+                    v::load_masked(ptr.wrapping_add(v::LANES * h), masks[h])
                 }
-            }
-            r0 += nr;
-        }
-        p += np;
-    }
-}
-
-/// Dispatches an `nr`-row tile (1 ..= 12) to its monomorphized kernel.
-///
-/// # Safety
-/// As [`tile512`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile512_rows<const NP: usize>(
-    nr: usize,
-    lin: &PackedLinear,
-    p: usize,
-    x: &[f32],
-    x_stride: usize,
-    k: usize,
-    bias: &[f32],
-    epi: Epilogue,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        match nr {
-            12 => tile512::<12, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            11 => tile512::<11, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            10 => tile512::<10, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            9 => tile512::<9, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            8 => tile512::<8, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            7 => tile512::<7, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            6 => tile512::<6, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            5 => tile512::<5, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            4 => tile512::<4, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            3 => tile512::<3, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            2 => tile512::<2, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-            _ => tile512::<1, NP>(lin, p, x, x_stride, k, bias, epi, out, out_stride),
-        }
-    }
-}
-
-/// One `R × 16·NP` output tile: panels `p .. p + NP`.
-///
-/// # Safety
-/// As [`linear_avx512`], for the `R` rows starting at the slices' starts; panels `p .. p + NP` exist.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile512<const R: usize, const NP: usize>(
-    lin: &PackedLinear,
-    p: usize,
-    x: &[f32],
-    x_stride: usize,
-    k: usize,
-    bias: &[f32],
-    epi: Epilogue,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    use super::simd::avx512::exp512;
-    use std::arch::x86_64::*;
-    let panel_len = lin.n_in * PANEL;
-    let panels: [*const f32; NP] = std::array::from_fn(|h| lin.panels[(p + h) * panel_len..].as_ptr());
-    let xp = x.as_ptr();
-    let mut acc = [[_mm512_setzero_ps(); NP]; R];
-    for kk in 0..k {
-        // SAFETY: kk < k ≤ n_in, so the 16 floats of row kk lie inside each of the NP panels; r < R
-        // rows and kk < k lie inside x's checked extent.
-        unsafe {
-            let b: [__m512; NP] = std::array::from_fn(|h| _mm512_loadu_ps(panels[h].add(kk * PANEL)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*xp.add(r * x_stride + kk));
-                for h in 0..NP {
-                    a[h] = _mm512_fmadd_ps(xv, b[h], a[h]);
-                }
-            }
-        }
-    }
-    // Panel h covers columns [c0 + 16h, c0 + 16h + widths[h]); only the very last panel can be partial.
-    let c0 = p * PANEL;
-    let masks: [__mmask16; NP] = std::array::from_fn(|h| {
-        let width = PANEL.min(lin.n_out - (c0 + h * PANEL));
-        if width == PANEL {
-            0xFFFF
-        } else {
-            (1u16 << width) - 1
-        }
-    });
-    // SAFETY (of `load`/`store`): enabled lanes are columns < n_out of a checked row; masked-off lanes
-    // are not accessed, and pointers are formed with wrapping_add.
-    let load =
-        |ptr: *const f32, h: usize| unsafe { _mm512_maskz_loadu_ps(masks[h], ptr.wrapping_add(16 * h)) };
-    // SAFETY: as for `load`.
-    let store = |ptr: *mut f32, h: usize, v: __m512| unsafe {
-        _mm512_mask_storeu_ps(ptr.wrapping_add(16 * h), masks[h], v)
-    };
-    let bp = bias.as_ptr().wrapping_add(c0);
-    let bv: [__m512; NP] = std::array::from_fn(|h| load(bp, h));
-    let (gk2, gc, one, zero) = (
-        _mm512_set1_ps(-2.0 * 0.797_884_6),
-        _mm512_set1_ps(0.044_715),
-        _mm512_set1_ps(1.0),
-        _mm512_setzero_ps(),
-    );
-    let op = out.as_mut_ptr();
-    for (r, a) in acc.iter().enumerate() {
-        let orow = op.wrapping_add(r * out_stride + c0);
-        for h in 0..NP {
-            let v = _mm512_add_ps(a[h], bv[h]);
-            let v = match epi {
-                Epilogue::Bias => v,
-                Epilogue::BiasRelu => _mm512_max_ps(v, zero),
-                Epilogue::BiasGelu => {
-                    // The AVX2 tile's operations, lane for lane.
-                    let inner = _mm512_fmadd_ps(_mm512_mul_ps(gc, _mm512_mul_ps(v, v)), v, v);
-                    _mm512_div_ps(v, _mm512_add_ps(one, exp512(_mm512_mul_ps(gk2, inner))))
-                }
-                Epilogue::AddInto => _mm512_add_ps(load(orow, h), v),
             };
-            store(orow, h, v);
+            // SAFETY: as for `load`.
+            let store = |ptr: *mut f32, h: usize, x: F32s| unsafe {
+                if plain {
+                    v::store(ptr.wrapping_add(v::LANES * h), x)
+                } else {
+                    v::store_masked(ptr.wrapping_add(v::LANES * h), masks[h], x)
+                }
+            };
+            let bp = bias.as_ptr().wrapping_add(c0);
+            let bv: [F32s; NV] = std::array::from_fn(|h| load(bp, h));
+            let (gk2, gc) = (v::splat(-2.0 * 0.797_884_6), v::splat(0.044_715));
+            let (one, zero) = (v::splat(1.0), v::zero());
+            let op = out.as_mut_ptr();
+            for (r, a) in acc.iter().enumerate() {
+                let orow = op.wrapping_add(r * out_stride + c0);
+                for h in 0..NV {
+                    let x = v::add(a[h], bv[h]);
+                    let x = match epi {
+                        Epilogue::Bias => x,
+                        Epilogue::BiasRelu => v::max(x, zero),
+                        Epilogue::BiasGelu => {
+                            // x / (1 + e^(−2y)), y = √(2/π)(x + 0.044715x³)
+                            let inner = v::fmadd(v::mul(gc, v::mul(x, x)), x, x);
+                            v::div(x, v::add(one, v::exp(v::mul(gk2, inner))))
+                        }
+                        Epilogue::AddInto => v::add(load(orow, h), x),
+                    };
+                    store(orow, h, x);
+                }
+            }
         }
+    };
+}
+
+/// AVX2: one panel (two 8-float vectors) × 6 rows per tile: 12 accumulators.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    linear_simd! {
+        features: "avx2,fma",
+        vector: crate::kernels::cpu::simd::avx2,
+        tile_rows: [6, 5, 4, 3, 2],
+        max_panels: 1,
+        mask_full: false,
+    }
+}
+
+/// AVX-512: two panels (two 16-float vectors; a last odd panel alone) × 12 rows per tile: 24
+/// accumulators.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    linear_simd! {
+        features: "avx512f,avx2,fma",
+        vector: crate::kernels::cpu::simd::avx512,
+        tile_rows: [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2],
+        max_panels: 2,
+        mask_full: true,
     }
 }
 
@@ -495,8 +407,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_gives_the_bits_of_avx2() {
-        if !crate::kernels::cpu::simd::cpu_has_avx512() {
-            eprintln!("SKIPPED: this CPU has no AVX-512F; the AVX-512 tile is not exercised here");
+        if !crate::kernels::cpu::simd::require_isa("avx512f") {
             return;
         }
         let mut rng = TestRng::new(21);
@@ -512,8 +423,8 @@ mod tests {
                 let (mut a, mut b) = (out0.clone(), out0.clone());
                 // SAFETY: AVX-512F, AVX2 and FMA checked above; shapes as linear_with asserts them.
                 unsafe {
-                    linear_avx512(&lin, &x, xs, k, rows, &lin.bias, epi, &mut a, os);
-                    linear_avx2(&lin, &x, xs, k, rows, &lin.bias, epi, &mut b, os);
+                    avx512::linear(&lin, &x, xs, k, rows, &lin.bias, epi, &mut a, os);
+                    avx2::linear(&lin, &x, xs, k, rows, &lin.bias, epi, &mut b, os);
                 }
                 let (a, b): (Vec<u32>, Vec<u32>) =
                     (a.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_bits()).collect());

@@ -408,13 +408,7 @@ macro_rules! int_simd_kernels {
                 // prefetch never faults, so the address may lie past the streams (wrapping_add, never
                 // dereferenced).
                 if t0 == 0 {
-                    let ahead = (g * nb + b + PF_BLOCKS) * qsb;
-                    for l in (0..qsb).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(qs.wrapping_add(ahead + l).cast());
-                    }
-                    if K == K_Q4_0 || K == K_Q4_1 || K == K_Q8_0 {
-                        _mm_prefetch::<_MM_HINT_T0>(sc.wrapping_add((g * nb + b + PF_BLOCKS) * spu).cast());
-                    }
+                    prefetch::<K>(qs, sc, g * nb + b + PF_BLOCKS, qsb, spu);
                 }
                 // SAFETY (whole block body): (g, b) is a block of `p`, so its `qsb` code bytes, its scale
                 // unit and aux bytes lie inside the streams (see `pack`); tb < n·nb indexes whole
@@ -451,23 +445,7 @@ macro_rules! int_simd_kernels {
                             }
                         }
                         K_Q8_0 => {
-                            // Word-outer order: only one weight word (and its |w|) is live at a time, so
-                            // the per-token i32 sums and accumulators stay in registers.
-                            let ones = _mm256_set1_epi16(1);
-                            let mut sums = [_mm256_setzero_si256(); NT];
-                            for j in 0..8 {
-                                let w = _mm256_loadu_si256(q.add(32 * j).cast());
-                                let wabs = _mm256_abs_epi8(w);
-                                for (t, s) in sums.iter_mut().enumerate() {
-                                    let x = bcast4(xq.add(((t0 + t) * nb + b) * QB), j);
-                                    if VNNI {
-                                        *s = dpbusd(*s, wabs, _mm256_sign_epi8(x, w));
-                                        continue;
-                                    }
-                                    let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(x, w));
-                                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
-                                }
-                            }
+                            let sums = dots_i8::<NT>(q, |t| xq.add(((t0 + t) * nb + b) * QB));
                             let dw = f16x8(sc.add((g * nb + b) * spu));
                             for (t, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
                                 let tb = (t0 + t) * nb + b;
@@ -521,6 +499,69 @@ macro_rules! int_simd_kernels {
                     }
                 }
             }
+            // SAFETY: forwarded contract.
+            unsafe { store_tile(&acc, out, rows, g, t0) };
+        }
+
+        /// Prefetch of block `blk` (group-major block index) of both streams: its code bytes, and its
+        /// scale unit for the types with one per block.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn prefetch<const K: u8>(qs: *const u8, sc: *const u16, blk: usize, qsb: usize, spu: usize) {
+            // A prefetch never faults, so the address may lie past the streams (wrapping_add, never
+            // dereferenced).
+            for l in (0..qsb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(qs.wrapping_add(blk * qsb + l).cast());
+            }
+            if K == K_Q4_0 || K == K_Q4_1 || K == K_Q8_0 {
+                _mm_prefetch::<_MM_HINT_T0>(sc.wrapping_add(blk * spu).cast());
+            }
+        }
+
+        /// Per-lane (row) `Σ w·x` of a Q8_0 block against `NT` tokens' activation blocks, in word-outer
+        /// order: only one weight word (and its |w|) is live at a time, so the per-token i32 sums and
+        /// accumulators stay in registers. `maddubs` of |w| and sign-adjusted x pairs stay within i16
+        /// (2·128·127).
+        ///
+        /// # Safety
+        /// `q` must point to 256 readable bytes and `xq(t)` to 32 for every `t < NT`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dots_i8<const NT: usize>(q: *const u8, xq: impl Fn(usize) -> *const i8) -> [__m256i; NT] {
+            let ones = _mm256_set1_epi16(1);
+            let mut sums = [_mm256_setzero_si256(); NT];
+            for j in 0..8 {
+                // SAFETY: 32·j + 32 ≤ 256.
+                let w = unsafe { _mm256_loadu_si256(q.add(32 * j).cast()) };
+                let wabs = _mm256_abs_epi8(w);
+                for (t, s) in sums.iter_mut().enumerate() {
+                    // SAFETY: word j < 8 of token t's block (forwarded contract).
+                    let x = unsafe { bcast4(xq(t), j) };
+                    if VNNI {
+                        // SAFETY: the VNNI copy.
+                        unsafe { *s = dpbusd(*s, wabs, _mm256_sign_epi8(x, w)) };
+                        continue;
+                    }
+                    let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(x, w));
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+                }
+            }
+            sums
+        }
+
+        /// Stores the accumulators of group `g` × tokens `t0 .. t0 + NT` (the group's live rows only).
+        ///
+        /// # Safety
+        /// As [`tile`].
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn store_tile<const NT: usize>(
+            acc: &[__m256; NT],
+            out: *mut f32,
+            rows: usize,
+            g: usize,
+            t0: usize,
+        ) {
             let live = (rows - g * G).min(G);
             for (t, a) in acc.iter().enumerate() {
                 let o = out.wrapping_add((t0 + t) * rows + g * G);

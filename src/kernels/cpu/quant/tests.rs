@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::act::ActQ;
 use super::*;
-use crate::kernels::cpu::simd::TestRng;
+use crate::kernels::cpu::simd::{require_isa, TestRng};
 
 const ALL: [WeightType; 7] = [
     WeightType::F32,
@@ -149,6 +149,9 @@ fn bytes_held_match_the_gguf_size() {
 
 #[test]
 fn activation_quantization_scalar_and_avx2_agree() {
+    if !require_isa("avx2+fma+f16c") {
+        return;
+    }
     let mut rng = TestRng::new(3);
     let (n, cols) = (5, 256);
     let mut x = rng.vec(n * cols, 3.0);
@@ -268,7 +271,7 @@ fn quantized_matmul_matches_exact_sums_of_quantized_activations() {
 
 #[test]
 fn scalar_and_avx2_are_bit_identical_for_quantized_types() {
-    if !simd_available() {
+    if !require_isa("avx2+fma+f16c") {
         return;
     }
     let mut rng = TestRng::new(6);
@@ -290,8 +293,7 @@ fn scalar_and_avx2_are_bit_identical_for_quantized_types() {
 
 #[test]
 fn avx2_and_avx512_vnni_dots_are_bit_identical() {
-    if !simd_available() || !crate::kernels::cpu::simd::cpu_has_avx512_vnni() {
-        eprintln!("skipped: this CPU has no AVX-512 VNNI");
+    if !require_isa("avx2+fma+f16c") || !require_isa("avx512vnni") {
         return;
     }
     use super::int::IntIsa;
@@ -412,6 +414,7 @@ fn parallel_split_is_invariant() {
 fn smollm2_tensors_load_and_multiply() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let Ok(mut f) = std::fs::File::open(path) else {
+        eprintln!("skipped: smollm2_tensors_load_and_multiply: {path} is missing (scripts/fetch-models.sh)");
         return;
     };
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).expect("gguf");
