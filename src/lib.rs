@@ -1,7 +1,8 @@
 //! Slate: an online inference server for feed ranking and small language models.
-//! Follow a request top-down: `server/` (front ends) → `registry` → `ranking::service` (queue and
-//! workers) → `ranking::model` (the ranker) → `backend` (the compute seam; `backend::cpu` runs on
-//! `kernels`). See docs/ARCHITECTURE.md.
+//! Follow a request top-down: `server/` (front ends) → `registry` → a model family's scheduler
+//! (`ranking::scheduler`, `slm::scheduler`; what they share is in `serving`) → the model
+//! (`ranking::model`, `slm::model`) → `backend` (the compute seam; `backend::cpu` runs on `kernels`).
+//! See docs/ARCHITECTURE.md.
 
 pub mod backend;
 pub mod cli;
