@@ -12,8 +12,8 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use slate::slm::gguf::GgufFile;
 use slate::slm::kv::SeqKv;
 use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
-use slate::slm::testing::{write_tiny_gguf, TinySpec};
 use slate::slm::tokenizer::SlmTokenizer;
+use slate_tools::testkit::{write_tiny_gguf, TinySpec};
 
 fn model_path() -> std::path::PathBuf {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
