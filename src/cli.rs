@@ -1,17 +1,38 @@
-//! Command line: `slate serve`, `slate train-ranker`, `slate bench ranker`, `slate bench slm`. Every option also reads an
-//! environment variable (shown in `--help`); command-line flags win over the environment, and both win
-//! over the config file.
+//! Command line of the `slate` binary. `slate serve` is the server; the offline commands (`slate
+//! train-ranker`, `slate bench ranker`, `slate bench slm`) live in the `slate-tools` binary (tools/), which
+//! `slate` runs with the same arguments, git-style, so the server carries no training or benchmark code.
+//! Every serve option also reads an environment variable (shown in `--help`); command-line flags win over
+//! the environment, and both win over the config file.
 
 use crate::config::{Config, ConfigError, LogFormat};
-use crate::ranking::bench::BenchArgs;
-use crate::ranking::train::TrainArgs;
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Subcommands implemented by the `slate-tools` binary: `slate NAME ARGS…` runs `slate-tools NAME ARGS…`.
+pub const OFFLINE_COMMANDS: [&str; 2] = ["train-ranker", "bench"];
+
+/// The offline commands in `slate --help` (clap lists only the subcommands it parses itself).
+const OFFLINE_HELP: &str = "\
+Offline commands (run by the slate-tools binary, found beside this one or on PATH; build it with
+`cargo build --release -p slate-tools`):
+  train-ranker  Train the demo ranker on MovieLens-100K and write a model folder
+  bench ranker  Measure ranker latency and throughput (amortized vs per-candidate)
+  bench slm     Measure SLM prefill and decode speed through the engine, beside llama.cpp
+`slate train-ranker --help` and `slate bench --help` show their options.";
+
 /// Slate: an online inference server for feed ranking and small language models.
 #[derive(Debug, Parser)]
-#[command(name = "slate", version, about, propagate_version = true)]
+#[command(
+    name = "slate",
+    version,
+    about,
+    propagate_version = true,
+    allow_external_subcommands = true,
+    after_help = OFFLINE_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,21 +42,35 @@ pub struct Cli {
 pub enum Command {
     /// Serve the configured models over HTTP/JSON and gRPC until SIGTERM/SIGINT, then drain.
     Serve(ServeArgs),
-    /// Train a ranker on synthetic or logged data and write a model folder.
-    TrainRanker(TrainArgs),
-    /// Benchmarks.
-    Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
-    },
+    /// One of [`OFFLINE_COMMANDS`] with its arguments (name first), for `slate-tools`.
+    #[command(external_subcommand)]
+    Offline(Vec<OsString>),
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Measure ranker latency and throughput (amortized vs per-candidate).
-    Ranker(BenchArgs),
-    /// Measure SLM prefill and decode speed through the engine, beside llama.cpp.
-    Slm(crate::slm::bench::SlmBenchArgs),
+impl Cli {
+    /// Parses the process's arguments; exits with clap's message on an error or for `--help`.
+    pub fn parse_checked() -> Cli {
+        Cli::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (program name first). Subcommands other than `serve` must be offline commands.
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        if let Command::Offline(args) = &cli.command {
+            let name = args.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+            if !OFFLINE_COMMANDS.contains(&name.as_ref()) {
+                let mut cmd = Cli::command();
+                return Err(
+                    cmd.error(ErrorKind::InvalidSubcommand, format!("unrecognized subcommand '{name}'"))
+                );
+            }
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,7 +124,6 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {
@@ -120,14 +154,30 @@ mod tests {
     }
 
     #[test]
-    fn other_subcommands_parse() {
-        assert!(matches!(
-            Cli::try_parse_from(["slate", "train-ranker"]).unwrap().command,
-            Command::TrainRanker(_)
-        ));
-        assert!(matches!(
-            Cli::try_parse_from(["slate", "bench", "ranker"]).unwrap().command,
-            Command::Bench { what: BenchCommand::Ranker(_) }
-        ));
+    fn offline_subcommands_pass_through_untouched() {
+        let parse = |args: &[&str]| match Cli::try_parse_checked_from(args.iter().copied()).unwrap().command {
+            Command::Offline(a) => a.into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>(),
+            Command::Serve(_) => panic!("expected an offline command"),
+        };
+        assert_eq!(parse(&["slate", "train-ranker"]), ["train-ranker"]);
+        assert_eq!(
+            parse(&["slate", "train-ranker", "--epochs", "2", "--help"]),
+            ["train-ranker", "--epochs", "2", "--help"]
+        );
+        assert_eq!(parse(&["slate", "bench", "ranker", "--quick"]), ["bench", "ranker", "--quick"]);
+        assert_eq!(parse(&["slate", "bench", "slm", "--no-peer"]), ["bench", "slm", "--no-peer"]);
+    }
+
+    #[test]
+    fn unknown_subcommands_are_errors_and_help_lists_the_offline_ones() {
+        let e = Cli::try_parse_checked_from(["slate", "frobnicate"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidSubcommand);
+        assert!(e.to_string().contains("'frobnicate'"), "{e}");
+        let help = Cli::command().render_long_help().to_string();
+        for name in
+            ["serve", "train-ranker", "bench ranker", "bench slm", "cargo build --release -p slate-tools"]
+        {
+            assert!(help.contains(name), "`slate --help` does not mention {name}:\n{help}");
+        }
     }
 }

@@ -1,27 +1,60 @@
-//! The `slate` binary: parse the command line, start telemetry, serve, drain on SIGTERM/SIGINT.
-//! Everything else lives in the library (`slate::server`, `slate::ranking`).
+//! The `slate` binary: parse the command line, start telemetry, serve, drain on SIGTERM/SIGINT. The
+//! offline commands (`train-ranker`, `bench …`) are handed to the `slate-tools` binary. Everything else
+//! lives in the library (`slate::server`, `slate::ranking`).
 
 use anyhow::anyhow;
-use clap::Parser as _;
-use slate::cli::{BenchCommand, Cli, Command, ServeArgs};
+use slate::cli::{Cli, Command, ServeArgs};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Serve(args) => serve(&args),
-        Command::TrainRanker(args) => slate::ranking::train::run(&args),
-        Command::Bench { what: BenchCommand::Ranker(args) } => slate::ranking::bench::run(&args),
-        Command::Bench { what: BenchCommand::Slm(args) } => slate::slm::bench::run(&args),
+    let result = match Cli::parse_checked().command {
+        Command::Serve(args) => serve(&args).map(|()| ExitCode::SUCCESS),
+        Command::Offline(args) => run_offline(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One line, causes joined with ": " (config errors read `file: key: problem`); no backtrace.
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The offline tools' binary, run for `slate train-ranker …` and `slate bench …`.
+const TOOLS: &str = "slate-tools";
+
+/// Runs `slate-tools` with `args` (the offline command's name first): the binary beside this one (how
+/// `cargo build` and an install lay them out), else the one on PATH. It is told its name is `slate`, so
+/// its usage lines read as the command that was typed. Returns only if it could not be started (on Unix
+/// it replaces this process) or, elsewhere, with its exit status.
+fn run_offline(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let file = format!("{TOOLS}{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe().ok().map(|exe| exe.with_file_name(&file)).filter(|p| p.is_file());
+    let program = beside.clone().unwrap_or_else(|| PathBuf::from(&file));
+    let mut command = std::process::Command::new(&program);
+    command.args(args);
+    #[cfg(unix)]
+    let error = {
+        use std::os::unix::process::CommandExt;
+        command.arg0("slate").exec()
+    };
+    #[cfg(not(unix))]
+    let error = match command.status() {
+        Ok(status) => return Ok(status.code().map_or(ExitCode::FAILURE, |c| ExitCode::from(c as u8))),
+        Err(e) => e,
+    };
+    let name = args.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+    if beside.is_none() && error.kind() == std::io::ErrorKind::NotFound {
+        return Err(anyhow!(
+            "`slate {name}` is run by the {TOOLS} binary, found neither beside this one nor on PATH; \
+             build it with `cargo build --release -p {TOOLS}` (it lands beside target/release/slate)"
+        ));
+    }
+    Err(anyhow!("running {}: {error}", program.display()))
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {

@@ -6,8 +6,8 @@ mod common;
 
 use common::Slate;
 use slate::proto::slate::v1 as pb;
-use slate::ranking::testing::{random_request, small_config};
 use slate::ranking::{Fusion, RankRequest, RankResponse, RankerConfig, RankerModel};
+use slate_tools::testkit::{random_request, small_config};
 use std::time::{Duration, Instant};
 
 fn save(dir: &std::path::Path, cfg: &RankerConfig, seed: u64) -> RankerModel {

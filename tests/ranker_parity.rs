@@ -7,7 +7,8 @@
 mod common;
 
 use slate::ranking::config::{Fusion, MemberSparseSpec, RankerConfig};
-use slate::ranking::{testing, RankRequest, RankResponse, RankerModel};
+use slate::ranking::{RankRequest, RankResponse, RankerModel};
+use slate_tools::testkit;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,7 +112,7 @@ fn parity_case(cfg: &RankerConfig, seed: u64, histories: &[usize], m: usize) {
     model.save(&dir.0.join("model")).unwrap();
     let loaded = RankerModel::load(&dir.0.join("model")).unwrap();
     for (k, &l) in histories.iter().enumerate() {
-        let mut req = testing::random_request(cfg, seed * 31 + k as u64, l, m);
+        let mut req = testkit::random_request(cfg, seed * 31 + k as u64, l, m);
         if k % 2 == 1 {
             req.top_k = Some(3);
             req.tasks = cfg.tasks.iter().rev().map(|t| t.name.clone()).collect();
@@ -127,7 +128,7 @@ fn parity_case(cfg: &RankerConfig, seed: u64, histories: &[usize], m: usize) {
 
 fn parity_for(fusion: Fusion) {
     for seed in 0..3u64 {
-        let mut cfg = testing::small_config(fusion, seed * 7 + 1);
+        let mut cfg = testkit::small_config(fusion, seed * 7 + 1);
         // Make sure every kind of feature is exercised at least once per fusion.
         if seed == 0 {
             cfg.event_dense_dim = 3;
@@ -172,7 +173,7 @@ fn parity_on_demo_ranker() {
     let cfg = model.config().clone();
     let work = TempDir::new("demo");
     for (k, l) in [0, 5, cfg.max_history + 3].into_iter().enumerate() {
-        let mut req = testing::random_request(&cfg, 1000 + k as u64, l, 16);
+        let mut req = testkit::random_request(&cfg, 1000 + k as u64, l, 16);
         req.top_k = Some(5);
         let want = reference(&dir, &req, &work.0);
         check(&model.rank(&req, 0).unwrap(), &want, &format!("demo-ranker L {l}"));

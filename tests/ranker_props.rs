@@ -5,7 +5,8 @@
 
 use proptest::prelude::*;
 use slate::ranking::config::{Fusion, RankerConfig};
-use slate::ranking::{testing, RankRequest, RankResponse, RankerModel, Scratch};
+use slate::ranking::{RankRequest, RankResponse, RankerModel, Scratch};
+use slate_tools::testkit;
 
 const RTOL: f32 = 1e-5;
 
@@ -32,7 +33,7 @@ fn assert_agree(a: &RankResponse, b: &RankResponse, what: &str) {
 }
 
 fn config(fusion: Fusion, seed: u64, micro_batch: usize) -> RankerConfig {
-    let mut cfg = testing::small_config(fusion, seed);
+    let mut cfg = testkit::small_config(fusion, seed);
     cfg.micro_batch = micro_batch;
     cfg
 }
@@ -47,7 +48,7 @@ fn amortized_equals_per_candidate_on_the_grid() {
                 let cfg = config(fusion, 100 + case, mb);
                 let model = RankerModel::random(&cfg, 200 + case);
                 for l in [0, 1, 7, cfg.max_history, cfg.max_history + 5] {
-                    let req = testing::random_request(&cfg, 300 + case * 10 + l as u64, l, m);
+                    let req = testkit::random_request(&cfg, 300 + case * 10 + l as u64, l, m);
                     let what = format!("{fusion:?} m={m} L={l} mb={mb} cfg={cfg:?}");
                     let am = rank(&model, &req, "amortized");
                     let pc = rank(&model, &req, "per_candidate");
@@ -68,12 +69,12 @@ fn amortized_equals_per_candidate_on_the_grid() {
 fn default_mode_and_concat_mode() {
     let cfg = config(Fusion::AppendSelf, 1, 7);
     let model = RankerModel::random(&cfg, 1);
-    let req = testing::random_request(&cfg, 1, 5, 9);
+    let req = testkit::random_request(&cfg, 1, 5, 9);
     assert_eq!(rank(&model, &req, "").mode, "amortized");
     // A concat model has nothing to amortize: it runs per-candidate whatever was asked, and says so.
     let cfg = config(Fusion::Concat, 2, 7);
     let model = RankerModel::random(&cfg, 2);
-    let req = testing::random_request(&cfg, 2, 5, 9);
+    let req = testkit::random_request(&cfg, 2, 5, 9);
     let a = rank(&model, &req, "amortized");
     assert_eq!(a.mode, "per_candidate");
     assert_eq!(rank(&model, &req, "").mode, "per_candidate");
@@ -85,7 +86,7 @@ fn lower_level_api_composes_like_rank() {
     for fusion in [Fusion::AppendCross, Fusion::AppendSelf, Fusion::Concat] {
         let cfg = config(fusion, 7, 5);
         let model = RankerModel::random(&cfg, 7);
-        let req = testing::random_request(&cfg, 7, cfg.max_history + 2, 23);
+        let req = testkit::random_request(&cfg, 7, cfg.max_history + 2, 23);
         let want = rank(&model, &req, "");
         let p = model.prepare(&req, 0).unwrap();
         let hist = model.encode_history(&p);
@@ -113,7 +114,7 @@ fn the_history_pass_on_one_thread_equals_the_parallel_one() {
         let mut cfg = config(fusion, 11, 16);
         cfg.max_history = 128;
         let model = RankerModel::random(&cfg, 11);
-        let req = testing::random_request(&cfg, 11, 100, 5);
+        let req = testkit::random_request(&cfg, 11, 100, 5);
         let p = model.prepare(&req, 0).unwrap();
         let parallel = model.encode_history(&p);
         assert_eq!(parallel.len(), 100);
@@ -138,7 +139,7 @@ proptest! {
         let fusion = if self_attn { Fusion::AppendSelf } else { Fusion::AppendCross };
         let cfg = config(fusion, seed, mb);
         let model = RankerModel::random(&cfg, seed ^ 0xABCD);
-        let req = testing::random_request(&cfg, seed ^ 0x1234, l, m);
+        let req = testkit::random_request(&cfg, seed ^ 0x1234, l, m);
         assert_agree(&rank(&model, &req, "amortized"), &rank(&model, &req, "per_candidate"), &format!("{cfg:?}"));
     }
 }

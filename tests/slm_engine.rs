@@ -12,8 +12,8 @@ use slate::slm::sampling::SamplingParams;
 use slate::slm::scheduler::{
     FinishReason, GenEvent, GenStream, GenerateRequest, Prompt, ScoreRequest, SlmHandle,
 };
-use slate::slm::testing::{write_tiny_gguf, TinySpec};
 use slate::slm::tokenizer::SlmTokenizer;
+use slate_tools::testkit::{write_tiny_gguf, TinySpec};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

@@ -13,8 +13,8 @@ use candle_core::Device;
 use slate::slm::gguf::GgufFile;
 use slate::slm::kv::SeqKv;
 use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
-use slate::slm::testing::check_step_logits;
 use slate::slm::tokenizer::SlmTokenizer;
+use slate_tools::testkit::check_step_logits;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -16,8 +16,8 @@ use slate::config::KvDtype;
 use slate::slm::gguf::GgufFile;
 use slate::slm::kv::SeqKv;
 use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
-use slate::slm::testing::{check_step_logits, write_tiny_gguf, TinySpec};
 use slate::slm::tokenizer::SlmTokenizer;
+use slate_tools::testkit::{check_step_logits, write_tiny_gguf, TinySpec};
 use std::path::PathBuf;
 
 fn tiny(spec: &TinySpec) -> (tempfile::TempDir, PathBuf) {

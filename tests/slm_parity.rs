@@ -14,8 +14,8 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use slate::slm::gguf::GgufFile;
 use slate::slm::kv::SeqKv;
 use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
-use slate::slm::testing::{write_tiny_gguf, TinySpec};
 use slate::slm::tokenizer::SlmTokenizer;
+use slate_tools::testkit::{write_tiny_gguf, TinySpec};
 
 fn model_path() -> std::path::PathBuf {
     common::smollm2()

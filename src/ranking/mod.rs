@@ -4,16 +4,15 @@
 
 pub mod api;
 pub mod batcher;
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod encoder;
 pub mod features;
 pub mod model;
-pub mod movielens;
 pub mod scheduler;
-pub mod testing;
-pub mod train;
+#[cfg(test)]
+pub(crate) mod testing;
+mod warmup;
 pub mod weights;
 
 pub use api::{Candidate, CandidateScores, HistoryEvent, Mode, RankRequest, RankResponse, Timing};

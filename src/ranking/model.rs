@@ -339,11 +339,12 @@ impl RankerModel {
         }
     }
 
-    /// A valid synthetic request (history of max_history events, micro_batch+1 candidates) used to warm
-    /// the model up before readiness.
+    /// A valid synthetic request used to warm the model up before readiness: a full history
+    /// (max_history events) and micro_batch + 1 candidates, so both a full and a partial candidate
+    /// micro-batch run. Deterministic: the same config always gets the same request.
     pub fn warmup_request(&self) -> RankRequest {
         let c = &self.config;
-        super::testing::random_request(c, 0x5EED, c.max_history, c.micro_batch + 1)
+        super::warmup::synthetic_request(c, 0x5EED, c.max_history, c.micro_batch + 1)
     }
 }
 

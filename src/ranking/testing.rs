@@ -1,18 +1,16 @@
-//! Shared helpers for tests, benchmarks and demos: small random valid configs and random valid requests
-//! (seeded, deterministic). Not used on the serving path except by `warmup_request`.
+//! Unit-test helpers of the ranking modules (compiled for `cargo test` only): small random valid configs
+//! and, through the warm-up's generator, random valid requests. The integration tests, benchmarks and
+//! tools use the same generators from `slate_tools::testkit` (tools/src/testkit), which a unit test
+//! cannot: there `slate` would be a second copy of this crate with distinct types.
 
-use super::api::{Candidate, HistoryEvent, RankRequest};
 use super::config::{Calibration, Fusion, MemberSparseSpec, RankerConfig, TaskSpec, FORMAT};
+pub(crate) use super::warmup::synthetic_request as random_request;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The reference time random requests carry (`request_time_ms`): 2023-11-14T22:13:20Z.
-pub const REQUEST_TIME_MS: i64 = 1_700_000_000_000;
-
-/// A small random valid config with the given fusion: d ∈ {8, 12, 16}, 1–3 heads, 1–2 layers, short
-/// histories, random dense/member dims (often non-zero), 0–2 hidden head layers, 1–3 tasks with
-/// calibrations and weights, and a micro-batch that rarely divides the candidate count.
-pub fn small_config(fusion: Fusion, seed: u64) -> RankerConfig {
+/// A small random valid config with the given fusion; the same configs as
+/// `slate_tools::testkit::small_config` for the same seed.
+pub(crate) fn small_config(fusion: Fusion, seed: u64) -> RankerConfig {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xC0F1_6000);
     let d = [8, 12, 16][rng.random_range(0..3)];
     let heads = *[1, 2, 4].iter().filter(|&&h| d % h == 0).nth(rng.random_range(0..3)).unwrap_or(&2);
@@ -47,58 +45,5 @@ pub fn small_config(fusion: Fusion, seed: u64) -> RankerConfig {
             .collect(),
         micro_batch: [7, 48, 5, 3][rng.random_range(0..4)],
         norm_eps: 1e-5,
-    }
-}
-
-/// A random valid request for `cfg` with `history` events (oldest first, spread over ~30 days before
-/// [`REQUEST_TIME_MS`]) and `candidates` candidates; every configured member sparse feature but the
-/// last is present (so the "missing" row is exercised), dense values ~ U(−1, 1).
-pub fn random_request(cfg: &RankerConfig, seed: u64, history: usize, candidates: usize) -> RankRequest {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let dense = |rng: &mut StdRng, n: usize| (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let mut ages: Vec<i64> = (0..history).map(|_| rng.random_range(0..30 * 86_400_000i64)).collect();
-    ages.sort_unstable_by(|a, b| b.cmp(a)); // oldest first
-    let n_sparse = cfg.member_sparse.len();
-    RankRequest {
-        model: "ranker".into(),
-        member_id: rng.random(),
-        member_sparse: cfg
-            .member_sparse
-            .iter()
-            .take(n_sparse.saturating_sub(1))
-            .map(|f| (f.name.clone(), rng.random::<u64>()))
-            .collect(),
-        member_dense: dense(&mut rng, cfg.member_dense_dim),
-        history: ages
-            .into_iter()
-            .map(|age| HistoryEvent {
-                item_id: rng.random_range(0..100_000),
-                action: cfg.actions[rng.random_range(0..cfg.actions.len())].clone(),
-                timestamp_ms: REQUEST_TIME_MS - age,
-                dense: dense(&mut rng, cfg.event_dense_dim),
-            })
-            .collect(),
-        candidates: (0..candidates)
-            .map(|_| Candidate {
-                item_id: rng.random_range(0..100_000),
-                dense: dense(&mut rng, cfg.candidate_dense_dim),
-            })
-            .collect(),
-        request_time_ms: Some(REQUEST_TIME_MS),
-        ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn small_configs_are_valid() {
-        for seed in 0..200 {
-            for fusion in [Fusion::AppendCross, Fusion::AppendSelf, Fusion::Concat] {
-                small_config(fusion, seed).validate().unwrap();
-            }
-        }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 pub(crate) type FileTensor = (Vec<usize>, Vec<f32>);
 
 /// Every tensor the format prescribes for `cfg`, in documentation order, with its shape.
-pub(crate) fn expected_tensors(cfg: &RankerConfig) -> Vec<(String, Vec<usize>)> {
+pub fn expected_tensors(cfg: &RankerConfig) -> Vec<(String, Vec<usize>)> {
     let d = cfg.d_model;
     let mut t: Vec<(String, Vec<usize>)> = vec![
         ("item_embedding.weight".into(), vec![cfg.item_buckets, d]),

@@ -1,7 +1,6 @@
 //! Small language models: GGUF loading, tokenizer and chat template, the llama-family forward pass,
 //! sampling, the KV cache, the continuous-batching engine and label scoring.
 
-pub mod bench;
 pub mod chat;
 pub mod gguf;
 pub mod kv;
@@ -9,7 +8,6 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod scoring;
-pub mod testing;
 pub mod tokenizer;
 
 use crate::config::SlmSettings;

@@ -317,7 +317,7 @@ fn parse_response(raw: &[u8]) -> (u16, String, String) {
 
 /// Writes a small random ranker (config.json + model.safetensors) to `dir` and returns its config.
 pub fn random_ranker(dir: &std::path::Path, seed: u64) -> slate::ranking::RankerConfig {
-    let cfg = slate::ranking::testing::small_config(slate::ranking::Fusion::AppendCross, seed);
+    let cfg = slate_tools::testkit::small_config(slate::ranking::Fusion::AppendCross, seed);
     slate::ranking::RankerModel::random(&cfg, seed).save(dir).expect("save the random ranker");
     cfg
 }
@@ -333,7 +333,7 @@ pub fn ranker_request(
     model: &str,
     candidates: usize,
 ) -> slate::ranking::RankRequest {
-    let mut req = slate::ranking::testing::random_request(cfg, 5, cfg.max_history / 2, candidates);
+    let mut req = slate_tools::testkit::random_request(cfg, 5, cfg.max_history / 2, candidates);
     req.model = model.into();
     req
 }

@@ -39,7 +39,7 @@ biases and lookups are not counted). d = d_model, F = ffn_dim, N = layers, L = h
              this graph both skip them.)
     per_candidate (literal, S = L+1) = m·N·(8·S·d² + 4·S²·d + 4·S·d·F) + head
     concat fusion (S = L+1)          = m·(4·S·d² + N·(8·S·d² + 4·S²·d + 4·S·d·F)) + head
-GFLOP/s figures use the nominal count. `slate bench ranker` (src/ranking/bench.rs) uses the same formulas.
+GFLOP/s figures use the nominal count. `slate bench ranker` (tools/src/bench/ranker/flops.rs) uses the same formulas.
 
 Usage:
     .venv-peers/bin/python tools/onnx/ranker_onnx.py --random --json
@@ -597,7 +597,7 @@ def build_graph(cfg: dict, w: dict[str, np.ndarray], L: int, m: int, opset: int 
 
 
 # --------------------------------------------------------------------------------------------------
-# FLOPs (see the module docstring; src/ranking/bench.rs uses the same formulas)
+# FLOPs (see the module docstring; tools/src/bench/ranker/flops.rs uses the same formulas)
 # --------------------------------------------------------------------------------------------------
 
 

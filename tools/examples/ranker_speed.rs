@@ -2,9 +2,10 @@
 //! d = 64, 2 layers, 4 heads, FFN 256, head 256-128, 3 tasks. Not the benchmark (`slate bench ranker`
 //! is); a kernel-tuning aid.
 //!
-//!     cargo run --release --example ranker_speed [-- ITERS]
+//!     cargo run --release -p slate-tools --example ranker_speed [-- ITERS [attention|gemm|phases]]
 
-use slate::ranking::{testing, RankerConfig, RankerModel};
+use slate::ranking::{RankerConfig, RankerModel};
+use slate_tools::testkit;
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -20,7 +21,7 @@ fn main() {
     let iters: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(50);
     let cfg = RankerConfig::reference_workload();
     let model = RankerModel::random(&cfg, 1);
-    let mut req = testing::random_request(&cfg, 2, 256, 512);
+    let mut req = testkit::random_request(&cfg, 2, 256, 512);
     req.mode = "amortized".into();
     if std::env::args().nth(2).as_deref() == Some("attention") {
         attention_only(iters);

@@ -3,8 +3,8 @@
 //! serving scores (`RankerModel::rank`) equal the candle training graph's within 1e-4.
 
 use clap::Parser;
-use slate::ranking::train::{candle_scores, TrainArgs};
 use slate::ranking::{Candidate, HistoryEvent, RankRequest, RankerModel};
+use slate_tools::train::{candle_scores, TrainArgs};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -131,7 +131,7 @@ fn train_tiny_dataset_and_serve_with_parity() {
             "--threads",
             "2",
         ]);
-        slate::ranking::train::run(&cli.args).expect("training runs");
+        slate_tools::train::run(&cli.args).expect("training runs");
     };
     train(&out);
 

@@ -14,13 +14,14 @@
 //! The peer has no continuous batching in Python (`llama_cpp.server` serves one request at a time), so
 //! its figures are for one stream; multi-stream rows compare with our own single stream.
 
-use super::gguf::GgufFile;
-use super::sampling::SamplingParams;
-use super::scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
-use crate::config::{KvDtype, SlmSettings};
-use crate::ranking::PriorityClasses;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
+use slate::config::{KvDtype, SlmSettings};
+use slate::ranking::PriorityClasses;
+use slate::slm::gguf::GgufFile;
+use slate::slm::sampling::SamplingParams;
+use slate::slm::scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
+use slate::slm::tokenizer::SlmTokenizer;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -149,6 +150,7 @@ fn peer(args: &SlmBenchArgs) -> Option<Value> {
     }
 }
 
+/// `slate bench slm` (or, with `--forward-only`, only the forward-pass timing).
 pub fn run(args: &SlmBenchArgs) -> Result<()> {
     if args.threads == 0 || args.rounds == 0 || args.gen_tokens < 2 {
         bail!("--threads and --rounds must be ≥ 1 and --gen-tokens ≥ 2");
@@ -170,7 +172,7 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
     };
     let classes = PriorityClasses { names: vec!["default".into()], default: 0 };
     let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
-    let sample = super::tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
+    let sample = SlmTokenizer::from_gguf_metadata(file.metadata())
         .map_err(|e| anyhow!("{e}"))?
         .encode(
             "The history of the printing press begins in the fifteenth century, when movable type changed how \
@@ -179,8 +181,9 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
         )
         .map_err(|e| anyhow!("{e}"))?;
     drop(file);
-    let h = super::load("bench", &args.model, &settings, max_prompt + 1, classes).map_err(|e| anyhow!(e))?;
-    super::warm_up(&h).map_err(|e| anyhow!(e))?;
+    let h =
+        slate::slm::load("bench", &args.model, &settings, max_prompt + 1, classes).map_err(|e| anyhow!(e))?;
+    slate::slm::warm_up(&h).map_err(|e| anyhow!(e))?;
     println!(
         "slate bench slm: {} · {} threads · {} KV cache · greedy · medians of {} rounds",
         args.model.display(),
@@ -223,32 +226,10 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
     for &s in &args.streams {
         let (mut per, mut agg, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            let timings: Vec<Timing> = std::thread::scope(|scope| {
-                let hs: Vec<_> = (0..s)
-                    .map(|i| {
-                        let h = &h;
-                        // Distinct prompts (rotated) so no two streams are identical.
-                        let mut ids = prompt_of(&sample, 128 + i);
-                        ids.drain(..i);
-                        scope.spawn(move || generate(h, ids, args.gen_tokens))
-                    })
-                    .collect();
-                hs.into_iter().map(|j| j.join().expect("bench thread")).collect::<Result<Vec<_>>>()
-            })?;
-            for t in &timings {
-                per.push((t.tokens - 1) as f64 / (t.last - t.first).as_secs_f64());
-            }
-            let start = timings.iter().map(|t| t.start).min().expect("streams");
-            let all_decoding = timings.iter().map(|t| t.first).max().expect("streams");
-            let one_done = timings.iter().map(|t| t.last).min().expect("streams");
-            let last = timings.iter().map(|t| t.last).max().expect("streams");
-            let total: usize = timings.iter().map(|t| t.tokens).sum();
-            let in_window =
-                timings.iter().flat_map(|t| &t.at).filter(|&&a| a > all_decoding && a <= one_done).count();
-            if one_done > all_decoding && in_window > 0 {
-                agg.push(in_window as f64 / (one_done - all_decoding).as_secs_f64());
-            }
-            e2e.push(total as f64 / (last - start).as_secs_f64());
+            let round = decode_round(&h, &sample, s, args.gen_tokens)?;
+            per.extend(round.per_stream);
+            agg.extend(round.aggregate);
+            e2e.push(round.end_to_end);
         }
         if agg.is_empty() {
             bail!("{s} streams never decoded together: raise --gen-tokens");
@@ -278,14 +259,51 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One round of the decode measurement: decode rates (tok/s) of `streams` concurrent streams.
+struct DecodeRound {
+    /// Each stream's (G − 1) ÷ (its last token − its first token).
+    per_stream: Vec<f64>,
+    /// Tokens produced while every stream was decoding ÷ that window; none if there was no such window.
+    aggregate: Option<f64>,
+    /// All tokens ÷ wall time from submission.
+    end_to_end: f64,
+}
+
+/// Starts `streams` generations of `gen_tokens` tokens together, on distinct 128-token prompts.
+fn decode_round(h: &SlmHandle, sample: &[u32], streams: usize, gen_tokens: usize) -> Result<DecodeRound> {
+    let timings: Vec<Timing> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..streams)
+            .map(|i| {
+                // Distinct prompts (rotated) so no two streams are identical.
+                let mut ids = prompt_of(sample, 128 + i);
+                ids.drain(..i);
+                scope.spawn(move || generate(h, ids, gen_tokens))
+            })
+            .collect();
+        hs.into_iter().map(|j| j.join().expect("bench thread")).collect::<Result<Vec<_>>>()
+    })?;
+    let per_stream =
+        timings.iter().map(|t| (t.tokens - 1) as f64 / (t.last - t.first).as_secs_f64()).collect();
+    let start = timings.iter().map(|t| t.start).min().expect("streams");
+    let all_decoding = timings.iter().map(|t| t.first).max().expect("streams");
+    let one_done = timings.iter().map(|t| t.last).min().expect("streams");
+    let last = timings.iter().map(|t| t.last).max().expect("streams");
+    let total: usize = timings.iter().map(|t| t.tokens).sum();
+    let in_window =
+        timings.iter().flat_map(|t| &t.at).filter(|&&a| a > all_decoding && a <= one_done).count();
+    let aggregate = (one_done > all_decoding && in_window > 0)
+        .then(|| in_window as f64 / (one_done - all_decoding).as_secs_f64());
+    Ok(DecodeRound { per_stream, aggregate, end_to_end: total as f64 / (last - start).as_secs_f64() })
+}
+
 /// Where a decode step's time goes: the model's forward pass alone (one decode token per sequence
 /// continuing 128-token caches, inside a pool of the same size), for 1 sequence and for the largest
 /// `--streams` count, against the engine's per-token times.
 fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
-    use super::kv::SeqKv;
-    use super::model::{Chunk, LlamaModel, Scratch, Want};
+    use slate::slm::kv::SeqKv;
+    use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
     let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
-    let sample = super::tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
+    let sample = SlmTokenizer::from_gguf_metadata(file.metadata())
         .map_err(|e| anyhow!("{e}"))?
         .encode("The history of the printing press begins in the fifteenth century.", false)
         .map_err(|e| anyhow!("{e}"))?;
@@ -342,9 +360,16 @@ fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
 
 /// CPU time of the calling thread, in ms (robust to other processes sharing the cores, unlike wall
 /// time; with `--threads 1` it is the whole forward pass's work).
+#[cfg(target_os = "linux")]
 fn thread_cpu_ms() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always supported on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 * 1e-6
+}
+
+/// Not measured off Linux: the CPU-time column reads NaN.
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_ms() -> f64 {
+    f64::NAN
 }

@@ -1,10 +1,10 @@
-//! Test helpers: tiny llama-family GGUF files with random weights, written with candle's GGUF writer,
-//! for engine and edge-case tests that must not depend on the real model's size.
+//! Tiny llama-family GGUF files with random weights, written with candle's GGUF writer, for engine and
+//! edge-case tests that must not depend on the real model's size.
 
-use super::tokenizer::tiny_tokenizer_metadata;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use slate::slm::tokenizer::tiny_tokenizer_metadata;
 use std::path::Path;
 
 /// Shape and weight type of a tiny model.
