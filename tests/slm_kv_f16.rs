@@ -183,3 +183,27 @@ fn real_model_batches_exactly_and_follows_f32() {
     }
     eprintln!("greedy flips at near-ties: {near_ties} of {}", 16 * prompts.len());
 }
+
+/// KV handles: the backend makes a sequence's storage on its first step; a truncated cache rewritten
+/// from there gives the bits of one that never held the other tokens; a fork continues like the original.
+#[test]
+fn storage_is_made_on_the_first_step_and_truncate_rewinds() {
+    let (_dir, path) = tiny(&TinySpec::default());
+    let m = LlamaModel::load(&path).unwrap();
+    let mut s = Scratch::default();
+    let step = |kv: &mut SeqKv, tokens: &[u32], s: &mut Scratch| {
+        m.forward(&mut [Chunk { kv, tokens, want: Want::Last }], s).remove(0)
+    };
+    let mut fresh = SeqKv::new(m.config().kv_shape(), 12);
+    assert_eq!(fresh.bytes(), 0);
+    let want = step(&mut fresh, &[5, 9, 2], &mut s);
+    assert!(fresh.bytes() > 0, "the backend made storage");
+    assert_eq!(fresh.len(), 3);
+    let mut kv = SeqKv::new(m.config().kv_shape(), 12);
+    step(&mut kv, &[5, 7, 7, 7, 7], &mut s);
+    kv.truncate(1);
+    assert_eq!(step(&mut kv, &[9, 2], &mut s), want);
+    let mut fork = fresh.fork(6);
+    assert_eq!((fork.len(), fork.capacity()), (3, 6));
+    assert_eq!(step(&mut fork, &[4], &mut s), step(&mut fresh, &[4], &mut s));
+}

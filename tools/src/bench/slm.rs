@@ -1,6 +1,7 @@
 //! `slate bench slm`: prefill and decode speed of an SLM through the serving engine (continuous
-//! batcher included), and llama.cpp (PyPI `llama-cpp-python`, run in `.venv-peers` by
-//! tools/peers/llama_bench.py) on the same GGUF with the same thread count, in the same run.
+//! batcher included), and native llama.cpp (`llama-bench`, `llama-server`, built from source by
+//! scripts/setup-peers.sh and driven by tools/peers/llama_bench.py) on the same GGUF with the same
+//! thread count, in the same run.
 //!
 //! Measures (greedy, `ignore_eos`, medians over `--rounds`):
 //! - prefill tok/s for each `--prompt-tokens` P: a request of P prompt tokens and max_tokens 1, P ÷
@@ -11,13 +12,15 @@
 //!   first token to the first stream's last token) ÷ that window; end-to-end = S·G ÷ wall time from
 //!   submission (prefills included).
 //!
-//! The peer has no continuous batching in Python (`llama_cpp.server` serves one request at a time), so
-//! its figures are for one stream; multi-stream rows compare with our own single stream.
+//! The peer's single stream is `llama-bench` (prefill `-p P`; decode `-n G -d 128`, after a 128-token
+//! context); for S > 1 it is `llama-server --parallel S` (continuous batching) answering S concurrent
+//! requests of 128-token prompts: its end-to-end (all tokens ÷ wall time) is measured as ours, its
+//! aggregate is all tokens ÷ the longest stream's decode time (tools/peers/llama_bench.py).
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use slate::config::{KvDtype, SlmSettings};
-use slate::ranking::PriorityClasses;
+use slate::serving::PriorityClasses;
 use slate::slm::gguf::GgufFile;
 use slate::slm::sampling::SamplingParams;
 use slate::slm::scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
@@ -46,7 +49,8 @@ pub struct SlmBenchArgs {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Python of the peer virtual environment (scripts/setup-peers.sh installs llama-cpp-python there).
+    /// Python of the peer virtual environment, which runs tools/peers/llama_bench.py (scripts/setup-peers.sh
+    /// makes it and builds native llama.cpp beside it).
     #[arg(long, default_value = ".venv-peers/bin/python")]
     pub peer_python: PathBuf,
     /// Skip the llama.cpp peer.
@@ -114,12 +118,13 @@ fn peer(args: &SlmBenchArgs) -> Option<Value> {
     }
     if !args.peer_python.exists() {
         eprintln!(
-            "{} not found: run scripts/setup-peers.sh (installs llama-cpp-python), or pass --no-peer",
+            "{} not found: run scripts/setup-peers.sh (builds native llama.cpp), or pass --no-peer",
             args.peer_python.display()
         );
         return None;
     }
     let prompts = args.prompt_tokens.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let streams = args.streams.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let out = Command::new(&args.peer_python)
         .arg("tools/peers/llama_bench.py")
         .args(["--model", &args.model.display().to_string()])
@@ -127,6 +132,7 @@ fn peer(args: &SlmBenchArgs) -> Option<Value> {
         .args(["--prompt-tokens", &prompts])
         .args(["--gen-tokens", &args.gen_tokens.to_string()])
         .args(["--rounds", &args.rounds.to_string()])
+        .args(["--streams", &streams])
         .output();
     match out {
         Ok(o) if o.status.success() => {
@@ -238,17 +244,23 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
         if s == 1 {
             single = Some(per);
         }
-        let theirs = if s == 1 { peer_num(&["decode"]) } else { None };
+        let key = s.to_string();
+        let peer_cell = if s == 1 {
+            peer_num(&["decode"]).map(|t| format!("{t:.1} ({})", ratio(per, Some(t))))
+        } else {
+            let (a, e) =
+                (peer_num(&["server", &key, "aggregate"]), peer_num(&["server", &key, "end_to_end"]));
+            a.zip(e).map(|(a, e)| {
+                format!("agg {a:.1} ({}), e2e {e:.1} ({})", ratio(agg, Some(a)), ratio(e2e, Some(e)))
+            })
+        };
         println!(
             "{:<28} {:>12.1} {:>14.1} {:>14.1} {:>10}",
             format!("{s} stream{}", if s == 1 { "" } else { "s" }),
             per,
             agg,
             e2e,
-            match theirs {
-                Some(t) => format!("{t:.1} ({})", ratio(per, Some(t))),
-                None => single.map_or("-".into(), |one| format!("{:.2}× 1-str", agg / one)),
-            }
+            peer_cell.unwrap_or_else(|| single.map_or("-".into(), |one| format!("{:.2}× 1-str", agg / one)))
         );
     }
     println!();
