@@ -2,7 +2,7 @@
 //! finite`), id hashing (splitmix64), event-age buckets, history truncation, and the token/embedding
 //! sums the encoder starts from (docs/ranker-format.md, "Features → tokens").
 
-use super::api::{Mode, RankRequest};
+use super::api::{HistoryEvent, Mode, RankRequest};
 use super::config::{Fusion, RankerConfig};
 use super::weights::HostTensors;
 use crate::error::{Error, Result};
@@ -239,26 +239,7 @@ pub(crate) fn prepare(cfg: &RankerConfig, w: &Tables, req: &RankRequest, now_ms:
         _ => requested.unwrap_or(Mode::Amortized),
     };
 
-    // Tasks: empty = all, in config order; otherwise the listed ones, in the listed order.
-    let tasks = if req.tasks.is_empty() {
-        (0..cfg.tasks.len()).collect()
-    } else {
-        let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(req.tasks.len());
-        for (i, name) in req.tasks.iter().enumerate() {
-            let t = cfg.tasks.iter().position(|t| &t.name == name).ok_or_else(|| {
-                Error::invalid(
-                    &format!("tasks[{i}]"),
-                    format!("unknown task '{name}'; expected one of {}", cfg.task_names().join(", ")),
-                )
-            })?;
-            if !seen.insert(t) {
-                return Err(Error::invalid(&format!("tasks[{i}]"), format!("duplicate task '{name}'")));
-            }
-            out.push(t);
-        }
-        out
-    };
+    let tasks = select_tasks(cfg, req)?;
 
     if req.candidates.is_empty() {
         return Err(Error::invalid("candidates", "must contain at least one candidate"));
@@ -270,20 +251,7 @@ pub(crate) fn prepare(cfg: &RankerConfig, w: &Tables, req: &RankRequest, now_ms:
         Some(k) => Some((k as usize).min(m)),
     };
 
-    // Member features → one vector `[F·member_sparse_dim + member_dense_dim]`.
-    for name in req.member_sparse.keys() {
-        if !cfg.member_sparse.iter().any(|f| &f.name == name) {
-            return Err(Error::invalid(&format!("member_sparse.{name}"), "unknown feature"));
-        }
-    }
-    check_dense("member_dense", &req.member_dense, cfg.member_dense_dim)?;
-    let msd = cfg.member_sparse_dim;
-    let mut member = Vec::with_capacity(cfg.member_dim());
-    for (f, table) in cfg.member_sparse.iter().zip(&w.member_sparse) {
-        let row = req.member_sparse.get(&f.name).map_or(f.buckets, |&id| hash_bucket(id, f.buckets));
-        member.extend_from_slice(&table[row * msd..(row + 1) * msd]);
-    }
-    member.extend_from_slice(&req.member_dense);
+    let member = member_vector(cfg, w, req)?;
 
     // History: validate every event, keep the last max_history.
     let request_time = req.request_time_ms.unwrap_or(now_ms);
@@ -303,31 +271,7 @@ pub(crate) fn prepare(cfg: &RankerConfig, w: &Tables, req: &RankRequest, now_ms:
     let l = total.min(cfg.max_history);
     let kept = &req.history[total - l..];
 
-    // x_i = item + action + time + position(recency) (+ event_dense · dense_i)   [L × d]
-    let items: Vec<usize> = kept.iter().map(|e| hash_bucket(e.item_id, cfg.item_buckets)).collect();
-    for &row in &items {
-        prefetch_row(&w.item_emb, row, d);
-    }
-    let mut hist_tokens = vec![0f32; l * d];
-    for (i, ((e, x), &item)) in kept.iter().zip(hist_tokens.chunks_exact_mut(d)).zip(&items).enumerate() {
-        let action = cfg.actions.iter().position(|a| a == &e.action).expect("validated above");
-        let tb = time_bucket(request_time, e.timestamp_ms, cfg.time_buckets);
-        let r = l - 1 - i;
-        let rows = [
-            &w.item_emb[item * d..],
-            &w.action_emb[action * d..],
-            &w.time_emb[tb * d..],
-            &w.pos_emb[r * d..],
-        ];
-        for (j, xv) in x.iter_mut().enumerate() {
-            *xv = rows[0][j] + rows[1][j] + rows[2][j] + rows[3][j];
-        }
-        for (k, &v) in e.dense.iter().enumerate() {
-            for (xv, &wv) in x.iter_mut().zip(&w.event_dense_t[k * d..(k + 1) * d]) {
-                *xv += v * wv;
-            }
-        }
-    }
+    let hist_tokens = history_tokens(cfg, w, kept, request_time);
 
     // Candidates: item rows (tokens are built per block) and dense values   [m × cdd]
     let cand_rows: Vec<usize> =
@@ -363,6 +307,78 @@ pub(crate) fn prepare(cfg: &RankerConfig, w: &Tables, req: &RankRequest, now_ms:
         tasks,
         top_k,
     })
+}
+
+/// The request's tasks as config indices: empty = all, in config order; otherwise the listed ones, in
+/// the listed order.
+fn select_tasks(cfg: &RankerConfig, req: &RankRequest) -> Result<Vec<usize>> {
+    if req.tasks.is_empty() {
+        return Ok((0..cfg.tasks.len()).collect());
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(req.tasks.len());
+    for (i, name) in req.tasks.iter().enumerate() {
+        let t = cfg.tasks.iter().position(|t| &t.name == name).ok_or_else(|| {
+            Error::invalid(
+                &format!("tasks[{i}]"),
+                format!("unknown task '{name}'; expected one of {}", cfg.task_names().join(", ")),
+            )
+        })?;
+        if !seen.insert(t) {
+            return Err(Error::invalid(&format!("tasks[{i}]"), format!("duplicate task '{name}'")));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Member features → one vector `[F·member_sparse_dim + member_dense_dim]`.
+fn member_vector(cfg: &RankerConfig, w: &Tables, req: &RankRequest) -> Result<Vec<f32>> {
+    for name in req.member_sparse.keys() {
+        if !cfg.member_sparse.iter().any(|f| &f.name == name) {
+            return Err(Error::invalid(&format!("member_sparse.{name}"), "unknown feature"));
+        }
+    }
+    check_dense("member_dense", &req.member_dense, cfg.member_dense_dim)?;
+    let msd = cfg.member_sparse_dim;
+    let mut member = Vec::with_capacity(cfg.member_dim());
+    for (f, table) in cfg.member_sparse.iter().zip(&w.member_sparse) {
+        let row = req.member_sparse.get(&f.name).map_or(f.buckets, |&id| hash_bucket(id, f.buckets));
+        member.extend_from_slice(&table[row * msd..(row + 1) * msd]);
+    }
+    member.extend_from_slice(&req.member_dense);
+    Ok(member)
+}
+
+/// The kept events' tokens: x_i = item + action + time + position(recency) (+ event_dense · dense_i)
+/// `[L × d]`. The events' actions were validated by the caller.
+fn history_tokens(cfg: &RankerConfig, w: &Tables, kept: &[HistoryEvent], request_time: i64) -> Vec<f32> {
+    let (d, l) = (cfg.d_model, kept.len());
+    let items: Vec<usize> = kept.iter().map(|e| hash_bucket(e.item_id, cfg.item_buckets)).collect();
+    for &row in &items {
+        prefetch_row(&w.item_emb, row, d);
+    }
+    let mut hist_tokens = vec![0f32; l * d];
+    for (i, ((e, x), &item)) in kept.iter().zip(hist_tokens.chunks_exact_mut(d)).zip(&items).enumerate() {
+        let action = cfg.actions.iter().position(|a| a == &e.action).expect("validated by prepare");
+        let tb = time_bucket(request_time, e.timestamp_ms, cfg.time_buckets);
+        let r = l - 1 - i;
+        let rows = [
+            &w.item_emb[item * d..],
+            &w.action_emb[action * d..],
+            &w.time_emb[tb * d..],
+            &w.pos_emb[r * d..],
+        ];
+        for (j, xv) in x.iter_mut().enumerate() {
+            *xv = rows[0][j] + rows[1][j] + rows[2][j] + rows[3][j];
+        }
+        for (k, &v) in e.dense.iter().enumerate() {
+            for (xv, &wv) in x.iter_mut().zip(&w.event_dense_t[k * d..(k + 1) * d]) {
+                *xv += v * wv;
+            }
+        }
+    }
+    hist_tokens
 }
 
 #[cfg(test)]
