@@ -3,3 +3,25 @@
 
 pub mod ranker;
 pub mod slm;
+
+use slate::kernels::cpu::simd::{has_avx2_fma, has_avx512, has_avx512_vnni};
+
+/// The instruction sets Slate's kernels use on this machine (after `SLATE_SIMD`), for the benches'
+/// headers: the f32 kernels (ranker) and the quantized integer dot products (SLM).
+pub fn kernel_isa() -> String {
+    let f32_path = if has_avx512() {
+        "AVX-512"
+    } else if has_avx2_fma() {
+        "AVX2+FMA"
+    } else {
+        "scalar"
+    };
+    let int_path = if has_avx512_vnni() {
+        "AVX-512 VNNI"
+    } else if has_avx2_fma() {
+        "AVX2"
+    } else {
+        "scalar"
+    };
+    format!("kernels: f32 {f32_path}, quantized dot products {int_path}")
+}

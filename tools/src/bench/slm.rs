@@ -197,6 +197,7 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
         args.kv_dtype.as_str(),
         args.rounds
     );
+    println!("{}", super::kernel_isa());
     let peer = peer(args);
     let peer_num = |path: &[&str]| -> Option<f64> {
         let mut v = peer.as_ref()?;

@@ -135,10 +135,10 @@ fn run_in_pool(args: &BenchArgs) -> Result<()> {
 
     println!("slate bench ranker — {} thread(s){}", args.threads, if quick { ", --quick" } else { "" });
     println!(
-        "machine: {}, {} logical CPUs, AVX2+FMA {}",
+        "machine: {}, {} logical CPUs; {}",
         report["machine"]["cpu"].as_str().unwrap_or("?"),
         num_cpus::get(),
-        if has_avx2_fma() { "yes" } else { "no" }
+        super::kernel_isa()
     );
     let peak = gemm::section(args, &mut report)?;
     let cfg = reference::section(args, &plan, peak, &mut report)?;
