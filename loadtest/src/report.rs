@@ -167,75 +167,20 @@ impl Report {
         );
         let streaming = self.runs.iter().any(|r| r.streaming.is_some());
         let cache = self.runs.iter().any(|r| r.cache.is_some());
-        let mut head = format!(
-            "{:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "offered",
-            "sent",
-            "ok",
-            "errors",
-            "rejctd",
-            "skippd",
-            "ok rps",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "p99.9",
-            "max ms"
-        );
-        if streaming {
-            let _ = write!(head, " {:>9} {:>9} {:>8} {:>8}", "ttft p50", "ttft p99", "itl p50", "itl p99");
-        }
-        if cache {
-            let _ = write!(head, " {:>6}", "hit %");
-        }
-        let _ = write!(head, " {:>6}", "slo");
-        let _ = writeln!(t, "{head}");
+        let _ = writeln!(t, "{}", table_head(streaming, cache));
         for r in &self.runs {
-            let offered = match (r.offered_rps, r.concurrency) {
-                (Some(x), _) => format!("{x:.1}"),
-                (None, Some(c)) => format!("{c} wkr"),
-                _ => "-".into(),
-            };
-            let l = &r.latency_ms;
-            let mut row = format!(
-                "{:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-                offered,
-                r.sent,
-                r.ok,
-                r.errors,
-                r.rejected,
-                r.skipped,
-                r.achieved_rps,
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max
-            );
-            if streaming {
-                let s = r.streaming.clone().unwrap_or(StreamReport {
-                    ttft_ms: Summary::default(),
-                    inter_token_ms: Summary::default(),
-                    tokens: 0,
-                    tokens_per_s: 0.0,
-                });
-                let _ = write!(
-                    row,
-                    " {:>9.2} {:>9.2} {:>8.2} {:>8.2}",
-                    s.ttft_ms.p50, s.ttft_ms.p99, s.inter_token_ms.p50, s.inter_token_ms.p99
-                );
-            }
-            if cache {
-                let _ = write!(row, " {:>6.1}", r.cache.as_ref().map_or(0.0, |c| c.hit_ratio * 100.0));
-            }
-            let verdict = match r.slo_pass {
-                Some(true) => "pass",
-                Some(false) => "FAIL",
-                None => "-",
-            };
-            let _ = write!(row, " {verdict:>6}");
-            let _ = writeln!(t, "{row}");
+            let _ = writeln!(t, "{}", table_row(r, streaming, cache));
         }
+        self.run_notes(&mut t);
+        self.step_verdict(&mut t);
+        for f in &self.files {
+            let _ = writeln!(t, "wrote {f}");
+        }
+        t
+    }
+
+    /// Per run: errors by code, how fast refusals were answered, cache hit/miss latencies, generator lag.
+    fn run_notes(&self, t: &mut String) {
         for (i, r) in self.runs.iter().enumerate() {
             if !r.errors_by_code.is_empty() {
                 let codes: Vec<String> = r.errors_by_code.iter().map(|(k, v)| format!("{k}: {v}")).collect();
@@ -265,14 +210,18 @@ impl Report {
             }
             if r.max_send_lag_ms > 50.0 {
                 let _ = writeln!(
-                    t,
-                    "run {}: the generator sent up to {:.0} ms late (it shares the CPU; latencies still count \
-                     from the intended time)",
-                    i + 1,
-                    r.max_send_lag_ms
-                );
+                t,
+                "run {}: the generator sent up to {:.0} ms late (it shares the CPU; latencies still count \
+                 from the intended time)",
+                i + 1,
+                r.max_send_lag_ms
+            );
             }
         }
+    }
+
+    /// The step-mode verdict: the highest rate that kept the SLO.
+    fn step_verdict(&self, t: &mut String) {
         if let Some(s) = &self.step {
             match s.best_rate {
                 Some(b) => {
@@ -289,9 +238,80 @@ impl Report {
                 }
             }
         }
-        for f in &self.files {
-            let _ = writeln!(t, "wrote {f}");
-        }
-        t
     }
+}
+
+/// The table's header line; the streaming and cache columns only when some run has them.
+fn table_head(streaming: bool, cache: bool) -> String {
+    let mut head = format!(
+        "{:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "offered",
+        "sent",
+        "ok",
+        "errors",
+        "rejctd",
+        "skippd",
+        "ok rps",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms"
+    );
+    if streaming {
+        let _ = write!(head, " {:>9} {:>9} {:>8} {:>8}", "ttft p50", "ttft p99", "itl p50", "itl p99");
+    }
+    if cache {
+        let _ = write!(head, " {:>6}", "hit %");
+    }
+    let _ = write!(head, " {:>6}", "slo");
+    head
+}
+
+/// One run's row of the table.
+fn table_row(r: &RunReport, streaming: bool, cache: bool) -> String {
+    let offered = match (r.offered_rps, r.concurrency) {
+        (Some(x), _) => format!("{x:.1}"),
+        (None, Some(c)) => format!("{c} wkr"),
+        _ => "-".into(),
+    };
+    let l = &r.latency_ms;
+    let mut row = format!(
+        "{:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+        offered,
+        r.sent,
+        r.ok,
+        r.errors,
+        r.rejected,
+        r.skipped,
+        r.achieved_rps,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.p999,
+        l.max
+    );
+    if streaming {
+        let s = r.streaming.clone().unwrap_or(StreamReport {
+            ttft_ms: Summary::default(),
+            inter_token_ms: Summary::default(),
+            tokens: 0,
+            tokens_per_s: 0.0,
+        });
+        let _ = write!(
+            row,
+            " {:>9.2} {:>9.2} {:>8.2} {:>8.2}",
+            s.ttft_ms.p50, s.ttft_ms.p99, s.inter_token_ms.p50, s.inter_token_ms.p99
+        );
+    }
+    if cache {
+        let _ = write!(row, " {:>6.1}", r.cache.as_ref().map_or(0.0, |c| c.hit_ratio * 100.0));
+    }
+    let verdict = match r.slo_pass {
+        Some(true) => "pass",
+        Some(false) => "FAIL",
+        None => "-",
+    };
+    let _ = write!(row, " {verdict:>6}");
+    row
 }
