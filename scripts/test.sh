@@ -10,16 +10,7 @@ cd "$(dirname "$0")/.."
 # `pip install` there, "externally managed"). The NumPy reference (tools/reference/, parity tests) and
 # deploy/check_manifests.py (tests/deploy.rs: Kubernetes schemas and the Prometheus Operator's CRD
 # models) run in it; tests find it through SLATE_PYTHON (tests/common/mod.rs).
-VENV="$PWD/.venv"
-if [[ ! -x "$VENV/bin/python3" ]]; then
-    if ! python3 -m venv "$VENV" 2>/dev/null; then
-        # Debian and Ubuntu ship venv's ensurepip apart, in python3-venv.
-        rm -rf "$VENV"
-        echo "installing Debian's python3-venv (python3 -m venv needs ensurepip)" >&2
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-        python3 -m venv "$VENV"
-    fi
-fi
+VENV="$(scripts/venv.sh)"
 export SLATE_PYTHON="$VENV/bin/python3"
 if ! "$SLATE_PYTHON" -c 'import numpy, kubernetes_validate, cloudcoil.models.prometheus_operator' 2>/dev/null; then
     echo "installing numpy, kubernetes-validate and cloudcoil-models-prometheus-operator into $VENV" >&2
