@@ -10,10 +10,11 @@ same GGUF with the same thread count, and prints one JSON line (medians over --r
 - decode: `llama-bench -p 0 -n G -d 128`: G tokens one at a time after a 128-token context, as Slate's
   single-stream decode figure (which follows a 128-token prompt).
 - server: `llama-server --parallel S` (continuous batching, S slots) with S concurrent `/completion`
-  requests of 128-token prompts (distinct, as Slate's), `n_predict` G, greedy, `ignore_eos`. end_to_end =
-  all generated tokens / wall time from the first request to the last answer (prompt processing included,
-  as Slate's end-to-end column); aggregate = all generated tokens / the longest stream's decode time
-  (the server's own `predicted_ms`); per_stream = the median stream's `predicted_per_second`.
+  requests of 128-token prompts (distinct, as Slate's), `n_predict` G, greedy, `ignore_eos`, streamed, each
+  token timed on arrival: the three figures are computed as Slate's bench computes its own (end_to_end =
+  all tokens / wall time, prefills included; aggregate = tokens that arrived while every stream was
+  decoding / that window; per_stream = the median stream's (G - 1) / (last - first token)). Those
+  times include the HTTP stream, which Slate's in-process figures do not.
 Standard library only (the peers venv needs nothing for this script).
 """
 import argparse
@@ -78,30 +79,49 @@ def wait_ready(url, proc, timeout=120):
     raise RuntimeError("llama-server did not become ready")
 
 
+def stream_tokens(url, prompt, gen):
+    """One streamed /completion; returns (start, [arrival time of each token]) in perf_counter seconds."""
+    body = {"prompt": prompt, "n_predict": gen, "temperature": 0, "ignore_eos": True, "cache_prompt": False,
+            "stream": True}
+    req = urllib.request.Request(url + "/completion", json.dumps(body).encode(), {"content-type": "application/json"})
+    start, at = time.perf_counter(), []
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for line in r:
+            if not line.startswith(b"data: "):
+                continue
+            event = json.loads(line[6:])
+            if event.get("content") or event.get("tokens"):
+                at.append(time.perf_counter())
+            if event.get("stop"):
+                break
+    return start, at
+
+
 def server_round(url, prompts, gen):
-    """All prompts at once; returns (end_to_end, aggregate, per_stream) tok/s."""
+    """All prompts at once, streamed; returns (end_to_end, aggregate, per_stream) tok/s measured as
+    Slate's bench measures its own: per stream (G - 1) / (last - first token); aggregate = tokens that
+    arrived while every stream was decoding / that window; end-to-end = all tokens / wall time."""
     results = [None] * len(prompts)
 
     def one(i):
-        results[i] = post(
-            url + "/completion",
-            {"prompt": prompts[i], "n_predict": gen, "temperature": 0, "ignore_eos": True, "cache_prompt": False},
-        )
+        results[i] = stream_tokens(url, prompts[i], gen)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    if any(r is None for r in results):
+    if any(r is None or len(r[1]) < 2 for r in results):
         raise RuntimeError("a llama-server request failed")
-    timings = [r["timings"] for r in results]
-    total = sum(t["predicted_n"] for t in timings)
-    aggregate = total / (max(t["predicted_ms"] for t in timings) / 1e3)
-    per_stream = statistics.median(t["predicted_per_second"] for t in timings)
-    return total / wall, aggregate, per_stream
+    start = min(r[0] for r in results)
+    all_decoding = max(r[1][0] for r in results)
+    one_done = min(r[1][-1] for r in results)
+    last = max(r[1][-1] for r in results)
+    total = sum(len(r[1]) for r in results)
+    in_window = sum(1 for r in results for a in r[1] if all_decoding < a <= one_done)
+    aggregate = in_window / (one_done - all_decoding) if one_done > all_decoding and in_window else float("nan")
+    per_stream = statistics.median((len(r[1]) - 1) / (r[1][-1] - r[1][0]) for r in results)
+    return total / (last - start), aggregate, per_stream
 
 
 def server_bench(bin_dir, model, threads, streams, gen, rounds):

@@ -14,8 +14,8 @@
 //!
 //! The peer's single stream is `llama-bench` (prefill `-p P`; decode `-n G -d 128`, after a 128-token
 //! context); for S > 1 it is `llama-server --parallel S` (continuous batching) answering S concurrent
-//! requests of 128-token prompts: its end-to-end (all tokens ÷ wall time) is measured as ours, its
-//! aggregate is all tokens ÷ the longest stream's decode time (tools/peers/llama_bench.py).
+//! streamed requests of 128-token prompts, each token timed on arrival and the figures computed as
+//! ours (tools/peers/llama_bench.py; its times include the HTTP stream, ours are in-process).
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
