@@ -12,7 +12,7 @@ pub mod model;
 pub mod scheduler;
 #[cfg(test)]
 pub(crate) mod testing;
-mod warmup;
+pub mod warmup;
 pub mod weights;
 
 pub use api::{Candidate, CandidateScores, HistoryEvent, Mode, RankRequest, RankResponse, Timing};

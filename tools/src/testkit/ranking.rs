@@ -3,10 +3,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slate::ranking::config::{Calibration, Fusion, MemberSparseSpec, RankerConfig, TaskSpec, FORMAT};
-use slate::ranking::{Candidate, HistoryEvent, RankRequest};
+use slate::ranking::RankRequest;
 
-/// The reference time random requests carry (`request_time_ms`): 2023-11-14T22:13:20Z.
-pub const REQUEST_TIME_MS: i64 = 1_700_000_000_000;
+pub use slate::ranking::warmup::REQUEST_TIME_MS;
 
 /// A small random valid config with the given fusion: d ∈ {8, 12, 16}, 1–3 heads, 1–2 layers, short
 /// histories, random dense/member dims (often non-zero), 0–2 hidden head layers, 1–3 tasks with
@@ -51,66 +50,21 @@ pub fn small_config(fusion: Fusion, seed: u64) -> RankerConfig {
 
 /// A random valid request for `cfg` with `history` events (oldest first, spread over ~30 days before
 /// [`REQUEST_TIME_MS`]) and `candidates` candidates; every configured member sparse feature but the
-/// last is present (so the "missing" row is exercised), dense values ~ U(−1, 1).
+/// last is present (so the "missing" row is exercised), dense values ~ U(−1, 1). The server's warm-up
+/// draws from the same generator.
 pub fn random_request(cfg: &RankerConfig, seed: u64, history: usize, candidates: usize) -> RankRequest {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let dense = |rng: &mut StdRng, n: usize| (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let mut ages: Vec<i64> = (0..history).map(|_| rng.random_range(0..30 * 86_400_000i64)).collect();
-    ages.sort_unstable_by(|a, b| b.cmp(a)); // oldest first
-    let n_sparse = cfg.member_sparse.len();
-    RankRequest {
-        model: "ranker".into(),
-        member_id: rng.random(),
-        member_sparse: cfg
-            .member_sparse
-            .iter()
-            .take(n_sparse.saturating_sub(1))
-            .map(|f| (f.name.clone(), rng.random::<u64>()))
-            .collect(),
-        member_dense: dense(&mut rng, cfg.member_dense_dim),
-        history: ages
-            .into_iter()
-            .map(|age| HistoryEvent {
-                item_id: rng.random_range(0..100_000),
-                action: cfg.actions[rng.random_range(0..cfg.actions.len())].clone(),
-                timestamp_ms: REQUEST_TIME_MS - age,
-                dense: dense(&mut rng, cfg.event_dense_dim),
-            })
-            .collect(),
-        candidates: (0..candidates)
-            .map(|_| Candidate {
-                item_id: rng.random_range(0..100_000),
-                dense: dense(&mut rng, cfg.candidate_dense_dim),
-            })
-            .collect(),
-        request_time_ms: Some(REQUEST_TIME_MS),
-        ..Default::default()
-    }
+    slate::ranking::warmup::synthetic_request(cfg, seed, history, candidates)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slate::ranking::RankerModel;
 
     #[test]
     fn small_configs_are_valid() {
         for seed in 0..200 {
             for fusion in [Fusion::AppendCross, Fusion::AppendSelf, Fusion::Concat] {
                 small_config(fusion, seed).validate().unwrap();
-            }
-        }
-    }
-
-    /// The server warms a ranker up with its own generator; it must be the request this one draws for
-    /// seed 0x5EED (a full history, micro_batch + 1 candidates), so the two stay the same code.
-    #[test]
-    fn warmup_request_is_the_seeded_random_request() {
-        for seed in 0..20 {
-            for fusion in [Fusion::AppendCross, Fusion::AppendSelf, Fusion::Concat] {
-                let cfg = small_config(fusion, seed);
-                let warm = RankerModel::random(&cfg, seed).warmup_request();
-                assert_eq!(warm, random_request(&cfg, 0x5EED, cfg.max_history, cfg.micro_batch + 1));
             }
         }
     }
