@@ -10,8 +10,6 @@ pub mod encoder;
 pub mod features;
 pub mod model;
 pub mod scheduler;
-#[cfg(test)]
-pub(crate) mod testing;
 pub mod warmup;
 pub mod weights;
 
