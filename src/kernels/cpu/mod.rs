@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod compressed;
 pub mod gemm;
 pub mod int8;
 pub mod linear;

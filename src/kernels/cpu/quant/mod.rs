@@ -350,7 +350,9 @@ unsafe impl Sync for OutPtr {}
 
 /// Where a matmul's chunks run.
 #[derive(Clone, Copy)]
-enum Split<'a> {
+pub(crate) enum Split<'a> {
+    /// The calling thread alone.
+    Serial,
     /// rayon's current pool, one fork-join per call.
     Rayon,
     /// A [`Team`] already running (one region per call).
@@ -363,8 +365,9 @@ const TEAM_CHUNKS_PER_THREAD: usize = 4;
 
 impl Split<'_> {
     /// Runs `f` over `units` split into contiguous ranges, in parallel when `macs` is large enough.
-    fn ranges(self, units: usize, macs: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+    pub(crate) fn ranges(self, units: usize, macs: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
         let threads = match self {
+            Split::Serial => 1,
             Split::Rayon => rayon::current_num_threads(),
             Split::Team(t) => t.threads(),
         };
@@ -377,6 +380,7 @@ impl Split<'_> {
                 let chunks = units.min(threads * CHUNKS_PER_THREAD);
                 (0..chunks).into_par_iter().for_each(|c| f(units * c / chunks..units * (c + 1) / chunks));
             }
+            Split::Serial => f(0..units),
             Split::Team(t) => {
                 let chunks = units.min(threads * TEAM_CHUNKS_PER_THREAD);
                 t.for_each(chunks, &|c| f(units * c / chunks..units * (c + 1) / chunks));

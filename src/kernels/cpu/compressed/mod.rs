@@ -1,0 +1,367 @@
+//! Compressed weight matrices — dense int8 / int4 / f16, N:M semi-structured and unstructured sparse,
+//! sparse + low-rank (`W = S + U·V`), and mixtures of these by rows or columns — and an exact
+//! `y = x·Wᵀ` over them.
+//!
+//! **Layout.** A [`CMatrix`] of `rows × cols` with rank `r` is a set of non-overlapping [`Tile`]s over
+//! the `rows × (cols + r)` area `[S | U]`; what no tile covers is zero. Each tile keeps a pattern of
+//! entries (all, N:M, or any, by a bit mask) and their values (int8 with a scale per row, int4 with a
+//! scale per 32 kept values, or f16). `V` (`r × cols`) is itself a `CMatrix` of rank 0. Several
+//! representations side by side are several tiles: q|k|v stacked into one matrix, FFN rows split into
+//! heavy hitters and the rest.
+//!
+//! **Product.** `y = [S | U] · [x ; V·x]`: `V·x` first, then one pass over the extended input. The
+//! input is copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each
+//! rounded up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same
+//! width (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
+//! every token. So decode (one or a few tokens) streams the compressed bytes once, and prefill reuses
+//! each expanded block for all tokens from cache.
+//!
+//! **Arithmetic, bit for bit.** Every `(row, token)` result is the same f32 operations whatever the
+//! ISA, the thread, the block or the batch: 16 lanes, lane `l` accumulating
+//! `acc[l] = fma(w[16c + l], x[16c + l], acc[l])` over the 16-wide chunks `c` in order, then the
+//! tree `acc[l] += acc[l + h]` for `h = 8, 4, 2, 1`. AVX-512 runs it in one register, AVX2 in two.
+//! So a sequence's logits are the same alone or batched, and the SIMD paths equal the scalar
+//! reference exactly. Against the f64 product with the reconstructed dense weight the error is f32
+//! rounding (≈1e-6 of `Σ|w·x|`).
+
+mod scalar;
+mod tile;
+
+pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
+
+use std::cell::{Cell, RefCell};
+use std::ops::Range;
+
+use super::quant::{Split, Team};
+
+/// Lanes of the canonical accumulation (see the module docs); widths are padded to a multiple.
+pub const LANES: usize = 16;
+
+/// Rows expanded per block: a multiple of 4 whose panel stays within ~64 KiB.
+fn block_rows(width: usize) -> usize {
+    ((16384 / width.max(1)) / 4 * 4).max(4)
+}
+
+/// Which code runs the expansion and the dot products (all three give the same bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512F (+BW, VL).
+    Avx512,
+}
+
+impl Isa {
+    /// The fastest path this CPU runs (`SLATE_SIMD=avx2` caps it at AVX2).
+    pub fn best() -> Isa {
+        if super::simd::has_avx512() {
+            Isa::Avx512
+        } else if super::simd::has_avx2_fma_f16c() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => super::simd::has_avx2_fma_f16c(),
+            Isa::Avx512 => super::simd::cpu_has_avx512(),
+        }
+    }
+}
+
+/// A compressed `rows × cols` weight matrix (see the module docs).
+#[derive(Clone, Debug)]
+pub struct CMatrix {
+    rows: usize,
+    cols: usize,
+    rank: usize,
+    /// `rank × cols`, rank 0; `None` when `rank == 0`.
+    v: Option<Box<CMatrix>>,
+    tiles: Vec<Tile>,
+    /// `cols` and `rank` rounded up to [`LANES`].
+    kp: usize,
+    rp: usize,
+}
+
+/// Per-call buffers of the calling thread: the padded input, and for rank > 0 `V·x` and V's own
+/// padded input. Taken out for the call (see `quant`'s `ACT`).
+#[derive(Default)]
+struct Bufs {
+    xin: Vec<f32>,
+    t: Vec<f32>,
+    xin_v: Vec<f32>,
+}
+
+thread_local! {
+    static BUFS: Cell<Bufs> = Cell::new(Bufs::default());
+    /// The expanded row block of the thread that works on it.
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl CMatrix {
+    /// Builds and checks a matrix: `v` (`rank × cols`, rank 0) when there is a low-rank part; tiles
+    /// inside `rows × (cols + rank)`, each wholly left of column `cols` (S) or right of it (U), and
+    /// not overlapping.
+    ///
+    /// # Errors
+    /// A message naming the offending tile by index.
+    pub fn new(rows: usize, cols: usize, v: Option<CMatrix>, tiles: Vec<Tile>) -> Result<CMatrix, String> {
+        let rank = match &v {
+            None => 0,
+            Some(v) => {
+                if v.cols != cols || v.rank != 0 {
+                    return Err(format!(
+                        "V is {}×{} of rank {}, expected r×{cols} of rank 0",
+                        v.rows, v.cols, v.rank
+                    ));
+                }
+                if v.rows == 0 {
+                    return Err("V has no rows (rank 0 is written without V)".into());
+                }
+                v.rows
+            }
+        };
+        let width = cols.checked_add(rank).ok_or("width overflows")?;
+        for (i, t) in tiles.iter().enumerate() {
+            let (r_end, c_end) = (t.row0.checked_add(t.rows), t.col0.checked_add(t.cols));
+            let inside = r_end.is_some_and(|e| e <= rows) && c_end.is_some_and(|e| e <= width);
+            if !inside {
+                return Err(format!(
+                    "tile {i} at ({}, {}) of {}×{} lies outside {rows}×{width}",
+                    t.row0, t.col0, t.rows, t.cols
+                ));
+            }
+            if t.col0 < cols && t.col0 + t.cols > cols {
+                return Err(format!("tile {i} straddles column {cols} (between S and U)"));
+            }
+            for (j, u) in tiles[..i].iter().enumerate() {
+                let rows_meet = t.row0 < u.row0 + u.rows && u.row0 < t.row0 + t.rows;
+                let cols_meet = t.col0 < u.col0 + u.cols && u.col0 < t.col0 + t.cols;
+                if rows_meet && cols_meet && t.rows * t.cols > 0 && u.rows * u.cols > 0 {
+                    return Err(format!("tiles {j} and {i} overlap"));
+                }
+            }
+        }
+        let (kp, rp) = (cols.next_multiple_of(LANES), rank.next_multiple_of(LANES));
+        Ok(CMatrix { rows, cols, rank, v: v.map(Box::new), tiles, kp, rp })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Rank of the low-rank part (0: none).
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn tiles(&self) -> &[Tile] {
+        &self.tiles
+    }
+
+    /// `V` (`rank × cols`), when the rank is positive.
+    pub fn v(&self) -> Option<&CMatrix> {
+        self.v.as_deref()
+    }
+
+    /// Bytes held (tiles of S and U, and V's).
+    pub fn bytes(&self) -> usize {
+        self.tiles.iter().map(Tile::bytes).sum::<usize>() + self.v.as_ref().map_or(0, |v| v.bytes())
+    }
+
+    /// Kept entries of the tiles left of column `cols` (S's non-zeros, as stored).
+    pub fn s_kept(&self) -> usize {
+        self.tiles.iter().filter(|t| t.col0 < self.cols).map(Tile::kept).sum()
+    }
+
+    /// Width of the padded input and of an expanded row: `kp + rp`.
+    pub fn padded_width(&self) -> usize {
+        self.kp + self.rp
+    }
+
+    /// Where logical column `c` of `[S | U]` sits in the padded layout.
+    fn padded_col(&self, c: usize) -> usize {
+        if c < self.cols {
+            c
+        } else {
+            self.kp + (c - self.cols)
+        }
+    }
+
+    /// Row `r` of `[S | U]` in the padded layout (`padded_width` floats, zero where nothing is kept),
+    /// each value as the kernels multiply it: the reference for the SIMD expansion.
+    pub fn expand_row_reference(&self, r: usize, out: &mut [f32]) {
+        scalar::expand_rows(self, r..r + 1, out);
+    }
+
+    /// Logical row `r` of `S + U·V` into `out[..cols]` (an embedding lookup): `S`'s values, plus
+    /// `Σ_j U[r][j]·V[j][c]` accumulated in f32 in `j` order.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "dequantize_row: row {r} of {}", self.rows);
+        let mut row = vec![0f32; self.padded_width()];
+        scalar::expand_rows(self, r..r + 1, &mut row);
+        out[..self.cols].copy_from_slice(&row[..self.cols]);
+        if let Some(v) = &self.v {
+            let mut vrow = vec![0f32; v.padded_width()];
+            for j in 0..self.rank {
+                let u = row[self.kp + j];
+                if u != 0.0 {
+                    scalar::expand_rows(v, j..j + 1, &mut vrow);
+                    for (o, &w) in out[..self.cols].iter_mut().zip(&vrow) {
+                        *o = u.mul_add(w, *o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reconstructed dense weight `S + U·V` (`rows × cols`, row-major), `U·V` summed in f64: the
+    /// reference the kernels are tested against.
+    pub fn to_dense(&self) -> Vec<f32> {
+        let (w, cols) = (self.padded_width(), self.cols);
+        let mut s = vec![0f32; w];
+        let v: Vec<Vec<f32>> = match &self.v {
+            None => Vec::new(),
+            Some(v) => (0..self.rank)
+                .map(|j| {
+                    let mut row = vec![0f32; v.padded_width()];
+                    scalar::expand_rows(v, j..j + 1, &mut row);
+                    row
+                })
+                .collect(),
+        };
+        let mut out = vec![0f32; self.rows * cols];
+        for r in 0..self.rows {
+            scalar::expand_rows(self, r..r + 1, &mut s);
+            for c in 0..cols {
+                let uv: f64 = (0..self.rank).map(|j| s[self.kp + j] as f64 * v[j][c] as f64).sum();
+                out[r * cols + c] = (s[c] as f64 + uv) as f32;
+            }
+        }
+        out
+    }
+
+    /// `y = x·Wᵀ` for `n` tokens (`x`: `n × cols`, `out`: `n × rows`, row-major), on rayon's pool.
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_split(Isa::best(), Split::Rayon, x, n, out);
+    }
+
+    /// [`CMatrix::matmul`] with the chunks spread over `team` (same bits).
+    pub fn matmul_team(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_split(Isa::best(), Split::Team(team), x, n, out);
+    }
+
+    /// [`CMatrix::matmul`] on the calling thread with the given path (for tests and benchmarks).
+    ///
+    /// # Panics
+    /// When this CPU cannot run `isa`.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        assert!(isa.available(), "matmul_with: this CPU cannot run {isa:?}");
+        self.matmul_split(isa, Split::Serial, x, n, out);
+    }
+
+    fn matmul_split(&self, isa: Isa, split: Split, x: &[f32], n: usize, out: &mut [f32]) {
+        assert!(x.len() >= n * self.cols, "matmul: x has {} < {n}×{} floats", x.len(), self.cols);
+        assert!(out.len() >= n * self.rows, "matmul: out has {} < {n}×{} floats", out.len(), self.rows);
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        let mut bufs = BUFS.with(Cell::take);
+        self.fill_input(isa, split, &x[..n * self.cols], n, &mut bufs);
+        self.rows_product(isa, split, &bufs.xin, n, out);
+        BUFS.with(|c| c.set(bufs));
+    }
+
+    /// `bufs.xin = [x ; V·x]` padded, `n × padded_width`.
+    fn fill_input(&self, isa: Isa, split: Split, x: &[f32], n: usize, bufs: &mut Bufs) {
+        let (w, cols) = (self.padded_width(), self.cols);
+        bufs.xin.clear();
+        bufs.xin.resize(n * w, 0.0);
+        for (dst, src) in bufs.xin.chunks_exact_mut(w).zip(x.chunks_exact(cols)) {
+            dst[..cols].copy_from_slice(src);
+        }
+        if let Some(v) = &self.v {
+            let wv = v.padded_width();
+            bufs.xin_v.clear();
+            bufs.xin_v.resize(n * wv, 0.0);
+            for (dst, src) in bufs.xin_v.chunks_exact_mut(wv).zip(x.chunks_exact(cols)) {
+                dst[..cols].copy_from_slice(src);
+            }
+            bufs.t.clear();
+            bufs.t.resize(n * self.rank, 0.0);
+            v.rows_product(isa, split, &bufs.xin_v, n, &mut bufs.t);
+            for (dst, t) in bufs.xin.chunks_exact_mut(w).zip(bufs.t.chunks_exact(self.rank)) {
+                dst[self.kp..self.kp + self.rank].copy_from_slice(t);
+            }
+        }
+    }
+
+    /// `out[t·rows + r] = dot(expanded row r, xin[t])` for every row, split over `split`.
+    fn rows_product(&self, isa: Isa, split: Split, xin: &[f32], n: usize, out: &mut [f32]) {
+        let quads = self.rows.div_ceil(4);
+        let out = OutPtr(out.as_mut_ptr());
+        let macs = n * self.rows * self.padded_width();
+        split.ranges(quads, macs, &|qs| {
+            let rows = qs.start * 4..(qs.end * 4).min(self.rows);
+            // SAFETY: `out` holds n·rows floats (asserted by the caller) and this chunk writes only
+            // rows `rows` of each token, which no other chunk touches.
+            unsafe { self.rows_range(isa, rows, xin, n, out.get()) };
+        });
+    }
+
+    /// # Safety
+    /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone.
+    unsafe fn rows_range(&self, isa: Isa, rows: Range<usize>, xin: &[f32], n: usize, out: *mut f32) {
+        let w = self.padded_width();
+        let b = block_rows(w);
+        PANEL.with(|p| {
+            let panel = &mut *p.borrow_mut();
+            let mut r = rows.start;
+            while r < rows.end {
+                let e = (r + b).min(rows.end);
+                panel.clear();
+                panel.resize((e - r) * w, 0.0);
+                // SAFETY: forwarded contract; the CPU runs `isa` (checked by the callers).
+                unsafe {
+                    match isa {
+                        Isa::Scalar => {
+                            scalar::expand_rows(self, r..e, panel);
+                            scalar::dot_block(panel, e - r, w, xin, n, out, self.rows, r);
+                        }
+                        // The SIMD paths come with the kernels; until then the reference runs.
+                        Isa::Avx2 | Isa::Avx512 => {
+                            scalar::expand_rows(self, r..e, panel);
+                            scalar::dot_block(panel, e - r, w, xin, n, out, self.rows, r);
+                        }
+                    }
+                }
+                r = e;
+            }
+        });
+    }
+}
+
+/// The output pointer, shared by chunks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+impl OutPtr {
+    /// A method, not a field access, so closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: chunks write disjoint rows of the buffer (see `rows_product`), which outlives the parallel
+// section that uses the pointer.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
