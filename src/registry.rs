@@ -28,6 +28,8 @@ pub struct ModelInfo {
     pub path: String,
     /// Hex SHA-256 prefix of the weights file, once loaded.
     pub version: Option<String>,
+    /// An SLM's weight bytes and representations, once loaded.
+    pub weights: Option<crate::slm::scheduler::WeightsInfo>,
     pub status: ModelState,
 }
 
@@ -140,6 +142,7 @@ impl Registry {
                     .get()
                     .map(|h| h.model().weights_hash().to_string())
                     .or_else(|| e.slm.get().map(|h| h.version().to_string())),
+                weights: e.slm.get().map(|h| h.weights().clone()),
                 status: e.state.read().expect("registry lock poisoned").clone(),
             })
             .collect()

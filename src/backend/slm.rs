@@ -25,6 +25,12 @@ pub trait SlmBackend: Send + Sync {
     /// Bytes of weight matrices held.
     fn weight_bytes(&self) -> usize;
 
+    /// Weight bytes one decode token reads (every matrix but an untied embedding, of which one row).
+    fn decode_weight_bytes(&self) -> usize;
+
+    /// The weight matrices' representations with counts (`Q4_1 ×90, Q6_K ×1`, `2:4 int8 ×91`).
+    fn describe_weights(&self) -> String;
+
     /// Re-quantizes every float (F32/F16) weight matrix to int8 per output channel; quantized ones are
     /// kept. Returns how many matrices were converted, or why this backend cannot.
     fn quantize_float_weights_int8(&mut self) -> Result<usize, String>;

@@ -88,6 +88,10 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             if let Some(error) = error {
                 v["error"] = error.into();
             }
+            if let Some(w) = m.weights {
+                v["weight_bytes"] = w.bytes.into();
+                v["representation"] = w.representation.into();
+            }
             v
         })
         .collect();

@@ -15,7 +15,24 @@ use crate::serving::PriorityClasses;
 use scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
 use std::path::Path;
 
-/// Loads a GGUF model (weights, tokenizer, chat template) and starts its engine.
+/// A model ready to serve: the forward pass, the tokenizer (with its chat template) and the version
+/// shown in /v1/models.
+pub struct Opened {
+    pub model: model::LlamaModel,
+    pub tokenizer: tokenizer::SlmTokenizer,
+    pub version: String,
+}
+
+/// Opens a GGUF file: its weights, tokenizer and chat template; the version is the file's hash.
+pub fn open(path: &Path) -> Result<Opened, String> {
+    let file = gguf::GgufFile::open(path)?;
+    let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
+        .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
+    let model = model::LlamaModel::from_gguf(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Opened { model, tokenizer, version: file.content_hash() })
+}
+
+/// Loads a model (see [`open`]) and starts its engine.
 pub fn load(
     name: &str,
     path: &Path,
@@ -23,11 +40,7 @@ pub fn load(
     max_prompt_tokens: usize,
     classes: PriorityClasses,
 ) -> Result<SlmHandle, String> {
-    let file = gguf::GgufFile::open(path)?;
-    let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
-        .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
-    let mut model = model::LlamaModel::from_gguf(&file).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut version = file.content_hash();
+    let Opened { mut model, tokenizer, mut version } = open(path)?;
     if settings.quantize == crate::config::SlmQuantize::Int8 {
         let n = model
             .quantize_float_weights_int8()
@@ -46,7 +59,6 @@ pub fn load(
             model.config().vocab
         ));
     }
-    drop(file);
     SlmHandle::start(name, version, model, tokenizer, settings, max_prompt_tokens, classes)
 }
 

@@ -139,8 +139,23 @@ impl LlamaModel {
         Ok(LlamaModel { cfg, backend })
     }
 
+    /// A model over an already built backend (a compressed model's, for one).
+    pub fn with_backend(cfg: LlamaConfig, backend: Box<dyn SlmBackend>) -> Self {
+        LlamaModel { cfg, backend }
+    }
+
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// Weight bytes one decode token reads (see [`SlmBackend::decode_weight_bytes`]).
+    pub fn decode_weight_bytes(&self) -> usize {
+        self.backend.decode_weight_bytes()
+    }
+
+    /// The weight matrices' representations with counts (see [`SlmBackend::describe_weights`]).
+    pub fn describe_weights(&self) -> String {
+        self.backend.describe_weights()
     }
 
     /// Re-quantizes every F32/F16 weight matrix to int8 per output channel (`kernels::cpu::int8`: the

@@ -26,6 +26,7 @@ pub struct SlmHandle {
 struct Shared {
     name: String,
     version: String,
+    weights: WeightsInfo,
     tx: crossbeam_channel::Sender<Job>,
     tokenizer: Arc<SlmTokenizer>,
     template: Option<ChatTemplate>,
@@ -39,6 +40,15 @@ struct Shared {
     waiting: Arc<Slots>,
     deadlines: DeadlinePolicy,
     stats: Arc<EngineStats>,
+}
+
+/// What the weights are: bytes held and their representations (shown in /v1/models).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WeightsInfo {
+    pub bytes: usize,
+    /// Bytes one decode token reads.
+    pub bytes_per_token: usize,
+    pub representation: String,
 }
 
 /// Live engine counters (also exported as metrics), for tests and introspection.
@@ -89,6 +99,11 @@ impl SlmHandle {
         let waiting = Arc::new(Slots::new(settings.max_waiting_requests));
         let kv_tokens = budget.total_tokens();
         let vocab = model.config().vocab;
+        let weights = WeightsInfo {
+            bytes: model.weight_bytes(),
+            bytes_per_token: model.decode_weight_bytes(),
+            representation: model.describe_weights(),
+        };
         let stats = Arc::new(EngineStats::default());
         let threads = if settings.threads == 0 { num_cpus::get() } else { settings.threads };
         let pool = rayon::ThreadPoolBuilder::new()
@@ -127,6 +142,7 @@ impl SlmHandle {
             inner: Arc::new(Shared {
                 name: name.to_string(),
                 version,
+                weights,
                 tx,
                 tokenizer,
                 template,
@@ -158,6 +174,11 @@ impl SlmHandle {
 
     pub fn version(&self) -> &str {
         &self.inner.version
+    }
+
+    /// Bytes and representations of the weights.
+    pub fn weights(&self) -> &WeightsInfo {
+        &self.inner.weights
     }
 
     pub fn tokenizer(&self) -> &SlmTokenizer {

@@ -23,4 +23,4 @@ pub use api::{
     FinishReason, GenEvent, GenStream, GenerateRequest, Prompt, ScoreRequest, ScoreResult, TokenLogprob,
     Usage,
 };
-pub use handle::{EngineStats, SlmHandle};
+pub use handle::{EngineStats, SlmHandle, WeightsInfo};

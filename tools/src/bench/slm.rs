@@ -21,17 +21,16 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use slate::config::{KvDtype, SlmSettings};
 use slate::serving::PriorityClasses;
-use slate::slm::gguf::GgufFile;
 use slate::slm::sampling::SamplingParams;
 use slate::slm::scheduler::{GenEvent, GenerateRequest, Prompt, SlmHandle};
-use slate::slm::tokenizer::SlmTokenizer;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SlmBenchArgs {
-    /// GGUF model file.
+    /// GGUF model file, or a compressed model folder (`slate compress`; the llama.cpp peer is skipped
+    /// for folders, which it cannot read).
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
     pub model: PathBuf,
     /// Prompt lengths for the prefill measurement, comma-separated.
@@ -63,6 +62,10 @@ pub struct SlmBenchArgs {
     /// position). The llama.cpp peer keeps its own default (f16).
     #[arg(long, value_enum, default_value_t = KvDtype::default())]
     pub kv_dtype: KvDtype,
+    /// Also write the figures as JSON to this file (`decode_tok_s_1`, `decode_tok_s_8`,
+    /// `prefill_tok_s_512`, `weight_bytes_per_token`, … for each measured count).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -177,18 +180,16 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
         ..Default::default()
     };
     let classes = PriorityClasses { names: vec!["default".into()], default: 0 };
-    let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
-    let sample = SlmTokenizer::from_gguf_metadata(file.metadata())
-        .map_err(|e| anyhow!("{e}"))?
+    let h =
+        slate::slm::load("bench", &args.model, &settings, max_prompt + 1, classes).map_err(|e| anyhow!(e))?;
+    let sample = h
+        .tokenizer()
         .encode(
             "The history of the printing press begins in the fifteenth century, when movable type changed how \
              books were made, sold and read across Europe, and with them how ideas travelled.",
             false,
         )
         .map_err(|e| anyhow!("{e}"))?;
-    drop(file);
-    let h =
-        slate::slm::load("bench", &args.model, &settings, max_prompt + 1, classes).map_err(|e| anyhow!(e))?;
     slate::slm::warm_up(&h).map_err(|e| anyhow!(e))?;
     println!(
         "slate bench slm: {} · {} threads · {} KV cache · greedy · medians of {} rounds",
@@ -198,7 +199,20 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
         args.rounds
     );
     println!("{}", super::kernel_isa());
-    let peer = peer(args);
+    let w = h.weights();
+    println!(
+        "weights: {} bytes, {} bytes per decode token: {}",
+        w.bytes, w.bytes_per_token, w.representation
+    );
+    let mut json = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "threads": args.threads,
+        "weight_bytes": w.bytes,
+        "weight_bytes_per_token": w.bytes_per_token,
+        "representation": w.representation,
+        "isa": super::kernel_isa(),
+    });
+    let peer = if args.model.is_dir() { None } else { peer(args) };
     let peer_num = |path: &[&str]| -> Option<f64> {
         let mut v = peer.as_ref()?;
         for k in path {
@@ -216,6 +230,7 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
             rates.push(p as f64 / (t.first - t.start).as_secs_f64());
         }
         let ours = median(rates);
+        json[format!("prefill_tok_s_{p}")] = ours.into();
         let theirs = peer_num(&["prefill", &p.to_string()]);
         println!(
             "{:<28} {:>12.1} {:>12} {:>10}",
@@ -242,6 +257,8 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
             bail!("{s} streams never decoded together: raise --gen-tokens");
         }
         let (per, agg, e2e) = (median(per), median(agg), median(e2e));
+        json[format!("decode_tok_s_{s}")] = if s == 1 { per } else { agg }.into();
+        json[format!("decode_e2e_tok_s_{s}")] = e2e.into();
         if s == 1 {
             single = Some(per);
         }
@@ -268,6 +285,12 @@ pub fn run(args: &SlmBenchArgs) -> Result<()> {
     forward_alone(args)?;
     if let Some(p) = &peer {
         println!("llama.cpp: {}", p.get("version").and_then(Value::as_str).unwrap_or("?"));
+        json["llama_cpp"] = p.clone();
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -314,14 +337,11 @@ fn decode_round(h: &SlmHandle, sample: &[u32], streams: usize, gen_tokens: usize
 /// `--streams` count, against the engine's per-token times.
 fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
     use slate::slm::kv::SeqKv;
-    use slate::slm::model::{Chunk, LlamaModel, Scratch, Want};
-    let file = GgufFile::open(&args.model).map_err(|e| anyhow!(e))?;
-    let sample = SlmTokenizer::from_gguf_metadata(file.metadata())
-        .map_err(|e| anyhow!("{e}"))?
+    use slate::slm::model::{Chunk, Scratch, Want};
+    let slate::slm::Opened { model, tokenizer, .. } = slate::slm::open(&args.model).map_err(|e| anyhow!(e))?;
+    let sample = tokenizer
         .encode("The history of the printing press begins in the fifteenth century.", false)
         .map_err(|e| anyhow!("{e}"))?;
-    let model = LlamaModel::from_gguf(&file).map_err(|e| anyhow!(e))?;
-    drop(file);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
     let steps = args.gen_tokens.max(8);
     let mut scratch = Scratch::default();

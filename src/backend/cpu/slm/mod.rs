@@ -8,6 +8,7 @@ mod weights;
 
 use crate::backend::{KvState, SlmBackend, Workspace};
 use crate::kernels::cpu::attention::{attend_tiled, TiledHead};
+use crate::kernels::cpu::compressed::CMatrix;
 use crate::kernels::cpu::quant::Team;
 use crate::kernels::cpu::simd::swiglu;
 use crate::slm::gguf::GgufFile;
@@ -16,7 +17,8 @@ use crate::slm::model::{Chunk, LlamaConfig, Want};
 use kv::{KvHead, TiledKv};
 use ops::{rms_norm_rows, Rope};
 use std::cell::RefCell;
-use weights::{Layer, Weights};
+use std::collections::HashMap;
+use weights::{Compressed, Layer, Weights};
 
 thread_local! {
     /// Attention score rows, per thread, reused across steps.
@@ -46,9 +48,22 @@ pub struct CpuSlm {
 impl CpuSlm {
     /// Reads and checks the weights of `cfg` from `f`.
     pub fn new(cfg: &LlamaConfig, f: &GgufFile) -> Result<Self, String> {
-        let w = Weights::load(cfg, f)?;
+        Ok(Self::with_weights(cfg, Weights::load(cfg, f)?))
+    }
+
+    /// A compressed model's weights (`matrices` and `vectors` by GGUF tensor name), checked against
+    /// `cfg`.
+    pub fn from_compressed(
+        cfg: &LlamaConfig,
+        matrices: HashMap<String, CMatrix>,
+        vectors: &HashMap<String, Vec<f32>>,
+    ) -> Result<Self, String> {
+        Ok(Self::with_weights(cfg, Weights::load(cfg, Compressed { matrices, vectors })?))
+    }
+
+    fn with_weights(cfg: &LlamaConfig, w: Weights) -> Self {
         let weight_bytes = w.bytes();
-        Ok(CpuSlm { cfg: cfg.clone(), w, rope: Rope::new(cfg), weight_bytes })
+        CpuSlm { cfg: cfg.clone(), w, rope: Rope::new(cfg), weight_bytes }
     }
 }
 
@@ -100,6 +115,14 @@ impl SlmBackend for CpuSlm {
 
     fn weight_bytes(&self) -> usize {
         self.weight_bytes
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        self.w.decode_bytes()
+    }
+
+    fn describe_weights(&self) -> String {
+        self.w.describe()
     }
 
     fn quantize_float_weights_int8(&mut self) -> Result<usize, String> {

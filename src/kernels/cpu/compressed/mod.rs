@@ -25,6 +25,7 @@
 //! rounding (≈1e-6 of `Σ|w·x|`).
 
 mod scalar;
+mod stack;
 mod tile;
 
 pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
