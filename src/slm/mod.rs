@@ -2,6 +2,7 @@
 //! sampling, the KV cache, the continuous-batching engine and label scoring.
 
 pub mod chat;
+pub mod compressed;
 pub mod gguf;
 pub mod kv;
 pub mod model;

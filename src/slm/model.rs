@@ -15,8 +15,9 @@ use super::kv::{KvDtype, KvShape, SeqKv};
 use crate::backend::{self, SlmBackend, Workspace};
 use std::path::Path;
 
-/// Architecture parameters, from the GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
+/// Architecture parameters, from the GGUF metadata (or a compressed folder's `config.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LlamaConfig {
     pub arch: String,
     pub layers: usize,
@@ -40,7 +41,70 @@ impl LlamaConfig {
         KvShape { layers: self.layers, kv_heads: self.kv_heads, head_dim: self.head_dim, dtype: KvDtype::F32 }
     }
 
-    fn from_gguf(f: &GgufFile) -> Result<Self, String> {
+    /// Largest context length accepted from a file.
+    pub const MAX_CONTEXT: usize = 1 << 20;
+    /// Largest vocabulary accepted from a file.
+    pub const MAX_VOCAB: usize = 1 << 22;
+    /// Largest width (d_model, ffn) accepted from a file.
+    pub const MAX_DIM: usize = 1 << 17;
+    /// Largest layer count accepted from a file.
+    pub const MAX_LAYERS: usize = 1 << 10;
+
+    /// Checks a config read from an untrusted file (a compressed folder's `config.json`): supported
+    /// architecture, positive and bounded sizes, heads dividing evenly, finite RoPE and norm constants.
+    ///
+    /// # Errors
+    /// A message naming the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        let neox = match self.arch.as_str() {
+            "llama" | "mistral" => false,
+            "qwen2" => true,
+            other => return Err(format!("arch '{other}' is not supported (llama, mistral, qwen2)")),
+        };
+        if self.rope_neox != neox {
+            return Err(format!("rope_neox {} does not match arch {}", self.rope_neox, self.arch));
+        }
+        let bounded = [
+            ("layers", self.layers, Self::MAX_LAYERS),
+            ("d_model", self.d_model, Self::MAX_DIM),
+            ("heads", self.heads, Self::MAX_DIM),
+            ("kv_heads", self.kv_heads, Self::MAX_DIM),
+            ("head_dim", self.head_dim, Self::MAX_DIM),
+            ("ffn", self.ffn, Self::MAX_DIM),
+            ("vocab", self.vocab, Self::MAX_VOCAB),
+            ("context_length", self.context_length, Self::MAX_CONTEXT),
+        ];
+        for (field, v, max) in bounded {
+            if v == 0 || v > max {
+                return Err(format!("{field} = {v} must be in 1..={max}"));
+            }
+        }
+        if self.d_model % self.heads != 0 || self.head_dim != self.d_model / self.heads {
+            return Err(format!(
+                "d_model {} must divide into {} heads of head_dim {}",
+                self.d_model, self.heads, self.head_dim
+            ));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return Err(format!("heads {} must divide into kv_heads {}", self.heads, self.kv_heads));
+        }
+        if self.rope_dim == 0 || self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+            return Err(format!(
+                "rope_dim {} must be even, positive and ≤ head_dim {}",
+                self.rope_dim, self.head_dim
+            ));
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return Err(format!("rope_base {} must be finite and positive", self.rope_base));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            return Err(format!("rms_eps {} must be finite and positive", self.rms_eps));
+        }
+        Ok(())
+    }
+
+    /// Reads the config from a GGUF file's metadata (public for `slate compress`).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self, String> {
         let arch = f.md_str("general.architecture")?.to_string();
         let rope_neox = match arch.as_str() {
             "llama" | "mistral" => false,
