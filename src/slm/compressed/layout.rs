@@ -230,7 +230,7 @@ fn read_tile(p: &str, tm: &TileMeta, st: &SafeTensors, used: &mut BTreeSet<Strin
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
                 .collect();
             // Bits past the last column are not counted here: `Tile::new` reports them by name.
-            let tail = if tm.cols % 64 == 0 { u64::MAX } else { (1u64 << (tm.cols % 64)) - 1 };
+            let tail = if tm.cols.is_multiple_of(64) { u64::MAX } else { (1u64 << (tm.cols % 64)) - 1 };
             let kept = mask
                 .iter()
                 .enumerate()

@@ -33,7 +33,7 @@ pub fn tiles(d: &Dense, rows: Range<usize>, cols: Range<usize>, keep: Keep, vt: 
         return Vec::new();
     }
     match keep {
-        Keep::NM { m, .. } if cols.len() % m != 0 => {
+        Keep::NM { m, .. } if !cols.len().is_multiple_of(m) => {
             let split = cols.start + cols.len() / m * m;
             let mut out = tiles(d, rows.clone(), cols.start..split, keep, vt);
             out.extend(tiles(d, rows, split..cols.end, Keep::All, vt));
