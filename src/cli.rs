@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Subcommands implemented by the `slate-tools` binary: `slate NAME ARGS…` runs `slate-tools NAME ARGS…`.
-pub const OFFLINE_COMMANDS: [&str; 2] = ["train-ranker", "bench"];
+pub const OFFLINE_COMMANDS: [&str; 3] = ["train-ranker", "bench", "compress"];
 
 /// The offline commands in `slate --help` (clap lists only the subcommands it parses itself).
 const OFFLINE_HELP: &str = "\
@@ -21,7 +21,8 @@ Offline commands (run by the slate-tools binary, found beside this one or on PAT
   train-ranker  Train the demo ranker on MovieLens-100K and write a model folder
   bench ranker  Measure ranker latency and throughput (amortized vs per-candidate)
   bench slm     Measure SLM prefill and decode speed through the engine, beside llama.cpp
-`slate train-ranker --help` and `slate bench --help` show their options.";
+  compress      Compress a GGUF model into a folder (N:M / unstructured sparse, low-rank, FFSplit)
+`slate train-ranker --help`, `slate bench --help` and `slate compress --help` show their options.";
 
 /// Slate: an online inference server for feed ranking and small language models.
 #[derive(Debug, Parser)]
@@ -166,6 +167,7 @@ mod tests {
         );
         assert_eq!(parse(&["slate", "bench", "ranker", "--quick"]), ["bench", "ranker", "--quick"]);
         assert_eq!(parse(&["slate", "bench", "slm", "--no-peer"]), ["bench", "slm", "--no-peer"]);
+        assert_eq!(parse(&["slate", "compress", "--method", "none"]), ["compress", "--method", "none"]);
     }
 
     #[test]
@@ -174,9 +176,14 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidSubcommand);
         assert!(e.to_string().contains("'frobnicate'"), "{e}");
         let help = Cli::command().render_long_help().to_string();
-        for name in
-            ["serve", "train-ranker", "bench ranker", "bench slm", "cargo build --release -p slate-tools"]
-        {
+        for name in [
+            "serve",
+            "train-ranker",
+            "bench ranker",
+            "bench slm",
+            "compress",
+            "cargo build --release -p slate-tools",
+        ] {
             assert!(help.contains(name), "`slate --help` does not mention {name}:\n{help}");
         }
     }

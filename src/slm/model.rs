@@ -79,16 +79,16 @@ impl LlamaConfig {
                 return Err(format!("{field} = {v} must be in 1..={max}"));
             }
         }
-        if self.d_model % self.heads != 0 || self.head_dim != self.d_model / self.heads {
+        if !self.d_model.is_multiple_of(self.heads) || self.head_dim != self.d_model / self.heads {
             return Err(format!(
                 "d_model {} must divide into {} heads of head_dim {}",
                 self.d_model, self.heads, self.head_dim
             ));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!("heads {} must divide into kv_heads {}", self.heads, self.kv_heads));
         }
-        if self.rope_dim == 0 || self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim == 0 || self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return Err(format!(
                 "rope_dim {} must be even, positive and ≤ head_dim {}",
                 self.rope_dim, self.head_dim

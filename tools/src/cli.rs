@@ -1,9 +1,10 @@
-//! Command line of `slate-tools`: `train-ranker`, `bench ranker`, `bench slm`. The `slate` binary runs
+//! Command line of `slate-tools`: `train-ranker`, `bench ranker`, `bench slm`, `compress`. The `slate` binary runs
 //! `slate-tools` for these subcommands with the arguments it was given, so `slate train-ranker …` and
 //! `slate-tools train-ranker …` are the same command.
 
 use crate::bench::ranker::BenchArgs;
 use crate::bench::slm::SlmBenchArgs;
+use crate::compress::CompressArgs;
 use crate::train::TrainArgs;
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Compress a GGUF model into a compressed model folder (pruning, low-rank, FFSplit).
+    Compress(CompressArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +44,7 @@ impl Command {
             Command::TrainRanker(args) => crate::train::run(args),
             Command::Bench { what: BenchCommand::Ranker(args) } => crate::bench::ranker::run(args),
             Command::Bench { what: BenchCommand::Slm(args) } => crate::bench::slm::run(args),
+            Command::Compress(args) => crate::compress::run(args),
         }
     }
 }

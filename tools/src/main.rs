@@ -1,4 +1,4 @@
-//! The `slate-tools` binary: `train-ranker`, `bench ranker`, `bench slm` (see `slate_tools::cli`).
+//! The `slate-tools` binary: `train-ranker`, `bench ranker`, `bench slm`, `compress` (see `slate_tools::cli`).
 
 use clap::Parser as _;
 use slate_tools::cli::Cli;

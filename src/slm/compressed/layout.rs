@@ -154,23 +154,33 @@ pub(crate) fn read_matrix(
         (0, false) => return Err(format!("{name}: V tiles given for rank 0")),
         (r, _) => {
             let prefix = format!("{name}.v");
-            let tiles = read_tiles(&prefix, &meta.v_tiles, st, used)?;
+            let tiles = read_tiles(&prefix, &meta.v_tiles, (r, cols), st, used)?;
             Some(CMatrix::new(r, cols, None, tiles).map_err(|e| format!("{prefix}: {e}"))?)
         }
     };
-    let tiles = read_tiles(name, &meta.tiles, st, used)?;
+    let tiles = read_tiles(name, &meta.tiles, (rows, cols + meta.rank), st, used)?;
     CMatrix::new(rows, cols, v, tiles).map_err(|e| format!("{name}: {e}"))
 }
 
 fn read_tiles(
     prefix: &str,
     metas: &[TileMeta],
+    (rows, width): (usize, usize),
     st: &SafeTensors,
     used: &mut BTreeSet<String>,
 ) -> Result<Vec<Tile>, String> {
     let mut tiles = Vec::with_capacity(metas.len());
     for (i, tm) in metas.iter().enumerate() {
         let at = format!("{prefix} tile {i}");
+        // Bounds first, so no size derived from the metadata exceeds the matrix's.
+        let inside = tm.row0.checked_add(tm.rows).is_some_and(|e| e <= rows)
+            && tm.col0.checked_add(tm.cols).is_some_and(|e| e <= width);
+        if !inside {
+            return Err(format!(
+                "{at} at ({}, {}) of {}×{} lies outside {rows}×{width}",
+                tm.row0, tm.col0, tm.rows, tm.cols
+            ));
+        }
         tiles.push(read_tile(&format!("{prefix}.t{i}"), tm, st, used).map_err(|e| format!("{at}: {e}"))?);
     }
     Ok(tiles)
@@ -230,7 +240,7 @@ fn read_tile(p: &str, tm: &TileMeta, st: &SafeTensors, used: &mut BTreeSet<Strin
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
                 .collect();
             // Bits past the last column are not counted here: `Tile::new` reports them by name.
-            let tail = if tm.cols % 64 == 0 { u64::MAX } else { (1u64 << (tm.cols % 64)) - 1 };
+            let tail = if tm.cols.is_multiple_of(64) { u64::MAX } else { (1u64 << (tm.cols % 64)) - 1 };
             let kept = mask
                 .iter()
                 .enumerate()
@@ -251,7 +261,7 @@ fn read_tile(p: &str, tm: &TileMeta, st: &SafeTensors, used: &mut BTreeSet<Strin
     let codes = values.shape()[0];
     // int4 packs two codes a byte (a row's odd last code padded), so only an upper bound is known here.
     let fits = match vt {
-        ValueType::I4 => codes >= kept.div_ceil(2) && codes <= kept.div_ceil(2) + tm.rows,
+        ValueType::I4 => codes >= kept.div_ceil(2) && codes <= kept.div_ceil(2).saturating_add(tm.rows),
         _ => codes == kept,
     };
     if !fits {

@@ -75,13 +75,13 @@ pub fn is_compressed_folder(path: &Path) -> bool {
 
 /// Whether a tensor is required or may be absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Need {
+pub enum Need {
     Required,
     Optional,
 }
 
 /// The matrices a config implies, in file order: `(name, rows, cols, need)`.
-pub(crate) fn expected_matrices(c: &LlamaConfig) -> Vec<(String, usize, usize, Need)> {
+pub fn expected_matrices(c: &LlamaConfig) -> Vec<(String, usize, usize, Need)> {
     let (d, q, kv) = (c.d_model, c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let mut out = vec![("token_embd.weight".to_string(), c.vocab, d, Need::Required)];
     for i in 0..c.layers {
@@ -102,7 +102,7 @@ pub(crate) fn expected_matrices(c: &LlamaConfig) -> Vec<(String, usize, usize, N
 }
 
 /// The vectors a config implies: `(name, len, need)`.
-pub(crate) fn expected_vectors(c: &LlamaConfig) -> Vec<(String, usize, Need)> {
+pub fn expected_vectors(c: &LlamaConfig) -> Vec<(String, usize, Need)> {
     let (d, q, kv) = (c.d_model, c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let mut out = Vec::new();
     for i in 0..c.layers {

@@ -249,7 +249,25 @@ fn inconsistent_or_out_of_range_metadata_names_the_tensor() {
     let e = open_edited("outside", &|_, m| {
         set_meta(m, "blk.0.ffn_gate.weight", "\"row0\":8,\"rows\":24", "\"row0\":9,\"rows\":24")
     });
-    expect(&e, &["blk.0.ffn_gate.weight", "tile 1", "outside"]);
+    expect(&e, &["blk.0.ffn_gate.weight tile 1", "outside"]);
+    let e = open_edited("huge", &|_, m| {
+        set_meta(
+            m,
+            "blk.0.ffn_gate.weight",
+            "\"row0\":8,\"rows\":24",
+            "\"row0\":8,\"rows\":18446744073709551615",
+        )
+    });
+    expect(&e, &["blk.0.ffn_gate.weight tile 1", "outside"]);
+    let e = open_edited("huge-cols", &|_, m| {
+        set_meta(
+            m,
+            "blk.0.attn_v.weight",
+            "\"col0\":0,\"cols\":16",
+            "\"col0\":1,\"cols\":18446744073709551615",
+        )
+    });
+    expect(&e, &["blk.0.attn_v.weight tile 0", "outside"]);
     let e = open_edited("overlap", &|_, m| {
         set_meta(m, "blk.0.ffn_gate.weight", "\"row0\":8,\"rows\":24", "\"row0\":7,\"rows\":24")
     });

@@ -1,0 +1,286 @@
+//! `slate-tools compress` (also `slate compress`): a GGUF model, dequantized to f32, re-encoded into a
+//! compressed model folder (`docs/compressed-format.md`): dense int8/int4/f16, magnitude pruning to
+//! N:M or unstructured sparsity, a low-rank correction `U·V` of the residual, FFSplit heavy hitters.
+
+mod encode;
+mod lowrank;
+
+#[cfg(test)]
+mod tests;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use encode::{Dense, Keep};
+use slate::kernels::cpu::compressed::{CMatrix, Tile, ValueType};
+use slate::kernels::cpu::quant::QMatrix;
+use slate::slm::compressed::{self, expected_matrices, expected_vectors, Source};
+use slate::slm::gguf::GgufFile;
+use slate::slm::model::LlamaConfig;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Options of `compress`.
+#[derive(Debug, Clone, Args)]
+pub struct CompressArgs {
+    /// The source GGUF model (llama family).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// `none` (every weight kept, re-encoded) or `magnitude` (prune by |w| per row).
+    #[arg(long)]
+    pub method: String,
+    /// N:M semi-structured pruning, e.g. `2:4` or `4:8` (magnitude only).
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Unstructured pruning: the fraction of each row dropped, in (0, 1) (magnitude only).
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// Rank of the low-rank correction U·V fitted to the residual (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub rank: usize,
+    /// FFSplit: this fraction of each FFN layer's neurons kept dense int8, the rest compressed.
+    #[arg(long)]
+    pub ffsplit_heavy: Option<f64>,
+    /// Value type of the kept weights: int8, int4 or f16.
+    #[arg(long, default_value = "int8")]
+    pub values: String,
+    /// Value type of U and V: int8 or f16.
+    #[arg(long, default_value = "int8")]
+    pub factor_values: String,
+    /// The folder to write (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Checked options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub keep: Keep,
+    pub values: ValueType,
+    pub rank: usize,
+    pub factor_values: ValueType,
+    pub heavy: Option<f64>,
+}
+
+impl CompressArgs {
+    /// Checks every option that needs no file.
+    pub fn plan(&self) -> anyhow::Result<Plan> {
+        let keep = match (self.method.as_str(), &self.pattern, self.sparsity) {
+            ("none", None, None) => Keep::All,
+            ("none", ..) => {
+                bail!("--method none keeps every weight: --pattern and --sparsity need --method magnitude")
+            }
+            ("magnitude", Some(_), Some(_)) => bail!("give either --pattern or --sparsity, not both"),
+            ("magnitude", None, None) => bail!("--method magnitude needs --pattern N:M or --sparsity S"),
+            ("magnitude", Some(p), None) => parse_pattern(p)?,
+            ("magnitude", None, Some(s)) => {
+                if !(s > 0.0 && s < 1.0) {
+                    bail!("--sparsity {s} must be between 0 and 1 (exclusive)");
+                }
+                Keep::Sparsity(s)
+            }
+            (m, ..) => bail!("unknown --method {m:?} (none, magnitude)"),
+        };
+        let values = ValueType::parse(&self.values)
+            .with_context(|| format!("unknown --values {:?} (int8, int4, f16)", self.values))?;
+        let factor_values = match ValueType::parse(&self.factor_values) {
+            Some(v @ (ValueType::I8 | ValueType::F16)) => v,
+            _ => bail!("unknown --factor-values {:?} (int8, f16)", self.factor_values),
+        };
+        if let Some(h) = self.ffsplit_heavy {
+            if !(h > 0.0 && h < 1.0) {
+                bail!("--ffsplit-heavy {h} must be between 0 and 1 (exclusive)");
+            }
+        }
+        Ok(Plan { keep, values, rank: self.rank, factor_values, heavy: self.ffsplit_heavy })
+    }
+}
+
+fn parse_pattern(p: &str) -> anyhow::Result<Keep> {
+    let bad =
+        || anyhow::anyhow!("--pattern {p:?} must be N:M with 0 < N < M and M dividing 64 (e.g. 2:4, 4:8)");
+    let (n, m) = p.split_once(':').ok_or_else(bad)?;
+    let (n, m): (usize, usize) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
+    if n == 0 || n >= m || m > 64 || 64 % m != 0 {
+        return Err(bad());
+    }
+    Ok(Keep::NM { n, m })
+}
+
+/// Runs the command.
+pub fn run(args: &CompressArgs) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    if args.out.exists() {
+        bail!("--out {} already exists", args.out.display());
+    }
+    let file = GgufFile::open(&args.model).map_err(anyhow::Error::msg)?;
+    let config = LlamaConfig::from_gguf(&file).map_err(anyhow::Error::msg)?;
+    let shapes: Vec<(String, usize, usize)> = expected_matrices(&config)
+        .into_iter()
+        .filter(|(name, ..)| file.has_tensor(name))
+        .map(|(name, rows, cols, _)| (name, rows, cols))
+        .collect();
+    if let Some((name, rows, cols)) = shapes.iter().find(|(_, r, c)| plan.rank > (*r).min(*c)) {
+        bail!("--rank {} is larger than {name} ({rows}×{cols}) allows", plan.rank);
+    }
+    let bar = indicatif::ProgressBar::new(shapes.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} layers {msg}")
+            .expect("a valid progress template"),
+    );
+    let (mut matrices, mut source_bytes) = (HashMap::new(), 0usize);
+    for (name, rows, cols) in &shapes {
+        source_bytes += file.tensor(name).map_err(anyhow::Error::msg)?.2.len();
+        if plan.heavy.is_some() && name.contains(".ffn_") {
+            if name.ends_with("ffn_gate.weight") {
+                bar.set_message(name.replace("ffn_gate", "ffn_*"));
+                let layer = name.trim_end_matches("ffn_gate.weight");
+                matrices.extend(ffsplit_layer(&file, layer, &config, &plan)?);
+            }
+        } else {
+            bar.set_message(name.clone());
+            let w = dense(&file, name, *rows, *cols)?;
+            let d = Dense { w: &w, cols: *cols };
+            let tiles = encode::tiles(&d, 0..*rows, 0..*cols, plan.keep, plan.values);
+            matrices.insert(name.clone(), finish(name, &d, *rows, tiles, &plan)?);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut vectors = HashMap::new();
+    for (name, len, _) in expected_vectors(&config) {
+        if file.has_tensor(&name) {
+            vectors.insert(name.clone(), dense(&file, &name, 1, len)?);
+        }
+    }
+    let tokenizer: HashMap<_, _> = file
+        .metadata()
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let source = Source {
+        name: args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        sha256: file.content_hash(),
+        method: describe(args),
+    };
+    compressed::write(&args.out, &config, &tokenizer, &matrices, &vectors, &source)
+        .map_err(anyhow::Error::msg)?;
+    summary(&matrices, source_bytes, &args.out);
+    Ok(())
+}
+
+/// The arguments that shaped the folder, for `compression.json`.
+fn describe(a: &CompressArgs) -> String {
+    let mut s = format!("{} values={}", a.method, a.values);
+    if let Some(p) = &a.pattern {
+        s += &format!(" pattern={p}");
+    }
+    if let Some(x) = a.sparsity {
+        s += &format!(" sparsity={x}");
+    }
+    if a.rank > 0 {
+        s += &format!(" rank={} factor_values={}", a.rank, a.factor_values);
+    }
+    if let Some(h) = a.ffsplit_heavy {
+        s += &format!(" ffsplit_heavy={h}");
+    }
+    s
+}
+
+fn summary(matrices: &HashMap<String, CMatrix>, source_bytes: usize, out: &std::path::Path) {
+    let after: usize = matrices.values().map(CMatrix::bytes).sum();
+    let kept: usize = matrices.values().map(CMatrix::s_kept).sum();
+    let all: usize = matrices.values().map(|m| m.rows() * m.cols()).sum();
+    println!(
+        "{}: {} matrices, {source_bytes} bytes in the GGUF → {after} bytes ({:.3}×), S density {:.3}",
+        out.display(),
+        matrices.len(),
+        after as f64 / source_bytes.max(1) as f64,
+        kept as f64 / all.max(1) as f64
+    );
+}
+
+/// Tensor `name` dequantized to f32 (`rows × cols`, row-major).
+fn dense(file: &GgufFile, name: &str, rows: usize, cols: usize) -> anyhow::Result<Vec<f32>> {
+    let (ty, dims, bytes) = file.tensor(name).map_err(anyhow::Error::msg)?;
+    let want: &[usize] = if rows == 1 { &[cols] } else { &[rows, cols] };
+    if dims != want {
+        bail!("{name} has shape {dims:?}, the config needs {want:?}");
+    }
+    let q = QMatrix::from_raw(ty, rows, cols, bytes).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let mut w = vec![0f32; rows * cols];
+    for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+        q.dequantize_row(r, row);
+    }
+    Ok(w)
+}
+
+/// S's tiles plus, for a positive rank, `U·V` fitted to the residual `W − S`.
+fn finish(name: &str, d: &Dense, rows: usize, mut tiles: Vec<Tile>, plan: &Plan) -> anyhow::Result<CMatrix> {
+    let cols = d.cols;
+    let r = plan.rank;
+    if r == 0 {
+        return CMatrix::new(rows, cols, None, tiles).map_err(|e| anyhow::anyhow!("{name}: {e}"));
+    }
+    let s =
+        CMatrix::new(rows, cols, None, tiles.clone()).map_err(|e| anyhow::anyhow!("{name}: {e}"))?.to_dense();
+    let e: Vec<f64> = d.w.iter().zip(&s).map(|(&w, &s)| w as f64 - s as f64).collect();
+    let (u, v) = lowrank::truncated_svd(&e, rows, cols, r);
+    let (u, v): (Vec<f32>, Vec<f32>) =
+        (u.iter().map(|&x| x as f32).collect(), v.iter().map(|&x| x as f32).collect());
+    let u_tiles = encode::tiles(&Dense { w: &u, cols: r }, 0..rows, 0..r, Keep::All, plan.factor_values);
+    // U's columns sit right of S's in the `[S | U]` area.
+    for t in u_tiles {
+        let ((row0, nr), (_, nc)) = (t.rows(), t.cols());
+        let rebased = Tile::new((row0, nr), (cols, nc), t.pattern(), t.mask().to_vec(), t.values().clone())
+            .map_err(|e| anyhow::anyhow!("{name}: U: {e}"))?;
+        tiles.push(rebased);
+    }
+    let v_tiles = encode::tiles(&Dense { w: &v, cols }, 0..r, 0..cols, Keep::All, plan.factor_values);
+    let v = CMatrix::new(r, cols, None, v_tiles).map_err(|e| anyhow::anyhow!("{name}: V: {e}"))?;
+    CMatrix::new(rows, cols, Some(v), tiles).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+/// One FFN layer with FFSplit: neurons ordered by `‖gate_j‖·‖up_j‖·‖down[:, j]‖` (heaviest first; the
+/// permutation of gate/up rows and down columns leaves the layer's function unchanged), the first
+/// `round(heavy · ffn)` kept dense int8, the rest encoded as the plan says.
+fn ffsplit_layer(
+    file: &GgufFile,
+    layer: &str,
+    c: &LlamaConfig,
+    plan: &Plan,
+) -> anyhow::Result<Vec<(String, CMatrix)>> {
+    let (d, f) = (c.d_model, c.ffn);
+    let [gate_n, up_n, down_n] = ["ffn_gate", "ffn_up", "ffn_down"].map(|t| format!("{layer}{t}.weight"));
+    let (gate, up, down) =
+        (dense(file, &gate_n, f, d)?, dense(file, &up_n, f, d)?, dense(file, &down_n, d, f)?);
+    let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let score: Vec<f64> = (0..f)
+        .map(|j| {
+            norm(&mut gate[j * d..(j + 1) * d].iter().copied())
+                * norm(&mut up[j * d..(j + 1) * d].iter().copied())
+                * norm(&mut (0..d).map(|i| down[i * f + j]))
+        })
+        .collect();
+    let mut perm: Vec<usize> = (0..f).collect();
+    perm.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    let h = ((plan.heavy.unwrap_or(0.0) * f as f64).round() as usize).min(f);
+    perm[h..].sort_unstable();
+    let rows_of =
+        |w: &[f32]| perm.iter().flat_map(|&j| w[j * d..(j + 1) * d].iter().copied()).collect::<Vec<_>>();
+    let (gate, up) = (rows_of(&gate), rows_of(&up));
+    let down: Vec<f32> =
+        (0..d).flat_map(|i| perm.iter().map(move |&j| (i, j))).map(|(i, j)| down[i * f + j]).collect();
+    let mut out = Vec::new();
+    for (name, w) in [(gate_n, gate), (up_n, up)] {
+        let dm = Dense { w: &w, cols: d };
+        let mut tiles = encode::tiles(&dm, 0..h, 0..d, Keep::All, ValueType::I8);
+        tiles.extend(encode::tiles(&dm, h..f, 0..d, plan.keep, plan.values));
+        out.push((name.clone(), finish(&name, &dm, f, tiles, plan)?));
+    }
+    let dm = Dense { w: &down, cols: f };
+    let mut tiles = encode::tiles(&dm, 0..d, 0..h, Keep::All, ValueType::I8);
+    tiles.extend(encode::tiles(&dm, 0..d, h..f, plan.keep, plan.values));
+    out.push((down_n.clone(), finish(&down_n, &dm, d, tiles, plan)?));
+    Ok(out)
+}
