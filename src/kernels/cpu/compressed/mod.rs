@@ -25,6 +25,9 @@
 //! rounding (≈1e-6 of `Σ|w·x|`).
 
 mod scalar;
+mod simd;
+#[cfg(test)]
+mod tests;
 mod tile;
 
 pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
@@ -337,11 +340,13 @@ impl CMatrix {
                             scalar::expand_rows(self, r..e, panel);
                             scalar::dot_block(panel, e - r, w, xin, n, out, self.rows, r);
                         }
-                        // The SIMD paths come with the kernels; until then the reference runs.
+                        #[cfg(target_arch = "x86_64")]
                         Isa::Avx2 | Isa::Avx512 => {
-                            scalar::expand_rows(self, r..e, panel);
-                            scalar::dot_block(panel, e - r, w, xin, n, out, self.rows, r);
+                            simd::expand_rows(isa, self, r..e, panel);
+                            simd::dot_block(isa, panel, e - r, w, xin, n, out, self.rows, r);
                         }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        Isa::Avx2 | Isa::Avx512 => unreachable!("{isa:?} on a CPU without it"),
                     }
                 }
                 r = e;
