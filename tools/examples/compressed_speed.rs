@@ -37,7 +37,14 @@ enum Kind {
 
 /// A `rows × cols` tile at `(row0, col0)`: `keep` of every 4 (2:4) when `nm`, a random `density`
 /// when unstructured, everything when dense.
-fn tile(rng: &mut Rng, (row0, rows): (usize, usize), (col0, cols): (usize, usize), pattern: Pattern, kind: Kind, density: f64) -> Tile {
+fn tile(
+    rng: &mut Rng,
+    (row0, rows): (usize, usize),
+    (col0, cols): (usize, usize),
+    pattern: Pattern,
+    kind: Kind,
+    density: f64,
+) -> Tile {
     let words = mask_words(cols);
     let mut mask = Vec::new();
     let mut kept = vec![cols; rows];
@@ -52,7 +59,9 @@ fn tile(rng: &mut Rng, (row0, rows): (usize, usize), (col0, cols): (usize, usize
                         let b = (a + 1 + rng.below(3)) % 4;
                         vec![g + a, g + b]
                     }
-                    _ => (g..(g + 4).min(cols)).filter(|_| (rng.below(1000) as f64) < density * 1000.0).collect(),
+                    _ => (g..(g + 4).min(cols))
+                        .filter(|_| (rng.below(1000) as f64) < density * 1000.0)
+                        .collect(),
                 };
                 for c in cs {
                     mask[r * words + c / 64] |= 1 << (c % 64);
@@ -91,7 +100,12 @@ const REPS: [(&str, Pattern, Kind, f64, usize); 6] = [
     ("2:4 int8 + r64", Pattern::NM { n: 2, m: 4 }, Kind::I8, 0.5, 64),
 ];
 
-fn matrix(rng: &mut Rng, rows: usize, cols: usize, (p, kind, density, rank): (Pattern, Kind, f64, usize)) -> CMatrix {
+fn matrix(
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    (p, kind, density, rank): (Pattern, Kind, f64, usize),
+) -> CMatrix {
     let mut tiles = vec![tile(rng, (0, rows), (0, cols), p, kind, density)];
     let v = (rank > 0).then(|| {
         let t = tile(rng, (0, rank), (0, cols), Pattern::Dense, Kind::I8, 1.0);
@@ -132,7 +146,9 @@ fn main() {
             let bytes = m.bytes() as f64;
             let mut out = vec![0f32; 128 * rows];
             let x: Vec<f32> = (0..128 * cols).map(|_| rng.f32()).collect();
-            let mut run = |n: usize| pool.install(|| time(budget, || m.matmul(&x[..n * cols], n, &mut out[..n * rows])));
+            let mut run = |n: usize| {
+                pool.install(|| time(budget, || m.matmul(&x[..n * cols], n, &mut out[..n * rows])))
+            };
             let (t1, t8, t128) = (run(1), run(8), run(128));
             let flops = 2.0 * 128.0 * rows as f64 * (cols + rank) as f64 + 2.0 * 128.0 * (rank * cols) as f64;
             println!(

@@ -331,8 +331,11 @@ impl CMatrix {
             let mut r = rows.start;
             while r < rows.end {
                 let e = (r + b).min(rows.end);
-                panel.clear();
-                panel.resize((e - r) * w, 0.0);
+                // Grown, never cleared: the expansions zero what they do not write.
+                if panel.len() < (e - r) * w {
+                    panel.resize((e - r) * w, 0.0);
+                }
+                let panel = &mut panel[..(e - r) * w];
                 // SAFETY: forwarded contract; the CPU runs `isa` (checked by the callers).
                 unsafe {
                     match isa {

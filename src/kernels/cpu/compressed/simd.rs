@@ -110,20 +110,24 @@ macro_rules! compressed_kernels {
             match &t.values {
                 Values::I8 { q, scale } => {
                     let (q, sc) = (&q[s..s + k], scale[r]);
-                    while j + 16 <= k {
-                        unsafe { store(out.add(j), decode_i8(q.as_ptr().add(j), sc)) };
-                        j += 16;
+                    let (mut src, mut dst) = (q.as_ptr(), out);
+                    for _ in 0..k / 16 {
+                        unsafe { store(dst, decode_i8(src, sc)) };
+                        (src, dst) = (src.wrapping_add(16), dst.wrapping_add(16));
                     }
+                    j = k / 16 * 16;
                     for (jj, &c) in q.iter().enumerate().skip(j) {
                         unsafe { *out.add(jj) = c as f32 * sc };
                     }
                 }
                 Values::F16 { v } => {
                     let v = &v[s..s + k];
-                    while j + 16 <= k {
-                        unsafe { store(out.add(j), decode_f16(v.as_ptr().add(j).cast())) };
-                        j += 16;
+                    let (mut src, mut dst) = (v.as_ptr().cast::<u16>(), out);
+                    for _ in 0..k / 16 {
+                        unsafe { store(dst, decode_f16(src)) };
+                        (src, dst) = (src.wrapping_add(16), dst.wrapping_add(16));
                     }
+                    j = k / 16 * 16;
                     for (jj, x) in v.iter().enumerate().skip(j) {
                         unsafe { *out.add(jj) = x.to_f32() };
                     }
@@ -148,12 +152,37 @@ macro_rules! compressed_kernels {
             }
         }
 
+        /// Zeroes what the tiles will not write: the whole block when they leave gaps in it, else only
+        /// the padding columns (the tiles write every column they cover, kept or not).
+        #[target_feature(enable = $features)]
+        fn zero_uncovered(m: &CMatrix, rows: Range<usize>, panel: &mut [f32]) {
+            let covered: usize = m
+                .tiles
+                .iter()
+                .map(|t| rows.end.min(t.row0 + t.rows).saturating_sub(rows.start.max(t.row0)) * t.cols)
+                .sum();
+            if covered != rows.len() * (m.cols + m.rank) {
+                panel.fill(0.0);
+                return;
+            }
+            let w = m.padded_width();
+            for row in panel.chunks_exact_mut(w) {
+                row[m.cols..m.kp].fill(0.0);
+                row[m.kp + m.rank..].fill(0.0);
+            }
+        }
+
         /// See `super::expand_rows`; `vals` is scratch.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn expand_rows(m: &CMatrix, rows: Range<usize>, panel: &mut [f32], vals: &mut Vec<f32>) {
+        pub(super) unsafe fn expand_rows(
+            m: &CMatrix,
+            rows: Range<usize>,
+            panel: &mut [f32],
+            vals: &mut Vec<f32>,
+        ) {
             let w = m.padded_width();
             let panel = &mut panel[..rows.len() * w];
-            panel.fill(0.0);
+            zero_uncovered(m, rows.clone(), panel);
             for t in &m.tiles {
                 let (a, b) = (rows.start.max(t.row0), rows.end.min(t.row0 + t.rows));
                 let base = m.padded_col(t.col0);
@@ -183,7 +212,10 @@ macro_rules! compressed_kernels {
                         j += bits.count_ones() as usize;
                         c += 16;
                     }
+                    // The tail writes its zeros too: `zero_uncovered` relies on every covered column
+                    // being written.
                     for (cc, d) in dst.iter_mut().enumerate().skip(c) {
+                        *d = 0.0;
                         if mask[cc / 64] >> (cc % 64) & 1 == 1 {
                             *d = vals[j];
                             j += 1;
@@ -193,7 +225,9 @@ macro_rules! compressed_kernels {
             }
         }
 
-        /// One register tile: `R` panel rows × `T` tokens over the whole width `w`.
+        /// One register tile: `R` panel rows × `T` tokens over the whole width `w` (`R, T ≤ 4`). The
+        /// accumulators are named variables, not arrays, so that even the lightly optimized dev
+        /// build keeps them in registers; the `R > i`, `T > j` tests are constants.
         ///
         /// # Safety
         /// `p` holds `R` rows and `x` `T` rows of `w` floats (a multiple of 16); `out + t·stride + i`
@@ -207,25 +241,65 @@ macro_rules! compressed_kernels {
             out: *mut f32,
             stride: usize,
         ) {
-            let mut acc = [[zero(); T]; R];
-            let mut c = 0;
-            while c < w {
-                let mut xs = [zero(); T];
-                for (t, xv) in xs.iter_mut().enumerate() {
-                    // SAFETY: the contract above.
-                    *xv = unsafe { load(x.add(t * w + c)) };
-                }
-                for (i, row) in acc.iter_mut().enumerate() {
-                    // SAFETY: the contract above.
-                    let wv = unsafe { load(p.add(i * w + c)) };
-                    for (a, &xv) in row.iter_mut().zip(&xs) {
-                        *a = fmadd(wv, xv, *a);
-                    }
-                }
-                c += 16;
+            let z = zero();
+            let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+            let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+            let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+            let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+            // Pointers bumped with `wrapping_add` (rows past R or T are never read), so the hot loop
+            // carries no overflow checks in the dev build.
+            let (p0, p1, p2, p3) = (p, p.wrapping_add(w), p.wrapping_add(2 * w), p.wrapping_add(3 * w));
+            let (x0, x1, x2, x3) = (x, x.wrapping_add(w), x.wrapping_add(2 * w), x.wrapping_add(3 * w));
+            let (mut p, mut x) = ([p0, p1, p2, p3], [x0, x1, x2, x3]);
+            for _ in 0..w / 16 {
+                // SAFETY (all loads): the contract above; rows past R or T are not read.
+                let tok = |t: usize| if T > t { unsafe { load(x[t]) } } else { z };
+                let (x0, x1, x2, x3) = (tok(0), tok(1), tok(2), tok(3));
+                fma_row!(
+                    R,
+                    T,
+                    0,
+                    unsafe { load(p[0]) },
+                    [(0, x0, a00), (1, x1, a01), (2, x2, a02), (3, x3, a03)]
+                );
+                fma_row!(
+                    R,
+                    T,
+                    1,
+                    unsafe { load(p[1]) },
+                    [(0, x0, a10), (1, x1, a11), (2, x2, a12), (3, x3, a13)]
+                );
+                fma_row!(
+                    R,
+                    T,
+                    2,
+                    unsafe { load(p[2]) },
+                    [(0, x0, a20), (1, x1, a21), (2, x2, a22), (3, x3, a23)]
+                );
+                fma_row!(
+                    R,
+                    T,
+                    3,
+                    unsafe { load(p[3]) },
+                    [(0, x0, a30), (1, x1, a31), (2, x2, a32), (3, x3, a33)]
+                );
+                p = [
+                    p[0].wrapping_add(16),
+                    p[1].wrapping_add(16),
+                    p[2].wrapping_add(16),
+                    p[3].wrapping_add(16),
+                ];
+                x = [
+                    x[0].wrapping_add(16),
+                    x[1].wrapping_add(16),
+                    x[2].wrapping_add(16),
+                    x[3].wrapping_add(16),
+                ];
             }
-            for (i, row) in acc.iter().enumerate() {
-                for (t, &a) in row.iter().enumerate() {
+            let acc =
+                [[a00, a01, a02, a03], [a10, a11, a12, a13], [a20, a21, a22, a23], [a30, a31, a32, a33]];
+            for (i, row) in acc.iter().enumerate().take(R) {
+                for (t, &a) in row.iter().enumerate().take(T) {
                     // SAFETY: the contract above.
                     unsafe { *out.add(t * stride + i) = reduce(a) };
                 }
@@ -263,6 +337,21 @@ macro_rules! compressed_kernels {
                 }
                 i += rr;
             }
+        }
+    };
+}
+
+/// Row `i` of a register tile: when `i < R`, load its chunk and fma it into its accumulators of
+/// tokens `t < T`.
+macro_rules! fma_row {
+    ($r:ident, $t:ident, $i:literal, $load:expr, [$(($k:literal, $x:ident, $a:ident)),*]) => {
+        if $r > $i {
+            let wv = $load;
+            $(
+                if $t > $k {
+                    $a = fmadd(wv, $x, $a);
+                }
+            )*
         }
     };
 }
@@ -332,7 +421,10 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
     fn reduce(a: V16) -> f32 {
-        let s8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+        let s8 = _mm256_add_ps(
+            _mm512_castps512_ps256(a),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)),
+        );
         super::reduce8(s8)
     }
 
@@ -489,7 +581,8 @@ mod avx2 {
     unsafe fn expand8(p: *const f32, bits: u32) -> __m256 {
         let m = (bits & 0xFF) as usize;
         // SAFETY: the caller's contract; the table row holds 8 indices.
-        let (src, idx) = unsafe { (_mm256_loadu_ps(p), _mm256_loadu_si256(super::EXPAND8[m].as_ptr().cast())) };
+        let (src, idx) =
+            unsafe { (_mm256_loadu_ps(p), _mm256_loadu_si256(super::EXPAND8[m].as_ptr().cast())) };
         let lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
         let keep = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m as i32), lane), lane);
         _mm256_and_ps(_mm256_permutevar8x32_ps(src, idx), _mm256_castsi256_ps(keep))

@@ -60,7 +60,9 @@ fn random_values(rng: &mut TestRng, kept: &[usize], vt: ValueType) -> Values {
             q: (0..kept.iter().sum()).map(|_| rng.below(255) as i8).collect(),
             scale: kept.iter().map(|_| rng.f32(-0.05, 0.05)).collect(),
         },
-        ValueType::F16 => Values::F16 { v: (0..kept.iter().sum()).map(|_| f16::from_f32(rng.f32(-2.0, 2.0))).collect() },
+        ValueType::F16 => {
+            Values::F16 { v: (0..kept.iter().sum()).map(|_| f16::from_f32(rng.f32(-2.0, 2.0))).collect() }
+        }
         ValueType::I4 => {
             let (mut q, mut scale) = (Vec::new(), Vec::new());
             for &k in kept {
@@ -168,7 +170,9 @@ fn for_each_matrix(mut f: impl FnMut(&CMatrix, &str)) {
     for (si, &(rows, cols)) in shapes.iter().enumerate() {
         let full = rows.min(cols);
         for rank in [0, 1, 3.min(full), full] {
-            for (li, layout) in [Layout::Whole, Layout::ByRows, Layout::ByCols, Layout::Partial].into_iter().enumerate() {
+            for (li, layout) in
+                [Layout::Whole, Layout::ByRows, Layout::ByCols, Layout::Partial].into_iter().enumerate()
+            {
                 for p in PATTERNS {
                     for vt in TYPES {
                         // Every representation on the whole-tile layout; the others sampled.
@@ -225,7 +229,11 @@ fn every_isa_equals_scalar_and_batched_equals_alone() {
             for t in 0..n {
                 let mut one = vec![f32::NAN; m.rows];
                 m.matmul(&x[t * m.cols..(t + 1) * m.cols], 1, &mut one);
-                assert_eq!(bits(&one), bits(&want[t * m.rows..(t + 1) * m.rows]), "{what}, token {t} of {n} alone");
+                assert_eq!(
+                    bits(&one),
+                    bits(&want[t * m.rows..(t + 1) * m.rows]),
+                    "{what}, token {t} of {n} alone"
+                );
             }
         }
     });
@@ -265,7 +273,8 @@ fn product_matches_the_reconstructed_weight_in_f64() {
             for t in 0..n {
                 let x = &x[t * m.cols..(t + 1) * m.cols];
                 // V·x magnitudes bound the f32 rounding of the low-rank intermediate.
-                let vx: Vec<f64> = v.iter().map(|vj| vj.iter().zip(x).map(|(a, &b)| (a * b as f64).abs()).sum()).collect();
+                let vx: Vec<f64> =
+                    v.iter().map(|vj| vj.iter().zip(x).map(|(a, &b)| (a * b as f64).abs()).sum()).collect();
                 for r in 0..m.rows {
                     let wr = &dense[r * m.cols..(r + 1) * m.cols];
                     let reference: f64 = wr.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
@@ -294,7 +303,8 @@ fn dequantized_rows_match_the_reconstructed_weight() {
             m.expand_row_reference(r, &mut s);
             for c in 0..m.cols {
                 let want = dense[r * m.cols + c] as f64;
-                let mag = (s[c] as f64).abs() + u[r].iter().zip(&v).map(|(a, vj)| (a * vj[c]).abs()).sum::<f64>();
+                let mag =
+                    (s[c] as f64).abs() + u[r].iter().zip(&v).map(|(a, vj)| (a * vj[c]).abs()).sum::<f64>();
                 let got = row[c] as f64;
                 assert!((got - want).abs() <= 1e-6 * mag, "{what}: row {r} col {c}: {got} vs {want}");
             }
