@@ -55,7 +55,7 @@ pub(super) unsafe fn dot_block(
     stride: usize,
     r0: usize,
 ) {
-    assert!(panel.len() >= nr * w && xin.len() >= n * w && w % 16 == 0, "dot_block: short inputs");
+    assert!(panel.len() >= nr * w && xin.len() >= n * w && w.is_multiple_of(16), "dot_block: short inputs");
     // SAFETY: the caller's contract; the slices hold the rows read (asserted above).
     unsafe {
         match isa {

@@ -104,7 +104,7 @@ const TYPES: [ValueType; 3] = [ValueType::I8, ValueType::I4, ValueType::F16];
 /// A pattern that fits a tile `cols` wide (N:M needs a multiple of m).
 fn fit(p: Pattern, cols: usize) -> Pattern {
     match p {
-        Pattern::NM { m, .. } if cols % m != 0 => Pattern::Unstructured,
+        Pattern::NM { m, .. } if !cols.is_multiple_of(m) => Pattern::Unstructured,
         p => p,
     }
 }
