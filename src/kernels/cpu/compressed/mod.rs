@@ -25,7 +25,10 @@
 //! rounding (≈1e-6 of `Σ|w·x|`).
 
 mod scalar;
+mod simd;
 mod stack;
+#[cfg(test)]
+mod tests;
 mod tile;
 
 pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
@@ -329,8 +332,11 @@ impl CMatrix {
             let mut r = rows.start;
             while r < rows.end {
                 let e = (r + b).min(rows.end);
-                panel.clear();
-                panel.resize((e - r) * w, 0.0);
+                // Grown, never cleared: the expansions zero what they do not write.
+                if panel.len() < (e - r) * w {
+                    panel.resize((e - r) * w, 0.0);
+                }
+                let panel = &mut panel[..(e - r) * w];
                 // SAFETY: forwarded contract; the CPU runs `isa` (checked by the callers).
                 unsafe {
                     match isa {
@@ -338,11 +344,13 @@ impl CMatrix {
                             scalar::expand_rows(self, r..e, panel);
                             scalar::dot_block(panel, e - r, w, xin, n, out, self.rows, r);
                         }
-                        // The SIMD paths come with the kernels; until then the reference runs.
+                        #[cfg(target_arch = "x86_64")]
                         Isa::Avx2 | Isa::Avx512 => {
-                            scalar::expand_rows(self, r..e, panel);
-                            scalar::dot_block(panel, e - r, w, xin, n, out, self.rows, r);
+                            simd::expand_rows(isa, self, r..e, panel);
+                            simd::dot_block(isa, panel, e - r, w, xin, n, out, self.rows, r);
                         }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        Isa::Avx2 | Isa::Avx512 => unreachable!("{isa:?} on a CPU without it"),
                     }
                 }
                 r = e;

@@ -1,0 +1,331 @@
+//! Tests of the compressed-matrix kernels: every ISA equals the scalar reference bit for bit, batched
+//! equals one token alone, and both equal the f64 product with the reconstructed weight.
+
+use half::f16;
+
+use super::*;
+use crate::kernels::cpu::simd::{require_isa, TestRng};
+
+/// The SIMD paths this CPU runs, each announced as skipped when absent.
+fn simd_isas() -> Vec<Isa> {
+    let mut v = Vec::new();
+    if require_isa("avx2+fma+f16c") {
+        v.push(Isa::Avx2);
+    }
+    if require_isa("avx512f") {
+        v.push(Isa::Avx512);
+    }
+    v
+}
+
+/// A random mask for `rows × cols` under `pattern` (empty for dense); some rows keep nothing.
+fn random_mask(rng: &mut TestRng, rows: usize, cols: usize, pattern: Pattern) -> Vec<u64> {
+    let words = mask_words(cols);
+    let mut mask = vec![0u64; rows * words];
+    let set = |mask: &mut Vec<u64>, r: usize, c: usize| mask[r * words + c / 64] |= 1 << (c % 64);
+    match pattern {
+        Pattern::Dense => return Vec::new(),
+        Pattern::NM { n, m } => {
+            for r in 0..rows.saturating_sub(1) {
+                for g in (0..cols).step_by(m) {
+                    let mut cs: Vec<usize> = (g..g + m).collect();
+                    // Mostly full groups (as pruning gives), sometimes fewer kept.
+                    let keep = if rng.below(4) == 0 { rng.below(n + 1) } else { n };
+                    for i in 0..keep {
+                        let j = i + rng.below(cs.len() - i);
+                        cs.swap(i, j);
+                        set(&mut mask, r, cs[i]);
+                    }
+                }
+            }
+        }
+        Pattern::Unstructured => {
+            for r in 0..rows.saturating_sub(1) {
+                let density = rng.below(101);
+                for c in 0..cols {
+                    if rng.below(100) < density {
+                        set(&mut mask, r, c);
+                    }
+                }
+            }
+        }
+    }
+    mask
+}
+
+/// Random values for the kept counts `kept` (per row) of type `vt`.
+fn random_values(rng: &mut TestRng, kept: &[usize], vt: ValueType) -> Values {
+    match vt {
+        ValueType::I8 => Values::I8 {
+            q: (0..kept.iter().sum()).map(|_| rng.below(255) as i8).collect(),
+            scale: kept.iter().map(|_| rng.f32(-0.05, 0.05)).collect(),
+        },
+        ValueType::F16 => {
+            Values::F16 { v: (0..kept.iter().sum()).map(|_| f16::from_f32(rng.f32(-2.0, 2.0))).collect() }
+        }
+        ValueType::I4 => {
+            let (mut q, mut scale) = (Vec::new(), Vec::new());
+            for &k in kept {
+                let codes: Vec<u8> = (0..k).map(|_| rng.below(16) as u8).collect();
+                for pair in codes.chunks(2) {
+                    q.push(pair[0] | pair.get(1).copied().unwrap_or(8) << 4);
+                }
+                scale.extend((0..k.div_ceil(INT4_GROUP)).map(|_| f16::from_f32(rng.f32(-0.2, 0.2))));
+            }
+            Values::I4 { q, scale }
+        }
+    }
+}
+
+/// A random tile of `pattern` and `vt` at `(row0, col0)`.
+fn random_tile(
+    rng: &mut TestRng,
+    (row0, rows): (usize, usize),
+    (col0, cols): (usize, usize),
+    pattern: Pattern,
+    vt: ValueType,
+) -> Tile {
+    let mask = random_mask(rng, rows, cols, pattern);
+    let words = mask_words(cols);
+    let kept: Vec<usize> = (0..rows)
+        .map(|r| match pattern {
+            Pattern::Dense => cols,
+            _ => mask[r * words..(r + 1) * words].iter().map(|w| w.count_ones() as usize).sum(),
+        })
+        .collect();
+    let values = random_values(rng, &kept, vt);
+    Tile::new((row0, rows), (col0, cols), pattern, mask, values).expect("generated tile is valid")
+}
+
+const PATTERNS: [Pattern; 4] =
+    [Pattern::Dense, Pattern::NM { n: 2, m: 4 }, Pattern::NM { n: 4, m: 8 }, Pattern::Unstructured];
+const TYPES: [ValueType; 3] = [ValueType::I8, ValueType::I4, ValueType::F16];
+
+/// A pattern that fits a tile `cols` wide (N:M needs a multiple of m).
+fn fit(p: Pattern, cols: usize) -> Pattern {
+    match p {
+        Pattern::NM { m, .. } if !cols.is_multiple_of(m) => Pattern::Unstructured,
+        p => p,
+    }
+}
+
+/// How the tiles of S are laid out.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// One tile over all of S.
+    Whole,
+    /// Two tiles split by rows, of different representations.
+    ByRows,
+    /// Two tiles split by columns (at a multiple of 8), of different representations.
+    ByCols,
+    /// One tile over the middle rows only; the rest of S is empty.
+    Partial,
+}
+
+/// A random `rows × cols` matrix of rank `rank`, S laid out by `layout` from `(p, vt)`.
+fn random_matrix(
+    rng: &mut TestRng,
+    (rows, cols, rank): (usize, usize, usize),
+    layout: Layout,
+    (p, vt): (Pattern, ValueType),
+) -> CMatrix {
+    let (p2, vt2) = (PATTERNS[rng.below(4)], TYPES[rng.below(3)]);
+    let mut tiles = match layout {
+        Layout::Whole => vec![random_tile(rng, (0, rows), (0, cols), fit(p, cols), vt)],
+        Layout::ByRows => {
+            let a = rng.below(rows + 1);
+            vec![
+                random_tile(rng, (0, a), (0, cols), fit(p, cols), vt),
+                random_tile(rng, (a, rows - a), (0, cols), fit(p2, cols), vt2),
+            ]
+        }
+        Layout::ByCols => {
+            let a = (rng.below(cols + 1) / 8 * 8).min(cols);
+            vec![
+                random_tile(rng, (0, rows), (0, a), fit(p, a), vt),
+                random_tile(rng, (0, rows), (a, cols - a), fit(p2, cols - a), vt2),
+            ]
+        }
+        Layout::Partial => {
+            let a = rows / 3;
+            vec![random_tile(rng, (a, rows - 2 * a), (0, cols), fit(p, cols), vt)]
+        }
+    };
+    let v = (rank > 0).then(|| {
+        let vt = TYPES[rng.below(3)];
+        let t = random_tile(rng, (0, rank), (0, cols), fit(p, cols), vt);
+        CMatrix::new(rank, cols, None, vec![t]).expect("generated V is valid")
+    });
+    if rank > 0 {
+        let vt = [ValueType::I8, ValueType::F16][rng.below(2)];
+        tiles.push(random_tile(rng, (0, rows), (cols, rank), Pattern::Dense, vt));
+    }
+    CMatrix::new(rows, cols, v, tiles).expect("generated matrix is valid")
+}
+
+/// Every shape × rank × layout × representation the tests run over.
+fn for_each_matrix(mut f: impl FnMut(&CMatrix, &str)) {
+    let mut rng = TestRng::new(16);
+    let shapes = [(1, 1), (5, 37), (7, 64), (13, 100), (33, 128), (64, 48), (9, 200)];
+    for (si, &(rows, cols)) in shapes.iter().enumerate() {
+        let full = rows.min(cols);
+        for rank in [0, 1, 3.min(full), full] {
+            for (li, layout) in
+                [Layout::Whole, Layout::ByRows, Layout::ByCols, Layout::Partial].into_iter().enumerate()
+            {
+                for p in PATTERNS {
+                    for vt in TYPES {
+                        // Every representation on the whole-tile layout; the others sampled.
+                        if !matches!(layout, Layout::Whole) && (si + li + rank) % 3 != 0 {
+                            continue;
+                        }
+                        let m = random_matrix(&mut rng, (rows, cols, rank), layout, (p, vt));
+                        let what = format!("{rows}×{cols} rank {rank} {layout:?} {} {}", p.name(), vt.name());
+                        f(&m, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn simd_expansion_equals_scalar_bit_for_bit() {
+    let isas = simd_isas();
+    for_each_matrix(|m, what| {
+        let w = m.padded_width();
+        let mut want = vec![0f32; m.rows * w];
+        scalar::expand_rows(m, 0..m.rows, &mut want);
+        for &isa in &isas {
+            let mut got = vec![f32::NAN; m.rows * w];
+            // SAFETY: the CPU runs `isa` (simd_isas checked it).
+            unsafe { simd::expand_rows(isa, m, 0..m.rows, &mut got) };
+            assert_eq!(bits(&got), bits(&want), "{what}: {isa:?} expansion");
+        }
+    });
+}
+
+#[test]
+fn every_isa_equals_scalar_and_batched_equals_alone() {
+    let isas = simd_isas();
+    let mut rng = TestRng::new(7);
+    for_each_matrix(|m, what| {
+        for n in [1, 2, 3, 5, 8, 33] {
+            let x = rng.vec(n * m.cols, 1.0);
+            let mut want = vec![0f32; n * m.rows];
+            m.matmul_with(Isa::Scalar, &x, n, &mut want);
+            for &isa in &isas {
+                let mut got = vec![f32::NAN; n * m.rows];
+                m.matmul_with(isa, &x, n, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{what}, n = {n}: {isa:?} vs scalar");
+            }
+            let mut pooled = vec![f32::NAN; n * m.rows];
+            m.matmul(&x, n, &mut pooled);
+            assert_eq!(bits(&pooled), bits(&want), "{what}, n = {n}: matmul on the pool vs scalar");
+            for t in 0..n {
+                let mut one = vec![f32::NAN; m.rows];
+                m.matmul(&x[t * m.cols..(t + 1) * m.cols], 1, &mut one);
+                assert_eq!(
+                    bits(&one),
+                    bits(&want[t * m.rows..(t + 1) * m.rows]),
+                    "{what}, token {t} of {n} alone"
+                );
+            }
+        }
+    });
+}
+
+/// `|U[r][j]|` of every row and `|V[j][c]|` of every column, from the expanded rows.
+fn low_rank_parts(m: &CMatrix) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let mut row = vec![0f32; m.padded_width()];
+    let u = (0..m.rows)
+        .map(|r| {
+            m.expand_row_reference(r, &mut row);
+            row[m.kp..m.kp + m.rank].iter().map(|&x| x as f64).collect()
+        })
+        .collect();
+    let v = m.v().map_or(Vec::new(), |v| {
+        let mut vr = vec![0f32; v.padded_width()];
+        (0..m.rank)
+            .map(|j| {
+                v.expand_row_reference(j, &mut vr);
+                vr[..m.cols].iter().map(|&x| x as f64).collect()
+            })
+            .collect()
+    });
+    (u, v)
+}
+
+#[test]
+fn product_matches_the_reconstructed_weight_in_f64() {
+    let mut rng = TestRng::new(11);
+    for_each_matrix(|m, what| {
+        let dense = m.to_dense();
+        let (u, v) = low_rank_parts(m);
+        for n in [1, 3, 8] {
+            let x = rng.vec(n * m.cols, 1.0);
+            let mut y = vec![0f32; n * m.rows];
+            m.matmul(&x, n, &mut y);
+            for t in 0..n {
+                let x = &x[t * m.cols..(t + 1) * m.cols];
+                // V·x magnitudes bound the f32 rounding of the low-rank intermediate.
+                let vx: Vec<f64> =
+                    v.iter().map(|vj| vj.iter().zip(x).map(|(a, &b)| (a * b as f64).abs()).sum()).collect();
+                for r in 0..m.rows {
+                    let wr = &dense[r * m.cols..(r + 1) * m.cols];
+                    let reference: f64 = wr.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let mag: f64 = wr.iter().zip(x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>()
+                        + u[r].iter().zip(&vx).map(|(a, b)| a.abs() * b).sum::<f64>();
+                    let got = y[t * m.rows + r] as f64;
+                    assert!(
+                        (got - reference).abs() <= 1e-5 * mag,
+                        "{what}, token {t} row {r}: {got} vs {reference} (Σ|w·x| {mag})"
+                    );
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn dequantized_rows_match_the_reconstructed_weight() {
+    for_each_matrix(|m, what| {
+        let dense = m.to_dense();
+        let (u, v) = low_rank_parts(m);
+        let mut row = vec![f32::NAN; m.cols];
+        let mut s = vec![0f32; m.padded_width()];
+        for r in 0..m.rows {
+            m.dequantize_row(r, &mut row);
+            m.expand_row_reference(r, &mut s);
+            for c in 0..m.cols {
+                let want = dense[r * m.cols + c] as f64;
+                let mag =
+                    (s[c] as f64).abs() + u[r].iter().zip(&v).map(|(a, vj)| (a * vj[c]).abs()).sum::<f64>();
+                let got = row[c] as f64;
+                assert!((got - want).abs() <= 1e-6 * mag, "{what}: row {r} col {c}: {got} vs {want}");
+            }
+        }
+    });
+}
+
+#[test]
+fn generated_matrices_cover_what_the_kernels_branch_on() {
+    // The generators must actually produce empty rows, ragged int4 tails and every representation,
+    // or the tests above would pass without exercising them.
+    let (mut empty_rows, mut odd_i4, mut reps) = (0, 0, std::collections::HashSet::new());
+    for_each_matrix(|m, _| {
+        for t in m.tiles() {
+            reps.insert((t.pattern().name(), t.values().value_type()));
+            empty_rows += (0..t.rows).filter(|&r| t.row_kept(r) == 0 && t.cols > 0).count();
+            if matches!(t.values(), Values::I4 { .. }) {
+                odd_i4 += (0..t.rows).filter(|&r| t.row_kept(r) % INT4_GROUP != 0).count();
+            }
+        }
+    });
+    assert!(empty_rows > 0 && odd_i4 > 0, "empty rows {empty_rows}, ragged int4 rows {odd_i4}");
+    assert_eq!(reps.len(), PATTERNS.len() * TYPES.len(), "representations generated: {reps:?}");
+}
