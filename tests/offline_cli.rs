@@ -1,5 +1,6 @@
-//! `slate train-ranker …`, `slate bench …` and `slate compress …` are run by the `slate-tools` binary: `slate` execs the one
-//! beside it (else the one on PATH) with the same arguments, and says how to build it when there is none.
+//! `slate train-ranker …`, `slate bench …` and `slate compress …` are run by the `slate-tools` binary:
+//! `slate` execs the one beside it (else the one on PATH) with the same arguments, and says how to build
+//! it when there is none.
 //! The real `slate-tools` is not built for this package's tests, so a copy of `slate` runs in a folder of
 //! its own, beside a stand-in script or beside nothing. One test, so no other thread of this process
 //! forks while a freshly written executable is still open (exec would fail with ETXTBSY).
