@@ -1,5 +1,6 @@
-//! `slate train-ranker …` and `slate bench …` are run by the `slate-tools` binary: `slate` execs the one
-//! beside it (else the one on PATH) with the same arguments, and says how to build it when there is none.
+//! `slate train-ranker …`, `slate bench …` and `slate compress …` are run by the `slate-tools` binary:
+//! `slate` execs the one beside it (else the one on PATH) with the same arguments, and says how to build
+//! it when there is none.
 //! The real `slate-tools` is not built for this package's tests, so a copy of `slate` runs in a folder of
 //! its own, beside a stand-in script or beside nothing. One test, so no other thread of this process
 //! forks while a freshly written executable is still open (exec would fail with ETXTBSY).
@@ -39,6 +40,7 @@ fn beside_slate_with_the_same_arguments() {
         &["train-ranker", "--epochs", "2", "--help"][..],
         &["bench", "ranker", "--quick", "--no-peer"],
         &["bench", "slm", "--streams", "1,8"],
+        &["compress", "--method", "magnitude", "--pattern", "2:4"],
     ] {
         let out = run(&slate, args, empty.path());
         let stdout = String::from_utf8_lossy(&out.stdout);
