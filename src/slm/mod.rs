@@ -24,8 +24,18 @@ pub struct Opened {
     pub version: String,
 }
 
-/// Opens a GGUF file: its weights, tokenizer and chat template; the version is the file's hash.
+/// Opens a GGUF file or a compressed model folder ([`compressed`]): its weights, tokenizer and chat
+/// template; the version is the hash of the weights file.
 pub fn open(path: &Path) -> Result<Opened, String> {
+    if path.is_dir() {
+        let c = compressed::open(path)?;
+        let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(&c.tokenizer_metadata)
+            .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
+        let backend = crate::backend::cpu::slm_compressed(&c.config, c.matrices, &c.vectors)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let model = model::LlamaModel::with_backend(c.config, backend);
+        return Ok(Opened { model, tokenizer, version: c.content_hash });
+    }
     let file = gguf::GgufFile::open(path)?;
     let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
         .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;

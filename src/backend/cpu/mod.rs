@@ -5,10 +5,10 @@ pub mod ranker;
 pub mod slm;
 
 use super::{RankerBackend, SlmBackend};
+use crate::kernels::cpu::compressed::CMatrix;
 use crate::ranking::config::RankerConfig;
 use crate::ranking::weights::HostTensors;
 use crate::slm::gguf::GgufFile;
-use crate::kernels::cpu::compressed::CMatrix;
 use crate::slm::model::LlamaConfig;
 use std::collections::HashMap;
 use std::sync::Arc;

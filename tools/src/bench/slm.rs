@@ -338,7 +338,8 @@ fn decode_round(h: &SlmHandle, sample: &[u32], streams: usize, gen_tokens: usize
 fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
     use slate::slm::kv::SeqKv;
     use slate::slm::model::{Chunk, Scratch, Want};
-    let slate::slm::Opened { model, tokenizer, .. } = slate::slm::open(&args.model).map_err(|e| anyhow!(e))?;
+    let slate::slm::Opened { model, tokenizer, .. } =
+        slate::slm::open(&args.model).map_err(|e| anyhow!(e))?;
     let sample = tokenizer
         .encode("The history of the printing press begins in the fifteenth century.", false)
         .map_err(|e| anyhow!("{e}"))?;

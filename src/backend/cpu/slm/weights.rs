@@ -141,7 +141,8 @@ impl Source for &GgufFile {
                 .map_err(|e| format!("tensor {}: {e}", parts[0].0))?;
             Ok(Stacked::One(Linear::Q(m)))
         } else {
-            let ms = parts.iter().map(|(name, rows)| self.matrix(name, *rows, cols)).collect::<Result<_, _>>()?;
+            let ms =
+                parts.iter().map(|(name, rows)| self.matrix(name, *rows, cols)).collect::<Result<_, _>>()?;
             Ok(Stacked::Parts(ms))
         }
     }
@@ -307,7 +308,7 @@ impl Weights {
             add(&l.wo);
             add(&l.wdown);
         }
-        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
         kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ")
     }
 
