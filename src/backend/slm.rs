@@ -28,7 +28,8 @@ pub trait SlmBackend: Send + Sync {
     /// Weight bytes one decode token reads (every matrix but an untied embedding, of which one row).
     fn decode_weight_bytes(&self) -> usize;
 
-    /// The weight matrices' representations with counts (`Q4_1 ×90, Q6_K ×1`, `2:4 int8 ×91`).
+    /// The weight matrices' representations with counts, as the backend holds them (q|k|v and gate|up each one
+    /// matrix): `Q4_1 ×120, Q8_0 ×1`, `2:4 int8 ×121`.
     fn describe_weights(&self) -> String;
 
     /// Re-quantizes every float (F32/F16) weight matrix to int8 per output channel; quantized ones are

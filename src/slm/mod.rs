@@ -28,7 +28,7 @@ pub struct Opened {
 /// template; the version is the hash of the weights file.
 pub fn open(path: &Path) -> Result<Opened, String> {
     if path.is_dir() {
-        let c = compressed::open(path)?;
+        let c = compressed::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(&c.tokenizer_metadata)
             .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
         let backend = crate::backend::cpu::slm_compressed(&c.config, c.matrices, &c.vectors)

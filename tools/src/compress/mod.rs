@@ -243,7 +243,7 @@ fn finish(name: &str, d: &Dense, rows: usize, mut tiles: Vec<Tile>, plan: &Plan)
 
 /// One FFN layer with FFSplit: neurons ordered by `‖gate_j‖·‖up_j‖·‖down[:, j]‖` (heaviest first; the
 /// permutation of gate/up rows and down columns leaves the layer's function unchanged), the first
-/// `round(heavy · ffn)` kept dense int8, the rest encoded as the plan says.
+/// `heavy · ffn` (rounded to a multiple of 16) kept dense int8, the rest encoded as the plan says.
 fn ffsplit_layer(
     file: &GgufFile,
     layer: &str,
@@ -264,7 +264,8 @@ fn ffsplit_layer(
         .collect();
     let mut perm: Vec<usize> = (0..f).collect();
     perm.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
-    let h = ((plan.heavy.unwrap_or(0.0) * f as f64).round() as usize).min(f);
+    // A multiple of 16, so down's column split stays on the kernels' grid (the fused decode path).
+    let h = (((plan.heavy.unwrap_or(0.0) * f as f64) / 16.0).round() as usize * 16).min(f);
     perm[h..].sort_unstable();
     let rows_of =
         |w: &[f32]| perm.iter().flat_map(|&j| w[j * d..(j + 1) * d].iter().copied()).collect::<Vec<_>>();

@@ -24,6 +24,8 @@
 //! reference exactly. Against the f64 product with the reconstructed dense weight the error is f32
 //! rounding (≈1e-6 of `Σ|w·x|`).
 
+#[macro_use]
+mod fused;
 mod scalar;
 mod simd;
 mod stack;
@@ -40,6 +42,10 @@ use super::quant::{Split, Team};
 
 /// Lanes of the canonical accumulation (see the module docs); widths are padded to a multiple.
 pub const LANES: usize = 16;
+
+/// The most tokens a call takes the fused decode path for (`fused`); more take the panel path,
+/// which decodes each row block once for all of them. Both give the same bits.
+const FUSED_MAX_TOKENS: usize = 4;
 
 /// Rows expanded per block: a multiple of 4 whose panel stays within ~64 KiB.
 fn block_rows(width: usize) -> usize {
@@ -59,9 +65,9 @@ pub enum Isa {
 impl Isa {
     /// The fastest path this CPU runs (`SLATE_SIMD=avx2` caps it at AVX2).
     pub fn best() -> Isa {
-        if super::simd::has_avx512() {
+        if super::simd::has_avx512() && popcnt() {
             Isa::Avx512
-        } else if super::simd::has_avx2_fma_f16c() {
+        } else if super::simd::has_avx2_fma_f16c() && popcnt() {
             Isa::Avx2
         } else {
             Isa::Scalar
@@ -72,9 +78,21 @@ impl Isa {
     pub fn available(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Avx2 => super::simd::has_avx2_fma_f16c(),
-            Isa::Avx512 => super::simd::cpu_has_avx512(),
+            Isa::Avx2 => super::simd::has_avx2_fma_f16c() && popcnt(),
+            Isa::Avx512 => super::simd::cpu_has_avx512() && popcnt(),
         }
+    }
+}
+
+/// POPCNT, which the SIMD paths count mask bits with (every AVX2 CPU has it).
+fn popcnt() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("popcnt")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -90,6 +108,21 @@ pub struct CMatrix {
     /// `cols` and `rank` rounded up to [`LANES`].
     kp: usize,
     rp: usize,
+    /// Row ranges over which the same tiles cover every row, all rows in order; each with the
+    /// indices of its non-empty tiles by column.
+    bands: Vec<Band>,
+    /// Whether every tile starts on a [`LANES`] boundary of the padded layout and ends on one or
+    /// at the end of S or U: the condition of the fused decode path.
+    fusable: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Band {
+    rows: Range<usize>,
+    tiles: Vec<usize>,
+    /// Rows from here to the band's end are too near the end of some tile's values for the
+    /// fused path's 16-wide reads; they take the panel path.
+    fused_end: usize,
 }
 
 /// Per-call buffers of the calling thread: the padded input, and for rank > 0 `V·x` and V's own
@@ -152,7 +185,44 @@ impl CMatrix {
             }
         }
         let (kp, rp) = (cols.next_multiple_of(LANES), rank.next_multiple_of(LANES));
-        Ok(CMatrix { rows, cols, rank, v: v.map(Box::new), tiles, kp, rp })
+        let mut m =
+            CMatrix { rows, cols, rank, v: v.map(Box::new), tiles, kp, rp, bands: Vec::new(), fusable: true };
+        m.bands = m.bands();
+        m.fusable = m.tiles.iter().all(|t| {
+            let end = t.col0 + t.cols;
+            t.rows == 0
+                || t.cols == 0
+                || (m.padded_col(t.col0).is_multiple_of(LANES)
+                    && (t.cols.is_multiple_of(LANES) || end == cols || end == cols + rank))
+        });
+        Ok(m)
+    }
+
+    /// See the `bands` field.
+    fn bands(&self) -> Vec<Band> {
+        let mut cuts: Vec<usize> = vec![0, self.rows];
+        for t in self.tiles.iter().filter(|t| t.rows > 0 && t.cols > 0) {
+            cuts.extend([t.row0, t.row0 + t.rows]);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.windows(2)
+            .map(|w| {
+                let mut tiles: Vec<usize> = (0..self.tiles.len())
+                    .filter(|&i| {
+                        let t = &self.tiles[i];
+                        t.cols > 0 && t.row0 <= w[0] && w[0] < t.row0 + t.rows
+                    })
+                    .collect();
+                tiles.sort_by_key(|&i| self.padded_col(self.tiles[i].col0));
+                let fused_end = tiles
+                    .iter()
+                    .map(|&i| self.tiles[i].row0 + self.tiles[i].fused_rows)
+                    .fold(w[1], usize::min)
+                    .max(w[0]);
+                Band { rows: w[0]..w[1], tiles, fused_end }
+            })
+            .collect()
     }
 
     pub fn rows(&self) -> usize {
@@ -325,6 +395,28 @@ impl CMatrix {
     /// # Safety
     /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone.
     unsafe fn rows_range(&self, isa: Isa, rows: Range<usize>, xin: &[f32], n: usize, out: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        if n <= FUSED_MAX_TOKENS && self.fusable && isa != Isa::Scalar {
+            // SAFETY: forwarded contract; the CPU runs `isa`.
+            unsafe { simd::fused_rows(isa, self, rows.clone(), xin, n, out, self.rows) };
+            for band in &self.bands {
+                let (a, b) = (rows.start.max(band.fused_end), rows.end.min(band.rows.end));
+                if a < b {
+                    // SAFETY: as above.
+                    unsafe { self.panel_rows(isa, a..b, xin, n, out) };
+                }
+            }
+            return;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.panel_rows(isa, rows, xin, n, out) };
+    }
+
+    /// Rows `rows` by the panel path: expanded a block at a time, then multiplied by every token.
+    ///
+    /// # Safety
+    /// As [`CMatrix::rows_range`].
+    unsafe fn panel_rows(&self, isa: Isa, rows: Range<usize>, xin: &[f32], n: usize, out: *mut f32) {
         let w = self.padded_width();
         let b = block_rows(w);
         PANEL.with(|p| {

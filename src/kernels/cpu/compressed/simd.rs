@@ -66,6 +66,31 @@ pub(super) unsafe fn dot_block(
     }
 }
 
+/// Rows `rows` × `n` tokens by the fused decode path ([`super::fused`]), `out[t·stride + r]`.
+///
+/// # Safety
+/// The CPU runs `isa`, which is not [`Isa::Scalar`]; `m` is fusable; `xin` holds `n` padded rows;
+/// `out` is valid for those writes, which no one else makes during the call.
+pub(super) unsafe fn fused_rows(
+    isa: Isa,
+    m: &CMatrix,
+    rows: Range<usize>,
+    xin: &[f32],
+    n: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    assert!(m.fusable && xin.len() >= n * m.padded_width(), "fused_rows: not fusable, or short input");
+    // SAFETY: the caller's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => avx512::fused_rows(m, rows, xin, n, out, stride),
+            Isa::Avx2 => avx2::fused_rows(m, rows, xin, n, out, stride),
+            Isa::Scalar => unreachable!("simd::fused_rows on the scalar path"),
+        }
+    }
+}
+
 /// For each 8-bit mask, the source index of each lane in the compacted values (the kept lanes'
 /// ranks; 0 for the others, which are zeroed after the permutation).
 const EXPAND8: [[i32; 8]; 256] = {
@@ -331,7 +356,7 @@ macro_rules! compressed_kernels {
                     // asserted the lengths); the outputs are the caller's.
                     unsafe {
                         let o = out.add(t * stride + r0 + i);
-                        tiles!(rr, tt, p, x, w, o, stride);
+                        tiles!(micro, rr, tt, p, x, w, o, stride);
                     }
                     t += tt;
                 }
@@ -356,26 +381,26 @@ macro_rules! fma_row {
     };
 }
 
-/// Dispatches a runtime `(rows, tokens)` to the `micro` instance of that size.
+/// Dispatches a runtime `(rows, tokens)` to the instance of `$f` (`micro`, `fused`) of that size.
 macro_rules! tiles {
-    ($rr:expr, $tt:expr, $($a:expr),*) => {
+    ($f:ident, $rr:expr, $tt:expr, $($a:expr),*) => {
         match ($rr, $tt) {
-            (1, 1) => micro::<1, 1>($($a),*),
-            (1, 2) => micro::<1, 2>($($a),*),
-            (1, 3) => micro::<1, 3>($($a),*),
-            (1, 4) => micro::<1, 4>($($a),*),
-            (2, 1) => micro::<2, 1>($($a),*),
-            (2, 2) => micro::<2, 2>($($a),*),
-            (2, 3) => micro::<2, 3>($($a),*),
-            (2, 4) => micro::<2, 4>($($a),*),
-            (3, 1) => micro::<3, 1>($($a),*),
-            (3, 2) => micro::<3, 2>($($a),*),
-            (3, 3) => micro::<3, 3>($($a),*),
-            (3, 4) => micro::<3, 4>($($a),*),
-            (4, 1) => micro::<4, 1>($($a),*),
-            (4, 2) => micro::<4, 2>($($a),*),
-            (4, 3) => micro::<4, 3>($($a),*),
-            (4, 4) => micro::<4, 4>($($a),*),
+            (1, 1) => $f::<1, 1>($($a),*),
+            (1, 2) => $f::<1, 2>($($a),*),
+            (1, 3) => $f::<1, 3>($($a),*),
+            (1, 4) => $f::<1, 4>($($a),*),
+            (2, 1) => $f::<2, 1>($($a),*),
+            (2, 2) => $f::<2, 2>($($a),*),
+            (2, 3) => $f::<2, 3>($($a),*),
+            (2, 4) => $f::<2, 4>($($a),*),
+            (3, 1) => $f::<3, 1>($($a),*),
+            (3, 2) => $f::<3, 2>($($a),*),
+            (3, 3) => $f::<3, 3>($($a),*),
+            (3, 4) => $f::<3, 4>($($a),*),
+            (4, 1) => $f::<4, 1>($($a),*),
+            (4, 2) => $f::<4, 2>($($a),*),
+            (4, 3) => $f::<4, 3>($($a),*),
+            (4, 4) => $f::<4, 4>($($a),*),
             _ => unreachable!("register tile {}×{}", $rr, $tt),
         }
     };
@@ -388,7 +413,7 @@ mod avx512 {
     type V16 = __m512;
 
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     fn zero() -> V16 {
         _mm512_setzero_ps()
     }
@@ -396,7 +421,7 @@ mod avx512 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     unsafe fn load(p: *const f32) -> V16 {
         // SAFETY: the caller's contract.
         unsafe { _mm512_loadu_ps(p) }
@@ -405,21 +430,21 @@ mod avx512 {
     /// # Safety
     /// `p .. p + 16` is writable.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     unsafe fn store(p: *mut f32, v: V16) {
         // SAFETY: the caller's contract.
         unsafe { _mm512_storeu_ps(p, v) }
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     fn fmadd(a: V16, b: V16, c: V16) -> V16 {
         _mm512_fmadd_ps(a, b, c)
     }
 
     /// The tree `h = 8, 4, 2, 1` down to lane 0.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     fn reduce(a: V16) -> f32 {
         let s8 = _mm256_add_ps(
             _mm512_castps512_ps256(a),
@@ -433,7 +458,7 @@ mod avx512 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     unsafe fn decode_i8(p: *const i8, s: f32) -> V16 {
         // SAFETY: the caller's contract.
         let b = unsafe { _mm_loadu_si128(p.cast()) };
@@ -445,7 +470,7 @@ mod avx512 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     unsafe fn decode_f16(p: *const u16) -> V16 {
         // SAFETY: the caller's contract.
         _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
@@ -456,7 +481,7 @@ mod avx512 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     unsafe fn decode_i4(p: *const u8, s: f32) -> (V16, V16) {
         // SAFETY: the caller's contract.
         let (a, b) = unsafe { super::nibbles(p) };
@@ -472,13 +497,31 @@ mod avx512 {
     /// # Safety
     /// `p .. p + popcount(bits)` is readable.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
     unsafe fn expand(p: *const f32, bits: u32) -> V16 {
         // SAFETY: the caller's contract (the expand-load reads only the kept lanes).
         unsafe { _mm512_maskz_expandloadu_ps(bits as __mmask16, p) }
     }
 
-    compressed_kernels!("avx512f,avx2,fma", 4, 4);
+    /// Lane `l` = the next of `v`'s low lanes where bit `l` of `bits` is set, else 0.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
+    fn expand_v(v: V16, bits: u32) -> V16 {
+        _mm512_maskz_expand_ps(bits as __mmask16, v)
+    }
+
+    /// 16 int4 codes (one per byte) as `(code − 8) · s`, `s = sa` below lane `split`, `sb` from it.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
+    fn decode_i4_16(c: __m128i, sa: f32, sb: f32, split: usize) -> V16 {
+        let hi = if split >= 16 { 0 } else { 0xFFFFu16 << split };
+        let s = _mm512_mask_blend_ps(hi, _mm512_set1_ps(sa), _mm512_set1_ps(sb));
+        let i = _mm512_sub_epi32(_mm512_cvtepu8_epi32(c), _mm512_set1_epi32(8));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(i), s)
+    }
+
+    compressed_kernels!("avx512f,avx2,fma,popcnt", 4, 4);
+    fused_kernels!("avx512f,avx2,fma,popcnt", 4, 4);
 }
 
 /// The 16-lane vector as two ymm (lanes 0–7, 8–15).
@@ -489,7 +532,7 @@ mod avx2 {
     struct V16(__m256, __m256);
 
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     fn zero() -> V16 {
         V16(_mm256_setzero_ps(), _mm256_setzero_ps())
     }
@@ -497,7 +540,7 @@ mod avx2 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     unsafe fn load(p: *const f32) -> V16 {
         // SAFETY: the caller's contract.
         unsafe { V16(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
@@ -506,7 +549,7 @@ mod avx2 {
     /// # Safety
     /// `p .. p + 16` is writable.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     unsafe fn store(p: *mut f32, v: V16) {
         // SAFETY: the caller's contract.
         unsafe {
@@ -516,14 +559,14 @@ mod avx2 {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     fn fmadd(a: V16, b: V16, c: V16) -> V16 {
         V16(_mm256_fmadd_ps(a.0, b.0, c.0), _mm256_fmadd_ps(a.1, b.1, c.1))
     }
 
     /// The tree `h = 8, 4, 2, 1` down to lane 0 (`h = 8` adds the two halves).
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     fn reduce(a: V16) -> f32 {
         super::reduce8(_mm256_add_ps(a.0, a.1))
     }
@@ -533,7 +576,7 @@ mod avx2 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     unsafe fn decode_i8(p: *const i8, s: f32) -> V16 {
         let s = _mm256_set1_ps(s);
         // SAFETY: the caller's contract.
@@ -547,7 +590,7 @@ mod avx2 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     unsafe fn decode_f16(p: *const u16) -> V16 {
         // SAFETY: the caller's contract.
         let (a, b) = unsafe { (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(8).cast())) };
@@ -559,7 +602,7 @@ mod avx2 {
     /// # Safety
     /// `p .. p + 16` is readable.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     unsafe fn decode_i4(p: *const u8, s: f32) -> (V16, V16) {
         // SAFETY: the caller's contract.
         let (a, b) = unsafe { super::nibbles(p) };
@@ -577,7 +620,7 @@ mod avx2 {
     /// # Safety
     /// `p .. p + 8` is readable.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     unsafe fn expand8(p: *const f32, bits: u32) -> __m256 {
         let m = (bits & 0xFF) as usize;
         // SAFETY: the caller's contract; the table row holds 8 indices.
@@ -593,14 +636,45 @@ mod avx2 {
     /// # Safety
     /// `p .. p + 16` is readable (the reads are full width; the extra lanes are dropped).
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     unsafe fn expand(p: *const f32, bits: u32) -> V16 {
         let k = (bits & 0xFF).count_ones() as usize;
         // SAFETY: the caller's contract (k ≤ 8).
         unsafe { V16(expand8(p, bits), expand8(p.add(k), bits >> 8)) }
     }
 
-    compressed_kernels!("avx2,fma,f16c", 2, 2);
+    /// Lane `l` = the next of `v`'s low lanes where bit `l` of `bits` is set, else 0.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+    fn expand_v(v: V16, bits: u32) -> V16 {
+        let mut buf = [0f32; 16];
+        // SAFETY: buf holds 16 floats, which `expand` reads at most.
+        unsafe {
+            store(buf.as_mut_ptr(), v);
+            expand(buf.as_ptr(), bits)
+        }
+    }
+
+    /// 16 int4 codes (one per byte) as `(code − 8) · s`, `s = sa` below lane `split`, `sb` from it.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+    fn decode_i4_16(c: __m128i, sa: f32, sb: f32, split: usize) -> V16 {
+        let (a, b) = (_mm256_set1_ps(sa), _mm256_set1_ps(sb));
+        let at = _mm256_set1_epi32(split.min(16) as i32);
+        let f = |c: __m128i, lanes: __m256i| {
+            let hi =
+                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_add_epi32(lanes, _mm256_set1_epi32(1)), at));
+            let i = _mm256_sub_epi32(_mm256_cvtepu8_epi32(c), _mm256_set1_epi32(8));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_blendv_ps(a, b, hi))
+        };
+        V16(
+            f(c, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+            f(_mm_srli_si128(c, 8), _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)),
+        )
+    }
+
+    compressed_kernels!("avx2,fma,f16c,popcnt", 2, 2);
+    fused_kernels!("avx2,fma,f16c,popcnt", 2, 2);
 }
 
 /// `h = 4, 2, 1` of the tree over 8 lanes, lane 0 out.
@@ -612,6 +686,32 @@ fn reduce8(s8: std::arch::x86_64::__m256) -> f32 {
     let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
     _mm_cvtss_f32(s1)
+}
+
+/// Asks for the cache line at `p` (never faults, whatever the address).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch(p: *const u8) {
+    use std::arch::x86_64::*;
+    // SAFETY: a prefetch is a hint; it does not access memory architecturally.
+    _mm_prefetch::<_MM_HINT_T0>(p.cast());
+}
+
+/// The 16 int4 codes from nibble 0 (or 1, when `odd`) of `p`, one per byte.
+///
+/// # Safety
+/// `p .. p + 16` is readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn codes16(p: *const u8, odd: bool) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    let (a, b) = unsafe { nibbles(p) };
+    if odd {
+        _mm_alignr_epi8(b, a, 1)
+    } else {
+        a
+    }
 }
 
 /// 16 bytes of int4 codes as their 32 nibbles in value order (low nibble first), as bytes.

@@ -214,7 +214,7 @@ fn every_isa_equals_scalar_and_batched_equals_alone() {
     let isas = simd_isas();
     let mut rng = TestRng::new(7);
     for_each_matrix(|m, what| {
-        for n in [1, 2, 3, 5, 8, 33] {
+        for n in [1, 2, 3, 4, 5, 8, 33] {
             let x = rng.vec(n * m.cols, 1.0);
             let mut want = vec![0f32; n * m.rows];
             m.matmul_with(Isa::Scalar, &x, n, &mut want);
@@ -317,7 +317,9 @@ fn generated_matrices_cover_what_the_kernels_branch_on() {
     // The generators must actually produce empty rows, ragged int4 tails and every representation,
     // or the tests above would pass without exercising them.
     let (mut empty_rows, mut odd_i4, mut reps) = (0, 0, std::collections::HashSet::new());
+    let mut fusable = [0usize; 2];
     for_each_matrix(|m, _| {
+        fusable[m.fusable as usize] += 1;
         for t in m.tiles() {
             reps.insert((t.pattern().name(), t.values().value_type()));
             empty_rows += (0..t.rows).filter(|&r| t.row_kept(r) == 0 && t.cols > 0).count();
@@ -327,5 +329,7 @@ fn generated_matrices_cover_what_the_kernels_branch_on() {
         }
     });
     assert!(empty_rows > 0 && odd_i4 > 0, "empty rows {empty_rows}, ragged int4 rows {odd_i4}");
+    // Both the fused decode path and the panel path (tiles off the 16-column grid) must be taken.
+    assert!(fusable[0] > 0 && fusable[1] > 0, "[not fusable, fusable] matrices: {fusable:?}");
     assert_eq!(reps.len(), PATTERNS.len() * TYPES.len(), "representations generated: {reps:?}");
 }

@@ -117,6 +117,9 @@ pub struct Tile {
     /// int4 only (else empty), `rows + 1` each: where row `r`'s code bytes and scales begin.
     pub(super) i4_byte: Vec<usize>,
     pub(super) i4_scale: Vec<usize>,
+    /// The leading rows whose values (or int4 code bytes) end at least 16 before the array's end:
+    /// the fused decode path reads 16 at a time from any kept position of them.
+    pub(super) fused_rows: usize,
 }
 
 impl Tile {
@@ -231,7 +234,13 @@ impl Tile {
                 finite(scale.iter().map(|x| x.to_f32()), "int4 scale")?;
             }
         }
-        Ok(Tile { row0, rows, col0, cols, pattern, mask, values, row_start, i4_byte, i4_scale })
+        let (ends, len) = match &values {
+            Values::I8 { q, .. } => (&row_start[1..], q.len()),
+            Values::F16 { v } => (&row_start[1..], v.len()),
+            Values::I4 { q, .. } => (&i4_byte[1..], q.len()),
+        };
+        let fused_rows = ends.partition_point(|&e| e + 16 <= len);
+        Ok(Tile { row0, rows, col0, cols, pattern, mask, values, row_start, i4_byte, i4_scale, fused_rows })
     }
 
     pub fn rows(&self) -> (usize, usize) {
