@@ -11,7 +11,7 @@
 //!
 //! Written once as `fused_kernels!` and instantiated inside each ISA module of [`super::simd`], over
 //! that module's `V16` operations plus `expand_v` (compacted lanes to their mask's positions) and
-//! `decode_i4` (16 int4 codes with a scale that may change at a lane).
+//! `decode_i4_16` (16 int4 codes with a scale that may change at a lane).
 
 /// The fused kernels over one ISA's `V16` operations; `$rt × $tt` is the register tile.
 macro_rules! fused_kernels {

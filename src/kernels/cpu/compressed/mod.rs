@@ -13,8 +13,9 @@
 //! input is copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each
 //! rounded up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same
 //! width (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
-//! every token. So decode (one or a few tokens) streams the compressed bytes once, and prefill reuses
-//! each expanded block for all tokens from cache.
+//! every token, so prefill reuses each expanded block for all tokens from cache. Decode (up to
+//! `FUSED_MAX_TOKENS` tokens) skips the panel: each chunk is decoded and expanded in registers and
+//! fma'd straight into the accumulators (`fused`), streaming the compressed bytes once.
 //!
 //! **Arithmetic, bit for bit.** Every `(row, token)` result is the same f32 operations whatever the
 //! ISA, the thread, the block or the batch: 16 lanes, lane `l` accumulating
