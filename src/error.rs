@@ -26,6 +26,9 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The client did not send the whole request in time (`limits.body_read_timeout_s`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("request cancelled")]
     Cancelled,
     /// A bug or an unexpected failure; the message is safe to show.
@@ -49,6 +52,7 @@ impl Error {
             Error::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // 499 is nginx's "client closed request"; nobody reads it, but logs and metrics do.
             Error::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,7 +68,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => tonic::Code::ResourceExhausted,
             Error::ResourceExhausted { .. } => tonic::Code::ResourceExhausted,
             Error::Unavailable(_) => tonic::Code::Unavailable,
-            Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            Error::DeadlineExceeded(_) | Error::RequestTimeout(_) => tonic::Code::DeadlineExceeded,
             Error::Cancelled => tonic::Code::Cancelled,
             Error::Internal(_) => tonic::Code::Internal,
         }
@@ -81,6 +85,7 @@ impl Error {
             Error::ResourceExhausted { .. } => "resource_exhausted",
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::Cancelled => "cancelled",
             Error::Internal(_) => "internal",
         }
@@ -192,6 +197,7 @@ mod tests {
             ),
             (Error::Unavailable("draining".into()), 503, tonic::Code::Unavailable),
             (Error::DeadlineExceeded("late".into()), 504, tonic::Code::DeadlineExceeded),
+            (Error::RequestTimeout("slow body".into()), 408, tonic::Code::DeadlineExceeded),
             (Error::Internal("bug".into()), 500, tonic::Code::Internal),
         ];
         for (e, http, grpc) in cases {

@@ -358,11 +358,28 @@ async fn readiness_names_models_that_are_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_rejects_at_once_across_protocols() {
-    let slate = Slate::start("[limits]\nmax_concurrent_requests = 1\n");
-    // Holds the only permit: headers sent, body not yet.
+    let slm = common::smollm2();
+    let slate = Slate::start(&format!(
+        "[limits]\nmax_concurrent_requests = 1\n[[models]]\nname = \"slm\"\nkind = \"slm\"\npath = \"{}\"\n",
+        slm.display()
+    ));
+    slate.wait_ready(Duration::from_secs(120)).await;
+    // A request whose body is still arriving holds no slot (the slot is taken once the body is in).
     let body = rank_body("no-such-model");
     let slow = SlowRequest::start(slate.http, "/v1/rank", "", &body, 10);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reqwest::get(slate.url("/v1/models")).await.unwrap().status(), 200);
+
+    // A long non-streaming generation holds the only slot until it is done.
+    let generation = tokio::spawn({
+        let url = slate.url("/v1/completions");
+        async move {
+            let body = serde_json::json!({"model": "slm", "prompt": "Once upon a time", "max_tokens": 4000,
+                                          "ignore_eos": true});
+            reqwest::Client::new().post(url).json(&body).send().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = std::time::Instant::now();
     let r = reqwest::get(slate.url("/v1/models")).await.unwrap();
@@ -377,10 +394,21 @@ async fn concurrency_limit_rejects_at_once_across_protocols() {
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     // Probes are never refused.
     assert_eq!(reqwest::get(slate.url("/health/ready")).await.unwrap().status(), 200);
-
+    // The slow body, once in, finds the slot taken too.
     let (status, _, _) = tokio::task::spawn_blocking(move || slow.finish()).await.unwrap();
-    assert_eq!(status, 404);
-    assert_eq!(reqwest::get(slate.url("/v1/models")).await.unwrap().status(), 200);
+    assert_eq!(status, 429);
+
+    // The client gives up; its slot comes back.
+    generation.abort();
+    let mut freed = false;
+    for _ in 0..100 {
+        if reqwest::get(slate.url("/v1/models")).await.unwrap().status() == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the slot of a cancelled request was not released; logs:\n{}", slate.logs());
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod server;
 mod validate;
 
 pub use models::{KvDtype, ModelConfig, ModelKind, RankerSettings, SlmQuantize, SlmSettings};
-pub use server::{AuthConfig, Limits, LogFormat, Priorities, ServerConfig, TelemetryConfig};
+pub use server::{AuthConfig, Limits, LogFormat, Priorities, ServerConfig, TelemetryConfig, TlsConfig};
 
 use serde::Deserialize;
 use std::path::Path;

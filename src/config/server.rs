@@ -16,6 +16,8 @@ pub struct ServerConfig {
     /// How much compute threads raise their nice value (Linux, 0..=19; 0 = same priority as IO), so
     /// IO threads (rejections, health probes, metrics scrapes) preempt model work under overload.
     pub compute_nice: i32,
+    /// TLS on both listeners (absent: plain TCP). Certificates are re-read on SIGHUP.
+    pub tls: Option<TlsConfig>,
     /// Tokio (IO) threads: HTTP/gRPC parsing, validation, queueing, answering. 0 = a quarter of the
     /// cores, at least one: compute runs on the models' own threads, which already take every core, and
     /// each extra IO thread mostly adds wake-ups and preemptions of compute.
@@ -40,9 +42,23 @@ impl Default for ServerConfig {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid literal"),
             shutdown_grace_s: 30.0,
             compute_nice: 10,
+            tls: None,
             io_threads: 0,
         }
     }
+}
+
+/// `[server.tls]`: PEM files, read at start and again on SIGHUP (a failed reload keeps the old ones).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// CA certificates for client certificates: set, every client must present one it signed
+    /// (mutual TLS); absent, clients are not asked for one.
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,8 +74,47 @@ pub struct Limits {
     /// Most prompt tokens one generation request may carry.
     pub max_prompt_tokens: usize,
     /// Requests served at once across both protocols; beyond it new requests get 429 /
-    /// RESOURCE_EXHAUSTED at once (never an unbounded wait).
+    /// RESOURCE_EXHAUSTED at once (never an unbounded wait). A request takes its slot only once its
+    /// body is read, so slow senders do not hold slots.
     pub max_concurrent_requests: usize,
+    /// Per-route body limits in bytes by method label (`rank`, `completions`, `chat_completions`,
+    /// `tokenize`, `score`, `generate`, `generate_stream`); `max_body_bytes` caps them all. Routes not
+    /// named keep their defaults ([`Limits::DEFAULT_ROUTE_BODY_BYTES`]) or else `max_body_bytes`.
+    pub route_max_body_bytes: std::collections::BTreeMap<String, usize>,
+    /// Bytes of request bodies being received at once, across both listeners; a request whose body
+    /// would go past it gets 429 / RESOURCE_EXHAUSTED.
+    pub max_buffered_body_bytes: usize,
+    /// Seconds a client has to send a request's whole body (408 / DEADLINE_EXCEEDED after).
+    pub body_read_timeout_s: f64,
+    /// Seconds a client has to send a request's headers, and a TLS handshake to finish. On HTTP/1.1
+    /// a kept-alive connection waiting for its next request is reading headers too.
+    pub header_read_timeout_s: f64,
+    /// Seconds an HTTP connection may stay open with no request in flight before it is closed.
+    pub idle_timeout_s: f64,
+    /// Open connections per listener; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams (gRPC calls) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 keep-alive pings on idle connections (both listeners); 0 = none.
+    pub keepalive_interval_s: f64,
+    /// Seconds to wait for a ping's answer before closing the connection.
+    pub keepalive_timeout_s: f64,
+    /// Seconds a gRPC call may run before its response starts (DEADLINE_EXCEEDED after; a stream,
+    /// once started, is not cut). A shorter `grpc-timeout` from the client wins. 0 = none.
+    pub grpc_timeout_s: f64,
+}
+
+impl Limits {
+    /// Route body limits that apply unless `route_max_body_bytes` names the route: a ranking request
+    /// at the candidate and history limits with features fits in well under 1 MiB.
+    pub const DEFAULT_ROUTE_BODY_BYTES: &[(&str, usize)] = &[("rank", 1 << 20)];
+
+    /// The body limit of requests labelled `method`: its route limit, at most `max_body_bytes`.
+    pub fn body_limit(&self, method: &str) -> usize {
+        let default = || Self::DEFAULT_ROUTE_BODY_BYTES.iter().find(|(m, _)| *m == method).map(|&(_, v)| v);
+        let route = self.route_max_body_bytes.get(method).copied().or_else(default);
+        route.map_or(self.max_body_bytes, |r| r.min(self.max_body_bytes))
+    }
 }
 
 impl Default for Limits {
@@ -70,11 +125,21 @@ impl Default for Limits {
             max_history_events: 8192,
             max_prompt_tokens: 4096,
             max_concurrent_requests: 512,
+            route_max_body_bytes: Default::default(),
+            max_buffered_body_bytes: 256 << 20,
+            body_read_timeout_s: 30.0,
+            header_read_timeout_s: 30.0,
+            idle_timeout_s: 90.0,
+            max_connections: 8192,
+            max_concurrent_streams: 256,
+            keepalive_interval_s: 30.0,
+            keepalive_timeout_s: 20.0,
+            grpc_timeout_s: 600.0,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Static API keys accepted as `Authorization: Bearer KEY` (HTTP) or `authorization` metadata (gRPC).
@@ -84,6 +149,20 @@ pub struct AuthConfig {
     pub api_keys_env: Option<String>,
     /// Health and metrics endpoints need no key (the default: probes and scrapers carry none).
     pub exempt_health_and_metrics: bool,
+    /// Refuse to start when no key is configured (instead of serving without auth, with a warning).
+    pub required: bool,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // Keys never reach a log: only how many there are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("api_keys", &format_args!("[{} redacted]", self.api_keys.len()))
+            .field("api_keys_env", &self.api_keys_env)
+            .field("exempt_health_and_metrics", &self.exempt_health_and_metrics)
+            .field("required", &self.required)
+            .finish()
+    }
 }
 
 impl Default for AuthConfig {
@@ -92,6 +171,7 @@ impl Default for AuthConfig {
             api_keys: Vec::new(),
             api_keys_env: Some("SLATE_API_KEYS".into()),
             exempt_health_and_metrics: true,
+            required: false,
         }
     }
 }

@@ -199,3 +199,49 @@ fn kind_settings_unknown_key_is_named() {
     let e = err("[[models]]\nname = \"x\"\nkind = \"ranker\"\npath = \".\"\nranker = { wokers = 2 }\n");
     assert!(e.contains("wokers"), "{e}");
 }
+
+#[test]
+fn connection_limits_are_checked_and_named() {
+    let e = err("[limits]\nbody_read_timeout_s = 0.0\n");
+    assert!(e.starts_with("cfg.toml: limits.body_read_timeout_s: must be a number of seconds > 0"), "{e}");
+    let e = err("[limits]\nidle_timeout_s = inf\n");
+    assert!(e.contains("limits.idle_timeout_s"), "{e}");
+    let e = err("[limits]\nmax_connections = 0\n");
+    assert_eq!(e, "cfg.toml: limits.max_connections: must be > 0");
+    let e = err("[limits]\nmax_body_bytes = 100\nmax_buffered_body_bytes = 99\n");
+    assert!(e.contains("limits.max_buffered_body_bytes: 99 is below limits.max_body_bytes = 100"), "{e}");
+    let e = err("[limits.route_max_body_bytes]\nrnak = 10\n");
+    assert!(e.starts_with("cfg.toml: limits.route_max_body_bytes.rnak: unknown route; one of rank,"), "{e}");
+    let e = err("[limits.route_max_body_bytes]\nrank = 0\n");
+    assert_eq!(e, "cfg.toml: limits.route_max_body_bytes.rank: must be > 0");
+    let small = Config::parse("[limits]\nmax_body_bytes = 100\n", "cfg.toml").unwrap();
+    assert_eq!(small.limits.body_limit("rank"), 100, "max_body_bytes caps the route limits");
+    let other = Config::parse("[limits.route_max_body_bytes]\nscore = 5000\n", "cfg.toml").unwrap();
+    assert_eq!(other.limits.body_limit("score"), 5000);
+    assert_eq!(other.limits.body_limit("rank"), 1 << 20, "routes not named keep their defaults");
+    // 0 turns keep-alive pings and the gRPC timeout off.
+    let cfg =
+        Config::parse("[limits]\nkeepalive_interval_s = 0.0\ngrpc_timeout_s = 0\n", "cfg.toml").unwrap();
+    assert_eq!(cfg.limits.body_limit("rank"), 1 << 20);
+    assert_eq!(cfg.limits.body_limit("completions"), cfg.limits.max_body_bytes);
+}
+
+#[test]
+fn auth_keys_never_reach_debug_output() {
+    let cfg = Config::parse("[auth]\napi_keys = [\"sekret-1\", \"sekret-2\"]\nrequired = true\n", "cfg.toml")
+        .unwrap();
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("sekret"), "{shown}");
+    assert!(shown.contains("[2 redacted]") && shown.contains("required: true"), "{shown}");
+}
+
+#[test]
+fn tls_files_are_a_table() {
+    let cfg =
+        Config::parse("[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n", "cfg.toml").unwrap();
+    let tls = cfg.server.tls.unwrap();
+    assert_eq!(tls.cert_file, std::path::PathBuf::from("c.pem"));
+    assert!(tls.client_ca_file.is_none());
+    let e = err("[server.tls]\ncert_file = \"c.pem\"\n");
+    assert!(e.contains("key_file"), "{e}");
+}

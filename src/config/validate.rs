@@ -39,11 +39,48 @@ fn limits(l: &Limits) -> Result<(), String> {
         ("limits.max_history_events", l.max_history_events),
         ("limits.max_prompt_tokens", l.max_prompt_tokens),
         ("limits.max_concurrent_requests", l.max_concurrent_requests),
+        ("limits.max_buffered_body_bytes", l.max_buffered_body_bytes),
+        ("limits.max_connections", l.max_connections),
+        ("limits.max_concurrent_streams", l.max_concurrent_streams as usize),
     ] {
         if v == 0 {
             return Err(format!("{key}: must be > 0"));
         }
     }
+    if l.max_buffered_body_bytes < l.max_body_bytes {
+        return Err(format!(
+            "limits.max_buffered_body_bytes: {} is below limits.max_body_bytes = {}: no largest body could be read",
+            l.max_buffered_body_bytes, l.max_body_bytes
+        ));
+    }
+    for (route, &v) in &l.route_max_body_bytes {
+        let key = format!("limits.route_max_body_bytes.{route}");
+        if !crate::server::layer::BODY_ROUTES.contains(&route.as_str()) {
+            return Err(format!(
+                "{key}: unknown route; one of {}",
+                crate::server::layer::BODY_ROUTES.join(", ")
+            ));
+        }
+        if v == 0 {
+            return Err(format!("{key}: must be > 0"));
+        }
+    }
+    // Positive, finite seconds that a Duration can hold (a year at most).
+    let secs = |key: &str, v: f64, zero_ok: bool| {
+        let ok = v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v <= 365.0 * 86400.0;
+        if ok {
+            Ok(())
+        } else {
+            let range = if zero_ok { "≥ 0" } else { "> 0" };
+            Err(format!("{key}: must be a number of seconds {range} (at most a year), got {v}"))
+        }
+    };
+    secs("limits.body_read_timeout_s", l.body_read_timeout_s, false)?;
+    secs("limits.header_read_timeout_s", l.header_read_timeout_s, false)?;
+    secs("limits.idle_timeout_s", l.idle_timeout_s, false)?;
+    secs("limits.keepalive_interval_s", l.keepalive_interval_s, true)?;
+    secs("limits.keepalive_timeout_s", l.keepalive_timeout_s, false)?;
+    secs("limits.grpc_timeout_s", l.grpc_timeout_s, true)?;
     Ok(())
 }
 

@@ -234,10 +234,12 @@ impl Generation for GenerationService {
 /// `shutdown` resolves; then stops accepting and waits for in-flight calls (the caller bounds the wait).
 pub async fn serve(
     state: Arc<AppState>,
-    listener: tokio::net::TcpListener,
+    conns: impl futures::Stream<Item = std::io::Result<super::listen::Conn>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let limit = state.config.limits.max_body_bytes;
+    let limits = state.config.limits.clone();
+    let secs = super::listen::secs;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -253,15 +255,22 @@ pub async fn serve(
     let generation = GenerationServer::new(GenerationService { state: Arc::clone(&state) })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let keepalive = (limits.keepalive_interval_s > 0.0).then(|| secs(limits.keepalive_interval_s));
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(secs(limits.keepalive_timeout_s)));
+    if limits.grpc_timeout_s > 0.0 {
+        builder = builder.timeout(secs(limits.grpc_timeout_s));
+    }
+    builder
         .layer(FrontLayer::new(state))
         .add_service(health.max_decoding_message_size(limit))
         .add_service(reflection_v1.max_decoding_message_size(limit))
         .add_service(reflection_v1alpha.max_decoding_message_size(limit))
         .add_service(ranking)
         .add_service(generation)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(conns, shutdown)
         .await
 }
 

@@ -1,9 +1,12 @@
 //! The one tower layer both front ends share. For every request, in this order: request id (honored or
-//! generated, echoed back), the request span, API-key check, admission (a semaphore across both
-//! protocols: full → 429 / RESOURCE_EXHAUSTED at once, never a queue), panic catching, and exactly one
-//! metrics record (`slate_requests_total` + duration) when the response is ready or the client left.
+//! generated, echoed back), the request span, API-key check, reading the whole body (route limit, read
+//! timeout, byte budget; gRPC Rank counts pre-scanned), admission (a semaphore across both protocols,
+//! taken only once the body is in: full → 429 / RESOURCE_EXHAUSTED at once, never a queue), panic
+//! catching, and exactly one metrics record (`slate_requests_total` + duration) when the response is
+//! ready or the client left.
 //! Handlers only fill in what only they know: the model, via [`RequestCtx::set_model`].
 
+use super::body::Buffered;
 use super::AppState;
 use crate::config::ModelKind;
 use crate::error::{code_label_of, CodeLabel, Error};
@@ -214,7 +217,8 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Buffered,
+    ReqB::Error: std::fmt::Display,
     ResB: ProtocolBody + Send + 'static,
 {
     type Response = Response<ResB>;
@@ -244,24 +248,10 @@ where
         let ctx = Arc::new(RequestCtx { request_id, span: span.clone(), model: OnceLock::new() });
         req.extensions_mut().insert(Arc::clone(&ctx));
 
-        let state = &self.state;
+        let state = Arc::clone(&self.state);
         let probe = is_probe(method);
         let authorized =
             (probe && state.config.auth.exempt_health_and_metrics) || state.auth.allows(req.headers());
-        let permit: Result<Option<OwnedSemaphorePermit>, Error> = match authorized {
-            false => Err(Error::Unauthenticated),
-            true if probe => Ok(None),
-            true => Arc::clone(&state.admission).try_acquire_owned().map(Some).map_err(|_| {
-                metrics::rejection(ctx.model_label(), metrics::REJECT_MAX_CONCURRENT);
-                Error::ResourceExhausted {
-                    message: format!(
-                        "server is at capacity: limits.max_concurrent_requests = {} requests in flight",
-                        state.config.limits.max_concurrent_requests
-                    ),
-                    retry_after_ms: 100,
-                }
-            }),
-        };
         let max_body = state.config.limits.max_body_bytes;
 
         // Take the service that was driven to readiness; leave a fresh clone in its place.
@@ -269,14 +259,21 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let fut = async move {
             let mut record = Record::start(protocol, method, Arc::clone(&ctx), started);
-            let mut resp = match permit {
+            let admitted = match authorized {
+                false => Err(Error::Unauthenticated),
+                // Probes skip admission; reflection streams its requests, so it is not read ahead.
+                true if probe => Ok((req, None, None)),
+                true => admit(&state, &ctx, protocol, method, req).await,
+            };
+            let mut resp = match admitted {
                 Err(e) => {
                     tracing::debug!(error = %e, "refused before the handler");
                     ResB::error_response(e)
                 }
-                Ok(permit) => {
+                Ok((req, permit, body_bytes)) => {
                     let result = AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind().await;
                     drop(permit);
+                    drop(body_bytes);
                     match result {
                         Ok(r) => r?,
                         Err(panic) => {
@@ -296,6 +293,83 @@ where
         Box::pin(fut.instrument(span))
     }
 }
+
+/// Reads the body whole (route limit, read timeout, byte budget; see [`super::body`]), pre-scans a
+/// gRPC Rank message's repeated fields against the limits, then takes an admission slot: a slow
+/// sender never holds one. Returns the rebuilt request, its slot and the body bytes' reservation.
+async fn admit<B: Buffered>(
+    state: &AppState,
+    ctx: &RequestCtx,
+    protocol: Protocol,
+    method: &'static str,
+    req: Request<B>,
+) -> Result<(Request<B>, Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>), Error>
+where
+    B::Error: std::fmt::Display,
+{
+    let limits = &state.config.limits;
+    let (req, held) = if method == "reflection" {
+        (req, None)
+    } else {
+        let limit = limits.body_limit(method);
+        // Refuse a declared oversize body before reading any of it.
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64 + B::FRAMING as u64) {
+            return Err(Error::PayloadTooLarge { limit });
+        }
+        let (parts, body) = req.into_parts();
+        let timeout = super::listen::secs(limits.body_read_timeout_s);
+        let (bytes, held) = super::body::read(body, limit + B::FRAMING, timeout, &state.body_budget)
+            .await
+            .map_err(|e| match e {
+                Error::PayloadTooLarge { .. } => Error::PayloadTooLarge { limit },
+                e => e,
+            })?;
+        if protocol == Protocol::Grpc && method == "rank" {
+            check_rank_counts(&bytes, limits)?;
+        }
+        (Request::from_parts(parts, B::from_bytes(bytes)), held)
+    };
+    let permit = Arc::clone(&state.admission).try_acquire_owned().map_err(|_| {
+        metrics::rejection(ctx.model_label(), metrics::REJECT_MAX_CONCURRENT);
+        Error::ResourceExhausted {
+            message: format!(
+                "server is at capacity: limits.max_concurrent_requests = {} requests in flight",
+                limits.max_concurrent_requests
+            ),
+            retry_after_ms: 100,
+        }
+    })?;
+    Ok((req, Some(permit), held))
+}
+
+/// A gRPC Rank message with more history events or candidates than the limits is refused before it
+/// is decoded (decoding even empty events costs ~30× their wire size).
+fn check_rank_counts(body: &[u8], limits: &crate::config::Limits) -> Result<(), Error> {
+    // RankRequest: history = 5, candidates = 6 (proto/slate/v1/ranking.proto).
+    let Some([history, candidates]) = super::body::count_grpc_fields(body, [5, 6]) else { return Ok(()) };
+    if history > limits.max_history_events {
+        return Err(Error::invalid(
+            "history",
+            format!("{history} events is over the limit of {}", limits.max_history_events),
+        ));
+    }
+    if candidates > limits.max_candidates {
+        return Err(Error::invalid(
+            "candidates",
+            format!("{candidates} candidates is over the limit of {}", limits.max_candidates),
+        ));
+    }
+    Ok(())
+}
+
+/// The `method` labels of requests that carry a body: the keys `limits.route_max_body_bytes` takes.
+pub const BODY_ROUTES: &[&str] =
+    &["rank", "completions", "chat_completions", "tokenize", "score", "generate", "generate_stream"];
 
 /// Records the request exactly once: when the response is ready, or as `cancelled` when the future is
 /// dropped first (the client went away). Also keeps the in-flight gauge balanced.

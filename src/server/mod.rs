@@ -13,11 +13,14 @@
 //! close, in-flight requests get up to `server.shutdown_grace_s`, then `serve` returns `Ok`.
 
 pub mod auth;
+pub mod body;
 pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod layer;
+pub mod listen;
 pub mod openai;
+pub mod tls;
 
 use crate::config::{Config, ModelKind};
 use crate::error::{Error, Result};
@@ -43,6 +46,8 @@ pub struct AppState {
     pub auth: auth::ApiKeys,
     /// `limits.max_concurrent_requests` permits, shared by both protocols.
     pub admission: Arc<Semaphore>,
+    /// `limits.max_buffered_body_bytes` permits (one per byte of request bodies being received).
+    pub body_budget: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -54,6 +59,9 @@ impl AppState {
             metrics: crate::metrics::install(),
             auth: auth::ApiKeys::from_config(&config.auth),
             admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            body_budget: Arc::new(Semaphore::new(
+                config.limits.max_buffered_body_bytes.min(Semaphore::MAX_PERMITS),
+            )),
             config: Arc::new(config),
         })
     }
@@ -153,6 +161,10 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("grpc server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("auth.required = true but no API key is configured (auth.api_keys, or the variable auth.api_keys_env names)")]
+    NoApiKeys,
 }
 
 /// A server whose listeners are bound (and whose models are loading), not yet serving.
@@ -162,6 +174,8 @@ pub struct Server {
     grpc: TcpListener,
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    /// TLS of the HTTP and gRPC listeners, when `[server.tls]` is set.
+    tls: Option<(Arc<tls::TlsState>, Arc<tls::TlsState>)>,
 }
 
 /// Binds and serves until `shutdown` resolves, then drains (see the module docs).
@@ -174,6 +188,20 @@ impl Server {
     /// `http listening on ADDR` / `grpc listening on ADDR`), then starts loading the models, so
     /// readiness answers 503 until they are warm.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let keys = auth::ApiKeys::from_config(&config.auth);
+        if !keys.enabled() {
+            if config.auth.required {
+                return Err(ServeError::NoApiKeys);
+            }
+            tracing::warn!("auth is off: no API key is configured, every client is served (set auth.required = true to refuse this)");
+        }
+        let tls = match &config.server.tls {
+            None => None,
+            Some(files) => Some((
+                tls::TlsState::load(files, &[b"h2", b"http/1.1"])?,
+                tls::TlsState::load(files, &[b"h2"])?,
+            )),
+        };
         let bind = |key: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { key, addr, source })
         };
@@ -184,8 +212,9 @@ impl Server {
         };
         let http_addr = local(&http, "http_addr", config.server.http_addr)?;
         let grpc_addr = local(&grpc, "grpc_addr", config.server.grpc_addr)?;
-        tracing::info!("http listening on {http_addr}");
-        tracing::info!("grpc listening on {grpc_addr}");
+        let with_tls = tls.is_some();
+        tracing::info!(tls = with_tls, "http listening on {http_addr}");
+        tracing::info!(tls = with_tls, "grpc listening on {grpc_addr}");
 
         crate::compute::configure(config.server.compute_nice);
         // The recorder before the registry: loader threads report readiness as soon as they finish.
@@ -194,7 +223,7 @@ impl Server {
         let registry = Registry::new(&config);
         registry.spawn_loading(&config);
         let state = AppState::new(config, registry);
-        Ok(Server { state, http, grpc, http_addr, grpc_addr })
+        Ok(Server { state, http, grpc, http_addr, grpc_addr, tls })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -214,7 +243,7 @@ impl Server {
     /// listeners close, in-flight requests get `server.shutdown_grace_s`, and it returns `Ok(())`.
     /// Returns early with an error if either server fails.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-        let Server { state, http, grpc, .. } = self;
+        let Server { state, http, grpc, tls, .. } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = || {
             let mut rx = stop_rx.clone();
@@ -227,23 +256,31 @@ impl Server {
         state.health.refresh_grpc().await;
         let health_sync = tokio::spawn(Arc::clone(&state.health).sync_grpc());
         let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone()));
+        let reload = tls.clone().map(|(h, g)| tokio::spawn(reload_on_sighup([h, g])));
+        let limits = &state.config.limits;
+        let http_conns = listen::incoming(http, "http", limits, tls.as_ref().map(|t| Arc::clone(&t.0)));
+        let grpc_conns = listen::incoming(grpc, "grpc", limits, tls.as_ref().map(|t| Arc::clone(&t.1)));
         let router = app(Arc::clone(&state));
-        let http_stop = stopped();
+        let http_limits = limits.clone();
+        let http_stop = stop_rx.clone();
         let mut http_task = tokio::spawn(async move {
-            axum::serve(http, router).with_graceful_shutdown(http_stop).await.map_err(ServeError::Http)
+            listen::serve_http(http_conns, router, &http_limits, http_stop).await;
+            Ok(())
         });
         let grpc_state = Arc::clone(&state);
         let grpc_stop = stopped();
-        let mut grpc_task =
-            tokio::spawn(
-                async move { grpc::serve(grpc_state, grpc, grpc_stop).await.map_err(ServeError::Grpc) },
-            );
+        let mut grpc_task = tokio::spawn(async move {
+            grpc::serve(grpc_state, grpc_conns, grpc_stop).await.map_err(ServeError::Grpc)
+        });
 
         let failure = tokio::select! {
             () = shutdown => None,
             r = &mut http_task => Some(r),
             r = &mut grpc_task => Some(r),
         };
+        if let Some(reload) = &reload {
+            reload.abort();
+        }
         if let Some(r) = failure {
             health_sync.abort();
             upkeep.abort();
@@ -286,6 +323,28 @@ impl Server {
 
 fn flatten(r: Result<Result<(), ServeError>, tokio::task::JoinError>) -> Result<(), ServeError> {
     r.unwrap_or_else(|e| Err(ServeError::Http(std::io::Error::other(format!("server task failed: {e}")))))
+}
+
+/// Re-reads the TLS files of both listeners on each SIGHUP (see [`tls`]).
+async fn reload_on_sighup(states: [Arc<tls::TlsState>; 2]) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: TLS certificates will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match states.iter().try_for_each(|s| s.reload()) {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificates")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = states;
 }
 
 /// The Prometheus recorder needs periodic upkeep (histogram maintenance) even when nobody scrapes.

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub const REQUESTS_TOTAL: &str = "slate_requests_total";
 pub const REQUEST_DURATION: &str = "slate_request_duration_seconds";
 pub const REQUESTS_IN_FLIGHT: &str = "slate_requests_in_flight";
+pub const CONNECTIONS_OPEN: &str = "slate_connections_open";
+pub const CONNECTIONS_REFUSED: &str = "slate_connections_refused_total";
 pub const BUILD_INFO: &str = "slate_build_info";
 pub const MODEL_READY: &str = "slate_model_ready";
 
@@ -53,6 +55,8 @@ pub const NO_MODEL: &str = "-";
 /// `reason` of [`REJECTIONS_TOTAL`]: the server-wide `limits.max_concurrent_requests` (counted before a
 /// handler has read the model, so under [`NO_MODEL`]).
 pub const REJECT_MAX_CONCURRENT: &str = "max_concurrent_requests";
+/// `reason`: `limits.max_buffered_body_bytes` of request bodies were being received.
+pub const REJECT_BODY_BUDGET: &str = "max_buffered_body_bytes";
 /// `reason` of [`REJECTIONS_TOTAL`]: a ranker's queue holds `max_queued_requests` already.
 pub const REJECT_QUEUE_REQUESTS: &str = "queue_requests";
 /// `reason` of [`REJECTIONS_TOTAL`]: a ranker's queued work tokens would pass their bound.
@@ -89,6 +93,11 @@ pub const EVICTION_REASONS: [&str; 2] = [EVICT_SIZE, EVICT_TTL];
 pub const SLM_FINISH_REASONS: [&str; 5] = ["stop", "length", "scored", "cancelled", "deadline"];
 /// `protocol` of the request metrics.
 pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];
+
+/// `reason` of `slate_connections_refused_total`: `limits.max_connections` were open.
+pub const REFUSE_MAX_CONNECTIONS: &str = "max_connections";
+/// `reason`: the TLS handshake failed or timed out.
+pub const REFUSE_TLS: &str = "tls_handshake";
 
 /// Latency buckets: 36 geometric steps from 100 µs to 30 s (ratio ≈ 1.433).
 pub fn latency_buckets() -> Vec<f64> {
@@ -141,8 +150,11 @@ fn builder() -> PrometheusBuilder {
 fn register_server() {
     for protocol in PROTOCOLS {
         let _ = gauge!(REQUESTS_IN_FLIGHT, "protocol" => protocol);
+        let _ = gauge!(CONNECTIONS_OPEN, "listener" => protocol);
+        let _ = counter!(CONNECTIONS_REFUSED, "listener" => protocol, "reason" => REFUSE_MAX_CONNECTIONS);
     }
     let _ = counter!(REJECTIONS_TOTAL, "model" => NO_MODEL, "reason" => REJECT_MAX_CONCURRENT);
+    let _ = counter!(REJECTIONS_TOTAL, "model" => NO_MODEL, "reason" => REJECT_BODY_BUDGET);
 }
 
 /// The request series of `model` on each (protocol, method) that serves it, at code `ok`.
@@ -229,6 +241,12 @@ fn describe() {
         "End-to-end request duration, by model, method, protocol and status class (2xx, 4xx, 5xx)."
     );
     describe_gauge!(REQUESTS_IN_FLIGHT, Unit::Count, "Requests being served now, by protocol.");
+    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Client connections open now, by listener (http, grpc).");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed at accept, by listener and reason (max_connections, tls_handshake)."
+    );
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the `version` label carries the build version.");
     describe_gauge!(MODEL_READY, Unit::Count, "1 when the model is loaded and warmed, else 0.");
     describe_histogram!(RANK_QUEUE_DURATION, Unit::Seconds, "Time a ranking request waited before compute.");
@@ -346,6 +364,14 @@ pub fn in_flight(protocol: &'static str, delta: f64) {
     gauge!(REQUESTS_IN_FLIGHT, "protocol" => protocol).increment(delta);
 }
 
+pub fn connections_open(listener: &'static str, delta: f64) {
+    gauge!(CONNECTIONS_OPEN, "listener" => listener).increment(delta);
+}
+
+pub fn connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
 pub fn model_ready(model: &str, ready: bool) {
     gauge!(MODEL_READY, "model" => model.to_string()).set(if ready { 1.0 } else { 0.0 });
 }
@@ -353,6 +379,7 @@ pub fn model_ready(model: &str, ready: bool) {
 pub fn rejection(model: &str, reason: &'static str) {
     debug_assert!(
         reason == REJECT_MAX_CONCURRENT
+            || reason == REJECT_BODY_BUDGET
             || RANKER_REJECTIONS.contains(&reason)
             || SLM_REJECTIONS.contains(&reason),
         "rejection reason {reason:?} is not declared in metrics.rs"
@@ -494,103 +521,4 @@ pub fn slm_step(model: &str, sequences: usize, tokens: usize, prompt_tokens: usi
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_buckets_span_100us_to_30s() {
-        let b = latency_buckets();
-        assert_eq!(b.len(), 36);
-        assert!((b[0] - 1e-4).abs() < 1e-12);
-        assert!((b[35] - 30.0).abs() < 1e-9);
-        assert!(b.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    /// Renders what `f` registers or records, through a recorder of its own (the global one is shared
-    /// by every test of the process).
-    fn render_local(f: impl FnOnce()) -> String {
-        let recorder = builder().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, f);
-        handle.render()
-    }
-
-    /// The sample lines of `text` whose series is `series` (name and labels, as rendered).
-    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
-        text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
-    }
-
-    #[test]
-    fn registered_series_render_at_zero() {
-        let text = render_local(|| {
-            register_server();
-            register_requests("r", [("http", "rank")]);
-            register_ranker("r", &["feed".to_string(), "batch".to_string()]);
-            register_slm("s");
-        });
-        let zero = |series: &str| {
-            let line = sample(&text, series).unwrap_or_else(|| panic!("{series} is not rendered:\n{text}"));
-            assert!(line.ends_with(" 0"), "{line}");
-        };
-        // Histograms: every bucket and the count at zero.
-        zero(r#"slate_rank_queue_duration_seconds_count{model="r"}"#);
-        zero(r#"slate_rank_queue_duration_seconds_bucket{model="r",le="+Inf"}"#);
-        zero(
-            r#"slate_request_duration_seconds_count{model="r",method="rank",protocol="http",status_class="2xx"}"#,
-        );
-        zero(r#"slate_slm_time_to_first_token_seconds_count{model="s"}"#);
-        zero(r#"slate_rank_step_tokens_count{model="r"}"#);
-        for stage in RANK_STAGES {
-            zero(&format!(r#"slate_rank_stage_duration_seconds_count{{model="r",stage="{stage}"}}"#));
-        }
-        // Counters and gauges of every declared label value.
-        zero(r#"slate_requests_total{model="r",method="rank",protocol="http",code="ok"}"#);
-        zero(&format!(r#"slate_rejections_total{{model="{NO_MODEL}",reason="{REJECT_MAX_CONCURRENT}"}}"#));
-        for reason in RANKER_REJECTIONS {
-            zero(&format!(r#"slate_rejections_total{{model="r",reason="{reason}"}}"#));
-        }
-        zero(r#"slate_rejections_total{model="s",reason="queue_full"}"#);
-        for reason in SLM_FINISH_REASONS {
-            zero(&format!(r#"slate_slm_sequences_finished_total{{model="s",reason="{reason}"}}"#));
-            zero(&format!(r#"slate_slm_sequence_duration_seconds_count{{model="s",reason="{reason}"}}"#));
-        }
-        for reason in EVICTION_REASONS {
-            zero(&format!(r#"slate_history_cache_evictions_total{{model="r",reason="{reason}"}}"#));
-        }
-        for model in ["r", "s"] {
-            zero(&format!(r#"slate_deadline_drops_total{{model="{model}"}}"#));
-            zero(&format!(r#"slate_model_ready{{model="{model}"}}"#));
-        }
-        zero(r#"slate_rank_history_truncated_total{model="r"}"#);
-        zero(r#"slate_rank_queued_requests{model="r",priority="batch"}"#);
-        zero(r#"slate_requests_in_flight{protocol="grpc"}"#);
-        zero(r#"slate_slm_kv_usage_ratio{model="s"}"#);
-        // Each kind has only its own series.
-        assert!(sample(&text, r#"slate_rank_compute_total{model="s",mode="amortized"}"#).is_none());
-        assert!(sample(&text, r#"slate_slm_preemptions_total{model="r"}"#).is_none());
-    }
-
-    #[test]
-    fn registering_again_keeps_the_values() {
-        let text = render_local(|| {
-            register_ranker("r", &[]);
-            rejection("r", REJECT_QUEUE_TOKENS);
-            model_ready("r", true);
-            rank_computed("r", "amortized", Duration::from_millis(2), 0.001, 0.002, 0.0005, 8, 3);
-            register_ranker("r", &[]);
-        });
-        let value =
-            |series: &str| sample(&text, series).and_then(|l| l.rsplit(' ').next()).map(str::to_string);
-        assert_eq!(value(r#"slate_rejections_total{model="r",reason="queue_tokens"}"#).as_deref(), Some("1"));
-        assert_eq!(value(r#"slate_model_ready{model="r"}"#).as_deref(), Some("1"));
-        assert_eq!(value(r#"slate_rank_history_truncated_total{model="r"}"#).as_deref(), Some("3"));
-        assert_eq!(value(r#"slate_rank_queue_duration_seconds_count{model="r"}"#).as_deref(), Some("1"));
-    }
-
-    #[test]
-    fn status_classes() {
-        assert_eq!(status_class(200), "2xx");
-        assert_eq!(status_class(422), "4xx");
-        assert_eq!(status_class(503), "5xx");
-    }
-}
+mod tests;
