@@ -1,6 +1,7 @@
 //! Models by name: their kind, weights version, load state and the handle requests go to.
-//! Readiness = every configured model loaded and warmed; published on a `watch` channel that also
-//! drives `grpc.health.v1`.
+//! Readiness = every configured model loaded and warmed, and none faulted since; published on a
+//! `watch` channel that also drives `grpc.health.v1`. A model whose threads die at run time is marked
+//! failed at once (see [`crate::serving::fault`]).
 
 use crate::config::{Config, ModelConfig, ModelKind};
 use crate::error::{Error, Result};
@@ -38,6 +39,8 @@ struct Entry {
     state: RwLock<ModelState>,
     ranker: OnceLock<RankerHandle>,
     slm: OnceLock<SlmHandle>,
+    /// Set when one of the loaded model's threads or tasks died.
+    faulted: OnceLock<String>,
 }
 
 /// A loaded model's handle.
@@ -61,6 +64,7 @@ impl Registry {
                 state: RwLock::new(ModelState::Loading),
                 ranker: OnceLock::new(),
                 slm: OnceLock::new(),
+                faulted: OnceLock::new(),
             })
             .collect::<Vec<_>>();
         for m in &config.models {
@@ -92,14 +96,26 @@ impl Registry {
                     });
                     let state = match loaded {
                         Ok(handle) => {
-                            match handle {
+                            let faults = match handle {
                                 Loaded::Ranker(h) => {
+                                    let f = Arc::clone(h.faults());
                                     let _ = entry.ranker.set(h);
+                                    f
                                 }
                                 Loaded::Slm(h) => {
+                                    let f = Arc::clone(h.faults());
                                     let _ = entry.slm.set(h);
+                                    f
                                 }
-                            }
+                            };
+                            let watcher = Arc::clone(&this);
+                            runtime.spawn(async move {
+                                let mut rx = faults.subscribe();
+                                let fault = rx.wait_for(Option::is_some).await.map(|f| f.clone());
+                                if let Ok(Some(fault)) = fault {
+                                    watcher.mark_faulted(idx, fault);
+                                }
+                            });
                             tracing::info!(model = %entry.config.name, "model loaded and warmed");
                             ModelState::Ready
                         }
@@ -114,6 +130,24 @@ impl Registry {
                 })
                 .expect("spawning a loader thread");
         }
+    }
+
+    /// Marks model `idx` failed after a run-time fault: not ready, its requests 503, liveness 503.
+    fn mark_faulted(&self, idx: usize, fault: String) {
+        let entry = &self.entries[idx];
+        let _ = entry.faulted.set(fault.clone());
+        metrics::model_ready(&entry.config.name, false);
+        *entry.state.write().expect("registry lock poisoned") =
+            ModelState::Failed(format!("stopped serving: {fault}"));
+        self.ready_tx.send_replace(false);
+    }
+
+    /// Models that stopped serving at run time, with why: the process should be restarted.
+    pub fn faulted(&self) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.faulted.get().map(|f| (e.config.name.clone(), f.clone())))
+            .collect()
     }
 
     /// Whether every configured model is ready.
@@ -151,12 +185,14 @@ impl Registry {
     /// The ranker named `name`: NOT_FOUND when no such ranker is configured, UNAVAILABLE while loading.
     pub fn ranker(&self, name: &str) -> Result<RankerHandle> {
         let entry = self.entry(name, ModelKind::Ranker)?;
+        Self::check_fault(entry, name)?;
         entry.ranker.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
     }
 
     /// The SLM named `name`: NOT_FOUND when no such SLM is configured, UNAVAILABLE while loading.
     pub fn slm(&self, name: &str) -> Result<SlmHandle> {
         let entry = self.entry(name, ModelKind::Slm)?;
+        Self::check_fault(entry, name)?;
         entry.slm.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
     }
 
@@ -173,6 +209,13 @@ impl Registry {
                 Error::NotFound(format!("model: no {} model named '{name}'", kind.as_str()))
             }
         })
+    }
+
+    fn check_fault(entry: &Entry, name: &str) -> Result<()> {
+        match entry.faulted.get() {
+            Some(fault) => Err(Error::Unavailable(format!("model '{name}' stopped serving: {fault}"))),
+            None => Ok(()),
+        }
     }
 
     fn not_loaded(entry: &Entry, name: &str) -> Error {

@@ -95,9 +95,17 @@ impl Health {
     }
 }
 
-/// `GET /health/live`: 200 whenever the process can answer at all.
-pub async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "live"}))
+/// `GET /health/live`: 200 whenever the process can answer, unless a model stopped serving at run time
+/// (a thread of it died): then 503 naming it, so the orchestrator restarts the process.
+pub async fn live(State(state): State<Arc<AppState>>) -> Response {
+    let faulted = state.registry.faulted();
+    if faulted.is_empty() {
+        return Json(serde_json::json!({"status": "live"})).into_response();
+    }
+    let models: serde_json::Map<String, serde_json::Value> =
+        faulted.into_iter().map(|(name, why)| (name, why.into())).collect();
+    let body = serde_json::json!({"status": "faulted", "models_faulted": models});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// `GET /health/ready`: 200 when ready, else 503 naming the models not ready and whether draining.

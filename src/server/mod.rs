@@ -125,7 +125,10 @@ pub async fn score(
     ctx.set_model(model, state.is_configured(model));
     let handle = state.registry.slm(model)?;
     let answer = off_runtime(move || handle.submit_score(req)).await?;
-    answer.await.map_err(|_| Error::Internal("the engine dropped a scoring request".into()))?
+    // The engine let go of the request without an answer: its thread died.
+    answer
+        .await
+        .map_err(|_| Error::Unavailable(format!("model '{model}' stopped serving (see /v1/models)")))?
 }
 
 /// Token ids of a prompt (chat rendered first), for `/v1/tokenize`.

@@ -5,8 +5,10 @@
 
 pub mod admission;
 pub mod deadline;
+pub mod fault;
 pub mod priority;
 
 pub use admission::{Admission, AdmissionPolicy, CostEstimate, OverloadPolicy, Refusal, Slots};
 pub use deadline::DeadlinePolicy;
+pub use fault::Faults;
 pub use priority::PriorityClasses;

@@ -68,6 +68,7 @@ impl Actor {
     }
 
     fn push(&mut self, job: Arc<Job>) {
+        crate::serving::fault::inject("rank-actor", &self.name);
         self.builder.push(Pending {
             id: job.id,
             class: job.class,

@@ -59,6 +59,7 @@ struct Shared {
     classes: PriorityClasses,
     deadlines: DeadlinePolicy,
     next_id: AtomicU64,
+    faults: Arc<crate::serving::Faults>,
 }
 
 impl RankerHandle {
@@ -101,6 +102,7 @@ impl RankerHandle {
         // message per admitted request, and the actor drains it on every wake-up).
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<u64>();
         let wake = Arc::new(Notify::new());
+        let faults = Arc::new(crate::serving::Faults::default());
         for i in 0..workers {
             let ctx = WorkerCtx {
                 name: name.to_string(),
@@ -111,9 +113,11 @@ impl RankerHandle {
                 wake: Arc::clone(&wake),
                 cost: Arc::clone(&cost),
             };
+            let watch = faults.watch_thread(format!("ranking worker {i} of '{name}'"));
             std::thread::Builder::new()
                 .name(format!("rank-{name}-{i}"))
                 .spawn(move || {
+                    let _watch = watch;
                     crate::compute::lower_current_thread();
                     ctx.run()
                 })
@@ -131,7 +135,8 @@ impl RankerHandle {
             queued_gauges: actor::queue_gauges(name, &classes),
             step_metrics: metrics::RankStepMetrics::new(name),
         };
-        runtime.spawn(actor.run(rx));
+        let task = runtime.spawn(actor.run(rx));
+        faults.watch_task(format!("the queue actor of '{name}'"), task, runtime);
         RankerHandle {
             inner: Arc::new(Shared {
                 name: name.to_string(),
@@ -144,8 +149,14 @@ impl RankerHandle {
                 classes,
                 deadlines: DeadlinePolicy::from_millis(settings.default_timeout_ms),
                 next_id: AtomicU64::new(1),
+                faults,
             }),
         }
+    }
+
+    /// Faults of the workers and the actor (see [`crate::serving::fault`]).
+    pub fn faults(&self) -> &Arc<crate::serving::Faults> {
+        &self.inner.faults
     }
 
     pub fn model(&self) -> &RankerModel {

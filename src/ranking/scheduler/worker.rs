@@ -34,6 +34,7 @@ impl WorkerCtx {
         let mut scratch = Scratch::new();
         let mut buf = Vec::new();
         while let Ok(step) = self.steps.recv() {
+            crate::serving::fault::inject("rank-worker", &self.name);
             // Taking a step makes room in the channel: the actor may cut the next one.
             self.wake.notify_one();
             let t0 = Instant::now();

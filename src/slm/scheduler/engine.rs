@@ -74,6 +74,7 @@ impl Engine {
     }
 
     fn enqueue(&mut self, job: Job) {
+        crate::serving::fault::inject("slm-engine", &self.name);
         let id = self.next_id;
         self.next_id += 1;
         let (tokens, reserve, kind) = match job.kind {

@@ -40,6 +40,7 @@ struct Shared {
     waiting: Arc<Slots>,
     deadlines: DeadlinePolicy,
     stats: Arc<EngineStats>,
+    faults: Arc<crate::serving::Faults>,
 }
 
 /// What the weights are: bytes held and their representations (shown in /v1/models).
@@ -131,9 +132,12 @@ impl SlmHandle {
             scratch: Scratch::default(),
             next_id: 0,
         };
+        let faults = Arc::new(crate::serving::Faults::default());
+        let watch = faults.watch_thread(format!("the engine thread of '{name}'"));
         std::thread::Builder::new()
             .name(format!("slm-{name}"))
             .spawn(move || {
+                let _watch = watch;
                 crate::compute::lower_current_thread();
                 engine.run()
             })
@@ -155,8 +159,14 @@ impl SlmHandle {
                 waiting,
                 deadlines: DeadlinePolicy::from_millis(settings.default_timeout_ms),
                 stats,
+                faults,
             }),
         })
+    }
+
+    /// Faults of the engine thread (see [`crate::serving::fault`]).
+    pub fn faults(&self) -> &Arc<crate::serving::Faults> {
+        &self.inner.faults
     }
 
     pub fn stats(&self) -> &EngineStats {
