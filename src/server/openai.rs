@@ -31,7 +31,11 @@ use std::sync::Arc;
 const IGNORED_FIELDS: &[&str] =
     &["user", "stream_options", "store", "metadata", "service_tier", "parallel_tool_calls"];
 
-fn check_extra(extra: &Map<String, Value>) -> Result<(), Error> {
+/// Fields outside the request types: names only, their values skipped while parsing (an accepted
+/// `metadata` of megabytes is not kept for the generation's lifetime).
+pub type ExtraFields = std::collections::BTreeMap<String, serde::de::IgnoredAny>;
+
+fn check_extra(extra: &ExtraFields) -> Result<(), Error> {
     for k in extra.keys() {
         if !IGNORED_FIELDS.contains(&k.as_str()) {
             return Err(Error::invalid(k, "unknown or unsupported field"));
@@ -101,7 +105,7 @@ pub struct CompletionRequest {
     /// Completions API: number of top alternatives per token (0 = the chosen token's only).
     pub logprobs: Option<i64>,
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub extra: ExtraFields,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +117,7 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub extra: ExtraFields,
 }
 
 fn non_negative_u32(field: &str, v: Option<i64>) -> Result<u32, Error> {
