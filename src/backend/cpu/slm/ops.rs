@@ -13,11 +13,29 @@ pub(super) struct Rope {
     neox: bool,
 }
 
+/// Largest pair of RoPE tables built (`cos` and `sin` together).
+pub(super) const MAX_ROPE_BYTES: usize = 1 << 30;
+
 impl Rope {
-    pub fn new(cfg: &LlamaConfig) -> Self {
+    /// The tables for `cfg.context_length` positions.
+    ///
+    /// # Errors
+    /// When they would pass [`MAX_ROPE_BYTES`] or cannot be allocated: the message names
+    /// `context_length` and `rope_dim`, and how to shorten the context.
+    pub fn new(cfg: &LlamaConfig) -> Result<Self, String> {
         let half = cfg.rope_dim / 2;
-        let mut cos = Vec::with_capacity(cfg.context_length * half);
-        let mut sin = Vec::with_capacity(cfg.context_length * half);
+        let n = cfg.context_length.checked_mul(half);
+        let too_big = || {
+            format!(
+                "RoPE tables for context_length {} × rope_dim {} pass {MAX_ROPE_BYTES} bytes; set \
+                 models[].slm.context_length lower",
+                cfg.context_length, cfg.rope_dim
+            )
+        };
+        let n = n.filter(|n| n.checked_mul(8).is_some_and(|b| b <= MAX_ROPE_BYTES)).ok_or_else(too_big)?;
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        cos.try_reserve_exact(n).map_err(|e| format!("{}: {e}", too_big()))?;
+        sin.try_reserve_exact(n).map_err(|e| format!("{}: {e}", too_big()))?;
         for p in 0..cfg.context_length {
             for i in 0..half {
                 let freq = (cfg.rope_base as f64).powf(-(2.0 * i as f64) / cfg.rope_dim as f64);
@@ -26,7 +44,7 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
-        Rope { cos, sin, half, neox: cfg.rope_neox }
+        Ok(Rope { cos, sin, half, neox: cfg.rope_neox })
     }
 
     /// Rotates one head vector in place for position `pos`.
