@@ -88,3 +88,38 @@ pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(context_length: usize, head_dim: usize) -> LlamaConfig {
+        LlamaConfig {
+            arch: "llama".into(),
+            layers: 1,
+            d_model: head_dim,
+            heads: 1,
+            kv_heads: 1,
+            head_dim,
+            ffn: 8,
+            vocab: 8,
+            context_length,
+            rope_base: 10_000.0,
+            rope_dim: head_dim,
+            rope_neox: false,
+            rms_eps: 1e-5,
+        }
+    }
+
+    #[test]
+    fn rope_tables_are_bounded() {
+        let r = Rope::new(&cfg(16, 8)).unwrap();
+        assert_eq!((r.cos.len(), r.sin.len()), (16 * 4, 16 * 4));
+        // 2^20 positions × 2^15 pairs × 8 bytes: 256 GiB, refused before allocating.
+        let e = Rope::new(&cfg(1 << 20, 1 << 16)).err().expect("too big");
+        assert!(e.starts_with("RoPE tables for context_length 1048576 × rope_dim 65536 pass"), "{e}");
+        assert!(e.contains("models[].slm.context_length"), "{e}");
+        let e = Rope::new(&cfg(usize::MAX, 1 << 16)).err().expect("overflows");
+        assert!(e.starts_with("RoPE tables for context_length"), "{e}");
+    }
+}
