@@ -93,6 +93,7 @@ pub fn load(
         }
     }
     SlmHandle::start(name, version, model, tokenizer, settings, max_prompt_tokens, classes)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Warm-up: one short greedy generation through the engine (thread pools, buffers).
