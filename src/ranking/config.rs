@@ -261,7 +261,7 @@ impl RankerConfig {
         // `max_history + 1` tokens, `max(d_model, ffn_dim, head_input_dim)` wide.
         let width = self.d_model.max(self.ffn_dim).max(self.head_input_dim());
         let floats = self.micro_batch.checked_mul(self.max_history + 1).and_then(|n| n.checked_mul(width));
-        if !floats.is_some_and(|n| n <= MAX_WORKING_FLOATS) {
+        if floats.is_none_or(|n| n > MAX_WORKING_FLOATS) {
             return Err(err(
                 "micro_batch",
                 format!(

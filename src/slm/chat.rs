@@ -352,7 +352,7 @@ fn python_methods(
                 // Bound the result before building it: an empty `old` matches between every char.
                 let hits = if old.is_empty() { s.chars().count() + 1 } else { s.matches(old).count() };
                 let len = hits.checked_mul(new.len()).and_then(|n| n.checked_add(s.len()));
-                if !len.is_some_and(|n| n <= MAX_REPLACED_BYTES) {
+                if len.is_none_or(|n| n > MAX_REPLACED_BYTES) {
                     return Err(limit_err(format!(
                         "replace() would build more than {MAX_REPLACED_BYTES} bytes"
                     )));

@@ -293,7 +293,7 @@ pub fn prescan(data: &[u8]) -> Result<Header, HeaderError> {
             dims.push(r.length(|| format!("tensor {name} (dimension)"))?);
         }
         let elems = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        if !elems.is_some_and(|e| e <= i64::MAX as u64) {
+        if elems.is_none_or(|e| e > i64::MAX as u64) {
             return Err(HeaderError::Elements { name, dims });
         }
         let ty = r.u32(|| format!("tensor {name} (type)"))?;
