@@ -52,7 +52,7 @@ pub enum HeaderError {
     TensorType { name: String, ty: u32 },
     #[error("tensor {name}: offset {offset} is not a multiple of general.alignment {alignment}")]
     Misaligned { name: String, offset: u64, alignment: u64 },
-    #[error("tensor {name}: offset {offset} lies past the end of the file (data starts at {data}, the file has {len} bytes)")]
+    #[error("tensor {name}: offset {offset} lies past the end of the file (data starts at {data}, the file has {len} bytes; truncated?)")]
     PastEnd { name: String, offset: u64, data: u64, len: u64 },
     #[error("tensor data would start at {data}, past the end of the file ({len} bytes)")]
     DataPastEnd { data: u64, len: u64 },
