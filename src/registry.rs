@@ -235,7 +235,7 @@ fn load_one(
 ) -> std::result::Result<Loaded, String> {
     match cfg.kind {
         ModelKind::Ranker => {
-            let model = RankerModel::load(&cfg.path).map_err(|e| e.to_string())?;
+            let model = RankerModel::load(&cfg.path).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
             // Warm up: one real request through the whole path (allocations, thread pools, caches).
             let warm = model.warmup_request();
             model.rank(&warm, 0).map_err(|e| format!("warm-up request failed: {e}"))?;

@@ -175,5 +175,12 @@ fn slm(i: usize, g: &SlmSettings) -> Result<(), String> {
             g.max_running_sequences
         ));
     }
+    let max_context = crate::slm::model::LlamaConfig::MAX_CONTEXT;
+    if g.context_length > max_context {
+        return Err(format!(
+            "models[{i}].slm.context_length: must be ≤ {max_context} (0 = the model's own), got {}",
+            g.context_length
+        ));
+    }
     Ok(())
 }

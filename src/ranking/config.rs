@@ -102,6 +102,23 @@ pub struct RankerConfig {
     pub norm_eps: f32,
 }
 
+/// Largest width accepted: `d_model`, `ffn_dim`, the dense and member dims, each of `mlp_dims`.
+pub const MAX_WIDTH: usize = 1 << 14;
+/// Largest `heads` and `layers`.
+pub const MAX_HEADS: usize = 256;
+pub const MAX_LAYERS: usize = 64;
+/// Largest `max_history`.
+pub const MAX_HISTORY: usize = 1 << 16;
+/// Largest bucket count of any embedding table (`item_buckets`, `time_buckets`, member features).
+pub const MAX_BUCKETS: usize = 1 << 28;
+/// Largest `micro_batch`.
+pub const MAX_MICRO_BATCH: usize = 1 << 12;
+/// Largest number of `actions`, and of `member_sparse`, `mlp_dims` and `tasks` entries.
+pub const MAX_ACTIONS: usize = 1 << 16;
+pub const MAX_LIST: usize = 256;
+/// Largest micro-batch working set in floats (1 GiB of f32).
+pub const MAX_WORKING_FLOATS: usize = 1 << 28;
+
 /// A config problem: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("config.json: {key}: {message}")]
@@ -127,18 +144,41 @@ impl RankerConfig {
         if self.format != FORMAT {
             return Err(err("format", format!("expected \"{FORMAT}\", got \"{}\"", self.format)));
         }
-        for (key, v) in [
-            ("d_model", self.d_model),
-            ("heads", self.heads),
-            ("layers", self.layers),
-            ("ffn_dim", self.ffn_dim),
-            ("max_history", self.max_history),
-            ("item_buckets", self.item_buckets),
-            ("time_buckets", self.time_buckets),
-            ("micro_batch", self.micro_batch),
+        for (key, v, max) in [
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("heads", self.heads, MAX_HEADS),
+            ("layers", self.layers, MAX_LAYERS),
+            ("ffn_dim", self.ffn_dim, MAX_WIDTH),
+            ("max_history", self.max_history, MAX_HISTORY),
+            ("item_buckets", self.item_buckets, MAX_BUCKETS),
+            ("time_buckets", self.time_buckets, MAX_BUCKETS),
+            ("micro_batch", self.micro_batch, MAX_MICRO_BATCH),
         ] {
             if v == 0 {
                 return Err(err(key, "must be at least 1"));
+            }
+            if v > max {
+                return Err(err(key, format!("{v} is more than the {max} accepted")));
+            }
+        }
+        for (key, v) in [
+            ("event_dense_dim", self.event_dense_dim),
+            ("candidate_dense_dim", self.candidate_dense_dim),
+            ("member_sparse_dim", self.member_sparse_dim),
+            ("member_dense_dim", self.member_dense_dim),
+        ] {
+            if v > MAX_WIDTH {
+                return Err(err(key, format!("{v} is more than the {MAX_WIDTH} accepted")));
+            }
+        }
+        for (key, n, max) in [
+            ("actions", self.actions.len(), MAX_ACTIONS),
+            ("member_sparse", self.member_sparse.len(), MAX_LIST),
+            ("mlp_dims", self.mlp_dims.len(), MAX_LIST),
+            ("tasks", self.tasks.len(), MAX_LIST),
+        ] {
+            if n > max {
+                return Err(err(key, format!("{n} entries, more than the {max} accepted")));
             }
         }
         if !self.d_model.is_multiple_of(self.heads) {
@@ -173,6 +213,12 @@ impl RankerConfig {
             if f.buckets == 0 {
                 return Err(err(format!("member_sparse[{i}].buckets"), "must be at least 1"));
             }
+            if f.buckets > MAX_BUCKETS {
+                return Err(err(
+                    format!("member_sparse[{i}].buckets"),
+                    format!("{} is more than the {MAX_BUCKETS} accepted", f.buckets),
+                ));
+            }
         }
         if !self.member_sparse.is_empty() && self.member_sparse_dim == 0 {
             return Err(err("member_sparse_dim", "must be at least 1 when member_sparse is not empty"));
@@ -180,6 +226,12 @@ impl RankerConfig {
         for (i, &w) in self.mlp_dims.iter().enumerate() {
             if w == 0 {
                 return Err(err(format!("mlp_dims[{i}]"), "must be at least 1"));
+            }
+            if w > MAX_WIDTH {
+                return Err(err(
+                    format!("mlp_dims[{i}]"),
+                    format!("{w} is more than the {MAX_WIDTH} accepted"),
+                ));
             }
         }
         if self.tasks.is_empty() {
@@ -204,6 +256,20 @@ impl RankerConfig {
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return Err(err("norm_eps", format!("must be a positive finite number, got {}", self.norm_eps)));
+        }
+        // The largest working set: a per-candidate (concat) micro-batch of `micro_batch` sequences of
+        // `max_history + 1` tokens, `max(d_model, ffn_dim, head_input_dim)` wide.
+        let width = self.d_model.max(self.ffn_dim).max(self.head_input_dim());
+        let floats = self.micro_batch.checked_mul(self.max_history + 1).and_then(|n| n.checked_mul(width));
+        if floats.is_none_or(|n| n > MAX_WORKING_FLOATS) {
+            return Err(err(
+                "micro_batch",
+                format!(
+                    "{} × (max_history {} + 1) × width {width} floats is more than the {MAX_WORKING_FLOATS} \
+                     accepted for one micro-batch's buffers",
+                    self.micro_batch, self.max_history
+                ),
+            ));
         }
         Ok(())
     }
@@ -320,6 +386,52 @@ mod tests {
             })
             .unwrap_err(),
             "config.json: member_sparse[1].name: duplicate feature 'geo'"
+        );
+    }
+
+    #[test]
+    fn every_size_is_bounded() {
+        let big = |f: fn(&mut RankerConfig)| with(f).unwrap_err();
+        assert_eq!(
+            big(|c| c.d_model = 1 << 40),
+            "config.json: d_model: 1099511627776 is more than the 16384 accepted"
+        );
+        assert_eq!(
+            big(|c| c.micro_batch = usize::MAX),
+            format!("config.json: micro_batch: {} is more than the 4096 accepted", usize::MAX)
+        );
+        assert_eq!(
+            big(|c| c.item_buckets = 1 << 30),
+            "config.json: item_buckets: 1073741824 is more than the 268435456 accepted"
+        );
+        assert!(big(|c| c.time_buckets = usize::MAX).starts_with("config.json: time_buckets: "));
+        assert!(big(|c| c.max_history = 1 << 20).starts_with("config.json: max_history: "));
+        assert!(big(|c| c.layers = 65).starts_with("config.json: layers: 65 is more"));
+        assert!(big(|c| c.heads = 512).starts_with("config.json: heads: 512 is more"));
+        assert!(big(|c| c.ffn_dim = 1 << 15).starts_with("config.json: ffn_dim: "));
+        assert!(big(|c| c.event_dense_dim = usize::MAX).starts_with("config.json: event_dense_dim: "));
+        assert!(big(|c| c.member_sparse_dim = usize::MAX).starts_with("config.json: member_sparse_dim: "));
+        assert!(big(|c| c.mlp_dims[0] = usize::MAX).starts_with("config.json: mlp_dims[0]: "));
+        assert!(big(|c| c.mlp_dims = vec![8; 300]).starts_with("config.json: mlp_dims: 300 entries"));
+        assert_eq!(
+            big(|c| {
+                c.member_sparse_dim = 4;
+                c.member_sparse = vec![MemberSparseSpec { name: "geo".into(), buckets: usize::MAX }];
+            }),
+            format!(
+                "config.json: member_sparse[0].buckets: {} is more than the 268435456 accepted",
+                usize::MAX
+            )
+        );
+        // Each within its bound, together past the working-set bound.
+        let e = big(|c| {
+            c.micro_batch = 4096;
+            c.max_history = 1 << 16;
+            c.d_model = 1024;
+        });
+        assert!(
+            e.starts_with("config.json: micro_batch: 4096 × (max_history 65536 + 1) × width 1024"),
+            "{e}"
         );
     }
 

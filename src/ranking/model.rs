@@ -20,6 +20,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Largest `config.json` accepted (a ranker's is a few kilobytes).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Why a model folder could not be loaded; the message names the file and the key or tensor.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -95,12 +98,28 @@ impl RankerModel {
     /// Loads `dir/config.json` + `dir/model.safetensors`, checking every tensor against the config.
     pub fn load(dir: &Path) -> Result<Self, RankerLoadError> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| RankerLoadError(format!("{}: {e}", cfg_path.display())))?;
+        let io_err = |path: &Path, e: std::io::Error| RankerLoadError(format!("{}: {e}", path.display()));
+        let cfg_len = std::fs::metadata(&cfg_path).map_err(|e| io_err(&cfg_path, e))?.len();
+        if cfg_len > MAX_CONFIG_BYTES {
+            return Err(RankerLoadError(format!(
+                "{}: {cfg_len} bytes is more than the {MAX_CONFIG_BYTES} accepted",
+                cfg_path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
         let config = RankerConfig::from_json(&text).map_err(|e| RankerLoadError(e.to_string()))?;
         let st_path = dir.join("model.safetensors");
-        let bytes =
-            std::fs::read(&st_path).map_err(|e| RankerLoadError(format!("{}: {e}", st_path.display())))?;
+        // The tensors config.json prescribes must fit in the file before it is read.
+        let st_len = std::fs::metadata(&st_path).map_err(|e| io_err(&st_path, e))?.len();
+        let need = super::weights::expected_data_bytes(&config)
+            .ok_or_else(|| RankerLoadError("config.json: the tensors' sizes overflow".to_string()))?;
+        if st_len < need as u64 {
+            return Err(RankerLoadError(format!(
+                "model.safetensors: {st_len} bytes, but the tensors config.json prescribes need {need} \
+                 (truncated, or config.json does not describe this file)"
+            )));
+        }
+        let bytes = std::fs::read(&st_path).map_err(|e| io_err(&st_path, e))?;
         let tensors = HostTensors::from_safetensors(&config, &bytes).map_err(RankerLoadError)?;
         Ok(Self::from_tensors(config, tensors, hash16(&bytes)))
     }

@@ -57,6 +57,15 @@ pub fn expected_tensors(cfg: &RankerConfig) -> Vec<(String, Vec<usize>)> {
     t
 }
 
+/// Bytes of tensor data the format prescribes for `cfg` (f32 values; the file also holds a header).
+/// `None` when the count overflows (a config that passed `validate` never does).
+pub fn expected_data_bytes(cfg: &RankerConfig) -> Option<usize> {
+    expected_tensors(cfg).iter().try_fold(0usize, |total, (_, shape)| {
+        let n = shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d))?;
+        total.checked_add(n)
+    })
+}
+
 /// A model's tensors by name, in file layout (PyTorch `[out, in]` for linear weights), every one of
 /// them checked against the config it was read or made for.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +229,15 @@ mod tests {
             let bytes = w.to_safetensors(&cfg);
             assert_eq!(HostTensors::from_safetensors(&cfg, &bytes).unwrap(), w);
         }
+    }
+
+    #[test]
+    fn expected_data_bytes_counts_every_prescribed_value() {
+        let cfg = small();
+        let w = HostTensors::random(&cfg, 3);
+        let values: usize = w.to_file_tensors(&cfg).iter().map(|(_, (_, d))| d.len()).sum();
+        assert_eq!(expected_data_bytes(&cfg), Some(4 * values));
+        assert!(w.to_safetensors(&cfg).len() > 4 * values);
     }
 
     #[test]

@@ -3,10 +3,39 @@
 //! `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`). A few Python
 //! string/dict methods that HF templates call (`.strip()`, `.startswith()`, `.items()`, ...) and the
 //! `tojson` filter are provided here, so no extra dependency is needed for common templates.
+//!
+//! A template comes from the model file, so it is rendered under limits: [`FUEL`] instructions, a
+//! recursion limit, a cap on the rendered bytes, and bounded versions of the filters that allocate
+//! from a number the template gives (`indent`, `format` widths, `slice`, `batch`, `tojson(indent)`,
+//! `.replace()`). [`ChatTemplate::new`] renders a one-message conversation as a probe, so a template
+//! that loops forever, recurses without end or writes without bound fails the model's load.
 
 use crate::{Error, Result};
-use minijinja::value::Kwargs;
+use minijinja::value::{Kwargs, Rest, StringInput};
 use minijinja::{Environment, ErrorKind, State, Value};
+use std::cell::Cell;
+
+/// Instructions one render may execute (a ChatML render costs ~15 per message).
+pub const FUEL: u64 = 2_000_000;
+/// Nesting of macro calls, includes and recursive loops.
+pub const RECURSION_LIMIT: usize = 64;
+/// Rendered bytes: at least this, or 4× the messages' bytes plus this when more.
+pub const MIN_OUTPUT_CAP: usize = 1 << 20;
+/// Largest width, indent or padding a template may ask of a filter, and largest `slice`/`batch` count.
+pub const MAX_PAD: usize = 1024;
+pub const MAX_GROUPS: usize = 10_000;
+/// Largest string `.replace()` may produce.
+pub const MAX_REPLACED_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// Set when the template's own `raise_exception` fails a render (the probe accepts that).
+    static RAISED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Errors a render's limits produce.
+fn limit_err(msg: impl Into<String>) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, msg.into())
+}
 
 /// Roles a request may use.
 const ROLES: &[&str] = &["system", "user", "assistant"];
@@ -46,12 +75,28 @@ impl ChatTemplate {
         // Hugging Face renders chat templates with trim_blocks and lstrip_blocks on.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(RECURSION_LIMIT);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
+        env.add_filter("indent", bounded_indent);
+        env.add_filter("format", bounded_format);
+        env.add_filter("slice", bounded_slice);
+        env.add_filter("batch", bounded_batch);
         env.set_unknown_method_callback(python_methods);
         env.add_template_owned(NAME, template.to_string())
             .map_err(|e| Error::Internal(format!("chat template does not compile: {e:#}")))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+        let t = ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() };
+        // The probe: a template that cannot render one user message within its limits is broken.
+        RAISED.with(|r| r.set(false));
+        if let Err(e) = t.render_limited(&[ChatMessage::new("user", "Hello")], true) {
+            if !RAISED.with(|r| r.get()) {
+                return Err(Error::Internal(format!(
+                    "chat template fails on a one-message conversation: {e}"
+                )));
+            }
+        }
+        Ok(t)
     }
 
     /// Validates the messages (a non-empty list; each role one of system, user, assistant) then
@@ -69,26 +114,140 @@ impl ChatTemplate {
                 ));
             }
         }
+        self.render_limited(messages, add_generation_prompt)
+            .map_err(|msg| Error::invalid("messages", format!("chat template: {msg}")))
+    }
+
+    /// Renders under the limits (fuel and recursion from the environment, the output cap here).
+    fn render_limited(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> std::result::Result<String, String> {
         let template = self.env.get_template(NAME).expect("the template was added in new(); this is a bug");
-        template
-            .render(minijinja::context! {
+        let input: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let cap = input.saturating_mul(4).saturating_add(MIN_OUTPUT_CAP);
+        let mut out = CappedWriter { buf: Vec::new(), cap, over: false };
+        let result = template.render_captured_to(
+            minijinja::context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
-            })
-            .map_err(|e| {
-                let msg = match (e.kind(), e.detail()) {
-                    (ErrorKind::InvalidOperation, Some(detail)) => detail.to_string(),
-                    _ => format!("{e:#}"),
-                };
-                Error::invalid("messages", format!("chat template: {msg}"))
-            })
+            },
+            &mut out,
+        );
+        if out.over {
+            return Err(format!("the rendered prompt passes {cap} bytes"));
+        }
+        match result {
+            Ok(_) => String::from_utf8(out.buf).map_err(|_| "the rendered prompt is not UTF-8".to_string()),
+            Err(e) => Err(match (e.kind(), e.detail()) {
+                (ErrorKind::InvalidOperation, Some(detail)) => detail.to_string(),
+                (ErrorKind::OutOfFuel, _) => {
+                    format!("rendering passed its {FUEL} instructions (out of fuel)")
+                }
+                _ => format!("{e:#}"),
+            }),
+        }
     }
+}
+
+/// The render's output, refusing bytes past `cap`.
+struct CappedWriter {
+    buf: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(b.len()) > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered prompt is too long"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn check_pad(what: &str, n: usize) -> std::result::Result<(), minijinja::Error> {
+    if n > MAX_PAD {
+        return Err(limit_err(format!("{what} {n} is more than the {MAX_PAD} accepted")));
+    }
+    Ok(())
+}
+
+/// minijinja's `indent`, its width bounded.
+fn bounded_indent(
+    value: StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
+    let w = match width {
+        Some(w) => Some(w),
+        None => kwargs.get::<Option<usize>>("width")?,
+    };
+    check_pad("indent width", w.unwrap_or(0))?;
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+/// minijinja's `format` (printf style), every width and precision bounded.
+fn bounded_format(
+    state: &State,
+    format_str: &Value,
+    args: Rest<Value>,
+) -> std::result::Result<Value, minijinja::Error> {
+    if let Some(f) = format_str.as_str() {
+        let mut n: usize = 0;
+        for c in f.chars() {
+            match c.to_digit(10) {
+                Some(d) => {
+                    n = n.saturating_mul(10).saturating_add(d as usize);
+                    check_pad("format width", n)?;
+                }
+                None => n = 0,
+            }
+        }
+    }
+    minijinja::filters::format(state, format_str, args)
+}
+
+/// minijinja's `slice`, the count bounded.
+fn bounded_slice(
+    state: &State,
+    value: Value,
+    count: usize,
+    fill_with: Option<Value>,
+) -> std::result::Result<Value, minijinja::Error> {
+    if count > MAX_GROUPS {
+        return Err(limit_err(format!("slice count {count} is more than the {MAX_GROUPS} accepted")));
+    }
+    minijinja::filters::slice(state, value, count, fill_with)
+}
+
+/// minijinja's `batch`, the count bounded.
+fn bounded_batch(
+    state: &State,
+    value: Value,
+    count: usize,
+    fill_with: Option<Value>,
+) -> std::result::Result<Value, minijinja::Error> {
+    if count > MAX_GROUPS {
+        return Err(limit_err(format!("batch count {count} is more than the {MAX_GROUPS} accepted")));
+    }
+    minijinja::filters::batch(state, value, count, fill_with)
 }
 
 /// `raise_exception(msg)`: how HF templates reject a conversation.
 fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
+    RAISED.with(|r| r.set(true));
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
 
@@ -104,6 +263,9 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
     let _: Option<Value> = kwargs.get("separators")?;
     kwargs.assert_all_used()?;
     let mut out = Vec::new();
+    if let Some(n) = indent {
+        check_pad("tojson indent", n)?;
+    }
     let result = match indent {
         Some(n) => {
             let pad = vec![b' '; n];
@@ -186,8 +348,16 @@ fn python_methods(
             "upper" => Value::from(s.to_uppercase()),
             "lower" => Value::from(s.to_lowercase()),
             "replace" => {
-                let new = arg_str(args, 1, method)?.unwrap_or("");
-                Value::from(s.replace(chars.unwrap_or(""), new))
+                let (old, new) = (chars.unwrap_or(""), arg_str(args, 1, method)?.unwrap_or(""));
+                // Bound the result before building it: an empty `old` matches between every char.
+                let hits = if old.is_empty() { s.chars().count() + 1 } else { s.matches(old).count() };
+                let len = hits.checked_mul(new.len()).and_then(|n| n.checked_add(s.len()));
+                if len.is_none_or(|n| n > MAX_REPLACED_BYTES) {
+                    return Err(limit_err(format!(
+                        "replace() would build more than {MAX_REPLACED_BYTES} bytes"
+                    )));
+                }
+                Value::from(s.replace(old, new))
             }
             "split" => match chars {
                 Some(sep) if !sep.is_empty() => {
@@ -288,5 +458,63 @@ mod tests {
         let t =
             ChatTemplate::new("{{ {'a': [1, 'é']} | tojson }}|{{ [1] | tojson(indent=2) }}", "", "").unwrap();
         assert_eq!(t.render(&msgs(&[("user", "x")]), false).unwrap(), "{\"a\": [1, \"é\"]}|[\n  1\n]");
+    }
+
+    /// A template that fails within its limits, with what the error must say.
+    fn refused(src: &str, want: &str) {
+        let e = ChatTemplate::new(src, "", "").expect_err(src);
+        assert!(matches!(e, Error::Internal(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("chat template fails on a one-message conversation") && msg.contains(want),
+            "{src}: {msg}"
+        );
+    }
+
+    #[test]
+    fn hostile_templates_fail_at_load_within_limits() {
+        let t0 = std::time::Instant::now();
+        // Infinite loop (a recursive loop over a never-ending chain), huge range, deep recursion.
+        refused(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "out of fuel",
+        );
+        refused("{% for i in range(1000000000) %}x{% endfor %}", "range has too many elements");
+        refused("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion limit exceeded");
+        // Output without bound, and filters asked for huge padding or groups.
+        refused(
+            "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            "the rendered prompt passes 1048612 bytes",
+        );
+        refused(
+            "{{ 'a\nb' | indent(1000000000000) }}",
+            "indent width 1000000000000 is more than the 1024 accepted",
+        );
+        refused("{{ 'a\nb' | indent(width=1000000000000) }}", "indent width 1000000000000");
+        refused("{{ '%999999999999s' | format('x') }}", "format width");
+        refused("{{ [1, 2] | slice(1000000000000) }}", "slice count 1000000000000");
+        refused("{{ [1, 2] | batch(1000000000000) }}", "batch count 1000000000000");
+        refused("{{ [1] | tojson(indent=1000000000) }}", "tojson indent 1000000000");
+        refused("{{ ('x' * 10000000).replace('', 'yy') }}", "replace() would build more than");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "limits took {:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn limits_leave_ordinary_templates_alone() {
+        // Bounded filters behave as minijinja's own within their bounds.
+        let src = "{{ 'a\nb' | indent(2) }}|{{ '%3s' | format('x') }}|{{ [1, 2, 3] | slice(2) | list }}|{{ [1, 2, 3] | batch(2) | list }}|{{ 'abc'.replace('b', 'B') }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(
+            t.render(&msgs(&[("user", "x")]), false).unwrap(),
+            "a\n  b|  x|[[1, 2], [3]]|[[1, 2], [3]]|aBc"
+        );
+        // A template that rejects the probe conversation itself still loads; requests get its error.
+        let t = ChatTemplate::new("{{ raise_exception('system message required') }}", "", "").unwrap();
+        let e = t.render(&msgs(&[("user", "x")]), false).unwrap_err();
+        assert_eq!(e.to_string(), "messages: chat template: system message required");
+        // A long conversation renders well within the fuel.
+        let t = ChatTemplate::new(CHATML, "", "").unwrap();
+        let long: Vec<ChatMessage> = (0..10_000).map(|i| ChatMessage::new("user", format!("m{i}"))).collect();
+        assert!(t.render(&long, true).unwrap().ends_with("<|im_start|>assistant\n"));
     }
 }

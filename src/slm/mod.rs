@@ -27,20 +27,50 @@ pub struct Opened {
 /// Opens a GGUF file or a compressed model folder ([`compressed`]): its weights, tokenizer and chat
 /// template; the version is the hash of the weights file.
 pub fn open(path: &Path) -> Result<Opened, String> {
+    open_capped(path, 0)
+}
+
+/// [`open`] with the context shortened to `context_cap` (a configured `context_length`; 0 = the
+/// model's own), so RoPE tables are built for it only and a file claiming a longer context than
+/// [`model::LlamaConfig::MAX_CONTEXT`] can still be served.
+pub fn open_capped(path: &Path, context_cap: usize) -> Result<Opened, String> {
     if path.is_dir() {
-        let c = compressed::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut c = compressed::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if context_cap > 0 {
+            c.config.context_length = c.config.context_length.min(context_cap);
+        }
         let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(&c.tokenizer_metadata)
             .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
         let backend = crate::backend::cpu::slm_compressed(&c.config, c.matrices, &c.vectors)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let model = model::LlamaModel::with_backend(c.config, backend);
+        check_vocab(path, &model, &tokenizer)?;
         return Ok(Opened { model, tokenizer, version: c.content_hash });
     }
     let file = gguf::GgufFile::open(path)?;
     let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
         .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
-    let model = model::LlamaModel::from_gguf(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let model = model::LlamaModel::from_gguf_capped(&file, context_cap)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    check_vocab(path, &model, &tokenizer)?;
     Ok(Opened { model, tokenizer, version: file.content_hash() })
+}
+
+/// Every token id the tokenizer can produce must have an embedding row.
+fn check_vocab(
+    path: &Path,
+    model: &model::LlamaModel,
+    tokenizer: &tokenizer::SlmTokenizer,
+) -> Result<(), String> {
+    if tokenizer.vocab_size() > model.config().vocab {
+        return Err(format!(
+            "{}: tokenizer.ggml.tokens has {} tokens but token_embd.weight only {} rows",
+            path.display(),
+            tokenizer.vocab_size(),
+            model.config().vocab
+        ));
+    }
+    Ok(())
 }
 
 /// Loads a model (see [`open`]) and starts its engine.
@@ -51,7 +81,7 @@ pub fn load(
     max_prompt_tokens: usize,
     classes: PriorityClasses,
 ) -> Result<SlmHandle, String> {
-    let Opened { mut model, tokenizer, mut version } = open(path)?;
+    let Opened { mut model, tokenizer, mut version } = open_capped(path, settings.context_length)?;
     if settings.quantize == crate::config::SlmQuantize::Int8 {
         let n = model
             .quantize_float_weights_int8()
@@ -62,15 +92,8 @@ pub fn load(
             version.push_str("+int8");
         }
     }
-    if tokenizer.vocab_size() > model.config().vocab {
-        return Err(format!(
-            "{}: the tokenizer has {} tokens but token_embd.weight only {} rows",
-            path.display(),
-            tokenizer.vocab_size(),
-            model.config().vocab
-        ));
-    }
     SlmHandle::start(name, version, model, tokenizer, settings, max_prompt_tokens, classes)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Warm-up: one short greedy generation through the engine (thread pools, buffers).

@@ -105,48 +105,97 @@ impl LlamaConfig {
 
     /// Reads the config from a GGUF file's metadata (public for `slate compress`).
     pub fn from_gguf(f: &GgufFile) -> Result<Self, String> {
+        Self::from_gguf_capped(f, 0)
+    }
+
+    /// [`Self::from_gguf`] with every size checked against the file: `block_count` must equal the
+    /// `blk.N` layers present, widths and head counts positive, bounded and consistent, the vocabulary
+    /// the embedding's rows. `context_cap` (a configured `context_length`, 0 = none) shortens the
+    /// context; a file's context past [`Self::MAX_CONTEXT`] is refused unless a cap is set. Errors name
+    /// the metadata key or tensor.
+    pub fn from_gguf_capped(f: &GgufFile, context_cap: usize) -> Result<Self, String> {
         let arch = f.md_str("general.architecture")?.to_string();
         let rope_neox = match arch.as_str() {
             "llama" | "mistral" => false,
             "qwen2" => true,
             other => return Err(format!("architecture '{other}' is not supported (llama, mistral, qwen2)")),
         };
-        let need = |k: &str| -> Result<usize, String> {
-            f.md_usize(&format!("{arch}.{k}"))?.ok_or_else(|| format!("metadata {arch}.{k} is missing"))
+        let key = |k: &str| format!("{arch}.{k}");
+        let bounded = |k: &str, v: usize, max: usize| -> Result<usize, String> {
+            if v == 0 || v > max {
+                return Err(format!("{} = {v} must be in 1..={max}", key(k)));
+            }
+            Ok(v)
         };
-        let layers = need("block_count")?;
-        let d_model = need("embedding_length")?;
-        let heads = need("attention.head_count")?;
-        let kv_heads = f.md_usize(&format!("{arch}.attention.head_count_kv"))?.unwrap_or(heads);
-        let ffn = need("feed_forward_length")?;
-        let context_length = need("context_length")?;
-        if layers == 0 || d_model == 0 || heads == 0 || kv_heads == 0 || ffn == 0 || context_length == 0 {
-            return Err("metadata: block_count, embedding_length, head counts, feed_forward_length and \
-                        context_length must be positive"
-                .into());
+        let need = |k: &str, max: usize| -> Result<usize, String> {
+            let v = f.md_usize(&key(k))?.ok_or_else(|| format!("metadata {} is missing", key(k)))?;
+            bounded(k, v, max)
+        };
+        let layers = f
+            .md_usize(&key("block_count"))?
+            .ok_or_else(|| format!("metadata {} is missing", key("block_count")))?;
+        let present = f.block_tensor_layers()?;
+        if layers != present {
+            return Err(format!("{} = {layers} but {present} blk.* layers are present", key("block_count")));
         }
-        if d_model % heads != 0 || heads % kv_heads != 0 {
+        let layers = bounded("block_count", layers, Self::MAX_LAYERS)?;
+        let d_model = need("embedding_length", Self::MAX_DIM)?;
+        let heads = need("attention.head_count", Self::MAX_DIM)?;
+        let kv_heads = match f.md_usize(&key("attention.head_count_kv"))? {
+            Some(v) => bounded("attention.head_count_kv", v, Self::MAX_DIM)?,
+            None => heads,
+        };
+        let ffn = need("feed_forward_length", Self::MAX_DIM)?;
+        let file_context = f
+            .md_usize(&key("context_length"))?
+            .ok_or_else(|| format!("metadata {} is missing", key("context_length")))?;
+        let context_length = match context_cap {
+            0 => bounded("context_length", file_context, Self::MAX_CONTEXT)?,
+            cap => bounded("context_length", file_context, usize::MAX)?.min(cap),
+        };
+        if !d_model.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
             return Err(format!(
-                "metadata: embedding_length {d_model} must divide into {heads} heads, and heads into {kv_heads} KV heads"
+                "{} = {d_model} must divide into {heads} heads, and heads into {kv_heads} KV heads",
+                key("embedding_length")
             ));
         }
         let head_dim = d_model / heads;
-        let rope_dim = f.md_usize(&format!("{arch}.rope.dimension_count"))?.unwrap_or(head_dim);
-        if rope_dim > head_dim || rope_dim % 2 != 0 {
+        for k in ["attention.key_length", "attention.value_length"] {
+            match f.md_usize(&key(k))? {
+                Some(v) if v != head_dim => {
+                    return Err(format!(
+                        "{} = {v} but embedding_length / head_count = {head_dim} (only equal head widths are supported)",
+                        key(k)
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let rope_dim = f.md_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+        if rope_dim == 0 || rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
             return Err(format!(
-                "metadata: rope.dimension_count {rope_dim} must be even and ≤ head_dim {head_dim}"
+                "{} = {rope_dim} must be even, positive and ≤ head_dim {head_dim}",
+                key("rope.dimension_count")
             ));
         }
-        let rope_base = f.md_f32(&format!("{arch}.rope.freq_base"))?.unwrap_or(10_000.0);
-        let rms_eps = f.md_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+        let rope_base = f.md_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        let rms_eps = f.md_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
         let (_, embd_dims, _) = f.tensor("token_embd.weight")?;
         let vocab = match embd_dims.as_slice() {
-            [v, d] if *d == d_model => *v,
+            [v, d] if *d == d_model && (1..=Self::MAX_VOCAB).contains(v) => *v,
             _ => {
-                return Err(format!("token_embd.weight has shape {embd_dims:?}, expected [vocab, {d_model}]"))
+                return Err(format!(
+                    "tensor token_embd.weight has shape {embd_dims:?}, expected [vocab ≤ {}, {d_model}]",
+                    Self::MAX_VOCAB
+                ))
             }
         };
-        Ok(LlamaConfig {
+        if let Some(v) = f.md_usize(&key("vocab_size"))? {
+            if v != vocab {
+                return Err(format!("{} = {v} but token_embd.weight has {vocab} rows", key("vocab_size")));
+            }
+        }
+        let cfg = LlamaConfig {
             arch,
             layers,
             d_model,
@@ -160,7 +209,9 @@ impl LlamaConfig {
             rope_dim,
             rope_neox,
             rms_eps,
-        })
+        };
+        cfg.validate().map_err(|e| format!("metadata: {e}"))?;
+        Ok(cfg)
     }
 }
 
@@ -198,7 +249,13 @@ impl LlamaModel {
 
     /// Reads the config from `f`'s metadata; the CPU backend reads and checks the weights.
     pub fn from_gguf(f: &GgufFile) -> Result<Self, String> {
-        let cfg = LlamaConfig::from_gguf(f)?;
+        Self::from_gguf_capped(f, 0)
+    }
+
+    /// [`Self::from_gguf`] with the context shortened to `context_cap` (0 = the file's own; see
+    /// [`LlamaConfig::from_gguf_capped`]).
+    pub fn from_gguf_capped(f: &GgufFile, context_cap: usize) -> Result<Self, String> {
+        let cfg = LlamaConfig::from_gguf_capped(f, context_cap)?;
         let backend = backend::cpu::slm(&cfg, f)?;
         Ok(LlamaModel { cfg, backend })
     }
@@ -266,3 +323,7 @@ impl LlamaModel {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod tests;

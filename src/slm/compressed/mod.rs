@@ -13,7 +13,7 @@ pub use write::{write, Source};
 
 use super::model::LlamaConfig;
 use crate::kernels::cpu::compressed::CMatrix;
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -165,12 +165,15 @@ pub fn layer_info(name: &str, m: &CMatrix) -> LayerInfo {
 
 /// Largest file accepted in a folder (the model file is read whole).
 const MAX_FILE_BYTES: u64 = 1 << 36;
+/// Largest `config.json` / `compression.json` accepted (both are a few kilobytes).
+const MAX_JSON_BYTES: u64 = 16 << 20;
 
 fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, String> {
     let path = dir.join(name);
     let len = std::fs::metadata(&path).map_err(|e| format!("{name}: {e}"))?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(format!("{name}: {len} bytes is more than the {MAX_FILE_BYTES} accepted"));
+    let max = if name.ends_with(".json") { MAX_JSON_BYTES } else { MAX_FILE_BYTES };
+    if len > max {
+        return Err(format!("{name}: {len} bytes is more than the {max} accepted"));
     }
     std::fs::read(&path).map_err(|e| format!("{name}: {e}"))
 }
@@ -206,8 +209,7 @@ pub fn open(dir: &Path) -> Result<CompressedModel, String> {
 
 /// The `tokenizer.*` metadata of a tensor-less GGUF.
 fn read_tokenizer(bytes: &[u8]) -> Result<HashMap<String, Value>, String> {
-    let content = Content::read(&mut std::io::Cursor::new(bytes))
-        .map_err(|e| format!("{TOKENIZER_FILE}: not a readable GGUF file: {e}"))?;
+    let content = super::gguf::read_content(bytes).map_err(|e| format!("{TOKENIZER_FILE}: {e}"))?;
     if let Some(name) = content.tensor_infos.keys().next() {
         return Err(format!("{TOKENIZER_FILE}: holds tensor {name}; it must hold metadata only"));
     }
@@ -283,8 +285,10 @@ fn check_compression(
         {
             return Err(format!("{name}: listed as {info:?}, the tensors say {want:?}"));
         }
-        total += m.bytes();
-        dense += 4 * m.rows() * m.cols();
+        let overflow = || format!("{name}: byte totals overflow");
+        total = total.checked_add(m.bytes()).ok_or_else(overflow)?;
+        let dense_m = m.rows().checked_mul(m.cols()).and_then(|n| n.checked_mul(4)).ok_or_else(overflow)?;
+        dense = dense.checked_add(dense_m).ok_or_else(overflow)?;
         kept += m.s_kept() as f64;
         all += (m.rows() * m.cols()) as f64;
     }

@@ -80,7 +80,7 @@ impl SlmHandle {
                     tokenizer.bos_token().unwrap_or(""),
                     tokenizer.eos_token().unwrap_or(""),
                 )
-                .map_err(|e| format!("chat template: {e}"))?,
+                .map_err(|e| format!("tokenizer.chat_template: {e}"))?,
             ),
             None => None,
         };

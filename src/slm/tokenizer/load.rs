@@ -166,8 +166,9 @@ impl SlmTokenizer {
         }
         let tokens = md_strings(md, "tokenizer.ggml.tokens")?
             .ok_or_else(|| load_err("tokenizer.ggml.tokens is missing"))?;
-        if tokens.is_empty() || tokens.len() > u32::MAX as usize {
-            return Err(load_err(format!("tokenizer.ggml.tokens has {} entries", tokens.len())));
+        let max = crate::slm::model::LlamaConfig::MAX_VOCAB;
+        if tokens.is_empty() || tokens.len() > max {
+            return Err(load_err(format!("tokenizer.ggml.tokens has {} entries (1..={max})", tokens.len())));
         }
         let n = tokens.len();
         let merges = md_strings(md, "tokenizer.ggml.merges")?.unwrap_or_default();

@@ -48,7 +48,8 @@ pub struct CpuSlm {
 impl CpuSlm {
     /// Reads and checks the weights of `cfg` from `f`.
     pub fn new(cfg: &LlamaConfig, f: &GgufFile) -> Result<Self, String> {
-        Ok(Self::with_weights(cfg, Weights::load(cfg, f)?))
+        let rope = Rope::new(cfg)?;
+        Ok(Self::with_weights(cfg, rope, Weights::load(cfg, f)?))
     }
 
     /// A compressed model's weights (`matrices` and `vectors` by GGUF tensor name), checked against
@@ -58,12 +59,13 @@ impl CpuSlm {
         matrices: HashMap<String, CMatrix>,
         vectors: &HashMap<String, Vec<f32>>,
     ) -> Result<Self, String> {
-        Ok(Self::with_weights(cfg, Weights::load(cfg, Compressed { matrices, vectors })?))
+        let rope = Rope::new(cfg)?;
+        Ok(Self::with_weights(cfg, rope, Weights::load(cfg, Compressed { matrices, vectors })?))
     }
 
-    fn with_weights(cfg: &LlamaConfig, w: Weights) -> Self {
+    fn with_weights(cfg: &LlamaConfig, rope: Rope, w: Weights) -> Self {
         let weight_bytes = w.bytes();
-        CpuSlm { cfg: cfg.clone(), w, rope: Rope::new(cfg), weight_bytes }
+        CpuSlm { cfg: cfg.clone(), w, rope, weight_bytes }
     }
 }
 

@@ -13,11 +13,29 @@ pub(super) struct Rope {
     neox: bool,
 }
 
+/// Largest pair of RoPE tables built (`cos` and `sin` together).
+pub(super) const MAX_ROPE_BYTES: usize = 1 << 30;
+
 impl Rope {
-    pub fn new(cfg: &LlamaConfig) -> Self {
+    /// The tables for `cfg.context_length` positions.
+    ///
+    /// # Errors
+    /// When they would pass [`MAX_ROPE_BYTES`] or cannot be allocated: the message names
+    /// `context_length` and `rope_dim`, and how to shorten the context.
+    pub fn new(cfg: &LlamaConfig) -> Result<Self, String> {
         let half = cfg.rope_dim / 2;
-        let mut cos = Vec::with_capacity(cfg.context_length * half);
-        let mut sin = Vec::with_capacity(cfg.context_length * half);
+        let n = cfg.context_length.checked_mul(half);
+        let too_big = || {
+            format!(
+                "RoPE tables for context_length {} × rope_dim {} pass {MAX_ROPE_BYTES} bytes; set \
+                 models[].slm.context_length lower",
+                cfg.context_length, cfg.rope_dim
+            )
+        };
+        let n = n.filter(|n| n.checked_mul(8).is_some_and(|b| b <= MAX_ROPE_BYTES)).ok_or_else(too_big)?;
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        cos.try_reserve_exact(n).map_err(|e| format!("{}: {e}", too_big()))?;
+        sin.try_reserve_exact(n).map_err(|e| format!("{}: {e}", too_big()))?;
         for p in 0..cfg.context_length {
             for i in 0..half {
                 let freq = (cfg.rope_base as f64).powf(-(2.0 * i as f64) / cfg.rope_dim as f64);
@@ -26,7 +44,7 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
-        Rope { cos, sin, half, neox: cfg.rope_neox }
+        Ok(Rope { cos, sin, half, neox: cfg.rope_neox })
     }
 
     /// Rotates one head vector in place for position `pos`.
@@ -68,5 +86,40 @@ pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         for ((o, &v), &wv) in or.iter_mut().zip(xr).zip(w) {
             *o = v * inv * wv;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(context_length: usize, head_dim: usize) -> LlamaConfig {
+        LlamaConfig {
+            arch: "llama".into(),
+            layers: 1,
+            d_model: head_dim,
+            heads: 1,
+            kv_heads: 1,
+            head_dim,
+            ffn: 8,
+            vocab: 8,
+            context_length,
+            rope_base: 10_000.0,
+            rope_dim: head_dim,
+            rope_neox: false,
+            rms_eps: 1e-5,
+        }
+    }
+
+    #[test]
+    fn rope_tables_are_bounded() {
+        let r = Rope::new(&cfg(16, 8)).unwrap();
+        assert_eq!((r.cos.len(), r.sin.len()), (16 * 4, 16 * 4));
+        // 2^20 positions × 2^15 pairs × 8 bytes: 256 GiB, refused before allocating.
+        let e = Rope::new(&cfg(1 << 20, 1 << 16)).err().expect("too big");
+        assert!(e.starts_with("RoPE tables for context_length 1048576 × rope_dim 65536 pass"), "{e}");
+        assert!(e.contains("models[].slm.context_length"), "{e}");
+        let e = Rope::new(&cfg(usize::MAX, 1 << 16)).err().expect("overflows");
+        assert!(e.starts_with("RoPE tables for context_length"), "{e}");
     }
 }

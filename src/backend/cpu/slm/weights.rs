@@ -110,7 +110,7 @@ impl Source for &GgufFile {
 
     fn vector(&mut self, name: &str, n: usize) -> Result<Vec<f32>, String> {
         let (ty, dims, bytes) = self.tensor(name)?;
-        if dims.iter().product::<usize>() != n || dims.len() > 2 {
+        if dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(n) || dims.len() > 2 {
             return Err(format!("tensor {name} has shape {dims:?}, expected [{n}]"));
         }
         let m = QMatrix::from_raw(ty, 1, n, bytes).map_err(|e| format!("tensor {name}: {e}"))?;

@@ -1,6 +1,9 @@
 //! Reading GGUF files: metadata and tensor bytes, with every problem reported as a clear message
 //! (truncated file, unknown or unsupported tensor type, tensor outside the file) instead of a panic.
-//! Header parsing is candle's (`gguf_file::Content`); tensor bytes are sliced out of the file here.
+//! [`header::prescan`] checks every count, length and offset of the header against the file's bytes
+//! first; then candle (`gguf_file::Content`) parses it; tensor bytes are sliced out of the file here.
+
+pub mod header;
 
 use crate::kernels::cpu::quant::WeightType;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -12,6 +15,20 @@ use std::path::Path;
 pub struct GgufFile {
     content: Content,
     data: Vec<u8>,
+}
+
+/// Reads and checks the header of a whole GGUF file held in `data`: the pre-scan, then candle's parse.
+/// Errors start with "not a readable GGUF file".
+pub fn read_content(data: &[u8]) -> Result<Content, String> {
+    let header = header::prescan(data).map_err(|e| format!("not a readable GGUF file: {e}"))?;
+    let content = Content::read(&mut std::io::Cursor::new(data))
+        .map_err(|e| format!("not a readable GGUF file: {e}"))?;
+    if content.tensor_infos.len() as u64 != header.tensor_count
+        || (header.tensor_count > 0 && content.tensor_data_offset != header.tensor_data_offset)
+    {
+        return Err("not a readable GGUF file: the header's pre-scan and candle disagree".into());
+    }
+    Ok(content)
 }
 
 /// GGML type id as stored in GGUF.
@@ -42,8 +59,7 @@ impl GgufFile {
     }
 
     pub fn from_bytes(data: Vec<u8>) -> Result<Self, String> {
-        let content = Content::read(&mut std::io::Cursor::new(&data[..]))
-            .map_err(|e| format!("not a readable GGUF file: {e}"))?;
+        let content = read_content(&data)?;
         Ok(GgufFile { content, data })
     }
 
@@ -59,6 +75,31 @@ impl GgufFile {
 
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
+    }
+
+    /// The layers the tensors describe: `n` when the `blk.*` tensors are numbered exactly `0..n`.
+    ///
+    /// # Errors
+    /// A message naming a `blk.*` tensor whose number is not a plain integer or leaves a gap.
+    pub fn block_tensor_layers(&self) -> Result<usize, String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for name in self.content.tensor_infos.keys() {
+            let Some(rest) = name.strip_prefix("blk.") else { continue };
+            let num = rest.split('.').next().unwrap_or("");
+            let i: usize = num
+                .parse()
+                .ok()
+                .filter(|_| !num.starts_with('+') && (num == "0" || !num.starts_with('0')))
+                .ok_or_else(|| format!("tensor {name}: '{num}' is not a layer number"))?;
+            seen.insert(i);
+        }
+        match seen.last() {
+            Some(&last) if last + 1 != seen.len() => {
+                let gap = (0..).zip(&seen).find(|(i, n)| i != *n).map_or(last, |(i, _)| i);
+                Err(format!("blk.{gap}.* tensors are missing but blk.{last}.* are present"))
+            }
+            _ => Ok(seen.len()),
+        }
     }
 
     pub fn md_str(&self, key: &str) -> Result<&str, String> {
@@ -110,7 +151,12 @@ impl GgufFile {
         })?;
         let dims = info.shape.dims().to_vec();
         let cols = *dims.last().unwrap_or(&1);
-        let rows: usize = dims.iter().rev().skip(1).product();
+        let rows = dims
+            .iter()
+            .rev()
+            .skip(1)
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| format!("tensor {name}: shape {dims:?} overflows"))?;
         let row_bytes = ty.row_bytes(cols).ok_or_else(|| {
             format!("tensor {name}: {cols} columns is not a multiple of {}'s block", ty.name())
         })?;
