@@ -39,6 +39,7 @@ fn limits(l: &Limits) -> Result<(), String> {
         ("limits.max_history_events", l.max_history_events),
         ("limits.max_prompt_tokens", l.max_prompt_tokens),
         ("limits.max_concurrent_requests", l.max_concurrent_requests),
+        ("limits.max_blocking_threads", l.max_blocking_threads),
     ] {
         if v == 0 {
             return Err(format!("{key}: must be > 0"));
@@ -125,6 +126,7 @@ fn slm(i: usize, g: &SlmSettings) -> Result<(), String> {
         ("default_max_tokens", g.default_max_tokens),
         ("max_tokens_limit", g.max_tokens_limit),
         ("max_labels", g.max_labels),
+        ("max_label_tokens", g.max_label_tokens),
         ("default_timeout_ms", g.default_timeout_ms as usize),
     ] {
         if v == 0 {
