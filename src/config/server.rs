@@ -60,6 +60,9 @@ pub struct Limits {
     /// Requests served at once across both protocols; beyond it new requests get 429 /
     /// RESOURCE_EXHAUSTED at once (never an unbounded wait).
     pub max_concurrent_requests: usize,
+    /// Threads of the IO runtime's blocking pool, which tokenizes prompts and renders chat templates
+    /// off the IO threads: at most this many such tasks run at once, the rest wait in its queue.
+    pub max_blocking_threads: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_history_events: 8192,
             max_prompt_tokens: 4096,
             max_concurrent_requests: 512,
+            max_blocking_threads: 64,
         }
     }
 }
