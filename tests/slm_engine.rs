@@ -334,7 +334,7 @@ async fn label_passes_interleave_with_decodes() {
     let per_step = 3;
     let engine = start(
         &path,
-        SlmSettings { max_step_tokens: 64, score_tokens_per_decode_step: per_step, ..Default::default() },
+        SlmSettings { max_step_tokens: 64, score_tokens_per_shared_step: per_step, ..Default::default() },
     );
     let mut gen = engine.generate(GenerateRequest { ignore_eos: true, ..greedy("keep going", 900) }).unwrap();
     // Wait until it decodes.
@@ -360,6 +360,24 @@ async fn label_passes_interleave_with_decodes() {
     assert!(during >= inputs / per_step, "{during} tokens streamed during {inputs} label tokens");
     // Sharing steps with a decode changes nothing in the scores.
     assert_eq!(got, solo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_behind_long_label_passes_is_not_starved() {
+    let (_d, path) = tiny(&TinySpec { context_length: 1024, ..TinySpec::default() });
+    let settings = SlmSettings { max_step_tokens: 16, score_tokens_per_shared_step: 2, ..Default::default() };
+    let engine = start(&path, settings);
+    let labels = long_labels();
+    // Admitted first, the score would take every step's budget for its ~130 label tokens if nothing
+    // bounded it; the later 60-token prompt needs several steps of prefill.
+    let score = engine.submit_score(score_req("score these:", &labels)).unwrap();
+    let mut gen = engine.generate(greedy(&"ab ".repeat(20), 200)).unwrap();
+    let got = score.await.unwrap().unwrap();
+    assert_eq!(got.labels.len(), labels.len());
+    match gen.events.try_recv() {
+        Ok(GenEvent::Token { .. }) => {}
+        other => panic!("the generation had not decoded when the score finished: {other:?}"),
+    }
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn slm_settings_are_checked() {
     assert!(err(&model("kv_bytes = 5")).contains("kv_bytes"));
     assert!(err(&model("max_label_tokens = 0")).contains("models[0].slm.max_label_tokens: must be > 0"));
     // 0 is allowed: no separate bound on label tokens beside decodes.
-    assert!(Config::parse(&model("score_tokens_per_decode_step = 0"), "cfg.toml").is_ok());
+    assert!(Config::parse(&model("score_tokens_per_shared_step = 0"), "cfg.toml").is_ok());
 }
 
 #[test]

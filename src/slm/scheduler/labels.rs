@@ -4,8 +4,8 @@
 //! log-sum-exp for all labels). Then each label's tokens but its last (whose logits would predict
 //! nothing) run on their own fork of the prompt's cache, label after label, a chunk per step within
 //! what the step has left: a long request never runs past `max_step_tokens`, shares its steps with
-//! other sequences' decodes (at most `score_tokens_per_decode_step` label tokens beside them), and
-//! holds forks only for the labels in progress. Each logits row is reduced to the one
+//! generations and other prompts (at most `score_tokens_per_shared_step` label tokens a step while
+//! they run), and holds forks only for the labels in progress. Each logits row is reduced to the one
 //! log-probability it is there for as soon as the step returns it, added to its label's sum in token
 //! order — the same additions in the same order as one unchunked pass, so the result is the same bit
 //! for bit whatever the chunking.

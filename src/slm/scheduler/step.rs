@@ -1,6 +1,6 @@
 //! One engine step: plan the step's work (one decode token per decoding sequence, then prefill
-//! chunks and label-pass chunks in admission order, under `max_step_tokens`; label tokens beside
-//! decodes at most `score_tokens_per_decode_step`), run the model once over all of it, then sample
+//! chunks and label-pass chunks in admission order, under `max_step_tokens`; label tokens at most
+//! `score_tokens_per_shared_step` while generations or prompts share the engine), run the model once over all of it, then sample
 //! and stream each generation's next token, add label rows to their labels' sums, and answer
 //! finished scoring requests.
 
@@ -55,8 +55,9 @@ impl Engine {
     }
 
     /// Decodes first (one token each), then prefill chunks and label-pass chunks in admission order,
-    /// within `max_step_tokens`; beside decodes, label passes get at most
-    /// `score_tokens_per_decode_step` tokens, so a long scoring request keeps streams at their pace.
+    /// within `max_step_tokens`. While a generation runs or a prompt is prefilling, label passes get
+    /// at most `score_tokens_per_shared_step` tokens a step, so a long scoring request neither slows
+    /// streams down nor starves later prompts (admitted after it, they come after it in the order).
     fn plan(&self) -> Vec<(usize, Plan)> {
         let mut left = self.settings.max_step_tokens;
         let mut plan: Vec<(usize, Plan)> = Vec::new();
@@ -67,8 +68,12 @@ impl Engine {
                 left -= 1;
             }
         }
-        let cap = self.settings.score_tokens_per_decode_step;
-        let mut label_left = if plan.is_empty() || cap == 0 { usize::MAX } else { cap };
+        let cap = self.settings.score_tokens_per_shared_step;
+        let shared = self.running.iter().any(|s| match &s.kind {
+            SeqKind::Gen(_) => true,
+            SeqKind::Score(st) => !st.started(),
+        });
+        let mut label_left = if shared && cap > 0 { cap } else { usize::MAX };
         for (i, s) in self.running.iter().enumerate() {
             if left == 0 {
                 break;
