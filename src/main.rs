@@ -65,9 +65,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let io_threads = config.server.io_threads_for(cores);
-    tracing::info!(io_threads, cores, "starting the IO runtime");
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(io_threads).enable_all().build()?;
+    let blocking_threads = config.limits.max_blocking_threads;
+    tracing::info!(io_threads, blocking_threads, cores, "starting the IO runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(io_threads)
+        .max_blocking_threads(blocking_threads)
+        .enable_all()
+        .build()?;
     runtime.block_on(slate::server::run(config, shutdown_signal()))?;
     // Requests cut off at the end of the grace period are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -275,6 +275,111 @@ async fn label_scores_match_a_direct_forward_pass() {
     assert!((total - 1.0).abs() < 1e-9);
 }
 
+fn score_req(prompt: &str, labels: &[String]) -> ScoreRequest {
+    ScoreRequest {
+        prompt: Prompt::Text(prompt.into()),
+        labels: labels.to_vec(),
+        priority: String::new(),
+        timeout: None,
+    }
+}
+
+/// Labels of 20–40 tokens (the tiny tokenizer has few merges: about a token per byte).
+fn long_labels() -> Vec<String> {
+    vec![
+        " the quick brown fox jumps over".into(),
+        " x".into(),
+        " a rather longer label that runs across several chunks".into(),
+        " yes".into(),
+        " 0123456789 0123456789 0123456789".into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_label_passes_equal_one_pass_bit_for_bit() {
+    let (_d, path) = tiny(&TinySpec::default());
+    let labels = long_labels();
+    let prompt = "score these:";
+    // Every label pass in one step (512 tokens hold them all) …
+    let whole = start(&path, SlmSettings { max_running_sequences: 4, ..Default::default() });
+    let one = whole.score(score_req(prompt, &labels)).await.unwrap();
+    let steps_one = whole.stats().steps.load(Ordering::Acquire);
+    // … and in chunks of at most 5 tokens (labels split mid-way, several labels in one step).
+    let small =
+        start(&path, SlmSettings { max_running_sequences: 4, max_step_tokens: 5, ..Default::default() });
+    let chunked = small.score(score_req(prompt, &labels)).await.unwrap();
+    let steps_chunked = small.stats().steps.load(Ordering::Acquire);
+    assert_eq!(chunked, one, "scores depend on the chunking");
+    let f = GgufFile::open(&path).unwrap();
+    let tok = SlmTokenizer::from_gguf_metadata(f.metadata()).unwrap();
+    let inputs: usize = labels.iter().map(|l| tok.encode(l, false).unwrap().len() - 1).sum();
+    let prompt_len = tok.encode_prompt(prompt, true).unwrap().len();
+    // One step for the prompt and one for all labels; then ⌈prompt / 5⌉ + ⌈label inputs / 5⌉.
+    assert_eq!(steps_one, 2);
+    assert!(inputs > 100, "labels too short to test chunking: {inputs} tokens");
+    assert_eq!(steps_chunked, prompt_len.div_ceil(5) + inputs.div_ceil(5));
+    // Each label also equals a solo request of it (labels never see each other).
+    for (i, l) in labels.iter().enumerate() {
+        let solo = small.score(score_req(prompt, std::slice::from_ref(l))).await.unwrap();
+        assert_eq!(solo.labels[0].logprob_sum, chunked.labels[i].logprob_sum, "label {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_passes_interleave_with_decodes() {
+    let (_d, path) = tiny(&TinySpec { context_length: 1024, ..TinySpec::default() });
+    let labels = long_labels();
+    let prompt = "score these:";
+    let solo = start(&path, SlmSettings::default()).score(score_req(prompt, &labels)).await.unwrap();
+    let per_step = 3;
+    let engine = start(
+        &path,
+        SlmSettings { max_step_tokens: 64, score_tokens_per_shared_step: per_step, ..Default::default() },
+    );
+    let mut gen = engine.generate(GenerateRequest { ignore_eos: true, ..greedy("keep going", 900) }).unwrap();
+    // Wait until it decodes.
+    match gen.events.recv().await {
+        Some(GenEvent::Token { .. }) => {}
+        other => panic!("expected a token, got {other:?}"),
+    }
+    while gen.events.try_recv().is_ok() {}
+    let got = engine.score(score_req(prompt, &labels)).await.unwrap();
+    // Tokens the stream received while the labels ran: the engine sends a step's tokens before it
+    // answers a score, so they are all in the channel now.
+    let mut during = 0;
+    while let Ok(ev) = gen.events.try_recv() {
+        match ev {
+            GenEvent::Token { .. } => during += 1,
+            other => panic!("the stream ended during the score: {other:?}"),
+        }
+    }
+    let f = GgufFile::open(&path).unwrap();
+    let tok = SlmTokenizer::from_gguf_metadata(f.metadata()).unwrap();
+    let inputs: usize = labels.iter().map(|l| tok.encode(l, false).unwrap().len() - 1).sum();
+    // Beside a decode a step carries at most `per_step` label tokens: the stream decoded in each.
+    assert!(during >= inputs / per_step, "{during} tokens streamed during {inputs} label tokens");
+    // Sharing steps with a decode changes nothing in the scores.
+    assert_eq!(got, solo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_behind_long_label_passes_is_not_starved() {
+    let (_d, path) = tiny(&TinySpec { context_length: 1024, ..TinySpec::default() });
+    let settings = SlmSettings { max_step_tokens: 16, score_tokens_per_shared_step: 2, ..Default::default() };
+    let engine = start(&path, settings);
+    let labels = long_labels();
+    // Admitted first, the score would take every step's budget for its ~130 label tokens if nothing
+    // bounded it; the later 60-token prompt needs several steps of prefill.
+    let score = engine.submit_score(score_req("score these:", &labels)).unwrap();
+    let mut gen = engine.generate(greedy(&"ab ".repeat(20), 200)).unwrap();
+    let got = score.await.unwrap().unwrap();
+    assert_eq!(got.labels.len(), labels.len());
+    match gen.events.try_recv() {
+        Ok(GenEvent::Token { .. }) => {}
+        other => panic!("the generation had not decoded when the score finished: {other:?}"),
+    }
+}
+
 #[test]
 fn broken_files_fail_with_clear_errors() {
     let (_d, path) = tiny(&TinySpec::default());

@@ -60,6 +60,14 @@ pub struct SlmSettings {
     pub max_tokens_limit: usize,
     /// Most labels one scoring request may carry.
     pub max_labels: usize,
+    /// Most label tokens (all labels together) one scoring request may carry; 422 above. Label passes
+    /// cost about what a prompt of that many tokens costs (plus the output head for every token).
+    pub max_label_tokens: usize,
+    /// Label tokens scoring requests' passes may add to a step shared with generations (decoding or
+    /// prefilling) or other prompts (0 = no separate bound: up to `max_step_tokens`). Keeps a
+    /// stream's inter-token time near its pace alone, and new prompts flowing, while a long scoring
+    /// request runs; label passes alone take whole `max_step_tokens` steps.
+    pub score_tokens_per_shared_step: usize,
     /// Deadline when the client sends none (x-request-timeout-ms / grpc-timeout), in milliseconds.
     pub default_timeout_ms: u64,
     /// Weight re-quantization at load: `none` serves the file's types as they are; `int8` converts
@@ -123,6 +131,8 @@ impl Default for SlmSettings {
             default_max_tokens: 256,
             max_tokens_limit: 4096,
             max_labels: 64,
+            max_label_tokens: 4096,
+            score_tokens_per_shared_step: 4,
             default_timeout_ms: 120_000,
             quantize: SlmQuantize::None,
             kv_cache_dtype: KvDtype::F32,

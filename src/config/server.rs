@@ -102,6 +102,9 @@ pub struct Limits {
     /// Seconds a gRPC call may run before its response starts (DEADLINE_EXCEEDED after; a stream,
     /// once started, is not cut). A shorter `grpc-timeout` from the client wins. 0 = none.
     pub grpc_timeout_s: f64,
+    /// Threads of the IO runtime's blocking pool, which tokenizes prompts and renders chat templates
+    /// off the IO threads: at most this many such tasks run at once, the rest wait in its queue.
+    pub max_blocking_threads: usize,
 }
 
 impl Limits {
@@ -135,6 +138,7 @@ impl Default for Limits {
             keepalive_interval_s: 30.0,
             keepalive_timeout_s: 20.0,
             grpc_timeout_s: 600.0,
+            max_blocking_threads: 64,
         }
     }
 }

@@ -38,6 +38,9 @@ fn slm_settings_are_checked() {
     assert!(err(&model("max_step_tokens = 0")).contains("models[0].slm.max_step_tokens: must be > 0"));
     assert!(err(&model("max_running_sequences = 32, max_step_tokens = 16")).contains("max_step_tokens"));
     assert!(err(&model("kv_bytes = 5")).contains("kv_bytes"));
+    assert!(err(&model("max_label_tokens = 0")).contains("models[0].slm.max_label_tokens: must be > 0"));
+    // 0 is allowed: no separate bound on label tokens beside decodes.
+    assert!(Config::parse(&model("score_tokens_per_shared_step = 0"), "cfg.toml").is_ok());
 }
 
 #[test]
@@ -104,6 +107,8 @@ fn duplicate_model_name_is_named() {
 fn zero_limit_is_named() {
     let e = err("[limits]\nmax_candidates = 0\n");
     assert_eq!(e, "cfg.toml: limits.max_candidates: must be > 0");
+    let e = err("[limits]\nmax_blocking_threads = 0\n");
+    assert_eq!(e, "cfg.toml: limits.max_blocking_threads: must be > 0");
 }
 
 #[test]

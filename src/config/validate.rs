@@ -42,6 +42,7 @@ fn limits(l: &Limits) -> Result<(), String> {
         ("limits.max_buffered_body_bytes", l.max_buffered_body_bytes),
         ("limits.max_connections", l.max_connections),
         ("limits.max_concurrent_streams", l.max_concurrent_streams as usize),
+        ("limits.max_blocking_threads", l.max_blocking_threads),
     ] {
         if v == 0 {
             return Err(format!("{key}: must be > 0"));
@@ -162,6 +163,7 @@ fn slm(i: usize, g: &SlmSettings) -> Result<(), String> {
         ("default_max_tokens", g.default_max_tokens),
         ("max_tokens_limit", g.max_tokens_limit),
         ("max_labels", g.max_labels),
+        ("max_label_tokens", g.max_label_tokens),
         ("default_timeout_ms", g.default_timeout_ms as usize),
     ] {
         if v == 0 {

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::proto::slate::v1 as pb;
 use crate::ranking::RankRequest;
 use crate::slm::chat::ChatMessage;
-use crate::slm::sampling::SamplingParams;
+use crate::slm::sampling::{validate_stop, SamplingParams};
 use crate::slm::scheduler::{GenEvent, GenerateRequest, Prompt, ScoreRequest, TokenLogprob, Usage};
 use pb::generation_server::{Generation, GenerationServer};
 use pb::ranking_server::{Ranking, RankingServer};
@@ -65,6 +65,7 @@ fn generate_request(
     priority: Option<&str>,
 ) -> Result<(String, GenerateRequest), Error> {
     let s = req.sampling.unwrap_or_default();
+    validate_stop(&s.stop)?;
     let params = SamplingParams {
         temperature: s.temperature.unwrap_or(1.0),
         top_p: s.top_p.unwrap_or(1.0),
@@ -304,6 +305,22 @@ mod tests {
         let mut m = tonic::metadata::MetadataMap::new();
         m.insert("grpc-timeout", s.parse().unwrap());
         grpc_timeout(&m)
+    }
+
+    #[test]
+    fn generate_request_refuses_long_stop_strings() {
+        let req = |stop: Vec<String>| pb::GenerateRequest {
+            model: "m".into(),
+            prompt: "p".into(),
+            sampling: Some(pb::SamplingParams { stop, ..Default::default() }),
+            ..Default::default()
+        };
+        let ok = vec!["a".into(), "b".repeat(256)];
+        assert_eq!(generate_request(req(ok.clone()), None, None).unwrap().1.stop, ok);
+        let e = generate_request(req(vec!["a".into(), "b".into(), "c".repeat(257)]), None, None).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)) && e.to_string().starts_with("stop[2]: "), "{e}");
+        let e = generate_request(req(vec!["x".into(); 5]), None, None).unwrap_err();
+        assert!(e.to_string().starts_with("stop: "), "{e}");
     }
 
     #[test]

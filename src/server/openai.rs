@@ -12,7 +12,7 @@ use super::layer::RequestCtx;
 use super::AppState;
 use crate::error::Error;
 use crate::slm::chat::ChatMessage;
-use crate::slm::sampling::SamplingParams;
+use crate::slm::sampling::{validate_stop, SamplingParams};
 use crate::slm::scheduler::{
     FinishReason, GenEvent, GenStream, GenerateRequest, Prompt, ScoreRequest, TokenLogprob, Usage,
 };
@@ -150,12 +150,14 @@ fn sampling(
         logprobs,
         top_logprobs,
     };
+    let stop = c.stop.clone().map(StopField::into_vec).unwrap_or_default();
+    validate_stop(&stop)?;
     let priority = super::pick_priority(c.priority.clone().unwrap_or_default(), header_priority(headers));
     Ok(GenerateRequest {
         prompt,
         params,
         max_tokens: c.max_tokens,
-        stop: c.stop.clone().map(StopField::into_vec).unwrap_or_default(),
+        stop,
         ignore_eos: c.ignore_eos,
         priority,
         timeout: timeout_from_header(headers)?,
@@ -533,6 +535,20 @@ mod tests {
         assert_eq!(one.into_vec(), vec!["x"]);
         let many: StopField = serde_json::from_str("[\"a\",\"b\"]").unwrap();
         assert_eq!(many.into_vec(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn sampling_refuses_long_stop_strings() {
+        let req = |stop: Value| -> CompletionRequest {
+            serde_json::from_value(serde_json::json!({"model": "m", "prompt": "p", "stop": stop})).unwrap()
+        };
+        let headers = HeaderMap::new();
+        let run = |r: CompletionRequest| sampling(&r.common, false, 0, &headers, Prompt::Text("p".into()));
+        let e = run(req(serde_json::json!(["a", "b", "c".repeat(257)]))).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)) && e.to_string().starts_with("stop[2]: "), "{e}");
+        let e = run(req(serde_json::json!("z".repeat(300)))).unwrap_err();
+        assert!(e.to_string().starts_with("stop[0]: ") && e.to_string().contains("300 bytes"), "{e}");
+        assert_eq!(run(req(serde_json::json!("z".repeat(256)))).unwrap().stop, vec!["z".repeat(256)]);
     }
 
     #[test]

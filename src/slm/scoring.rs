@@ -1,12 +1,33 @@
 //! Label scoring arithmetic: log-probabilities of label tokens from logits rows, and the normalized
-//! distribution over labels. The engine (scheduler/step.rs) runs one prefill of the prompt and then every
-//! label's tokens against a copy of the prompt's KV cache.
+//! distribution over labels. The engine (scheduler/labels.rs) runs one prefill of the prompt and then
+//! every label's tokens against a copy of the prompt's KV cache, in chunks under the step budget; it
+//! reduces each logits row to the one log-probability it needs as soon as the row is computed.
+
+/// The log-softmax of one logits row: its max and log-sum-exp, computed once in f64, so that several
+/// tokens' log-probabilities of the same row (every label's first token) cost one pass over it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogSoftmax {
+    max: f64,
+    ln_sum: f64,
+}
+
+impl LogSoftmax {
+    /// Max-shifted log-sum-exp of `logits`.
+    pub fn new(logits: &[f32]) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+        LogSoftmax { max, ln_sum: sum.ln() }
+    }
+
+    /// `log softmax(logits)[token]` for the row this was made from.
+    pub fn log_prob(&self, logits: &[f32], token: u32) -> f64 {
+        logits[token as usize] as f64 - self.max - self.ln_sum
+    }
+}
 
 /// `log softmax(logits)[token]`, computed in f64 (max-shifted log-sum-exp).
 pub fn log_prob(logits: &[f32], token: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    logits[token as usize] as f64 - max - sum.ln()
+    LogSoftmax::new(logits).log_prob(logits, token)
 }
 
 /// One label's result.
@@ -53,6 +74,17 @@ mod tests {
         let total: f64 = (0..4).map(|t| log_prob(&logits, t).exp()).sum();
         assert!((total - 1.0).abs() < 1e-12);
         assert!(log_prob(&logits, 2) > log_prob(&logits, 1));
+    }
+
+    #[test]
+    fn one_normalizer_serves_every_token_of_a_row() {
+        let logits = [0.5f32, -2.0, 3.25, 1.0, f32::NEG_INFINITY];
+        let ls = LogSoftmax::new(&logits);
+        for t in 0..logits.len() as u32 {
+            // The same arithmetic in the same order: equal bit for bit.
+            assert_eq!(ls.log_prob(&logits, t).to_bits(), log_prob(&logits, t).to_bits());
+        }
+        assert_eq!(ls.log_prob(&logits, 4), f64::NEG_INFINITY);
     }
 
     #[test]

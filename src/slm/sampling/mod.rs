@@ -11,7 +11,7 @@ mod stop;
 
 pub use params::{SamplingParams, MAX_TOP_LOGPROBS};
 pub use sampler::{Sampled, Sampler};
-pub use stop::StopMatcher;
+pub use stop::{validate_stop, StopMatcher, MAX_STOPS, MAX_STOP_BYTES};
 
 #[cfg(test)]
 mod tests;

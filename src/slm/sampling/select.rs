@@ -1,5 +1,6 @@
 //! Selecting candidate tokens from logits without sorting the vocabulary: the argmax for greedy
-//! decoding, the top-k by one scan, and the top-p nucleus by sorting a growing head.
+//! decoding, the top-k by one scan (small k) or a selection (large k), and the top-p nucleus by
+//! sorting a growing head.
 
 use std::cmp::Ordering;
 
@@ -46,12 +47,28 @@ pub(super) fn max_key(logits: &[f32]) -> f32 {
     lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
+/// Largest `k` [`top_k`] serves with its one-scan buffer; larger ones select over the vocabulary.
+pub(super) const SCAN_MAX_K: usize = 64;
+
 /// The `k` most likely token ids, most likely first (the [`desc`] order: ties by lower id), into
-/// `out`. One scan keeping a sorted buffer of the best `k` so far: most logits lose to the buffer's
-/// last entry at once, so this costs about one comparison per token (a selection over the whole
-/// vocabulary costs several).
-/// `best` is scratch (kept by the sampler so steady-state decoding does not allocate).
+/// `out`. For `k` ≤ [`SCAN_MAX_K`], one scan keeping a sorted buffer of the best `k` so far: most
+/// logits lose to the buffer's last entry at once, so this costs about one comparison per token (a
+/// selection over the whole vocabulary costs several), and an insertion moves at most `k` entries.
+/// For larger `k` (up to the whole vocabulary), where insertions would cost O(k) each and O(vocab·k)
+/// in all: a selection over all ids in `out` (O(vocab)), then a sort of the `k` kept (O(k log k)).
+/// `best` is scratch; `out` is reused (both kept by the sampler, so steady-state decoding does not
+/// allocate).
 pub(super) fn top_k(logits: &[f32], k: usize, best: &mut Vec<(f32, u32)>, out: &mut Vec<u32>) {
+    out.clear();
+    if k > SCAN_MAX_K {
+        out.extend(0..logits.len() as u32);
+        if k < out.len() {
+            out.select_nth_unstable_by(k - 1, |&a, &b| desc(logits, a, b));
+            out.truncate(k);
+        }
+        out.sort_unstable_by(|&a, &b| desc(logits, a, b));
+        return;
+    }
     best.clear();
     best.reserve(k + 1);
     for (i, &x) in logits.iter().enumerate() {
@@ -64,7 +81,6 @@ pub(super) fn top_k(logits: &[f32], k: usize, best: &mut Vec<(f32, u32)>, out: &
         best.insert(at, (x, i as u32));
         best.truncate(k);
     }
-    out.clear();
     out.extend(best.iter().map(|&(_, i)| i));
 }
 

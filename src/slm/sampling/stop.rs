@@ -1,6 +1,34 @@
 //! Stop strings over streamed text: hold back what could still become a stop string, cut at the
 //! first one hit.
 
+use crate::{Error, Result};
+
+/// Longest stop string accepted, in bytes: the matcher holds back up to that much text and compares
+/// it against every stop string at each token.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Most stop strings one request may carry (OpenAI's limit).
+pub const MAX_STOPS: usize = 4;
+
+/// 422 naming the field: more than [`MAX_STOPS`] strings (`stop`), or an empty one or one over
+/// [`MAX_STOP_BYTES`] bytes (`stop[i]`). Checked by both protocols before anything else runs.
+pub fn validate_stop(stop: &[String]) -> Result<()> {
+    if stop.len() > MAX_STOPS {
+        return Err(Error::invalid("stop", format!("at most {MAX_STOPS} stop strings, got {}", stop.len())));
+    }
+    for (i, s) in stop.iter().enumerate() {
+        if s.is_empty() {
+            return Err(Error::invalid(&format!("stop[{i}]"), "must not be empty"));
+        }
+        if s.len() > MAX_STOP_BYTES {
+            return Err(Error::invalid(
+                &format!("stop[{i}]"),
+                format!("{} bytes is over the limit of {MAX_STOP_BYTES}", s.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Stop strings over streamed text. `push` returns the text safe to emit now, holding back any suffix
 /// that could still grow into a stop string, and whether a stop string was hit (the stop string and
 /// everything after it are never emitted). `finish` returns what was held back when generation ends
@@ -74,6 +102,24 @@ mod tests {
         }
         out.push_str(&m.finish());
         (out, false)
+    }
+
+    #[test]
+    fn stop_validation_names_the_field() {
+        let ok: Vec<String> = vec!["a".repeat(MAX_STOP_BYTES), "\n".into()];
+        validate_stop(&ok).unwrap();
+        validate_stop(&[]).unwrap();
+        let long = vec!["x".into(), "y".into(), "z".repeat(MAX_STOP_BYTES + 1)];
+        let e = validate_stop(&long).unwrap_err().to_string();
+        assert!(e.contains("stop[2]") && e.contains("257 bytes") && e.contains("256"), "{e}");
+        // Bytes, not characters: 86 three-byte characters are 258 bytes.
+        let e = validate_stop(&["日".repeat(86)]).unwrap_err().to_string();
+        assert!(e.contains("stop[0]") && e.contains("258 bytes"), "{e}");
+        let e = validate_stop(&["a".into(), String::new()]).unwrap_err().to_string();
+        assert!(e.contains("stop[1]") && e.contains("empty"), "{e}");
+        let many: Vec<String> = (0..=MAX_STOPS).map(|i| i.to_string()).collect();
+        let e = validate_stop(&many).unwrap_err().to_string();
+        assert!(e.starts_with("stop: ") && e.contains("at most 4"), "{e}");
     }
 
     #[test]

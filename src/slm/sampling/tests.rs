@@ -1,7 +1,7 @@
 //! Tests of the sampler and its selections (against sorting the whole vocabulary) and of the
 //! parameter validation.
 
-use super::select::{argmax, desc, key, max_key, top_k};
+use super::select::{argmax, desc, key, max_key, top_k, SCAN_MAX_K};
 use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -96,6 +96,21 @@ fn top_k_restricts_support() {
         seen.insert(t);
     }
     assert_eq!(seen.len(), 5, "a hot temperature should reach all five");
+
+    // Past the scan's k, the selection path keeps the same support.
+    let top100: std::collections::HashSet<u32> = order[..100].iter().copied().collect();
+    let mut s = Sampler::new(&params(|p| {
+        p.top_k = 100;
+        p.temperature = 50.0;
+        p.seed = Some(2);
+    }));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let t = s.sample(&mut l.clone()).token;
+        assert!(top100.contains(&t), "{t} not in top-100");
+        seen.insert(t);
+    }
+    assert!(seen.len() > 90, "a hot temperature should reach most of the 100, got {}", seen.len());
 }
 
 #[test]
@@ -146,8 +161,9 @@ fn top_p_restricts_support() {
 #[test]
 fn top_k_equals_sorting_everything() {
     let mut rng = StdRng::seed_from_u64(5);
-    for v in [1usize, 2, 40, 41, 1000, 49152] {
-        for k in [1usize, 2, 40, 1000] {
+    for v in [1usize, 2, 40, 41, 64, 65, 1000, 49152] {
+        // Both paths (the scan up to SCAN_MAX_K, the selection above), up to k = the vocabulary.
+        for k in [1usize, 2, 40, SCAN_MAX_K, SCAN_MAX_K + 1, 1000, v.saturating_sub(1).max(1), v, v + 3] {
             // Coarse values (many ties), some NaN and −∞.
             let logits: Vec<f32> = (0..v)
                 .map(|_| match rng.random_range(0..20) {
@@ -209,7 +225,7 @@ fn timings() {
     let logits: Vec<f32> =
         (0..49152).map(|i| rng.random_range(-8.0..2.0f32) + if i % 977 == 0 { 12.0 } else { 0.0 }).collect();
     type Set = (&'static str, fn(&mut SamplingParams));
-    let sets: [Set; 5] = [
+    let sets: [Set; 7] = [
         ("greedy", |p| p.temperature = 0.0),
         ("greedy + logprobs", |p| {
             p.temperature = 0.0;
@@ -221,6 +237,8 @@ fn timings() {
             p.top_p = 0.9;
         }),
         ("top_k 40", |p| p.top_k = 40),
+        ("top_k 1000", |p| p.top_k = 1000),
+        ("top_k 49151", |p| p.top_k = 49151),
     ];
     for (what, f) in sets {
         let mut s = Sampler::new(&params(f));

@@ -3,7 +3,8 @@
 //! admits waiting ones by priority within the KV budget (preempting lower classes), and runs a step.
 
 use super::handle::EngineStats;
-use super::job::{score_reservation, GenState, Job, JobKind, ScoreState, Seq, SeqKind};
+use super::job::{score_reservation, GenState, Job, JobKind, Seq, SeqKind};
+use super::labels::ScoreState;
 use crate::config::SlmSettings;
 use crate::error::Error;
 use crate::metrics;
@@ -96,11 +97,7 @@ impl Engine {
             }
             JobKind::Score(s) => {
                 let reserve = score_reservation(s.prompt.len(), &s.labels);
-                (
-                    s.prompt,
-                    reserve,
-                    SeqKind::Score(ScoreState { labels: s.labels, first: None, reply: Some(s.reply) }),
-                )
+                (s.prompt, reserve, SeqKind::Score(ScoreState::new(s.labels, s.reply)))
             }
         };
         let seq = Seq {
@@ -231,7 +228,7 @@ impl Engine {
             self.budget.release(s.reserve);
             s.kv = None;
             if let SeqKind::Score(st) = &mut s.kind {
-                st.first = None;
+                st.reset();
             }
             metrics::slm_preempted(&self.name);
             self.stats.preemptions.fetch_add(1, Ordering::AcqRel);

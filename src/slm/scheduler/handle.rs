@@ -11,6 +11,7 @@ use crate::serving::{DeadlinePolicy, PriorityClasses, Slots};
 use crate::slm::chat::ChatTemplate;
 use crate::slm::kv::KvBudget;
 use crate::slm::model::{LlamaModel, Scratch};
+use crate::slm::sampling::validate_stop;
 use crate::slm::tokenizer::SlmTokenizer;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ struct Shared {
     max_prompt_tokens: usize,
     kv_tokens: usize,
     vocab: usize,
+    /// Bytes of the longest token: texts over `limit × max_token_bytes` bytes are over `limit` tokens.
+    max_token_bytes: usize,
     /// Requests handed to the engine and not yet admitted to run (the engine gives their slots back).
     waiting: Arc<Slots>,
     deadlines: DeadlinePolicy,
@@ -95,6 +98,7 @@ impl SlmHandle {
         if budget.total_tokens() == 0 {
             return Err("kv_cache_bytes is too small for one position of this model".into());
         }
+        let max_token_bytes = tokenizer.max_token_bytes();
         let tokenizer = Arc::new(tokenizer);
         let (tx, rx) = crossbeam_channel::bounded(settings.max_waiting_requests.max(1) * 2);
         let waiting = Arc::new(Slots::new(settings.max_waiting_requests));
@@ -156,6 +160,7 @@ impl SlmHandle {
                 max_prompt_tokens,
                 kv_tokens,
                 vocab,
+                max_token_bytes,
                 waiting,
                 deadlines: DeadlinePolicy::from_millis(settings.default_timeout_ms),
                 stats,
@@ -202,18 +207,22 @@ impl SlmHandle {
     /// Token ids of a prompt (chat prompts rendered with the template first). `field` names the
     /// request field in errors ("prompt" or "messages").
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let limit = self.inner.max_prompt_tokens.min(self.inner.context_length);
         let (ids, field) = match prompt {
             Prompt::Text(t) => {
                 if t.is_empty() {
                     return Err(Error::invalid("prompt", "must not be empty"));
                 }
+                self.check_text_bytes("prompt", t, limit)?;
                 (self.inner.tokenizer.encode_prompt(t, true)?, "prompt")
             }
             Prompt::Chat(messages) => {
                 let template = self.inner.template.as_ref().ok_or_else(|| {
                     Error::invalid("messages", "this model has no chat template; send a prompt instead")
                 })?;
+                // The rendered text, not the contents' sum: a template may trim or drop contents.
                 let text = template.render(messages, true)?;
+                self.check_text_bytes("messages", &text, limit)?;
                 (self.inner.tokenizer.encode_prompt(&text, true)?, "messages")
             }
             Prompt::Tokens(ids) => {
@@ -230,7 +239,6 @@ impl SlmHandle {
         if ids.is_empty() {
             return Err(Error::invalid(field, "tokenizes to no tokens"));
         }
-        let limit = self.inner.max_prompt_tokens.min(self.inner.context_length);
         if ids.len() > limit {
             return Err(Error::invalid(
                 field,
@@ -242,6 +250,23 @@ impl SlmHandle {
             ));
         }
         Ok(ids)
+    }
+
+    /// 422 on `field` when `text` is surely over `limit` tokens by its bytes alone (more than `limit`
+    /// longest tokens hold), before the tokenizer spends time on it.
+    fn check_text_bytes(&self, field: &str, text: &str, limit: usize) -> Result<()> {
+        let max = limit.saturating_mul(self.inner.max_token_bytes);
+        if text.len() > max {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} bytes is over {limit} tokens (the limit) of at most {} bytes each",
+                    text.len(),
+                    self.inner.max_token_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Counts one more waiting job, or refuses with 429 when the waiting queue is full.
@@ -280,12 +305,7 @@ impl SlmHandle {
         let now = Instant::now();
         let priority = self.inner.classes.resolve(&req.priority)?;
         req.params.validate()?;
-        if req.stop.iter().any(|s| s.is_empty()) {
-            return Err(Error::invalid("stop", "stop strings must not be empty"));
-        }
-        if req.stop.len() > 4 {
-            return Err(Error::invalid("stop", "at most 4 stop strings"));
-        }
+        validate_stop(&req.stop)?;
         let prompt = self.encode(&req.prompt)?;
         let room = self.inner.context_length - prompt.len();
         let limit = self.inner.settings.max_tokens_limit;
@@ -365,12 +385,38 @@ impl SlmHandle {
                 ),
             ));
         }
+        let max_label_tokens = self.inner.settings.max_label_tokens;
+        let label_bytes: usize = req.labels.iter().map(String::len).sum();
+        if label_bytes > max_label_tokens.saturating_mul(self.inner.max_token_bytes) {
+            return Err(Error::invalid(
+                "labels",
+                format!(
+                    "{label_bytes} bytes is over {max_label_tokens} tokens (the limit for all labels \
+                     together) of at most {} bytes each",
+                    self.inner.max_token_bytes
+                ),
+            ));
+        }
         let prompt = self.encode(&req.prompt)?;
         let mut labels = Vec::with_capacity(req.labels.len());
+        let mut label_tokens = 0;
         for (i, l) in req.labels.iter().enumerate() {
+            if l.is_empty() {
+                return Err(Error::invalid(&format!("labels[{i}]"), "must not be empty"));
+            }
             let ids = self.inner.tokenizer.encode(l, false)?;
             if ids.is_empty() {
                 return Err(Error::invalid(&format!("labels[{i}]"), "must not be empty"));
+            }
+            label_tokens += ids.len();
+            if label_tokens > max_label_tokens {
+                return Err(Error::invalid(
+                    "labels",
+                    format!(
+                        "over the limit of {max_label_tokens} tokens for all labels together \
+                         (labels[..={i}] hold {label_tokens})"
+                    ),
+                ));
             }
             if prompt.len() + ids.len() > self.inner.context_length {
                 return Err(Error::invalid(

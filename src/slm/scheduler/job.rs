@@ -2,6 +2,7 @@
 //! ([`Seq`]) with its tokens, its KV cache once admitted, and its generation or scoring state.
 
 use super::api::{GenEvent, ScoreResult};
+use super::labels::ScoreState;
 use crate::error::{Error, Result};
 use crate::slm::kv::SeqKv;
 use crate::slm::sampling::{Sampler, SamplingParams, StopMatcher};
@@ -56,14 +57,6 @@ pub(super) struct GenState {
     pub(super) events: mpsc::UnboundedSender<GenEvent>,
     pub(super) first_token_at: Option<Instant>,
     pub(super) last_token_at: Option<Instant>,
-}
-
-/// A scoring request's labels and, once its prompt ran, the logits the labels continue.
-pub(super) struct ScoreState {
-    pub(super) labels: Vec<Vec<u32>>,
-    /// The prompt's last logits row, once prefilled.
-    pub(super) first: Option<Vec<f32>>,
-    pub(super) reply: Option<oneshot::Sender<Result<ScoreResult>>>,
 }
 
 pub(super) enum SeqKind {

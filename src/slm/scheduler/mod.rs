@@ -17,6 +17,7 @@ mod api;
 mod engine;
 mod handle;
 mod job;
+mod labels;
 mod step;
 
 pub use api::{

@@ -1,14 +1,15 @@
 //! One engine step: plan the step's work (one decode token per decoding sequence, then prefill
-//! chunks and label passes in admission order, under `max_step_tokens`), run the model once over all
-//! of it, then sample and stream each generation's next token and answer finished scoring requests.
+//! chunks and label-pass chunks in admission order, under `max_step_tokens`; label tokens at most
+//! `score_tokens_per_shared_step` while generations or prompts share the engine), run the model once over all of it, then sample
+//! and stream each generation's next token, add label rows to their labels' sums, and answer
+//! finished scoring requests.
 
-use super::api::{FinishReason, GenEvent, ScoreResult, TokenLogprob, Usage};
+use super::api::{FinishReason, GenEvent, TokenLogprob, Usage};
 use super::engine::Engine;
 use super::job::{GenState, Seq, SeqKind};
+use super::labels::LabelChunk;
 use crate::metrics;
-use crate::slm::kv::SeqKv;
 use crate::slm::model::{Chunk, Want};
-use crate::slm::scoring;
 use crate::slm::tokenizer::SlmTokenizer;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -17,12 +18,12 @@ use std::time::Instant;
 enum Plan {
     /// Its tokens `start..end`, wanting the logits of `Want`.
     Tokens(usize, usize, Want),
-    /// Every label of a scoring request, each on its own fork of the prompt's cache.
-    Labels,
+    /// Chunks of a scoring request's label passes, each on its label's fork of the prompt's cache.
+    Labels(Vec<LabelChunk>),
 }
 
-/// Whose logits a forward output row is: the running index, and the label index for label passes.
-type Owner = (usize, Option<usize>);
+/// Whose logits a forward output is: the running index, and for label passes the chunk.
+type Owner = (usize, Option<LabelChunk>);
 
 impl Engine {
     /// Builds and runs one step.
@@ -34,19 +35,17 @@ impl Engine {
         if plan.is_empty() {
             return Ok(());
         }
-        // Label passes fork the prompt's cache once per label.
-        let mut forks = self.fork_labels(&plan);
+        self.fork_labels(&plan);
         let started = Instant::now();
-        let (outputs, step_tokens, prompt_tokens) = self.forward(&plan, &mut forks);
-        drop(forks);
+        let (outputs, step_tokens, prompt_tokens) = self.forward(&plan);
         metrics::slm_step(&self.name, plan.len(), step_tokens, prompt_tokens, started.elapsed());
         self.stats.steps.fetch_add(1, Ordering::AcqRel);
 
-        // Results: sample generations, finish prompt passes and label passes.
+        // Results: sample generations, finish prompt passes, add label rows, answer finished scores.
         let now = Instant::now();
         let mut done: Vec<usize> = Vec::new();
-        let label_rows = self.take_outputs(outputs, now, &mut done);
-        self.answer_labels(label_rows, now, &mut done);
+        self.take_outputs(outputs, now, &mut done);
+        self.finish_labels(&plan, now, &mut done);
         done.sort_unstable();
         for i in done.into_iter().rev() {
             let s = self.running.remove(i);
@@ -55,8 +54,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Decodes first (one token each), then prefill chunks and label passes in admission order,
-    /// within `max_step_tokens`.
+    /// Decodes first (one token each), then prefill chunks and label-pass chunks in admission order,
+    /// within `max_step_tokens`. While a generation runs or a prompt is prefilling, label passes get
+    /// at most `score_tokens_per_shared_step` tokens a step, so a long scoring request neither slows
+    /// streams down nor starves later prompts (admitted after it, they come after it in the order).
     fn plan(&self) -> Vec<(usize, Plan)> {
         let mut left = self.settings.max_step_tokens;
         let mut plan: Vec<(usize, Plan)> = Vec::new();
@@ -67,18 +68,26 @@ impl Engine {
                 left -= 1;
             }
         }
+        let cap = self.settings.score_tokens_per_shared_step;
+        let shared = self.running.iter().any(|s| match &s.kind {
+            SeqKind::Gen(_) => true,
+            SeqKind::Score(st) => !st.started(),
+        });
+        let mut label_left = if shared && cap > 0 { cap } else { usize::MAX };
         for (i, s) in self.running.iter().enumerate() {
             if left == 0 {
                 break;
             }
             let pending = s.pending();
             if let SeqKind::Score(st) = &s.kind {
-                if pending == 0 && st.first.is_some() {
-                    // All labels run in one step, even past the budget: deferring them could starve
-                    // the request behind a steady stream of decodes, and labels are short.
-                    let total: usize = st.labels.iter().map(Vec::len).sum();
-                    plan.push((i, Plan::Labels));
-                    left = left.saturating_sub(total);
+                if st.started() {
+                    let mut chunks = Vec::new();
+                    let n = st.plan(left.min(label_left), &mut chunks);
+                    if n > 0 {
+                        plan.push((i, Plan::Labels(chunks)));
+                        left -= n;
+                        label_left -= n;
+                    }
                     continue;
                 }
             }
@@ -93,38 +102,29 @@ impl Engine {
         plan
     }
 
-    /// For each label plan, one fork of the prompt's cache per label (sized for prompt + label).
-    fn fork_labels(&self, plan: &[(usize, Plan)]) -> Vec<(usize, Vec<SeqKv>)> {
-        let mut forks: Vec<(usize, Vec<SeqKv>)> = Vec::new();
+    /// Gives every planned label chunk its fork of the prompt's cache (new for a label's first chunk).
+    fn fork_labels(&mut self, plan: &[(usize, Plan)]) {
         for (i, p) in plan {
-            if let Plan::Labels = p {
-                let s = &self.running[*i];
-                let SeqKind::Score(st) = &s.kind else { unreachable!() };
-                let kv = s.kv.as_ref().expect("running sequences have a cache");
-                let fk = st.labels.iter().map(|l| kv.fork(kv.len() + l.len())).collect();
-                forks.push((*i, fk));
+            if let Plan::Labels(chunks) = p {
+                let s = &mut self.running[*i];
+                let SeqKind::Score(st) = &mut s.kind else { unreachable!() };
+                st.fork_for(chunks, s.kv.as_ref().expect("running sequences have a cache"));
             }
         }
-        forks
     }
 
     /// Runs the model once over the planned chunks (on the compute pool). Returns each output row
     /// with its owner, and the step's tokens and prompt tokens (for the metrics).
-    fn forward(
-        &mut self,
-        plan: &[(usize, Plan)],
-        forks: &mut [(usize, Vec<SeqKv>)],
-    ) -> (Vec<(Owner, Vec<f32>)>, usize, usize) {
+    fn forward(&mut self, plan: &[(usize, Plan)]) -> (Vec<(Owner, Vec<f32>)>, usize, usize) {
         let mut step_tokens = 0;
         let mut prompt_tokens = 0;
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut owners: Vec<Owner> = Vec::new();
-        let mut fork_iter = forks.iter_mut();
         let mut by_index: Vec<Option<&mut Seq>> = self.running.iter_mut().map(Some).collect();
         for (i, p) in plan {
+            let s = by_index[*i].take().expect("one plan entry per sequence");
             match p {
                 Plan::Tokens(a, b, want) => {
-                    let s = by_index[*i].take().expect("one plan entry per sequence");
                     step_tokens += b - a;
                     prompt_tokens += s.prompt_len.saturating_sub(*a).min(b - a);
                     chunks.push(Chunk {
@@ -134,14 +134,12 @@ impl Engine {
                     });
                     owners.push((*i, None));
                 }
-                Plan::Labels => {
-                    let s = by_index[*i].take().expect("one plan entry per sequence");
-                    let SeqKind::Score(st) = &s.kind else { unreachable!() };
-                    let (_, fk) = fork_iter.next().expect("a fork per label plan");
-                    for (li, (kv, label)) in fk.iter_mut().zip(&st.labels).enumerate() {
-                        step_tokens += label.len();
-                        chunks.push(Chunk { kv, tokens: label, want: Want::All });
-                        owners.push((*i, Some(li)));
+                Plan::Labels(planned) => {
+                    let SeqKind::Score(st) = &mut s.kind else { unreachable!() };
+                    for ((kv, tokens), c) in st.chunk_inputs(planned).zip(planned) {
+                        step_tokens += tokens.len();
+                        chunks.push(Chunk { kv, tokens, want: Want::All });
+                        owners.push((*i, Some(*c)));
                     }
                 }
             }
@@ -151,28 +149,22 @@ impl Engine {
         (owners.into_iter().zip(out).collect(), step_tokens, prompt_tokens)
     }
 
-    /// Samples and streams the generations' next tokens and keeps prefilled scoring prompts' logits;
-    /// finished generations go to `done`. Returns the label rows, for [`Self::answer_labels`].
-    fn take_outputs(
-        &mut self,
-        outputs: Vec<(Owner, Vec<f32>)>,
-        now: Instant,
-        done: &mut Vec<usize>,
-    ) -> Vec<(usize, usize, Vec<f32>)> {
-        let mut label_rows: Vec<(usize, usize, Vec<f32>)> = Vec::new();
-        for ((i, label), logits) in outputs {
-            if let Some(li) = label {
-                label_rows.push((i, li, logits));
-                continue;
-            }
+    /// Samples and streams the generations' next tokens, scores the labels' first tokens of prefilled
+    /// scoring prompts and adds label rows to their sums (each row reduced to its one log-probability
+    /// and dropped); finished generations go to `done`.
+    fn take_outputs(&mut self, outputs: Vec<(Owner, Vec<f32>)>, now: Instant, done: &mut Vec<usize>) {
+        let vocab = self.model.config().vocab;
+        for ((i, label), mut logits) in outputs {
             if logits.is_empty() {
                 continue;
             }
             let s = &mut self.running[i];
             match &mut s.kind {
-                SeqKind::Score(st) => st.first = Some(logits),
+                SeqKind::Score(st) => match label {
+                    Some(chunk) => st.add_rows(chunk, &logits, vocab),
+                    None => st.start(&logits),
+                },
                 SeqKind::Gen(g) => {
-                    let mut logits = logits;
                     let ctx = (self.context_length, s.arrived, now);
                     if emit_token(&self.name, &self.tok, &mut s.tokens, g, &mut logits, ctx) {
                         done.push(i);
@@ -180,41 +172,25 @@ impl Engine {
                 }
             }
         }
-        label_rows
     }
 
-    /// Scores the labels of each scoring request whose label passes ran, answers it and marks it
-    /// done.
-    fn answer_labels(
-        &mut self,
-        mut label_rows: Vec<(usize, usize, Vec<f32>)>,
-        now: Instant,
-        done: &mut Vec<usize>,
-    ) {
-        if label_rows.is_empty() {
-            return;
-        }
-        let vocab = self.model.config().vocab;
-        label_rows.sort_by_key(|(i, li, _)| (*i, *li));
-        let mut k = 0;
-        while k < label_rows.len() {
-            let i = label_rows[k].0;
-            let s = &mut self.running[i];
-            let SeqKind::Score(st) = &mut s.kind else { unreachable!() };
-            let first = st.first.as_ref().expect("prompt logits before labels");
-            let mut sums = Vec::with_capacity(st.labels.len());
-            while k < label_rows.len() && label_rows[k].0 == i {
-                let (_, li, rows) = &label_rows[k];
-                let label = &st.labels[*li];
-                sums.push((scoring::label_logprob(first, rows, label, vocab), label.len()));
-                k += 1;
+    /// Records the label chunks that ran and answers every scoring request of the step whose labels
+    /// are all scored (marking it done).
+    fn finish_labels(&mut self, plan: &[(usize, Plan)], now: Instant, done: &mut Vec<usize>) {
+        for (i, p) in plan {
+            let s = &mut self.running[*i];
+            let SeqKind::Score(st) = &mut s.kind else { continue };
+            if let Plan::Labels(chunks) = p {
+                st.advance(chunks);
             }
-            let result = ScoreResult { prompt_tokens: s.prompt_len, labels: scoring::finish(&sums) };
-            if let Some(r) = st.reply.take() {
-                let _ = r.send(Ok(result));
+            if st.finished() {
+                let result = st.result(s.prompt_len);
+                if let Some(r) = st.reply.take() {
+                    let _ = r.send(Ok(result));
+                }
+                metrics::slm_finished(&self.name, "scored", now - s.arrived);
+                done.push(*i);
             }
-            metrics::slm_finished(&self.name, "scored", now - s.arrived);
-            done.push(i);
         }
     }
 }

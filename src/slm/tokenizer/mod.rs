@@ -84,6 +84,13 @@ impl SlmTokenizer {
         String::from_utf8_lossy(self.bytes_of(id)).into_owned()
     }
 
+    /// Bytes of the longest token (control tokens: their text). Byte-level BPE splits a text into
+    /// tokens whose bytes concatenate to it, so a text of `n` bytes is at least `n / max_token_bytes`
+    /// tokens: a bound that refuses oversized prompts before tokenizing them.
+    pub fn max_token_bytes(&self) -> usize {
+        self.offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0).max(1)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.control.len()
     }
@@ -180,6 +187,17 @@ mod tests {
         assert_eq!(t.token_str(2), "<|im_end|>");
         assert_eq!(t.token_bytes(byte_id(b' ')), b" ");
         assert_eq!(t.token_str(263), " t");
+    }
+
+    #[test]
+    fn max_token_bytes_bounds_the_token_count() {
+        let t = tiny();
+        // The longest token of the tiny vocabulary is the control token "<|endoftext|>".
+        assert_eq!(t.max_token_bytes(), "<|endoftext|>".len());
+        for text in ["hello the world", "<|im_start|>hello<|im_end|>", "<|endoftext|><|endoftext|>", "x"] {
+            let n = t.encode(text, true).unwrap().len();
+            assert!(n >= text.len().div_ceil(t.max_token_bytes()), "{text:?}: {n} tokens");
+        }
     }
 
     #[test]
