@@ -138,6 +138,13 @@ fn kubernetes_manifests_validate_and_agree_with_the_server() {
         cfg.server.shutdown_grace_s
     );
     assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string());
+    // The pod's memory limit is the budget the server checks its configuration against at start
+    // (cgroup memory.max): the ConfigMap's configuration must fit it, or the pod would not start.
+    let limit = c["resources"]["limits"]["memory"].as_str().unwrap();
+    let gib: u64 = limit.strip_suffix("Gi").and_then(|n| n.parse().ok()).expect("memory limit in Gi");
+    let estimate = slate::config::memory::Estimate::of(&cfg);
+    slate::config::memory::check(&estimate, gib << 30, slate::config::memory::BudgetSource::Cgroup)
+        .unwrap_or_else(|e| panic!("deploy/k8s: {e}"));
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();

@@ -1,6 +1,7 @@
 //! Slow and greedy clients against the real server: slow bodies hold no admission slot, slow headers,
 //! bodies and idle connections are cut off, the connection cap holds, oversized gRPC Rank messages are
-//! refused before decoding with bounded memory, and `auth.required` refuses to start without keys.
+//! refused before decoding with bounded memory, `auth.required` refuses to start without keys, and a
+//! configuration that could hold more than the memory budget refuses to start.
 
 mod common;
 
@@ -200,6 +201,28 @@ fn auth_required_without_keys_refuses_to_start() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("auth.required = true but no API key is configured"), "{text}");
+}
+
+#[test]
+fn a_configuration_over_the_memory_budget_refuses_to_start_naming_its_parts() {
+    // The defaults hold 1.25 GiB of bodies and decoded requests before any model.
+    let out = common::run_to_exit("[limits]\nmemory_budget_bytes = 1073741824\n");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("limits.memory_budget_bytes: the configuration lets the server hold up to 1.25 GiB but the budget (limits.memory_budget_bytes) is 1.00 GiB"),
+        "{text}"
+    );
+    assert!(text.contains("request bodies (limits.max_buffered_body_bytes) = 0.25 GiB"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_within_the_memory_budget_logs_its_estimate() {
+    let slate = Slate::start("[limits]\nmemory_budget_bytes = 2147483648\n");
+    slate.wait_ready(Duration::from_secs(30)).await;
+    let logs = slate.logs();
+    assert!(logs.contains("the configuration fits the memory budget"), "{logs}");
+    assert!(logs.contains("estimate_bytes=1342177280"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Typed server configuration (TOML). Unknown keys are rejected; every validation error names the file
 //! and the key, e.g. `config/default.toml: models[0].path: no such file 'models/x'`.
 
+pub mod memory;
 mod models;
 mod server;
 mod validate;

@@ -105,6 +105,11 @@ pub struct Limits {
     /// Threads of the IO runtime's blocking pool, which tokenizes prompts and renders chat templates
     /// off the IO threads: at most this many such tasks run at once, the rest wait in its queue.
     pub max_blocking_threads: usize,
+    /// Bytes the server may use: at start the most the configuration lets requests and models hold
+    /// (bodies, decoded requests, model files, KV and history caches; see `config::memory`) must fit,
+    /// or the server refuses to start naming each part. 0 = the container's memory limit (cgroup),
+    /// else the machine's memory.
+    pub memory_budget_bytes: usize,
 }
 
 impl Limits {
@@ -139,6 +144,7 @@ impl Default for Limits {
             keepalive_timeout_s: 20.0,
             grpc_timeout_s: 600.0,
             max_blocking_threads: 64,
+            memory_budget_bytes: 0,
         }
     }
 }

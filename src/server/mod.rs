@@ -168,6 +168,8 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
     #[error("auth.required = true but no API key is configured (auth.api_keys, or the variable auth.api_keys_env names)")]
     NoApiKeys,
+    #[error("{0}")]
+    MemoryBudget(String),
 }
 
 /// A server whose listeners are bound (and whose models are loading), not yet serving.
@@ -179,6 +181,26 @@ pub struct Server {
     grpc_addr: SocketAddr,
     /// TLS of the HTTP and gRPC listeners, when `[server.tls]` is set.
     tls: Option<(Arc<tls::TlsState>, Arc<tls::TlsState>)>,
+}
+
+/// The start-up memory check (see [`crate::config::memory`]): refuses a configuration that can hold
+/// more than the budget, and logs the estimate of one that fits.
+fn memory_check(config: &Config) -> Result<(), ServeError> {
+    use crate::config::memory;
+    let estimate = memory::Estimate::of(config);
+    let Some((budget, source)) = memory::budget(config) else {
+        tracing::warn!("no memory budget: limits.memory_budget_bytes is 0 and no memory limit could be read; not checked");
+        return Ok(());
+    };
+    memory::check(&estimate, budget, source).map_err(ServeError::MemoryBudget)?;
+    tracing::info!(
+        estimate_bytes = estimate.total(),
+        budget_bytes = budget,
+        budget = source.as_str(),
+        parts = %estimate.describe(),
+        "the configuration fits the memory budget"
+    );
+    Ok(())
 }
 
 /// Binds and serves until `shutdown` resolves, then drains (see the module docs).
@@ -198,6 +220,7 @@ impl Server {
             }
             tracing::warn!("auth is off: no API key is configured, every client is served (set auth.required = true to refuse this)");
         }
+        memory_check(&config)?;
         let tls = match &config.server.tls {
             None => None,
             Some(files) => Some((
