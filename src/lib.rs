@@ -16,6 +16,7 @@ pub mod registry;
 pub mod server;
 pub mod serving;
 pub mod slm;
+pub mod tabular;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -9,6 +9,7 @@ use crate::metrics;
 use crate::ranking::{RankerHandle, RankerModel};
 use crate::serving::PriorityClasses;
 use crate::slm::scheduler::SlmHandle;
+use crate::tabular::TreesModel;
 use serde::Serialize;
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::watch;
@@ -39,6 +40,7 @@ struct Entry {
     state: RwLock<ModelState>,
     ranker: OnceLock<RankerHandle>,
     slm: OnceLock<SlmHandle>,
+    trees: OnceLock<Arc<TreesModel>>,
     /// Set when one of the loaded model's threads or tasks died.
     faulted: OnceLock<String>,
 }
@@ -47,6 +49,7 @@ struct Entry {
 enum Loaded {
     Ranker(RankerHandle),
     Slm(SlmHandle),
+    Trees(Arc<TreesModel>),
 }
 
 pub struct Registry {
@@ -64,6 +67,7 @@ impl Registry {
                 state: RwLock::new(ModelState::Loading),
                 ranker: OnceLock::new(),
                 slm: OnceLock::new(),
+                trees: OnceLock::new(),
                 faulted: OnceLock::new(),
             })
             .collect::<Vec<_>>();
@@ -100,22 +104,29 @@ impl Registry {
                                 Loaded::Ranker(h) => {
                                     let f = Arc::clone(h.faults());
                                     let _ = entry.ranker.set(h);
-                                    f
+                                    Some(f)
                                 }
                                 Loaded::Slm(h) => {
                                     let f = Arc::clone(h.faults());
                                     let _ = entry.slm.set(h);
-                                    f
+                                    Some(f)
+                                }
+                                // Runs on the request's blocking thread: no threads of its own to die.
+                                Loaded::Trees(m) => {
+                                    let _ = entry.trees.set(m);
+                                    None
                                 }
                             };
-                            let watcher = Arc::clone(&this);
-                            runtime.spawn(async move {
-                                let mut rx = faults.subscribe();
-                                let fault = rx.wait_for(Option::is_some).await.map(|f| f.clone());
-                                if let Ok(Some(fault)) = fault {
-                                    watcher.mark_faulted(idx, fault);
-                                }
-                            });
+                            if let Some(faults) = faults {
+                                let watcher = Arc::clone(&this);
+                                runtime.spawn(async move {
+                                    let mut rx = faults.subscribe();
+                                    let fault = rx.wait_for(Option::is_some).await.map(|f| f.clone());
+                                    if let Ok(Some(fault)) = fault {
+                                        watcher.mark_faulted(idx, fault);
+                                    }
+                                });
+                            }
                             tracing::info!(model = %entry.config.name, "model loaded and warmed");
                             ModelState::Ready
                         }
@@ -175,7 +186,8 @@ impl Registry {
                     .ranker
                     .get()
                     .map(|h| h.model().weights_hash().to_string())
-                    .or_else(|| e.slm.get().map(|h| h.version().to_string())),
+                    .or_else(|| e.slm.get().map(|h| h.version().to_string()))
+                    .or_else(|| e.trees.get().map(|m| m.version.clone())),
                 weights: e.slm.get().map(|h| h.weights().clone()),
                 status: e.state.read().expect("registry lock poisoned").clone(),
             })
@@ -209,6 +221,19 @@ impl Registry {
                 Error::NotFound(format!("model: no {} model named '{name}'", kind.as_str()))
             }
         })
+    }
+
+    /// The tree model named `name`: NOT_FOUND when no such model is configured, UNAVAILABLE while loading.
+    pub fn trees(&self, name: &str) -> Result<Arc<TreesModel>> {
+        let entry = self.entry(name, ModelKind::Trees)?;
+        entry.trees.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
+    }
+
+    /// The kind of the configured model `name`, and whether it is ready.
+    pub fn kind_and_ready(&self, name: &str) -> Option<(ModelKind, bool)> {
+        let e = self.entries.iter().find(|e| e.config.name == name)?;
+        let ready = *e.state.read().expect("registry lock poisoned") == ModelState::Ready;
+        Some((e.config.kind, ready))
     }
 
     fn check_fault(entry: &Entry, name: &str) -> Result<()> {
@@ -245,6 +270,22 @@ fn load_one(
             let handle = crate::slm::load(&cfg.name, &cfg.path, &cfg.slm, limits.max_prompt_tokens, classes)?;
             crate::slm::warm_up(&handle)?;
             Ok(Loaded::Slm(handle))
+        }
+        ModelKind::Trees => {
+            let model = TreesModel::load(&cfg.path)?;
+            // Warm up: one row of missing values through the whole ensemble.
+            let row = vec![f32::NAN; model.forest.num_features];
+            let _ = model.predict(&row, crate::tabular::Outputs { margin: true, score: true });
+            tracing::info!(
+                model = %cfg.name,
+                format = model.format,
+                trees = model.forest.trees.len(),
+                nodes = model.forest.nodes.len(),
+                max_depth = model.forest.max_depth,
+                features = model.forest.num_features,
+                "tree model read"
+            );
+            Ok(Loaded::Trees(Arc::new(model)))
         }
     }
 }

@@ -55,11 +55,14 @@ impl Estimate {
                 what: format!("model '{}' files ({})", m.name, m.path.display()),
                 bytes: size_on_disk(&m.path),
             });
-            let (key, bytes) = match m.kind {
-                ModelKind::Slm => ("slm.kv_cache_bytes", m.slm.kv_cache_bytes),
-                ModelKind::Ranker => ("ranker.cache_bytes", m.ranker.cache_bytes),
+            let cache = match m.kind {
+                ModelKind::Slm => Some(("slm.kv_cache_bytes", m.slm.kv_cache_bytes)),
+                ModelKind::Ranker => Some(("ranker.cache_bytes", m.ranker.cache_bytes)),
+                ModelKind::Trees => None,
             };
-            parts.push(Part { what: format!("model '{}' {key}", m.name), bytes: bytes as u64 });
+            if let Some((key, bytes)) = cache {
+                parts.push(Part { what: format!("model '{}' {key}", m.name), bytes: bytes as u64 });
+            }
         }
         Estimate { parts }
     }

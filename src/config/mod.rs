@@ -6,7 +6,7 @@ mod models;
 mod server;
 mod validate;
 
-pub use models::{KvDtype, ModelConfig, ModelKind, RankerSettings, SlmQuantize, SlmSettings};
+pub use models::{KvDtype, ModelConfig, ModelKind, RankerSettings, SlmQuantize, SlmSettings, TreesSettings};
 pub use server::{AuthConfig, Limits, LogFormat, Priorities, ServerConfig, TelemetryConfig, TlsConfig};
 
 use serde::Deserialize;

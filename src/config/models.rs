@@ -9,6 +9,8 @@ pub enum ModelKind {
     Ranker,
     /// A small language model from a GGUF file (generation and label scoring).
     Slm,
+    /// A tree ensemble (XGBoost JSON), served over the Open Inference Protocol.
+    Trees,
 }
 
 impl ModelKind {
@@ -16,6 +18,7 @@ impl ModelKind {
         match self {
             ModelKind::Ranker => "ranker",
             ModelKind::Slm => "slm",
+            ModelKind::Trees => "trees",
         }
     }
 }
@@ -26,8 +29,8 @@ pub struct ModelConfig {
     /// Name clients use in requests (`model` field). Unique.
     pub name: String,
     pub kind: ModelKind,
-    /// Model folder (ranker: config.json + model.safetensors). Relative paths are from the working
-    /// directory.
+    /// Model folder (ranker: config.json + model.safetensors), GGUF file or compressed folder (slm),
+    /// or model file (trees). Relative paths are from the working directory.
     pub path: PathBuf,
     /// Settings for `kind = "ranker"`.
     #[serde(default)]
@@ -35,6 +38,22 @@ pub struct ModelConfig {
     /// Settings for `kind = "slm"`.
     #[serde(default)]
     pub slm: SlmSettings,
+    /// Settings for `kind = "trees"`.
+    #[serde(default)]
+    pub trees: TreesSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TreesSettings {
+    /// Most rows one inference request may carry (400 / INVALID_ARGUMENT above).
+    pub max_rows: usize,
+}
+
+impl Default for TreesSettings {
+    fn default() -> Self {
+        Self { max_rows: 65_536 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -117,7 +117,11 @@ fn model<'a>(i: usize, m: &'a ModelConfig, seen: &mut HashSet<&'a str>) -> Resul
         return Err(format!("models[{i}].path: no such file '{}'", m.path.display()));
     }
     ranker(i, &m.ranker)?;
-    slm(i, &m.slm)
+    slm(i, &m.slm)?;
+    if m.trees.max_rows == 0 {
+        return Err(format!("models[{i}].trees.max_rows: must be > 0"));
+    }
+    Ok(())
 }
 
 fn ranker(i: usize, r: &RankerSettings) -> Result<(), String> {

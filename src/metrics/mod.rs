@@ -203,6 +203,11 @@ pub fn register_ranker(model: &str, classes: &[String]) {
     let _ = gauge!(CACHE_BYTES, "model" => m);
 }
 
+/// Every series of tree model `model` (it has no queue of its own: admission is the server's).
+pub fn register_trees(model: &str) {
+    register_model(model, &[]);
+}
+
 /// Every series of SLM `model`.
 pub fn register_slm(model: &str) {
     register_model(model, &SLM_REJECTIONS);

@@ -34,6 +34,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(super::openai::chat_completions))
         .route("/v1/tokenize", post(super::openai::tokenize))
         .route("/v1/score", post(super::openai::score))
+        .route("/v2", get(super::oip::server_metadata))
+        .route("/v2/health/live", get(super::oip::live))
+        .route("/v2/health/ready", get(super::oip::ready))
+        .route("/v2/models/{name}", get(super::oip::model_metadata))
+        .route("/v2/models/{name}/ready", get(super::oip::model_ready))
+        .route("/v2/models/{name}/infer", post(super::oip::infer))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Our extractor enforces the limit itself (with a JSON 413); this covers axum's extractors.

@@ -72,6 +72,10 @@ const METHODS: &[(Protocol, &str, &str)] = &[
     (Protocol::Http, "/v1/tokenize", "tokenize"),
     (Protocol::Http, "/v1/score", "score"),
     (Protocol::Http, "/health/", "health"),
+    (Protocol::Http, "/v2/health/", "health"),
+    (Protocol::Http, "/v2/models/*/infer", "infer"),
+    (Protocol::Http, "/v2", "metadata"),
+    (Protocol::Http, "/v2/", "metadata"),
     (Protocol::Http, "/metrics", "metrics"),
     (Protocol::Grpc, "/slate.v1.Ranking/Rank", "rank"),
     (Protocol::Grpc, "/slate.v1.Generation/Generate", "generate"),
@@ -90,6 +94,7 @@ const MODEL_METHODS: &[(ModelKind, &str)] = &[
     (ModelKind::Slm, "score"),
     (ModelKind::Slm, "generate"),
     (ModelKind::Slm, "generate_stream"),
+    (ModelKind::Trees, "infer"),
 ];
 
 /// The (protocol, method) label pairs of the endpoints that serve a model of `kind`.
@@ -100,12 +105,22 @@ pub fn model_methods(kind: ModelKind) -> impl Iterator<Item = (&'static str, &'s
         .map(|(protocol, _, label)| (protocol.as_str(), *label))
 }
 
+/// `pattern` is a path, a prefix ending in `/` or `.`, or a path with one `*` standing for one
+/// segment (a model name).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    if let Some((head, tail)) = pattern.split_once('*') {
+        return path.len() > head.len() + tail.len()
+            && path.starts_with(head)
+            && path.ends_with(tail)
+            && !path[head.len()..path.len() - tail.len()].contains('/');
+    }
+    path == pattern || (pattern.ends_with(['/', '.']) && path.starts_with(pattern))
+}
+
 fn method_label(protocol: Protocol, path: &str) -> &'static str {
     METHODS
         .iter()
-        .find(|(p, prefix, _)| {
-            *p == protocol && (path == *prefix || (prefix.ends_with(['/', '.']) && path.starts_with(prefix)))
-        })
+        .find(|(p, pattern, _)| *p == protocol && path_matches(pattern, path))
         .map_or("unknown", |(_, _, label)| label)
 }
 
@@ -435,6 +450,11 @@ mod tests {
         assert_eq!(method_label(Protocol::Http, "/v1/rank"), "rank");
         assert_eq!(method_label(Protocol::Http, "/v1/ranking"), "unknown");
         assert_eq!(method_label(Protocol::Http, "/health/ready"), "health");
+        assert_eq!(method_label(Protocol::Http, "/v2/health/ready"), "health");
+        assert_eq!(method_label(Protocol::Http, "/v2/models/ads-ctr/infer"), "infer");
+        assert_eq!(method_label(Protocol::Http, "/v2/models/a/b/infer"), "metadata");
+        assert_eq!(method_label(Protocol::Http, "/v2/models/ads-ctr"), "metadata");
+        assert_eq!(method_label(Protocol::Http, "/v2"), "metadata");
         assert_eq!(method_label(Protocol::Http, "/metrics"), "metrics");
         assert_eq!(method_label(Protocol::Http, "/nope"), "unknown");
         assert_eq!(method_label(Protocol::Grpc, "/slate.v1.Ranking/Rank"), "rank");

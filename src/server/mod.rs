@@ -19,6 +19,7 @@ pub mod health;
 pub mod http;
 pub mod layer;
 pub mod listen;
+pub mod oip;
 pub mod openai;
 pub mod tls;
 
@@ -151,6 +152,7 @@ fn register_metrics(config: &Config) {
         match m.kind {
             ModelKind::Ranker => crate::metrics::register_ranker(&m.name, &config.priorities.classes),
             ModelKind::Slm => crate::metrics::register_slm(&m.name),
+            ModelKind::Trees => crate::metrics::register_trees(&m.name),
         }
     }
 }
