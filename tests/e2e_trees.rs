@@ -2,8 +2,8 @@
 //! `tools/tabular/xgboost_parity.py` (binary logistic, regression, 3-class softprob, dart, a random
 //! forest) on a synthetic table with 15 % missing values; 10,000 held-out rows sent to
 //! `POST /v2/models/{name}/infer` must give xgboost's own margins within 1e-6 (absolute, or relative
-//! above 1) and its scores likewise. Then the protocol's metadata, health and error bodies, and a
-//! hostile model file that fails alone.
+//! above 1) and its scores likewise, over JSON and, with the official `tritonclient`, binary tensors.
+//! Then the protocol's metadata, health and error bodies, and a hostile model file that fails alone.
 
 mod common;
 
@@ -106,10 +106,21 @@ async fn margins_and_scores_equal_xgboost_on_ten_thousand_rows_with_missing_valu
             eprintln!("{name:>10} {key:>6}: largest error {err:.2e} over {} values", got.len());
             assert!(err <= 1e-6, "{name} {key}: largest error {err:e} against xgboost");
         }
-        eprintln!(
-            "{name:>10}: 10,000 rows in {:.1} ms end to end (debug build)",
-            t.elapsed().as_secs_f64() * 1e3
-        );
+        eprintln!("{name:>10}: 10,000 rows in {:.1} ms end to end", t.elapsed().as_secs_f64() * 1e3);
+    }
+
+    // The official Triton HTTP client (binary tensors in and out) gets the same answers.
+    for name in ["logistic", "multiclass"] {
+        let out = std::process::Command::new(common::python())
+            .arg("tools/tabular/tritonclient_check.py")
+            .arg(slate.http.to_string())
+            .arg(name)
+            .arg(dir.path())
+            .output()
+            .expect("run python");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "tritonclient against {name}:\n{text}");
+        eprint!("{text}");
     }
 
     // Only the outputs asked for.
