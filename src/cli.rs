@@ -1,5 +1,5 @@
 //! Command line of the `slate` binary. `slate serve` is the server; the offline commands (`slate
-//! train-ranker`, `slate bench ranker`, `slate bench slm`) live in the `slate-tools` binary (tools/), which
+//! train-ranker`, `slate bench ranker|slm|trees`, `slate compress`) live in the `slate-tools` binary (tools/), which
 //! `slate` runs with the same arguments, git-style, so the server carries no training or benchmark code.
 //! Every serve option also reads an environment variable (shown in `--help`); command-line flags win over
 //! the environment, and both win over the config file.
@@ -21,6 +21,7 @@ Offline commands (run by the slate-tools binary, found beside this one or on PAT
   train-ranker  Train the demo ranker on MovieLens-100K and write a model folder
   bench ranker  Measure ranker latency and throughput (amortized vs per-candidate)
   bench slm     Measure SLM prefill and decode speed through the engine, beside llama.cpp
+  bench trees   Measure a tree model's batch margins beside xgboost's inplace_predict
   compress      Compress a GGUF model into a folder (N:M / unstructured sparse, low-rank, FFSplit)
 `slate train-ranker --help`, `slate bench --help` and `slate compress --help` show their options.";
 

@@ -10,6 +10,9 @@ pub use forest::{Forest, Transform};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+/// Rows per block when a batch is split across the compute pool.
+const PAR_BLOCK_ROWS: usize = 64;
+
 /// Largest model file read.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
@@ -67,7 +70,15 @@ impl TreesModel {
         let f = &self.forest;
         let n = rows.len() / f.num_features;
         let mut margin = vec![0.0; n * f.num_groups];
-        f.margins(rows, &mut margin);
+        // Blocks of rows across the compute pool (rayon's global pool); each block walks every tree.
+        if n >= 2 * PAR_BLOCK_ROWS {
+            use rayon::prelude::*;
+            rows.par_chunks(PAR_BLOCK_ROWS * f.num_features)
+                .zip(margin.par_chunks_mut(PAR_BLOCK_ROWS * f.num_groups))
+                .for_each(|(r, m)| f.margins(r, m));
+        } else {
+            f.margins(rows, &mut margin);
+        }
         let score = outputs.score.then(|| {
             let mut s = vec![0.0; n * f.score_width()];
             f.scores(&margin, &mut s);

@@ -4,6 +4,7 @@
 
 use crate::bench::ranker::BenchArgs;
 use crate::bench::slm::SlmBenchArgs;
+use crate::bench::trees::TreesBenchArgs;
 use crate::compress::CompressArgs;
 use crate::train::TrainArgs;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ pub enum BenchCommand {
     Ranker(BenchArgs),
     /// Measure SLM prefill and decode speed through the engine, beside llama.cpp.
     Slm(SlmBenchArgs),
+    /// Measure a tree model's batch margins beside xgboost's inplace_predict.
+    Trees(TreesBenchArgs),
 }
 
 impl Command {
@@ -44,6 +47,7 @@ impl Command {
             Command::TrainRanker(args) => crate::train::run(args),
             Command::Bench { what: BenchCommand::Ranker(args) } => crate::bench::ranker::run(args),
             Command::Bench { what: BenchCommand::Slm(args) } => crate::bench::slm::run(args),
+            Command::Bench { what: BenchCommand::Trees(args) } => crate::bench::trees::run(args),
             Command::Compress(args) => crate::compress::run(args),
         }
     }

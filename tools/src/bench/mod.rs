@@ -1,8 +1,10 @@
-//! Benchmarks: `bench ranker` (the ranker against the GEMM peak and ONNX Runtime) and `bench slm` (the
-//! SLM engine beside llama.cpp). Results and how to read them: docs/BENCHMARKS.md.
+//! Benchmarks: `bench ranker` (the ranker against the GEMM peak and ONNX Runtime), `bench slm` (the
+//! SLM engine beside llama.cpp) and `bench trees` (tree models beside xgboost). Results and how to
+//! read them: docs/BENCHMARKS.md.
 
 pub mod ranker;
 pub mod slm;
+pub mod trees;
 
 use slate::kernels::cpu::simd::{has_avx2_fma, has_avx512, has_avx512_vnni};
 

@@ -1,0 +1,150 @@
+//! `slate bench trees`: a tree model's batch margins in Slate (`TreesModel::predict`, in process, on
+//! the compute pool) beside xgboost's `inplace_predict` on the same rows with the same thread count,
+//! alternating, medians (tools/tabular/bench_trees_peer.py runs the peer). Also Slate's one-row
+//! latency. Make a model of the shape with
+//! `python3 tools/tabular/bench_trees_peer.py train models/bench-trees.json` (500 trees, depth 8).
+
+use anyhow::{anyhow, bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use slate::tabular::{Outputs, TreesModel};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TreesBenchArgs {
+    /// An XGBoost JSON model.
+    #[arg(long, default_value = "models/bench-trees.json")]
+    pub model: PathBuf,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 1024)]
+    pub rows: usize,
+    /// Threads (Slate's compute pool and xgboost's nthread).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed batches per block (the median is reported); blocks alternate Slate and the peer.
+    #[arg(long, default_value_t = 30)]
+    pub rounds: usize,
+    /// Blocks of each side.
+    #[arg(long, default_value_t = 3)]
+    pub blocks: usize,
+    /// Python with xgboost (scripts/test.sh installs it into .venv).
+    #[arg(long, default_value = ".venv/bin/python3")]
+    pub peer_python: PathBuf,
+    /// Skip the xgboost peer.
+    #[arg(long)]
+    pub no_peer: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(args: &TreesBenchArgs) -> Result<()> {
+    if args.rows == 0 || args.rounds == 0 || args.blocks == 0 {
+        bail!("--rows, --rounds and --blocks must be > 0");
+    }
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global();
+    let model = TreesModel::load(&args.model).map_err(|e| anyhow!(e))?;
+    let f = &model.forest;
+    println!(
+        "model {}: {} trees, {} nodes, depth ≤ {}, {} features; {} rows, {} threads; {}",
+        args.model.display(),
+        f.trees.len(),
+        f.nodes.len(),
+        f.max_depth,
+        f.num_features,
+        args.rows,
+        args.threads,
+        super::kernel_isa()
+    );
+    // Standard normal-ish values (sum of uniforms), 10 % missing, seeded.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let rows: Vec<f32> = (0..args.rows * f.num_features)
+        .map(|_| {
+            if rng.random::<f32>() < 0.1 {
+                f32::NAN
+            } else {
+                (0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0
+            }
+        })
+        .collect();
+    let rows_file = tempfile_path("rows.f32");
+    std::fs::write(&rows_file, rows.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+    let margins_only = Outputs { margin: true, score: false };
+
+    let ours_block = || {
+        let _ = model.predict(&rows, margins_only);
+        let times: Vec<f64> = (0..args.rounds)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(model.predict(&rows, margins_only));
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        median(times)
+    };
+    let peer_block = || -> Result<(f64, f64)> {
+        let out = Command::new(&args.peer_python)
+            .arg("tools/tabular/bench_trees_peer.py")
+            .arg("time")
+            .arg(&args.model)
+            .arg(&rows_file)
+            .arg(f.num_features.to_string())
+            .args(["--rounds", &args.rounds.to_string(), "--threads", &args.threads.to_string()])
+            .output()
+            .with_context(|| format!("running {}", args.peer_python.display()))?;
+        if !out.status.success() {
+            bail!("the xgboost peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok((v["median_us"].as_f64().unwrap_or(f64::NAN), v["margin_checksum"].as_f64().unwrap_or(f64::NAN)))
+    };
+
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    let mut checksum = None;
+    for b in 0..args.blocks {
+        ours.push(ours_block());
+        if !args.no_peer {
+            let (us, sum) = peer_block()?;
+            peer.push(us);
+            checksum = Some(sum);
+        }
+        println!(
+            "block {}: slate {:.0} µs{}",
+            b + 1,
+            ours[b],
+            peer.get(b).map_or(String::new(), |p| format!(", xgboost inplace_predict {p:.0} µs"))
+        );
+    }
+    let ours_m = median(ours);
+    println!("slate: {:.0} µs per {}-row batch ({:.2} µs/row)", ours_m, args.rows, ours_m / args.rows as f64);
+    if let Some(sum) = checksum {
+        let ours_sum: f64 =
+            model.predict(&rows, margins_only).margin.unwrap().iter().map(|&v| v as f64).sum();
+        let peer_m = median(peer);
+        println!(
+            "xgboost inplace_predict: {peer_m:.0} µs; slate is {:.2}× xgboost (margin sums: slate {ours_sum:.4}, xgboost {sum:.4})",
+            peer_m / ours_m
+        );
+    }
+
+    // One row, one thread's latency (what a single-row request costs inside the server).
+    let one = &rows[..f.num_features];
+    let mut lat: Vec<f64> = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(model.predict(one, margins_only));
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    println!("one row: p50 {:.1} µs, p99 {:.1} µs", lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
+    let _ = std::fs::remove_file(&rows_file);
+    Ok(())
+}
+
+fn tempfile_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("slate-bench-trees-{}-{name}", std::process::id()))
+}
