@@ -10,6 +10,7 @@
 //! `.replace()`). [`ChatTemplate::new`] renders a one-message conversation as a probe, so a template
 //! that loops forever, recurses without end or writes without bound fails the model's load.
 
+use crate::slm::tokenizer::SlmTokenizer;
 use crate::{Error, Result};
 use minijinja::value::{Kwargs, Rest, StringInput};
 use minijinja::{Environment, ErrorKind, State, Value};
@@ -97,6 +98,15 @@ impl ChatTemplate {
             }
         }
         Ok(t)
+    }
+
+    /// The template a tokenizer carries (`tokenizer.chat_template`), compiled with its BOS and EOS
+    /// texts as the engine serves it; `None` when the file has none. Errors name the key.
+    pub fn of_tokenizer(tokenizer: &SlmTokenizer) -> std::result::Result<Option<Self>, String> {
+        let Some(t) = tokenizer.chat_template() else { return Ok(None) };
+        Self::new(t, tokenizer.bos_token().unwrap_or(""), tokenizer.eos_token().unwrap_or(""))
+            .map(Some)
+            .map_err(|e| format!("tokenizer.chat_template: {e}"))
     }
 
     /// Validates the messages (a non-empty list; each role one of system, user, assistant) then
