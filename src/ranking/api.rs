@@ -83,6 +83,34 @@ pub struct RankRequest {
     pub priority: String,
 }
 
+impl RankRequest {
+    /// Request-level limits from the server config, checked before queueing (model-level checks
+    /// happen in `RankerModel::prepare`).
+    pub fn check_limits(&self, limits: &crate::config::Limits) -> crate::Result<()> {
+        use crate::Error;
+        if self.candidates.is_empty() {
+            return Err(Error::invalid("candidates", "must contain at least one candidate"));
+        }
+        if self.candidates.len() > limits.max_candidates {
+            return Err(Error::invalid(
+                "candidates",
+                format!(
+                    "{} candidates is over the limit of {}",
+                    self.candidates.len(),
+                    limits.max_candidates
+                ),
+            ));
+        }
+        if self.history.len() > limits.max_history_events {
+            return Err(Error::invalid(
+                "history",
+                format!("{} events is over the limit of {}", self.history.len(), limits.max_history_events),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CandidateScores {
     pub item_id: u64,

@@ -90,6 +90,19 @@ impl std::fmt::Debug for RankerModel {
     }
 }
 
+/// A `model.safetensors` of `len` bytes can hold the tensors `config` prescribes.
+fn fits_in(config: &RankerConfig, len: u64) -> Result<(), RankerLoadError> {
+    let need = super::weights::expected_data_bytes(config)
+        .ok_or_else(|| RankerLoadError("config.json: the tensors' sizes overflow".to_string()))?;
+    if len < need as u64 {
+        return Err(RankerLoadError(format!(
+            "model.safetensors: {len} bytes, but the tensors config.json prescribes need {need} \
+             (truncated, or config.json does not describe this file)"
+        )));
+    }
+    Ok(())
+}
+
 fn hash16(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))[..16].to_string()
 }
@@ -110,18 +123,18 @@ impl RankerModel {
         let config = RankerConfig::from_json(&text).map_err(|e| RankerLoadError(e.to_string()))?;
         let st_path = dir.join("model.safetensors");
         // The tensors config.json prescribes must fit in the file before it is read.
-        let st_len = std::fs::metadata(&st_path).map_err(|e| io_err(&st_path, e))?.len();
-        let need = super::weights::expected_data_bytes(&config)
-            .ok_or_else(|| RankerLoadError("config.json: the tensors' sizes overflow".to_string()))?;
-        if st_len < need as u64 {
-            return Err(RankerLoadError(format!(
-                "model.safetensors: {st_len} bytes, but the tensors config.json prescribes need {need} \
-                 (truncated, or config.json does not describe this file)"
-            )));
-        }
+        fits_in(&config, std::fs::metadata(&st_path).map_err(|e| io_err(&st_path, e))?.len())?;
         let bytes = std::fs::read(&st_path).map_err(|e| io_err(&st_path, e))?;
-        let tensors = HostTensors::from_safetensors(&config, &bytes).map_err(RankerLoadError)?;
-        Ok(Self::from_tensors(config, tensors, hash16(&bytes)))
+        Self::from_config_and_bytes(config, &bytes)
+    }
+
+    /// The model of a checked `config` over the bytes of `model.safetensors`: each tensor must have
+    /// its prescribed name, type, shape and finite values (what [`Self::load`] runs once the files are
+    /// read; `fuzz/` drives it with hostile bytes).
+    pub fn from_config_and_bytes(config: RankerConfig, bytes: &[u8]) -> Result<Self, RankerLoadError> {
+        fits_in(&config, bytes.len() as u64)?;
+        let tensors = HostTensors::from_safetensors(&config, bytes).map_err(RankerLoadError)?;
+        Ok(Self::from_tensors(config, tensors, hash16(bytes)))
     }
 
     /// The model over checked `tensors`: the CPU backend builds its layout from them, then the

@@ -59,7 +59,9 @@ fn prompt_of(prompt: String, messages: Vec<pb::ChatMessage>) -> Result<Prompt, E
     }
 }
 
-fn generate_request(
+/// Checks a `Generate`/`GenerateStream` message and builds the engine's request from it: everything
+/// but the model lookup. Returns the model's name beside it.
+pub fn generate_request(
     req: pb::GenerateRequest,
     timeout: Option<Duration>,
     priority: Option<&str>,
@@ -89,6 +91,23 @@ fn generate_request(
             timeout,
         },
     ))
+}
+
+/// Checks a `Score` message and builds the engine's request from it: everything but the model lookup.
+/// Returns the model's name and the labels (for the response) beside it.
+pub fn score_request(
+    req: pb::ScoreRequest,
+    timeout: Option<Duration>,
+    priority: Option<&str>,
+) -> Result<(String, Vec<String>, ScoreRequest), Error> {
+    let priority = super::pick_priority(req.priority, priority);
+    let sreq = ScoreRequest {
+        prompt: prompt_of(req.prompt, req.messages)?,
+        labels: req.labels.clone(),
+        priority,
+        timeout,
+    };
+    Ok((req.model, req.labels, sreq))
 }
 
 fn pb_logprob(l: TokenLogprob) -> pb::TokenLogprob {
@@ -204,16 +223,8 @@ impl Generation for GenerationService {
         let timeout = grpc_timeout(request.metadata())?;
         let ctx = ctx_of(&request);
         let priority = metadata_priority(request.metadata()).map(str::to_string);
-        let req = request.into_inner();
-        let priority = super::pick_priority(req.priority, priority.as_deref());
-        let labels = req.labels.clone();
-        let sreq = ScoreRequest {
-            prompt: prompt_of(req.prompt, req.messages)?,
-            labels: req.labels,
-            priority,
-            timeout,
-        };
-        let result = super::score(&self.state, &ctx, &req.model, sreq).await?;
+        let (model, labels, sreq) = score_request(request.into_inner(), timeout, priority.as_deref())?;
+        let result = super::score(&self.state, &ctx, &model, sreq).await?;
         Ok(Response::new(pb::ScoreResponse {
             prompt_tokens: result.prompt_tokens as u32,
             scores: labels

@@ -364,7 +364,7 @@ where
 
 /// A gRPC Rank message with more history events or candidates than the limits is refused before it
 /// is decoded (decoding even empty events costs ~30× their wire size).
-fn check_rank_counts(body: &[u8], limits: &crate::config::Limits) -> Result<(), Error> {
+pub fn check_rank_counts(body: &[u8], limits: &crate::config::Limits) -> Result<(), Error> {
     // RankRequest: history = 5, candidates = 6 (proto/slate/v1/ranking.proto).
     let Some([history, candidates]) = super::body::count_grpc_fields(body, [5, 6]) else { return Ok(()) };
     if history > limits.max_history_events {

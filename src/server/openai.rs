@@ -183,25 +183,53 @@ enum Api {
     Chat,
 }
 
+impl CompletionRequest {
+    /// Checks the request and builds the engine's request from it: everything but the model lookup
+    /// (the prompt is moved out).
+    pub fn generate_request(&mut self, headers: &HeaderMap) -> Result<GenerateRequest, Error> {
+        check_extra(&self.extra)?;
+        let prompt = match std::mem::replace(&mut self.prompt, PromptField::Many(Vec::new())) {
+            PromptField::One(p) => Prompt::Text(p),
+            PromptField::Many(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
+            PromptField::Many(_) => {
+                return Err(Error::invalid("prompt", "a list must hold exactly one prompt"))
+            }
+            PromptField::Tokens(ids) if ids.is_empty() => {
+                return Err(Error::invalid("prompt", "must not be empty"))
+            }
+            PromptField::Tokens(ids) => Prompt::Tokens(ids),
+        };
+        let top = non_negative_u32("logprobs", self.logprobs)?;
+        sampling(&self.common, self.logprobs.is_some(), top, headers, prompt)
+    }
+}
+
+impl ChatRequest {
+    /// Checks the request and builds the engine's request from it: everything but the model lookup
+    /// (the messages are moved out).
+    pub fn generate_request(&mut self, headers: &HeaderMap) -> Result<GenerateRequest, Error> {
+        check_extra(&self.extra)?;
+        if self.messages.is_empty() {
+            return Err(Error::invalid("messages", "must hold at least one message"));
+        }
+        if self.common.max_tokens.is_none() {
+            self.common.max_tokens = self.max_completion_tokens;
+        }
+        let logprobs = self.logprobs.unwrap_or(false);
+        let top = non_negative_u32("top_logprobs", self.top_logprobs)?;
+        let messages = std::mem::take(&mut self.messages);
+        sampling(&self.common, logprobs, top, headers, Prompt::Chat(messages))
+    }
+}
+
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<CompletionRequest>,
+    JsonBody(mut req): JsonBody<CompletionRequest>,
 ) -> Result<Response, Error> {
-    check_extra(&req.extra)?;
-    let prompt = match req.prompt {
-        PromptField::One(p) => Prompt::Text(p),
-        PromptField::Many(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
-        PromptField::Many(_) => return Err(Error::invalid("prompt", "a list must hold exactly one prompt")),
-        PromptField::Tokens(ids) if ids.is_empty() => {
-            return Err(Error::invalid("prompt", "must not be empty"))
-        }
-        PromptField::Tokens(ids) => Prompt::Tokens(ids),
-    };
-    let top = non_negative_u32("logprobs", req.logprobs)?;
-    let gen = sampling(&req.common, req.logprobs.is_some(), top, &headers, prompt)?;
+    let gen = req.generate_request(&headers)?;
     run(&state, &ctx, &req.common, Api::Completions, gen).await
 }
 
@@ -212,17 +240,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     JsonBody(mut req): JsonBody<ChatRequest>,
 ) -> Result<Response, Error> {
-    check_extra(&req.extra)?;
-    if req.messages.is_empty() {
-        return Err(Error::invalid("messages", "must hold at least one message"));
-    }
-    if req.common.max_tokens.is_none() {
-        req.common.max_tokens = req.max_completion_tokens;
-    }
-    let logprobs = req.logprobs.unwrap_or(false);
-    let top = non_negative_u32("top_logprobs", req.top_logprobs)?;
-    let messages = std::mem::take(&mut req.messages);
-    let gen = sampling(&req.common, logprobs, top, &headers, Prompt::Chat(messages))?;
+    let gen = req.generate_request(&headers)?;
     run(&state, &ctx, &req.common, Api::Chat, gen).await
 }
 
@@ -447,7 +465,8 @@ pub struct TokenizeRequest {
     pub messages: Option<Vec<ChatMessage>>,
 }
 
-fn prompt_of(prompt: Option<String>, messages: Option<Vec<ChatMessage>>) -> Result<Prompt, Error> {
+/// `prompt` xor `messages` of a tokenize or score request.
+pub fn prompt_of(prompt: Option<String>, messages: Option<Vec<ChatMessage>>) -> Result<Prompt, Error> {
     match (prompt, messages) {
         (Some(p), None) => Ok(Prompt::Text(p)),
         (None, Some(m)) => {
@@ -488,20 +507,29 @@ pub struct ScoreBody {
     pub priority: Option<String>,
 }
 
+impl ScoreBody {
+    /// Checks the request and builds the engine's request from it: everything but the model lookup
+    /// (the prompt or messages are moved out).
+    pub fn score_request(&mut self, headers: &HeaderMap) -> Result<ScoreRequest, Error> {
+        let priority =
+            super::pick_priority(self.priority.clone().unwrap_or_default(), header_priority(headers));
+        Ok(ScoreRequest {
+            prompt: prompt_of(self.prompt.take(), self.messages.take())?,
+            labels: self.labels.clone(),
+            priority,
+            timeout: timeout_from_header(headers)?,
+        })
+    }
+}
+
 /// `POST /v1/score`: log-probabilities of each label as the prompt's continuation.
 pub async fn score(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<ScoreBody>,
+    JsonBody(mut req): JsonBody<ScoreBody>,
 ) -> Result<Json<Value>, Error> {
-    let priority = super::pick_priority(req.priority.clone().unwrap_or_default(), header_priority(&headers));
-    let sreq = ScoreRequest {
-        prompt: prompt_of(req.prompt, req.messages)?,
-        labels: req.labels.clone(),
-        priority,
-        timeout: timeout_from_header(&headers)?,
-    };
+    let sreq = req.score_request(&headers)?;
     let result = super::score(&state, &ctx, &req.model, sreq).await?;
     let scores: Vec<Value> = req
         .labels

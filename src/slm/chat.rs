@@ -10,6 +10,7 @@
 //! `.replace()`). [`ChatTemplate::new`] renders a one-message conversation as a probe, so a template
 //! that loops forever, recurses without end or writes without bound fails the model's load.
 
+use crate::slm::tokenizer::SlmTokenizer;
 use crate::{Error, Result};
 use minijinja::value::{Kwargs, Rest, StringInput};
 use minijinja::{Environment, ErrorKind, State, Value};
@@ -85,7 +86,7 @@ impl ChatTemplate {
         env.add_filter("batch", bounded_batch);
         env.set_unknown_method_callback(python_methods);
         env.add_template_owned(NAME, template.to_string())
-            .map_err(|e| Error::Internal(format!("chat template does not compile: {e:#}")))?;
+            .map_err(|e| Error::Internal(format!("chat template does not compile: {e}")))?;
         let t = ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() };
         // The probe: a template that cannot render one user message within its limits is broken.
         RAISED.with(|r| r.set(false));
@@ -97,6 +98,15 @@ impl ChatTemplate {
             }
         }
         Ok(t)
+    }
+
+    /// The template a tokenizer carries (`tokenizer.chat_template`), compiled with its BOS and EOS
+    /// texts as the engine serves it; `None` when the file has none. Errors name the key.
+    pub fn of_tokenizer(tokenizer: &SlmTokenizer) -> std::result::Result<Option<Self>, String> {
+        let Some(t) = tokenizer.chat_template() else { return Ok(None) };
+        Self::new(t, tokenizer.bos_token().unwrap_or(""), tokenizer.eos_token().unwrap_or(""))
+            .map(Some)
+            .map_err(|e| format!("tokenizer.chat_template: {e}"))
     }
 
     /// Validates the messages (a non-empty list; each role one of system, user, assistant) then
@@ -147,7 +157,9 @@ impl ChatTemplate {
                 (ErrorKind::OutOfFuel, _) => {
                     format!("rendering passed its {FUEL} instructions (out of fuel)")
                 }
-                _ => format!("{e:#}"),
+                // Not `{e:#}`: minijinja's debug rendering (the source excerpt under the error)
+                // subtracts span columns that can be out of order and panics (fuzz finding).
+                _ => e.to_string(),
             }),
         }
     }
@@ -516,5 +528,17 @@ mod tests {
         let t = ChatTemplate::new(CHATML, "", "").unwrap();
         let long: Vec<ChatMessage> = (0..10_000).map(|i| ChatMessage::new("user", format!("m{i}"))).collect();
         assert!(t.render(&long, true).unwrap().ends_with("<|im_start|>assistant\n"));
+    }
+
+    #[test]
+    fn an_error_whose_span_runs_backwards_is_reported_not_panicked() {
+        // Fuzz finding (chat_template): minijinja's alternate (`{:#}`) rendering of this error draws
+        // the source excerpt with `end_col - start_col` for a span whose columns are out of order:
+        // an overflow panic with overflow checks, a `repeat` of ~2^64 bytes (capacity-overflow
+        // panic) without. Errors are now shown without that excerpt.
+        let src = "{% set me = namespace(sys='') %}{% for in messages | batch(2) %}{{ m | length }}\
+                   {% endfor %};{ messages | slice(0) | list | length }}{{ '%5s|%-3d' | formatst }}";
+        let e = ChatTemplate::new(src, "", "").unwrap_err();
+        assert!(e.to_string().contains("chat template fails on a one-message conversation: "), "{e}");
     }
 }

@@ -34,38 +34,48 @@ pub fn open(path: &Path) -> Result<Opened, String> {
 /// model's own), so RoPE tables are built for it only and a file claiming a longer context than
 /// [`model::LlamaConfig::MAX_CONTEXT`] can still be served.
 pub fn open_capped(path: &Path, context_cap: usize) -> Result<Opened, String> {
+    let at = |e: String| format!("{}: {e}", path.display());
     if path.is_dir() {
-        let mut c = compressed::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if context_cap > 0 {
-            c.config.context_length = c.config.context_length.min(context_cap);
-        }
-        let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(&c.tokenizer_metadata)
-            .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
-        let backend = crate::backend::cpu::slm_compressed(&c.config, c.matrices, &c.vectors)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let model = model::LlamaModel::with_backend(c.config, backend);
-        check_vocab(path, &model, &tokenizer)?;
-        return Ok(Opened { model, tokenizer, version: c.content_hash });
+        let c = compressed::open(path).map_err(at)?;
+        return open_compressed(c, context_cap).map_err(at);
     }
     let file = gguf::GgufFile::open(path)?;
-    let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
-        .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
-    let model = model::LlamaModel::from_gguf_capped(&file, context_cap)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    check_vocab(path, &model, &tokenizer)?;
+    let (model, tokenizer) = open_gguf(&file, context_cap).map_err(at)?;
     Ok(Opened { model, tokenizer, version: file.content_hash() })
 }
 
+/// The model and tokenizer of a parsed GGUF file, checked against each other (the GGUF half of
+/// [`open_capped`]; also what `fuzz/` drives with hostile bytes). Errors do not name the file.
+pub fn open_gguf(
+    file: &gguf::GgufFile,
+    context_cap: usize,
+) -> Result<(model::LlamaModel, tokenizer::SlmTokenizer), String> {
+    let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(file.metadata())
+        .map_err(|e| format!("tokenizer: {e}"))?;
+    let model = model::LlamaModel::from_gguf_capped(file, context_cap)?;
+    check_vocab(&model, &tokenizer)?;
+    Ok((model, tokenizer))
+}
+
+/// The model and tokenizer of an opened compressed folder (the folder half of [`open_capped`]).
+/// Errors do not name the folder.
+pub fn open_compressed(mut c: compressed::CompressedModel, context_cap: usize) -> Result<Opened, String> {
+    if context_cap > 0 {
+        c.config.context_length = c.config.context_length.min(context_cap);
+    }
+    let tokenizer = tokenizer::SlmTokenizer::from_gguf_metadata(&c.tokenizer_metadata)
+        .map_err(|e| format!("tokenizer: {e}"))?;
+    let backend = crate::backend::cpu::slm_compressed(&c.config, c.matrices, &c.vectors)?;
+    let model = model::LlamaModel::with_backend(c.config, backend);
+    check_vocab(&model, &tokenizer)?;
+    Ok(Opened { model, tokenizer, version: c.content_hash })
+}
+
 /// Every token id the tokenizer can produce must have an embedding row.
-fn check_vocab(
-    path: &Path,
-    model: &model::LlamaModel,
-    tokenizer: &tokenizer::SlmTokenizer,
-) -> Result<(), String> {
+fn check_vocab(model: &model::LlamaModel, tokenizer: &tokenizer::SlmTokenizer) -> Result<(), String> {
     if tokenizer.vocab_size() > model.config().vocab {
         return Err(format!(
-            "{}: tokenizer.ggml.tokens has {} tokens but token_embd.weight only {} rows",
-            path.display(),
+            "tokenizer.ggml.tokens has {} tokens but token_embd.weight only {} rows",
             tokenizer.vocab_size(),
             model.config().vocab
         ));

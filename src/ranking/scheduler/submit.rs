@@ -4,7 +4,6 @@
 
 use super::job::Job;
 use super::RankerHandle;
-use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::ranking::api::{Mode, RankRequest, RankResponse};
@@ -41,7 +40,7 @@ impl RankerHandle {
         priority: Option<&str>,
     ) -> Result<RankResponse> {
         let s = &*self.inner;
-        check_limits(&req, &s.limits)?;
+        req.check_limits(&s.limits)?;
         if req.priority.is_empty() {
             if let Some(p) = priority {
                 req.priority = p.to_string();
@@ -135,24 +134,4 @@ impl RankerHandle {
         guard.armed = false;
         result
     }
-}
-
-/// Request-level limits from the server config (model-level checks happen in `RankerModel::prepare`).
-fn check_limits(req: &RankRequest, limits: &Limits) -> Result<()> {
-    if req.candidates.is_empty() {
-        return Err(Error::invalid("candidates", "must contain at least one candidate"));
-    }
-    if req.candidates.len() > limits.max_candidates {
-        return Err(Error::invalid(
-            "candidates",
-            format!("{} candidates is over the limit of {}", req.candidates.len(), limits.max_candidates),
-        ));
-    }
-    if req.history.len() > limits.max_history_events {
-        return Err(Error::invalid(
-            "history",
-            format!("{} events is over the limit of {}", req.history.len(), limits.max_history_events),
-        ));
-    }
-    Ok(())
 }

@@ -181,11 +181,18 @@ fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, String> {
 /// Opens and checks a folder. Never panics on bad files; every error names the file, and for
 /// tensors the tensor (and tile) at fault.
 pub fn open(dir: &Path) -> Result<CompressedModel, String> {
+    open_with(|name| read_file(dir, name))
+}
+
+/// [`open`] over files that `read` returns by name (one of [`CONFIG_FILE`], [`TOKENIZER_FILE`],
+/// [`MODEL_FILE`], [`COMPRESSION_FILE`]; each asked for once, in that order, after the ones before
+/// it passed their checks), so the checks can run on bytes that are not in a folder (`fuzz/`).
+pub fn open_with(mut read: impl FnMut(&str) -> Result<Vec<u8>, String>) -> Result<CompressedModel, String> {
     let config: LlamaConfig =
-        serde_json::from_slice(&read_file(dir, CONFIG_FILE)?).map_err(|e| format!("{CONFIG_FILE}: {e}"))?;
+        serde_json::from_slice(&read(CONFIG_FILE)?).map_err(|e| format!("{CONFIG_FILE}: {e}"))?;
     config.validate().map_err(|e| format!("{CONFIG_FILE}: {e}"))?;
-    let tokenizer_metadata = read_tokenizer(&read_file(dir, TOKENIZER_FILE)?)?;
-    let bytes = read_file(dir, MODEL_FILE)?;
+    let tokenizer_metadata = read_tokenizer(&read(TOKENIZER_FILE)?)?;
+    let bytes = read(MODEL_FILE)?;
     let content_hash = {
         use sha2::{Digest, Sha256};
         hex::encode(Sha256::digest(&bytes))[..16].to_string()
@@ -194,8 +201,8 @@ pub fn open(dir: &Path) -> Result<CompressedModel, String> {
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format!("{MODEL_FILE}: {e}"))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let (matrices, vectors) = read_tensors(&config, &st, &meta).map_err(|e| format!("{MODEL_FILE}: {e}"))?;
-    let compression: CompressionJson = serde_json::from_slice(&read_file(dir, COMPRESSION_FILE)?)
-        .map_err(|e| format!("{COMPRESSION_FILE}: {e}"))?;
+    let compression: CompressionJson =
+        serde_json::from_slice(&read(COMPRESSION_FILE)?).map_err(|e| format!("{COMPRESSION_FILE}: {e}"))?;
     check_compression(&config, &compression, &matrices).map_err(|e| format!("{COMPRESSION_FILE}: {e}"))?;
     Ok(CompressedModel {
         config,

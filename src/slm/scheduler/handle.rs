@@ -76,17 +76,7 @@ impl SlmHandle {
         max_prompt_tokens: usize,
         classes: PriorityClasses,
     ) -> std::result::Result<Self, String> {
-        let template = match tokenizer.chat_template() {
-            Some(t) => Some(
-                ChatTemplate::new(
-                    t,
-                    tokenizer.bos_token().unwrap_or(""),
-                    tokenizer.eos_token().unwrap_or(""),
-                )
-                .map_err(|e| format!("tokenizer.chat_template: {e}"))?,
-            ),
-            None => None,
-        };
+        let template = ChatTemplate::of_tokenizer(&tokenizer)?;
         let context_length = match settings.context_length {
             0 => model.config().context_length,
             n => n.min(model.config().context_length),
