@@ -82,13 +82,6 @@ async fn get(s: &Slate, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn post(s: &Slate, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new().post(s.url(path)).json(body).send().await.expect("POST");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("response body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 /// The same request with `"stream": true`: the SSE events' JSON payloads (the final `[DONE]` checked
 /// and dropped).
 async fn post_stream(s: &Slate, path: &str, body: &Value) -> Vec<Value> {
@@ -157,7 +150,7 @@ async fn models_and_health(s: &Slate, models: &Value, gguf_bytes: u64) {
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["models_not_ready"], json!([BROKEN]), "{ready}");
     assert_eq!(get(s, "/health/live").await.0, 200);
-    let (status, r) = post(s, "/v1/completions", &completion(BROKEN, PROMPT, 4)).await;
+    let (status, r) = s.post_json("/v1/completions", &completion(BROKEN, PROMPT, 4)).await;
     assert_eq!(status, 503, "{r}");
     assert!(r["error"]["message"].as_str().unwrap_or_default().contains(BROKEN), "{r}");
 }
@@ -165,7 +158,7 @@ async fn models_and_health(s: &Slate, models: &Value, gguf_bytes: u64) {
 /// Completions (JSON = SSE, max_tokens held), chat completions, tokenize.
 async fn openai_http(s: &Slate) {
     let req = completion(MODEL, PROMPT, 12);
-    let (status, c) = post(s, "/v1/completions", &req).await;
+    let (status, c) = s.post_json("/v1/completions", &req).await;
     assert_eq!(status, 200, "{c}");
     eprintln!("smol-24 greedy completion of {PROMPT:?}: {:?}", c["choices"][0]["text"]);
     assert_eq!(c["object"], "text_completion");
@@ -173,7 +166,7 @@ async fn openai_http(s: &Slate) {
     assert_eq!(c["usage"]["completion_tokens"], 12, "{c}");
     let text = c["choices"][0]["text"].as_str().expect("text");
     assert!(!text.is_empty(), "{c}");
-    let (_, again) = post(s, "/v1/completions", &req).await;
+    let (_, again) = s.post_json("/v1/completions", &req).await;
     assert_eq!(again["choices"][0]["text"], text, "greedy decoding is not deterministic");
 
     let events = post_stream(s, "/v1/completions", &req).await;
@@ -185,7 +178,7 @@ async fn openai_http(s: &Slate) {
     for max_tokens in [1, 5] {
         let req =
             json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": max_tokens, "temperature": 0});
-        let (status, r) = post(s, "/v1/completions", &req).await;
+        let (status, r) = s.post_json("/v1/completions", &req).await;
         assert_eq!(status, 200, "{r}");
         let n = r["usage"]["completion_tokens"].as_u64().unwrap();
         assert!((1..=max_tokens).contains(&n), "{max_tokens} asked: {r}");
@@ -193,7 +186,7 @@ async fn openai_http(s: &Slate) {
 
     let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 16, "temperature": 0});
-    let (status, a) = post(s, "/v1/chat/completions", &chat).await;
+    let (status, a) = s.post_json("/v1/chat/completions", &chat).await;
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["object"], "chat.completion");
     assert_eq!(a["choices"][0]["message"]["role"], "assistant");
@@ -207,7 +200,7 @@ async fn openai_http(s: &Slate) {
 
     // Tokenize: the folder's tokenizer.gguf gives the source GGUF's ids.
     let text = "<|im_start|>user\nHello, compressed world!<|im_end|>";
-    let (status, t) = post(s, "/v1/tokenize", &json!({"model": MODEL, "prompt": text})).await;
+    let (status, t) = s.post_json("/v1/tokenize", &json!({"model": MODEL, "prompt": text})).await;
     assert_eq!(status, 200, "{t}");
     let gguf = slate::slm::gguf::GgufFile::open(&common::smollm2()).expect("open the GGUF");
     let tok = slate::slm::tokenizer::SlmTokenizer::from_gguf_metadata(gguf.metadata()).expect("tokenizer");
@@ -220,10 +213,10 @@ async fn openai_http(s: &Slate) {
 /// decode step held more than one sequence.
 async fn four_at_once_equal_one_alone(s: &Slate) {
     let req = completion(MODEL, "Once upon a time, in a small village,", 24);
-    let (_, alone) = post(s, "/v1/completions", &req).await;
+    let (_, alone) = s.post_json("/v1/completions", &req).await;
     let alone = alone["choices"][0]["text"].clone();
     assert!(alone.is_string(), "{alone}");
-    let together = futures::future::join_all((0..4).map(|_| post(s, "/v1/completions", &req))).await;
+    let together = futures::future::join_all((0..4).map(|_| s.post_json("/v1/completions", &req))).await;
     for (status, r) in together {
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["choices"][0]["text"], alone);
@@ -239,7 +232,7 @@ async fn four_at_once_equal_one_alone(s: &Slate) {
 async fn score_and_grpc(s: &Slate) {
     let labels = [" Paris", " London", " a banana"];
     let (status, h) =
-        post(s, "/v1/score", &json!({"model": MODEL, "prompt": PROMPT, "labels": labels})).await;
+        s.post_json("/v1/score", &json!({"model": MODEL, "prompt": PROMPT, "labels": labels})).await;
     assert_eq!(status, 200, "{h}");
     let mut client = pb::generation_client::GenerationClient::new(s.grpc_channel().await);
     let g = client
@@ -282,7 +275,7 @@ async fn score_and_grpc(s: &Slate) {
     assert_eq!((last.finish_reason.as_str(), last.usage), (full.finish_reason.as_str(), full.usage));
     let mut http = completion(MODEL, PROMPT, 10);
     http.as_object_mut().unwrap().remove("ignore_eos");
-    let (_, c) = post(s, "/v1/completions", &http).await;
+    let (_, c) = s.post_json("/v1/completions", &http).await;
     assert_eq!(c["choices"][0]["text"], full.text, "HTTP and gRPC greedy text differ");
 }
 

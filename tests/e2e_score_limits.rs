@@ -24,13 +24,6 @@ async fn start(slm: &str, limits: &str) -> Slate {
     s
 }
 
-async fn post(s: &Slate, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new().post(s.url(path)).json(body).send().await.expect("send");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 /// `VmRSS` and `VmHWM` (peak) of the server process, in bytes.
 fn memory(s: &Slate) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).expect("read /proc/PID/status");
@@ -64,7 +57,7 @@ async fn long_scoring_requests_are_refused_or_chunked_with_bounded_memory() {
     let body = json!({"model": MODEL, "prompt": "Which one fits?", "labels": big});
     assert!(body.to_string().len() > 85_000, "{} bytes", body.to_string().len());
     let t = Instant::now();
-    let (st, v) = post(&s, "/v1/score", &body).await;
+    let (st, v) = s.post_json("/v1/score", &body).await;
     assert_eq!(st, 422, "{v}");
     let msg = error_message(&v);
     assert!(msg.starts_with("labels: ") && msg.contains("4096"), "{msg}");
@@ -73,7 +66,8 @@ async fn long_scoring_requests_are_refused_or_chunked_with_bounded_memory() {
     // An accepted long request: 12 labels of 40 tokens, label passes in 32-token steps.
     let prompt = "Pick the best continuation:";
     let some = labels(12, 40);
-    let (st, all) = post(&s, "/v1/score", &json!({"model": MODEL, "prompt": prompt, "labels": some})).await;
+    let (st, all) =
+        s.post_json("/v1/score", &json!({"model": MODEL, "prompt": prompt, "labels": some})).await;
     assert_eq!(st, 200, "{all}");
     assert_eq!(all["scores"].as_array().unwrap().len(), 12);
     let (_, hwm) = memory(&s);
@@ -85,7 +79,7 @@ async fn long_scoring_requests_are_refused_or_chunked_with_bounded_memory() {
     // so the same JSON).
     for (i, l) in some.iter().enumerate().step_by(5) {
         let (st, one) =
-            post(&s, "/v1/score", &json!({"model": MODEL, "prompt": prompt, "labels": [l]})).await;
+            s.post_json("/v1/score", &json!({"model": MODEL, "prompt": prompt, "labels": [l]})).await;
         assert_eq!(st, 200, "{one}");
         assert_eq!(one["scores"][0]["logprob_sum"], all["scores"][i]["logprob_sum"], "label {i}");
         assert_eq!(one["scores"][0]["tokens"], 40);
@@ -106,29 +100,29 @@ async fn oversized_inputs_are_refused_by_field() {
     let completion = |prompt: String| json!({"model": MODEL, "prompt": prompt, "max_tokens": 2});
 
     // Over the bound by bytes: refused before tokenizing.
-    let (st, v) = post(&s, "/v1/completions", &completion("a".repeat(bound + 1))).await;
+    let (st, v) = s.post_json("/v1/completions", &completion("a".repeat(bound + 1))).await;
     assert_eq!(st, 422, "{v}");
     let msg = error_message(&v);
     assert!(msg.starts_with("prompt: ") && msg.contains(&format!("{} bytes", bound + 1)), "{msg}");
     // Within the bound: tokenized, and then over the token limit.
-    let (st, v) = post(&s, "/v1/completions", &completion("hello ".repeat(bound / 6))).await;
+    let (st, v) = s.post_json("/v1/completions", &completion("hello ".repeat(bound / 6))).await;
     assert_eq!(st, 422, "{v}");
     assert!(error_message(&v).contains("tokens is over the limit of 64"), "{v}");
     // Chat: the rendered messages.
     let chat = json!({"model": MODEL, "max_tokens": 2, "messages": [
         {"role": "user", "content": "b".repeat(bound / 2)}, {"role": "user", "content": "c".repeat(bound / 2)}]});
-    let (st, v) = post(&s, "/v1/chat/completions", &chat).await;
+    let (st, v) = s.post_json("/v1/chat/completions", &chat).await;
     assert_eq!(st, 422, "{v}");
     assert!(error_message(&v).starts_with("messages: ") && error_message(&v).contains("bytes"), "{v}");
 
     // Stop strings: 257 bytes → 422 naming the index; 256 are fine.
     let gen = |stop: Value| json!({"model": MODEL, "prompt": "Hi", "max_tokens": 2, "temperature": 0, "stop": stop});
-    let (st, v) = post(&s, "/v1/completions", &gen(json!(["x", "y", "z".repeat(257)]))).await;
+    let (st, v) = s.post_json("/v1/completions", &gen(json!(["x", "y", "z".repeat(257)]))).await;
     assert_eq!(st, 422, "{v}");
     assert!(error_message(&v).starts_with("stop[2]: "), "{v}");
-    let (st, v) = post(&s, "/v1/completions", &gen(json!(["z".repeat(256)]))).await;
+    let (st, v) = s.post_json("/v1/completions", &gen(json!(["z".repeat(256)]))).await;
     assert_eq!(st, 200, "{v}");
-    let (st, v) = post(&s, "/v1/completions", &gen(json!(["1", "2", "3", "4", "5"]))).await;
+    let (st, v) = s.post_json("/v1/completions", &gen(json!(["1", "2", "3", "4", "5"]))).await;
     assert_eq!(st, 422, "{v}");
     assert!(error_message(&v).starts_with("stop: "), "{v}");
     let mut client = pb::generation_client::GenerationClient::new(s.grpc_channel().await);
@@ -152,7 +146,7 @@ async fn oversized_inputs_are_refused_by_field() {
     let sample = |k: u32| json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 6, "seed": 3, "top_k": k});
     let mut texts = Vec::new();
     for k in [49_151u32, 49_152, 100_000] {
-        let (st, v) = post(&s, "/v1/completions", &sample(k)).await;
+        let (st, v) = s.post_json("/v1/completions", &sample(k)).await;
         assert_eq!(st, 200, "top_k {k}: {v}");
         texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }

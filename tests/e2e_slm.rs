@@ -33,13 +33,6 @@ async fn start(extra_slm: &str, limits: &str) -> Slate {
     s
 }
 
-async fn post(s: &Slate, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new().post(s.url(path)).json(body).send().await.expect("send");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 /// The `data:` payloads of an SSE response, in order.
 async fn post_sse(s: &Slate, path: &str, body: &Value) -> Vec<String> {
     let r = reqwest::Client::new().post(s.url(path)).json(body).send().await.expect("send");
@@ -62,13 +55,13 @@ async fn openai_http_json_and_sse() {
     let s = start("", "").await;
 
     // Greedy text is sensible: the raw ChatML prompt answers Paris and stops at <|im_end|>.
-    let (st, p) = post(&s, "/v1/completions", &completion(FRANCE, 24)).await;
+    let (st, p) = s.post_json("/v1/completions", &completion(FRANCE, 24)).await;
     assert_eq!(st, 200, "{p}");
     assert_eq!(p["choices"][0]["text"], "The capital of France is Paris.", "{p}");
     assert_eq!(p["choices"][0]["finish_reason"], "stop");
 
     // Chat (template with its default system prompt), greedy: deterministic, non-empty.
-    let (st, a) = post(&s, "/v1/chat/completions", &chat("What is the capital of France?", 24)).await;
+    let (st, a) = s.post_json("/v1/chat/completions", &chat("What is the capital of France?", 24)).await;
     assert_eq!(st, 200, "{a}");
     let text = a["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     assert!(text.split_whitespace().count() >= 3, "{text:?}");
@@ -79,7 +72,7 @@ async fn openai_http_json_and_sse() {
         usage["total_tokens"],
         usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
     );
-    let (_, b) = post(&s, "/v1/chat/completions", &chat("What is the capital of France?", 24)).await;
+    let (_, b) = s.post_json("/v1/chat/completions", &chat("What is the capital of France?", 24)).await;
     assert_eq!(b["choices"][0]["message"]["content"], a["choices"][0]["message"]["content"]);
 
     // The same request streamed: same text, a role delta first, finish + usage last, then [DONE].
@@ -99,7 +92,7 @@ async fn openai_http_json_and_sse() {
     assert_eq!(last["usage"], a["usage"]);
 
     // Completions: max_tokens reached → "length"; streamed text equals the JSON text.
-    let (st, c) = post(&s, "/v1/completions", &completion("The quick brown fox", 12)).await;
+    let (st, c) = s.post_json("/v1/completions", &completion("The quick brown fox", 12)).await;
     assert_eq!(st, 200, "{c}");
     assert_eq!(c["object"], "text_completion");
     assert_eq!(c["choices"][0]["finish_reason"], "length");
@@ -120,7 +113,7 @@ async fn openai_http_json_and_sse() {
         c["choices"][0]["text"].as_str().unwrap().split_whitespace().nth(1).unwrap_or("the").to_string();
     let mut req = completion("The quick brown fox", 12);
     req["stop"] = json!([word.clone()]);
-    let (_, d) = post(&s, "/v1/completions", &req).await;
+    let (_, d) = s.post_json("/v1/completions", &req).await;
     assert_eq!(d["choices"][0]["finish_reason"], "stop", "{d}");
     assert!(!d["choices"][0]["text"].as_str().unwrap().contains(&word));
 
@@ -128,7 +121,7 @@ async fn openai_http_json_and_sse() {
     let mut req = chat("Say yes.", 3);
     req["logprobs"] = json!(true);
     req["top_logprobs"] = json!(3);
-    let (_, e) = post(&s, "/v1/chat/completions", &req).await;
+    let (_, e) = s.post_json("/v1/chat/completions", &req).await;
     let content = e["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert_eq!(content.len(), 3);
     for t in content {
@@ -142,12 +135,12 @@ async fn openai_http_json_and_sse() {
 
     // Seeded sampling is reproducible.
     let sampled = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.9, "seed": 11});
-    let (_, x) = post(&s, "/v1/completions", &sampled).await;
-    let (_, y) = post(&s, "/v1/completions", &sampled).await;
+    let (_, x) = s.post_json("/v1/completions", &sampled).await;
+    let (_, y) = s.post_json("/v1/completions", &sampled).await;
     assert_eq!(x["choices"][0]["text"], y["choices"][0]["text"]);
 
     // Tokenize: control tokens are single ids; models lists the SLM.
-    let (st, t) = post(&s, "/v1/tokenize", &json!({"model": MODEL, "prompt": "<|im_start|>user"})).await;
+    let (st, t) = s.post_json("/v1/tokenize", &json!({"model": MODEL, "prompt": "<|im_start|>user"})).await;
     assert_eq!(st, 200, "{t}");
     assert_eq!(t["tokens"][0], 1);
     let models: Value = reqwest::get(s.url("/v1/models")).await.unwrap().json().await.unwrap();
@@ -165,37 +158,36 @@ async fn an_f16_kv_cache_serves_the_same_greedy_answer_and_batches_exactly() {
     // Prompt + 150 tokens does not fit 100 positions; it fits 200.
     let mut long = completion("Once upon a time", 150);
     long["ignore_eos"] = json!(true);
-    let (st, l) = post(&s, "/v1/completions", &long).await;
+    let (st, l) = s.post_json("/v1/completions", &long).await;
     assert_eq!(st, 200, "{l}");
     assert_eq!(l["usage"]["completion_tokens"], 150, "{l}");
 
-    let (st, p) = post(&s, "/v1/completions", &completion(FRANCE, 24)).await;
+    let (st, p) = s.post_json("/v1/completions", &completion(FRANCE, 24)).await;
     assert_eq!(st, 200, "{p}");
     assert_eq!(p["choices"][0]["text"], "The capital of France is Paris.", "{p}");
 
     let prompts = ["Who wrote Hamlet?", "Name three colors.", "What is 2 + 2?", "Describe a cat."];
     let mut solo = Vec::new();
     for q in prompts {
-        let (_, r) = post(&s, "/v1/chat/completions", &chat(q, 12)).await;
+        let (_, r) = s.post_json("/v1/chat/completions", &chat(q, 12)).await;
         solo.push(r["choices"][0]["message"]["content"].clone());
     }
-    let batched =
-        futures::future::join_all(prompts.iter().map(|q| {
-            let (s, body) = (&s, chat(q, 12));
-            async move {
-                post(s, "/v1/chat/completions", &body).await.1["choices"][0]["message"]["content"].clone()
-            }
-        }))
-        .await;
+    let batched = futures::future::join_all(prompts.iter().map(|q| {
+        let (s, body) = (&s, chat(q, 12));
+        async move {
+            s.post_json("/v1/chat/completions", &body).await.1["choices"][0]["message"]["content"].clone()
+        }
+    }))
+    .await;
     assert_eq!(batched, solo);
 
     for extra in [json!({"top_k": 40}), json!({"top_p": 0.9})] {
         let mut req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12,
             "temperature": 0.8, "seed": 5, "logprobs": 2});
         req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let (st, x) = post(&s, "/v1/completions", &req).await;
+        let (st, x) = s.post_json("/v1/completions", &req).await;
         assert_eq!(st, 200, "{x}");
-        let (_, y) = post(&s, "/v1/completions", &req).await;
+        let (_, y) = s.post_json("/v1/completions", &req).await;
         assert_eq!(x["choices"][0]["text"], y["choices"][0]["text"], "{extra}");
         let lps = x["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap();
         let tokens = x["choices"][0]["logprobs"]["tokens"].as_array().unwrap();
@@ -219,14 +211,14 @@ async fn a_batch_of_eight_gives_each_request_its_solo_tokens() {
     ];
     let mut solo = Vec::new();
     for p in prompts {
-        let (_, r) = post(&s, "/v1/chat/completions", &chat(p, 16)).await;
+        let (_, r) = s.post_json("/v1/chat/completions", &chat(p, 16)).await;
         solo.push(r["choices"][0]["message"]["content"].as_str().unwrap().to_string());
     }
     let futs = prompts.iter().map(|p| {
         let body = chat(p, 16);
         let s = &s;
         async move {
-            let (_, r) = post(s, "/v1/chat/completions", &body).await;
+            let (_, r) = s.post_json("/v1/chat/completions", &body).await;
             r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
         }
     });
@@ -290,8 +282,7 @@ async fn grpc_generate_stream_and_score() {
     assert_eq!(score.scores[2].tokens, 2);
 
     // HTTP /v1/score agrees with gRPC.
-    let (st, h) = post(
-        &s,
+    let (st, h) = s.post_json(
         "/v1/score",
         &json!({"model": MODEL, "prompt": "The capital of France is", "labels": [" Paris", " London", " a banana"]}),
     )
@@ -412,7 +403,7 @@ async fn every_bad_input_is_named() {
         ("/v1/completions", json!({"prompt": "hi"}), 422, "model"),
     ];
     for (path, body, status, field) in cases {
-        let (st, r) = post(&s, path, &body).await;
+        let (st, r) = s.post_json(path, &body).await;
         assert_eq!(st, status, "{path} {body}: {r}");
         let msg = r["error"]["message"].as_str().unwrap_or("");
         assert!(msg.contains(field), "{path} {body}: message {msg:?} does not name {field}");
@@ -444,6 +435,6 @@ async fn every_bad_input_is_named() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     // Nothing broke: a good request still works.
-    let (st, _) = post(&s, "/v1/completions", &completion("Hello", 2)).await;
+    let (st, _) = s.post_json("/v1/completions", &completion("Hello", 2)).await;
     assert_eq!(st, 200);
 }

@@ -35,12 +35,6 @@ fn trees_toml(models: &[(&str, std::path::PathBuf)]) -> String {
         .collect()
 }
 
-async fn post(slate: &Slate, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new().post(slate.url(path)).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn get(slate: &Slate, path: &str) -> (u16, Value) {
     let r = reqwest::get(slate.url(path)).await.unwrap();
     let status = r.status().as_u16();
@@ -88,7 +82,7 @@ async fn margins_and_scores_equal_xgboost_on_ten_thousand_rows_with_missing_valu
             "inputs": [{"name": "input", "shape": [n, features], "datatype": "FP32", "data": rows["rows"]}],
         });
         let t = Instant::now();
-        let (status, resp) = post(&slate, &format!("/v2/models/{name}/infer"), &body).await;
+        let (status, resp) = slate.post_json(&format!("/v2/models/{name}/infer"), &body).await;
         assert_eq!(status, 200, "{name}: {resp}");
         assert_eq!(resp["model_name"], name);
         assert_eq!(resp["id"], format!("parity-{name}"));
@@ -129,7 +123,7 @@ async fn margins_and_scores_equal_xgboost_on_ten_thousand_rows_with_missing_valu
         "inputs": [{"name": "input", "shape": [1, features], "datatype": "FP64", "data": one_row}],
         "outputs": [{"name": "margin"}],
     });
-    let (status, resp) = post(&slate, "/v2/models/multiclass/infer", &body).await;
+    let (status, resp) = slate.post_json("/v2/models/multiclass/infer", &body).await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(resp["outputs"][0]["name"], "margin");
@@ -190,12 +184,12 @@ async fn the_protocol_answers_metadata_health_and_errors_and_a_hostile_file_fail
     assert_eq!(meta["outputs"][0], json!({"name": "score", "datatype": "FP32", "shape": [-1]}));
 
     let infer = |data: Value, shape: Value| json!({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]});
-    let (code, resp) = post(
-        &slate,
-        "/v2/models/ctr/infer",
-        &infer(json!([[0.0, 9.0], [null, 0.0], [0.5, 0.0]]), json!([3, 2])),
-    )
-    .await;
+    let (code, resp) = slate
+        .post_json(
+            "/v2/models/ctr/infer",
+            &infer(json!([[0.0, 9.0], [null, 0.0], [0.5, 0.0]]), json!([3, 2])),
+        )
+        .await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(
         resp["outputs"][1]["data"],
@@ -215,15 +209,15 @@ async fn the_protocol_answers_metadata_health_and_errors_and_a_hostile_file_fail
         (json!({"inputs": []}), 400, "inputs: expected exactly one input tensor"),
         (json!({"inputs": 5}), 400, "malformed inference request"),
     ] {
-        let (got, resp) = post(&slate, "/v2/models/ctr/infer", &body).await;
+        let (got, resp) = slate.post_json("/v2/models/ctr/infer", &body).await;
         assert_eq!(got, code, "{resp}");
         let msg = resp["error"].as_str().unwrap_or_else(|| panic!("an OIP error body: {resp}"));
         assert!(msg.starts_with(starts), "{msg}");
     }
-    let (code, resp) = post(&slate, "/v2/models/nope/infer", &infer(json!([1, 2]), json!([1, 2]))).await;
+    let (code, resp) = slate.post_json("/v2/models/nope/infer", &infer(json!([1, 2]), json!([1, 2]))).await;
     assert_eq!(code, 404, "{resp}");
     assert!(resp["error"].as_str().unwrap().contains("nope"), "{resp}");
-    let (code, resp) = post(&slate, "/v2/models/cyclic/infer", &infer(json!([1, 2]), json!([1, 2]))).await;
+    let (code, resp) = slate.post_json("/v2/models/cyclic/infer", &infer(json!([1, 2]), json!([1, 2]))).await;
     assert_eq!(code, 503, "{resp}");
     assert!(resp["error"].as_str().is_some(), "{resp}");
 

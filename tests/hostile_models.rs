@@ -222,13 +222,6 @@ async fn get(s: &Slate, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn post(s: &Slate, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new().post(s.url(path)).json(body).send().await.expect("POST");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("response body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 fn model_toml(name: &str, kind: &str, path: &Path) -> String {
     format!("[[models]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\n", path.display())
 }
@@ -283,15 +276,15 @@ async fn hostile_model_files_fail_alone_and_the_server_serves_the_good_ones() {
 
     // The good models serve.
     let chat = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0});
-    let (status, r) = post(&s, "/v1/chat/completions", &chat).await;
+    let (status, r) = s.post_json("/v1/chat/completions", &chat).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["usage"]["completion_tokens"].as_u64().map(|n| n > 0), Some(true), "{r}");
     let rank: Value = serde_json::from_str(&common::rank_body("demo")).unwrap();
-    let (status, r) = post(&s, "/v1/rank", &rank).await;
+    let (status, r) = s.post_json("/v1/rank", &rank).await;
     assert_eq!(status, 200, "{r}");
     // A hostile model answers 503 naming itself, and the process is still there.
     let chat_bad = json!({"model": "chat-template", "messages": [{"role": "user", "content": "Hi"}]});
-    let (status, r) = post(&s, "/v1/chat/completions", &chat_bad).await;
+    let (status, r) = s.post_json("/v1/chat/completions", &chat_bad).await;
     assert_eq!(status, 503, "{r}");
     assert!(r["error"]["message"].as_str().unwrap_or_default().contains("chat-template"), "{r}");
     assert!(!s.has_exited(), "the server exited:\n{}", s.logs());

@@ -3,6 +3,7 @@
 
 use slate::ranking::{RankerConfig, RankerModel};
 use slate::slm::chat::{ChatMessage, ChatTemplate};
+use slate::slm::scheduler::Prompt;
 use slate::slm::tokenizer::{tiny_tokenizer_metadata, SlmTokenizer};
 use std::sync::LazyLock;
 
@@ -42,6 +43,20 @@ pub fn use_tokenizer(tok: &SlmTokenizer, template: Option<&ChatTemplate>, messag
     for special in [true, false] {
         if let Ok(ids) = tok.encode_prompt(&text, special) {
             let _ = tok.decode(&ids, special);
+        }
+    }
+}
+
+/// What the engine does with a request's prompt before it runs: a chat rendered and tokenized, a
+/// text tokenized, token ids decoded (for echo and logprobs).
+pub fn use_prompt(p: &Prompt) {
+    match p {
+        Prompt::Chat(m) => use_tokenizer(&TOKENIZER, Some(&TEMPLATE), m),
+        Prompt::Text(t) => {
+            let _ = TOKENIZER.encode_prompt(t, true);
+        }
+        Prompt::Tokens(ids) => {
+            let _ = TOKENIZER.decode(ids, false);
         }
     }
 }

@@ -15,17 +15,6 @@ use slate::ranking::{Mode, RankRequest};
 use slate::server::body::count_grpc_fields;
 use slate::server::grpc::{generate_request, score_request};
 use slate::server::layer::check_rank_counts;
-use slate::slm::scheduler::Prompt;
-
-fn prompt(p: &Prompt) {
-    match p {
-        Prompt::Chat(m) => common::use_tokenizer(&common::TOKENIZER, Some(&common::TEMPLATE), m),
-        Prompt::Text(t) => {
-            let _ = common::TOKENIZER.encode_prompt(t, true);
-        }
-        Prompt::Tokens(_) => {}
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, msg)) = data.split_first() else { return };
@@ -52,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             let Ok(m) = pb::GenerateRequest::decode(msg) else { return };
             if let Ok((_, g)) = generate_request(m, None, None) {
                 if g.params.validate().is_ok() {
-                    prompt(&g.prompt);
+                    common::use_prompt(&g.prompt);
                 }
             }
         }
@@ -60,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = count_grpc_fields(&framed, [1, 2, 3, 4]);
             let Ok(m) = pb::ScoreRequest::decode(msg) else { return };
             if let Ok((_, _, s)) = score_request(m, None, None) {
-                prompt(&s.prompt);
+                common::use_prompt(&s.prompt);
             }
         }
     }

@@ -14,24 +14,12 @@ use slate::config::Limits;
 use slate::ranking::{Mode, RankRequest};
 use slate::server::http::parse_json;
 use slate::server::openai::{prompt_of, ChatRequest, CompletionRequest, ScoreBody, TokenizeRequest};
-use slate::slm::scheduler::{GenerateRequest, Prompt};
-
-fn prompt(p: &Prompt) {
-    match p {
-        Prompt::Chat(m) => common::use_tokenizer(&common::TOKENIZER, Some(&common::TEMPLATE), m),
-        Prompt::Text(t) => {
-            let _ = common::TOKENIZER.encode_prompt(t, true);
-        }
-        Prompt::Tokens(ids) => {
-            let _ = common::TOKENIZER.decode(ids, false);
-        }
-    }
-}
+use slate::slm::scheduler::GenerateRequest;
 
 fn generate(r: Result<GenerateRequest, slate::Error>) {
     if let Ok(g) = r {
         if g.params.validate().is_ok() {
-            prompt(&g.prompt);
+            common::use_prompt(&g.prompt);
         }
     }
 }
@@ -59,13 +47,13 @@ fuzz_target!(|data: &[u8]| {
         3 => {
             let Ok(req) = parse_json::<TokenizeRequest>(&body) else { return };
             if let Ok(p) = prompt_of(req.prompt, req.messages) {
-                prompt(&p);
+                common::use_prompt(&p);
             }
         }
         _ => {
             let Ok(mut req) = parse_json::<ScoreBody>(&body) else { return };
             if let Ok(s) = req.score_request(&headers) {
-                prompt(&s.prompt);
+                common::use_prompt(&s.prompt);
             }
         }
     }

@@ -153,6 +153,15 @@ impl Slate {
         format!("http://{}{path}", self.http)
     }
 
+    /// POSTs `body` as JSON to `path`: the status and the response parsed as JSON (a body that is not
+    /// JSON comes back as a JSON string).
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new().post(self.url(path)).json(body).send().await.expect("POST");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("response body");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
     }
