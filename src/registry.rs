@@ -9,7 +9,7 @@ use crate::metrics;
 use crate::ranking::{RankerHandle, RankerModel};
 use crate::serving::PriorityClasses;
 use crate::slm::scheduler::SlmHandle;
-use crate::tabular::TreesModel;
+use crate::tabular::TabularModel;
 use serde::Serialize;
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::watch;
@@ -40,7 +40,7 @@ struct Entry {
     state: RwLock<ModelState>,
     ranker: OnceLock<RankerHandle>,
     slm: OnceLock<SlmHandle>,
-    trees: OnceLock<Arc<TreesModel>>,
+    tabular: OnceLock<Arc<TabularModel>>,
     /// Set when one of the loaded model's threads or tasks died.
     faulted: OnceLock<String>,
 }
@@ -49,7 +49,7 @@ struct Entry {
 enum Loaded {
     Ranker(RankerHandle),
     Slm(SlmHandle),
-    Trees(Arc<TreesModel>),
+    Tabular(Arc<TabularModel>),
 }
 
 pub struct Registry {
@@ -67,7 +67,7 @@ impl Registry {
                 state: RwLock::new(ModelState::Loading),
                 ranker: OnceLock::new(),
                 slm: OnceLock::new(),
-                trees: OnceLock::new(),
+                tabular: OnceLock::new(),
                 faulted: OnceLock::new(),
             })
             .collect::<Vec<_>>();
@@ -112,8 +112,8 @@ impl Registry {
                                     Some(f)
                                 }
                                 // Runs on the request's blocking thread: no threads of its own to die.
-                                Loaded::Trees(m) => {
-                                    let _ = entry.trees.set(m);
+                                Loaded::Tabular(m) => {
+                                    let _ = entry.tabular.set(m);
                                     None
                                 }
                             };
@@ -187,7 +187,7 @@ impl Registry {
                     .get()
                     .map(|h| h.model().weights_hash().to_string())
                     .or_else(|| e.slm.get().map(|h| h.version().to_string()))
-                    .or_else(|| e.trees.get().map(|m| m.version.clone())),
+                    .or_else(|| e.tabular.get().map(|m| m.version.clone())),
                 weights: e.slm.get().map(|h| h.weights().clone()),
                 status: e.state.read().expect("registry lock poisoned").clone(),
             })
@@ -223,10 +223,18 @@ impl Registry {
         })
     }
 
-    /// The tree model named `name`: NOT_FOUND when no such model is configured, UNAVAILABLE while loading.
-    pub fn trees(&self, name: &str) -> Result<Arc<TreesModel>> {
-        let entry = self.entry(name, ModelKind::Trees)?;
-        entry.trees.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
+    /// The tabular model (trees, additive, soft trees) named `name`: NOT_FOUND when no such model is
+    /// configured, UNAVAILABLE while loading.
+    pub fn tabular(&self, name: &str) -> Result<Arc<TabularModel>> {
+        let entry = self.entries.iter().find(|e| e.config.name == name && e.config.kind.is_tabular());
+        let entry = entry.ok_or_else(|| {
+            if name.is_empty() {
+                Error::invalid("model", "must name a model")
+            } else {
+                Error::NotFound(format!("model: no tabular model named '{name}'"))
+            }
+        })?;
+        entry.tabular.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
     }
 
     /// The kind of the configured model `name`, and whether it is ready.
@@ -271,21 +279,29 @@ fn load_one(
             crate::slm::warm_up(&handle)?;
             Ok(Loaded::Slm(handle))
         }
-        ModelKind::Trees => {
-            let model = TreesModel::load(&cfg.path)?;
-            // Warm up: one row of missing values through the whole ensemble.
-            let row = vec![f32::NAN; model.forest.num_features];
-            let _ = model.predict(&row, crate::tabular::Outputs { margin: true, score: true });
+        ModelKind::Trees | ModelKind::Additive | ModelKind::SoftTrees => {
+            let model = TabularModel::load(&cfg.path)?;
+            if model.kind() != cfg.kind {
+                return Err(format!(
+                    "{}: a {} model ({}), but the config says kind = \"{}\"",
+                    cfg.path.display(),
+                    model.kind().as_str(),
+                    model.format,
+                    cfg.kind.as_str()
+                ));
+            }
+            // Warm up: one row of missing values through the whole model.
+            let row = vec![f32::NAN; model.num_features()];
+            let _ = model
+                .predict(&row, crate::tabular::Outputs { margin: true, score: true, contributions: false });
             tracing::info!(
                 model = %cfg.name,
                 format = model.format,
-                trees = model.forest.trees.len(),
-                nodes = model.forest.nodes.len(),
-                max_depth = model.forest.max_depth,
-                features = model.forest.num_features,
-                "tree model read"
+                features = model.num_features(),
+                facts = %serde_json::Value::Object(model.describe()),
+                "tabular model read"
             );
-            Ok(Loaded::Trees(Arc::new(model)))
+            Ok(Loaded::Tabular(Arc::new(model)))
         }
     }
 }

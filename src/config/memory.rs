@@ -58,7 +58,7 @@ impl Estimate {
             let cache = match m.kind {
                 ModelKind::Slm => Some(("slm.kv_cache_bytes", m.slm.kv_cache_bytes)),
                 ModelKind::Ranker => Some(("ranker.cache_bytes", m.ranker.cache_bytes)),
-                ModelKind::Trees => None,
+                ModelKind::Trees | ModelKind::Additive | ModelKind::SoftTrees => None,
             };
             if let Some((key, bytes)) = cache {
                 parts.push(Part { what: format!("model '{}' {key}", m.name), bytes: bytes as u64 });

@@ -11,6 +11,11 @@ pub enum ModelKind {
     Slm,
     /// A tree ensemble (XGBoost JSON), served over the Open Inference Protocol.
     Trees,
+    /// An additive model (per-feature and pairwise bin scores), served over the Open Inference Protocol.
+    Additive,
+    /// A soft-tree ensemble (safetensors), served over the Open Inference Protocol.
+    #[serde(rename = "soft_trees")]
+    SoftTrees,
 }
 
 impl ModelKind {
@@ -19,7 +24,14 @@ impl ModelKind {
             ModelKind::Ranker => "ranker",
             ModelKind::Slm => "slm",
             ModelKind::Trees => "trees",
+            ModelKind::Additive => "additive",
+            ModelKind::SoftTrees => "soft_trees",
         }
+    }
+
+    /// The tabular kinds, served over the Open Inference Protocol.
+    pub fn is_tabular(self) -> bool {
+        matches!(self, ModelKind::Trees | ModelKind::Additive | ModelKind::SoftTrees)
     }
 }
 
@@ -38,7 +50,7 @@ pub struct ModelConfig {
     /// Settings for `kind = "slm"`.
     #[serde(default)]
     pub slm: SlmSettings,
-    /// Settings for `kind = "trees"`.
+    /// Settings for the tabular kinds (`trees`, `additive`, `soft_trees`).
     #[serde(default)]
     pub trees: TreesSettings,
 }

@@ -95,6 +95,8 @@ const MODEL_METHODS: &[(ModelKind, &str)] = &[
     (ModelKind::Slm, "generate"),
     (ModelKind::Slm, "generate_stream"),
     (ModelKind::Trees, "infer"),
+    (ModelKind::Additive, "infer"),
+    (ModelKind::SoftTrees, "infer"),
 ];
 
 /// The (protocol, method) label pairs of the endpoints that serve a model of `kind`.

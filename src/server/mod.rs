@@ -152,7 +152,9 @@ fn register_metrics(config: &Config) {
         match m.kind {
             ModelKind::Ranker => crate::metrics::register_ranker(&m.name, &config.priorities.classes),
             ModelKind::Slm => crate::metrics::register_slm(&m.name),
-            ModelKind::Trees => crate::metrics::register_trees(&m.name),
+            ModelKind::Trees | ModelKind::Additive | ModelKind::SoftTrees => {
+                crate::metrics::register_trees(&m.name)
+            }
         }
     }
 }

@@ -7,9 +7,8 @@
 
 use super::layer::RequestCtx;
 use super::AppState;
-use crate::config::ModelKind;
 use crate::error::Error;
-use crate::tabular::{Outputs, TreesModel};
+use crate::tabular::{Outputs, TabularModel};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -82,33 +81,48 @@ pub async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, OipError> {
-    let model = trees(&state, &name)?;
-    let f = &model.forest;
-    let shape = |width: usize| if width == 1 { json!([-1]) } else { json!([-1, width]) };
+    let model = tabular(&state, &name)?;
+    let mut parameters = model.describe();
+    parameters.insert("content_hash".into(), model.version.clone().into());
     Ok(Json(json!({
         "name": name,
         "versions": ["1"],
-        "platform": format!("slate_trees_{}", model.format),
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, f.num_features]}],
+        "platform": format!("slate_{}_{}", model.kind().as_str(), model.format),
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, model.num_features()]}],
         "outputs": [
-            {"name": "score", "datatype": "FP32", "shape": shape(f.score_width())},
-            {"name": "margin", "datatype": "FP32", "shape": shape(f.num_groups)},
+            {"name": "score", "datatype": "FP32", "shape": output_shape(&model, "score", -1)},
+            {"name": "margin", "datatype": "FP32", "shape": output_shape(&model, "margin", -1)},
+            {"name": "contributions", "datatype": "FP32", "shape": output_shape(&model, "contributions", -1)},
         ],
-        "parameters": {
-            "content_hash": model.version,
-            "trees": f.trees.len(),
-            "max_depth": f.max_depth,
-        },
+        "parameters": parameters,
     })))
 }
 
-fn trees(state: &AppState, name: &str) -> Result<Arc<TreesModel>, Error> {
+/// The shape of output `name` for `n` rows (`-1` in metadata): `[n]` for one value per row, `[n, K]`
+/// for K; contributions are `[n, F + 1]`, or `[n, K, F + 1]` for K groups.
+fn output_shape(model: &TabularModel, name: &str, n: i64) -> Value {
+    let width = |w: usize| if w == 1 { json!([n]) } else { json!([n, w]) };
+    match name {
+        "score" => width(model.score_width()),
+        "margin" => width(model.num_groups()),
+        _ => {
+            let (g, f1) = (model.num_groups(), model.num_features() + 1);
+            if g == 1 {
+                json!([n, f1])
+            } else {
+                json!([n, g, f1])
+            }
+        }
+    }
+}
+
+fn tabular(state: &AppState, name: &str) -> Result<Arc<TabularModel>, Error> {
     match state.registry.kind_and_ready(name) {
-        Some((ModelKind::Trees, _)) | None => state.registry.trees(name),
-        Some((kind, _)) => Err(Error::NotFound(format!(
-            "model '{name}' is a {} model: the Open Inference Protocol serves tree models",
+        Some((kind, _)) if !kind.is_tabular() => Err(Error::NotFound(format!(
+            "model '{name}' is a {} model: the Open Inference Protocol serves tabular models",
             kind.as_str()
         ))),
+        _ => state.registry.tabular(name),
     }
 }
 
@@ -227,9 +241,9 @@ pub async fn infer(
     };
     let req: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| Error::BadRequest(format!("malformed inference request: {e}")))?;
-    let model = trees(&state, &name)?;
+    let model = tabular(&state, &name)?;
     let max_rows = state.config.models.iter().find(|m| m.name == name).map_or(0, |m| m.trees.max_rows);
-    let (rows, n) = check_input(req.inputs, &body[json_len..], model.forest.num_features, max_rows)?;
+    let (rows, n) = check_input(req.inputs, &body[json_len..], model.num_features(), max_rows)?;
     drop(body);
     let binary_default = flag(req.parameters.as_ref(), "binary_data_output")?;
     let wanted = wanted_outputs(req.outputs.as_deref(), binary_default)?;
@@ -240,16 +254,18 @@ pub async fn infer(
     })
     .await
     .map_err(|e| Error::Internal(format!("the inference task failed: {e}")))?;
-    let f = &model.forest;
-    let shape = |width: usize| if width == 1 { json!([n]) } else { json!([n, width]) };
+    let p = p.map_err(|e| Error::invalid("outputs", e))?;
     let mut outputs = Vec::new();
     let mut binary = Vec::new();
     for (out, as_binary) in wanted.0 {
-        let (data, width) = match out {
-            "score" => (p.score.as_deref().unwrap_or_default(), f.score_width()),
-            _ => (p.margin.as_deref().unwrap_or_default(), f.num_groups),
-        };
-        let mut tensor = json!({"name": out, "datatype": "FP32", "shape": shape(width)});
+        let data = match out {
+            "score" => p.score.as_deref(),
+            "margin" => p.margin.as_deref(),
+            _ => p.contributions.as_deref(),
+        }
+        .unwrap_or_default();
+        let mut tensor =
+            json!({"name": out, "datatype": "FP32", "shape": output_shape(&model, out, n as i64)});
         if as_binary {
             tensor["parameters"] = json!({"binary_data_size": data.len() * 4});
             binary.extend(data.iter().flat_map(|v| v.to_le_bytes()));
@@ -388,18 +404,13 @@ fn wanted_outputs(req: Option<&[RequestedOutput]>, binary_default: bool) -> Resu
                     let name = match o.name.as_str() {
                         "score" => "score",
                         "margin" => "margin",
-                        "contributions" => {
-                            return Err(Error::invalid(
-                                &format!("{field}.name"),
-                                "contributions are not served yet",
-                            ))
-                        }
-                        other => {
-                            return Err(Error::invalid(
-                                &format!("{field}.name"),
-                                format!("unknown output '{other}': the outputs are score and margin"),
-                            ))
-                        }
+                        "contributions" => "contributions",
+                        other => return Err(Error::invalid(
+                            &format!("{field}.name"),
+                            format!(
+                                "unknown output '{other}': the outputs are score, margin and contributions"
+                            ),
+                        )),
                     };
                     let binary = match o.parameters.as_ref().and_then(|p| p.get("binary_data")) {
                         None => binary_default,
@@ -412,7 +423,7 @@ fn wanted_outputs(req: Option<&[RequestedOutput]>, binary_default: bool) -> Resu
         }
     };
     let has = |n: &str| names.iter().any(|(m, _)| *m == n);
-    let outputs = Outputs { score: has("score"), margin: has("margin") };
+    let outputs = Outputs { score: has("score"), margin: has("margin"), contributions: has("contributions") };
     Ok((names, outputs))
 }
 
@@ -482,12 +493,18 @@ mod tests {
         let (names, o) = wanted_outputs(None, true).unwrap();
         assert_eq!(
             (names, o),
-            (vec![("score", true), ("margin", true)], Outputs { score: true, margin: true })
+            (
+                vec![("score", true), ("margin", true)],
+                Outputs { score: true, margin: true, contributions: false }
+            )
         );
         let params = serde_json::from_str(r#"{"binary_data": true}"#).unwrap();
         let only = [RequestedOutput { name: "margin".into(), parameters: Some(params) }];
         let (names, o) = wanted_outputs(Some(&only), false).unwrap();
-        assert_eq!((names, o), (vec![("margin", true)], Outputs { score: false, margin: true }));
+        assert_eq!(
+            (names, o),
+            (vec![("margin", true)], Outputs { score: false, margin: true, contributions: false })
+        );
         let bad = [RequestedOutput { name: "prob".into(), parameters: None }];
         let e = wanted_outputs(Some(&bad), false).unwrap_err().to_string();
         assert!(e.starts_with("outputs[0].name: unknown output 'prob'"), "{e}");

@@ -1,12 +1,15 @@
-//! The tabular family: tree ensembles for ads scoring (`kind = "trees"`), served over the Open
-//! Inference Protocol (`server/oip.rs`). `forest.rs` evaluates a compiled ensemble; each format's
-//! loader builds one (`xgboost.rs`: XGBoost JSON). The format is detected from the file's content.
+//! The tabular family for ads scoring, served over the Open Inference Protocol (`server/oip.rs`):
+//! tree ensembles (`kind = "trees"`), additive models (`"additive"`) and soft trees
+//! (`"soft_trees"`). Each kind has a [`Predictor`]; `forest.rs` evaluates a compiled tree ensemble,
+//! which each format's loader builds (`xgboost.rs`: XGBoost JSON). The format is detected from the
+//! file's content, and must belong to the configured kind.
 
 pub mod forest;
 pub mod xgboost;
 
 pub use forest::{Forest, Transform};
 
+use crate::config::ModelKind;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -16,33 +19,43 @@ const PAR_BLOCK_ROWS: usize = 64;
 /// Largest model file read.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
-/// A loaded tree model.
+/// A loaded tabular model.
 #[derive(Debug)]
-pub struct TreesModel {
-    pub forest: Forest,
+pub struct TabularModel {
+    pub predictor: Predictor,
     /// The file format, e.g. `xgboost_json`.
     pub format: &'static str,
     /// Hex SHA-256 prefix of the file.
     pub version: String,
 }
 
-/// What one inference computes: margins, scores, or both.
+/// What evaluates a model, one per kind.
+#[derive(Debug)]
+pub enum Predictor {
+    /// A tree ensemble (`kind = "trees"`).
+    Forest(Forest),
+}
+
+/// What one inference computes: margins, scores, per-feature contributions, each when asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Outputs {
     pub margin: bool,
     pub score: bool,
+    pub contributions: bool,
 }
 
-/// Margins (`n × num_groups`) and scores (`n × score_width`) of a batch, each when asked for.
+/// Margins (`n × num_groups`), scores (`n × score_width`) and contributions
+/// (`n × num_groups × (num_features + 1)`, the bias last) of a batch, each when asked for.
 #[derive(Debug, Default)]
 pub struct Prediction {
     pub margin: Option<Vec<f32>>,
     pub score: Option<Vec<f32>>,
+    pub contributions: Option<Vec<f32>>,
 }
 
-impl TreesModel {
+impl TabularModel {
     /// Reads and checks the model file at `path` (errors name the file and what is wrong).
-    pub fn load(path: &Path) -> Result<TreesModel, String> {
+    pub fn load(path: &Path) -> Result<TabularModel, String> {
         let at = |e: String| format!("{}: {e}", path.display());
         let meta = std::fs::metadata(path).map_err(|e| at(e.to_string()))?;
         if !meta.is_file() {
@@ -56,18 +69,68 @@ impl TreesModel {
     }
 
     /// A model from a file's bytes, its format detected from the content.
-    pub fn from_bytes(bytes: &[u8]) -> Result<TreesModel, String> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<TabularModel, String> {
         let version = hex::encode(Sha256::digest(bytes))[..16].to_string();
-        let (forest, format) = match detect(bytes) {
-            Format::XgboostJson => (xgboost::parse(bytes)?, "xgboost_json"),
+        let (predictor, format) = match detect(bytes) {
+            Format::XgboostJson => (Predictor::Forest(xgboost::parse(bytes)?), "xgboost_json"),
             Format::Unknown(what) => return Err(what),
         };
-        Ok(TreesModel { forest, format, version })
+        Ok(TabularModel { predictor, format, version })
     }
 
-    /// Runs `rows` (`n × num_features`, NaN = missing).
-    pub fn predict(&self, rows: &[f32], outputs: Outputs) -> Prediction {
-        let f = &self.forest;
+    /// The configured kind this model's format belongs to.
+    pub fn kind(&self) -> ModelKind {
+        match &self.predictor {
+            Predictor::Forest(_) => ModelKind::Trees,
+        }
+    }
+
+    /// Features per row.
+    pub fn num_features(&self) -> usize {
+        match &self.predictor {
+            Predictor::Forest(f) => f.num_features,
+        }
+    }
+
+    /// Margins per row.
+    pub fn num_groups(&self) -> usize {
+        match &self.predictor {
+            Predictor::Forest(f) => f.num_groups,
+        }
+    }
+
+    /// Scores per row.
+    pub fn score_width(&self) -> usize {
+        match &self.predictor {
+            Predictor::Forest(f) => f.score_width(),
+        }
+    }
+
+    /// Facts about the model for its metadata and the load log (trees, depth, …).
+    pub fn describe(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        match &self.predictor {
+            Predictor::Forest(f) => {
+                m.insert("trees".into(), f.trees.len().into());
+                m.insert("nodes".into(), f.nodes.len().into());
+                m.insert("max_depth".into(), f.max_depth.into());
+            }
+        }
+        m
+    }
+
+    /// Runs `rows` (`n × num_features`, NaN = missing). Contributions the model cannot explain are
+    /// an error naming why.
+    pub fn predict(&self, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
+        match &self.predictor {
+            Predictor::Forest(f) => Self::predict_forest(f, rows, outputs),
+        }
+    }
+
+    fn predict_forest(f: &Forest, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
+        if outputs.contributions {
+            return Err("contributions are not available for this model yet".into());
+        }
         let n = rows.len() / f.num_features;
         let mut margin = vec![0.0; n * f.num_groups];
         // Blocks of rows across the compute pool (rayon's global pool); each block walks every tree.
@@ -84,7 +147,7 @@ impl TreesModel {
             f.scores(&margin, &mut s);
             s
         });
-        Prediction { margin: outputs.margin.then_some(margin), score }
+        Ok(Prediction { margin: outputs.margin.then_some(margin), score, contributions: None })
     }
 }
 
@@ -111,10 +174,10 @@ mod tests {
 
     #[test]
     fn formats_are_detected_from_the_content() {
-        assert!(TreesModel::from_bytes(b"tree\nversion=v4\n").unwrap_err().contains("LightGBM"));
-        assert!(TreesModel::from_bytes(b"{U\x07learner").unwrap_err().contains("UBJSON"));
-        assert!(TreesModel::from_bytes(b"\x00\x01").unwrap_err().starts_with("unknown model format"));
-        assert!(TreesModel::from_bytes(b"  {\"x\": 1}")
+        assert!(TabularModel::from_bytes(b"tree\nversion=v4\n").unwrap_err().contains("LightGBM"));
+        assert!(TabularModel::from_bytes(b"{U\x07learner").unwrap_err().contains("UBJSON"));
+        assert!(TabularModel::from_bytes(b"\x00\x01").unwrap_err().starts_with("unknown model format"));
+        assert!(TabularModel::from_bytes(b"  {\"x\": 1}")
             .unwrap_err()
             .starts_with("not an XGBoost JSON model"));
     }

@@ -1,4 +1,4 @@
-//! `slate bench trees`: a tree model's batch margins in Slate (`TreesModel::predict`, in process, on
+//! `slate bench trees`: a tree model's batch margins in Slate (`TabularModel::predict`, in process, on
 //! the compute pool) beside xgboost's `inplace_predict` on the same rows with the same thread count,
 //! alternating, medians (tools/tabular/bench_trees_peer.py runs the peer). Also Slate's one-row
 //! latency. Make a model of the shape with
@@ -6,7 +6,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use rand::{Rng, SeedableRng};
-use slate::tabular::{Outputs, TreesModel};
+use slate::tabular::{Outputs, TabularModel};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -46,22 +46,20 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
         bail!("--rows, --rounds and --blocks must be > 0");
     }
     let _ = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global();
-    let model = TreesModel::load(&args.model).map_err(|e| anyhow!(e))?;
-    let f = &model.forest;
+    let model = TabularModel::load(&args.model).map_err(|e| anyhow!(e))?;
     println!(
-        "model {}: {} trees, {} nodes, depth ≤ {}, {} features; {} rows, {} threads; {}",
+        "model {}: {} {}, {} features; {} rows, {} threads; {}",
         args.model.display(),
-        f.trees.len(),
-        f.nodes.len(),
-        f.max_depth,
-        f.num_features,
+        model.format,
+        serde_json::Value::Object(model.describe()),
+        model.num_features(),
         args.rows,
         args.threads,
         super::kernel_isa()
     );
     // Standard normal-ish values (sum of uniforms), 10 % missing, seeded.
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let rows: Vec<f32> = (0..args.rows * f.num_features)
+    let rows: Vec<f32> = (0..args.rows * model.num_features())
         .map(|_| {
             if rng.random::<f32>() < 0.1 {
                 f32::NAN
@@ -72,14 +70,14 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
         .collect();
     let rows_file = tempfile_path("rows.f32");
     std::fs::write(&rows_file, rows.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
-    let margins_only = Outputs { margin: true, score: false };
+    let margins_only = Outputs { margin: true, score: false, contributions: false };
 
     let ours_block = || {
         let _ = model.predict(&rows, margins_only);
         let times: Vec<f64> = (0..args.rounds)
             .map(|_| {
                 let t = Instant::now();
-                std::hint::black_box(model.predict(&rows, margins_only));
+                let _ = std::hint::black_box(model.predict(&rows, margins_only));
                 t.elapsed().as_secs_f64() * 1e6
             })
             .collect();
@@ -91,7 +89,7 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
             .arg("time")
             .arg(&args.model)
             .arg(&rows_file)
-            .arg(f.num_features.to_string())
+            .arg(model.num_features().to_string())
             .args(["--rounds", &args.rounds.to_string(), "--threads", &args.threads.to_string()])
             .output()
             .with_context(|| format!("running {}", args.peer_python.display()))?;
@@ -121,8 +119,14 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
     let ours_m = median(ours);
     println!("slate: {:.0} µs per {}-row batch ({:.2} µs/row)", ours_m, args.rows, ours_m / args.rows as f64);
     if let Some(sum) = checksum {
-        let ours_sum: f64 =
-            model.predict(&rows, margins_only).margin.unwrap().iter().map(|&v| v as f64).sum();
+        let ours_sum: f64 = model
+            .predict(&rows, margins_only)
+            .map_err(|e| anyhow!(e))?
+            .margin
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .sum();
         let peer_m = median(peer);
         println!(
             "xgboost inplace_predict: {peer_m:.0} µs; slate is {:.2}× xgboost (margin sums: slate {ours_sum:.4}, xgboost {sum:.4})",
@@ -131,11 +135,11 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
     }
 
     // One row, one thread's latency (what a single-row request costs inside the server).
-    let one = &rows[..f.num_features];
+    let one = &rows[..model.num_features()];
     let mut lat: Vec<f64> = (0..2000)
         .map(|_| {
             let t = Instant::now();
-            std::hint::black_box(model.predict(one, margins_only));
+            let _ = std::hint::black_box(model.predict(one, margins_only));
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect();
