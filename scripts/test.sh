@@ -9,16 +9,18 @@ cd "$(dirname "$0")/.."
 # The project's Python environment, .venv/ (not the system Python: Debian 12 and Ubuntu 24.04 refuse
 # `pip install` there, "externally managed"). The NumPy reference (tools/reference/, parity tests) and
 # deploy/check_manifests.py (tests/deploy.rs: Kubernetes schemas and the Prometheus Operator's CRD
-# models), the grpcio client of tests/e2e_tls.rs, and xgboost and tritonclient (tests/e2e_trees.rs:
-# tree models against the library's own predictions, through Triton's own client) run in it; tests
-# find it through SLATE_PYTHON (tests/common/mod.rs).
+# models), the grpcio client of tests/e2e_tls.rs, and xgboost, lightgbm, scikit-learn, interpret and
+# tritonclient (tests/e2e_trees.rs and the other tabular tests: models against each library's own
+# predictions, through Triton's own HTTP and gRPC clients) run in it; tests find it through
+# SLATE_PYTHON (tests/common/mod.rs). grpcio is the version tritonclient[grpc] pins.
 VENV="$(scripts/venv.sh)"
 export SLATE_PYTHON="$VENV/bin/python3"
-if ! "$SLATE_PYTHON" -c 'import numpy, kubernetes_validate, cloudcoil.models.prometheus_operator, grpc, xgboost, tritonclient.http' 2>/dev/null; then
-    echo "installing numpy, kubernetes-validate, cloudcoil-models-prometheus-operator, grpcio, xgboost-cpu and tritonclient into $VENV" >&2
+if ! "$SLATE_PYTHON" -c 'import numpy, kubernetes_validate, cloudcoil.models.prometheus_operator, grpc, xgboost, lightgbm, sklearn, interpret, tritonclient.http, tritonclient.grpc' 2>/dev/null; then
+    echo "installing numpy, kubernetes-validate, cloudcoil-models-prometheus-operator, xgboost-cpu, lightgbm, scikit-learn, interpret-core and tritonclient (http, grpc) into $VENV" >&2
     "$SLATE_PYTHON" -m pip install --quiet --disable-pip-version-check 'numpy>=1.26,<3' \
-        'kubernetes-validate==1.37.0' 'cloudcoil-models-prometheus-operator==0.80.1.0' 'grpcio==1.76.0' \
-        'xgboost-cpu==2.1.4' 'tritonclient[http]==2.55.0'
+        'kubernetes-validate==1.37.0' 'cloudcoil-models-prometheus-operator==0.80.1.0' \
+        'xgboost-cpu==2.1.4' 'lightgbm==4.6.0' 'scikit-learn==1.6.1' 'interpret-core==0.6.9' \
+        'tritonclient[http,grpc]==2.55.0'
 fi
 
 # promtool and nginx for tests/deploy.rs (as root, as CI runs), from Debian's packages `prometheus` and `nginx`: the binaries
