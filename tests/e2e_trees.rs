@@ -1,27 +1,38 @@
-//! Tree models over the Open Inference Protocol, against the real xgboost: models trained by
-//! `tools/tabular/xgboost_parity.py` (binary logistic, regression, 3-class softprob, dart, a random
-//! forest) on a synthetic table with 15 % missing values; 10,000 held-out rows sent to
-//! `POST /v2/models/{name}/infer` must give xgboost's own margins within 1e-6 (absolute, or relative
-//! above 1) and its scores likewise, over JSON and, with the official `tritonclient`, binary tensors.
-//! Then the protocol's metadata, health and error bodies, and a hostile model file that fails alone.
+//! Tree models over the Open Inference Protocol, against the real xgboost and lightgbm: models
+//! trained by `tools/tabular/xgboost_parity.py` (binary logistic, regression, 3-class softprob, dart,
+//! a random forest, categorical splits) and `tools/tabular/lightgbm_parity.py` (binary, 3-class, `rf`,
+//! zero-as-missing, categorical) on a synthetic table with 15 % missing values; 10,000 held-out rows
+//! sent to `POST /v2/models/{name}/infer` must give each library's own margins within 1e-6 (absolute,
+//! or relative above 1) and its scores likewise, and its TreeSHAP contributions (`pred_contribs`,
+//! `pred_contrib`) within 1e-5; over JSON and, with the official `tritonclient`, binary tensors. Then
+//! the protocol's metadata, health and error bodies, and a hostile model file that fails alone.
 
 mod common;
 
 use common::Slate;
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const MODELS: [&str; 5] = ["logistic", "regression", "multiclass", "dart", "forest"];
+/// (parity script, model file extension, models).
+const LIBRARIES: [(&str, &str, &[&str]); 2] = [
+    ("xgboost_parity.py", "json", &["logistic", "regression", "multiclass", "dart", "forest", "categorical"]),
+    (
+        "lightgbm_parity.py",
+        "txt",
+        &["lgb_binary", "lgb_multiclass", "lgb_forest", "lgb_zero_missing", "lgb_categorical"],
+    ),
+];
 
-fn train(dir: &std::path::Path) {
+fn train(script: &str, dir: &Path) {
     let out = std::process::Command::new(common::python())
-        .arg("tools/tabular/xgboost_parity.py")
+        .arg(format!("tools/tabular/{script}"))
         .arg(dir)
         .output()
         .expect("run python");
     assert!(
         out.status.success(),
-        "tools/tabular/xgboost_parity.py failed (xgboost is installed into .venv by scripts/test.sh):\n{}",
+        "tools/tabular/{script} failed (xgboost and lightgbm are installed into .venv by scripts/test.sh):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -52,56 +63,72 @@ fn worst(got: &[f64], want: &[f64]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn margins_and_scores_equal_xgboost_on_ten_thousand_rows_with_missing_values() {
+async fn margins_scores_and_contributions_equal_xgboost_and_lightgbm_on_ten_thousand_rows() {
     let dir = tempfile::tempdir().unwrap();
-    train(dir.path());
-    let models: Vec<(&str, std::path::PathBuf)> =
-        MODELS.iter().map(|m| (*m, dir.path().join(format!("{m}.json")))).collect();
+    let mut models: Vec<(&str, PathBuf)> = Vec::new();
+    for (script, ext, names) in LIBRARIES {
+        let sub = dir.path().join(ext);
+        train(script, &sub);
+        models.extend(names.iter().map(|m| (*m, sub.join(format!("{m}.{ext}")))));
+    }
     let slate = Slate::start(&trees_toml(&models));
     slate.wait_ready(Duration::from_secs(60)).await;
 
-    let rows: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("rows.json")).unwrap()).unwrap();
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap()).unwrap();
-    let n = rows["rows"].as_array().unwrap().len();
-    let features = rows["features"].as_u64().unwrap();
-    assert_eq!(n, 10_000);
-    let missing = rows["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.as_array().unwrap())
-        .filter(|v| v.is_null())
-        .count();
-    assert!(missing > n, "the rows have missing values ({missing})");
+    for (_, ext, names) in LIBRARIES {
+        let sub = dir.path().join(ext);
+        let read = |f: &str| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(sub.join(f)).unwrap()).unwrap()
+        };
+        let (rows, expected) = (read("rows.json"), read("expected.json"));
+        let n = rows["rows"].as_array().unwrap().len();
+        let features = rows["features"].as_u64().unwrap();
+        assert_eq!(n, 10_000);
+        let missing = rows["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .filter(|v| v.is_null())
+            .count();
+        assert!(missing > n, "the rows have missing values ({missing})");
 
-    for name in MODELS {
-        let body = json!({
-            "id": format!("parity-{name}"),
-            "inputs": [{"name": "input", "shape": [n, features], "datatype": "FP32", "data": rows["rows"]}],
-        });
-        let t = Instant::now();
-        let (status, resp) = slate.post_json(&format!("/v2/models/{name}/infer"), &body).await;
-        assert_eq!(status, 200, "{name}: {resp}");
-        assert_eq!(resp["model_name"], name);
-        assert_eq!(resp["id"], format!("parity-{name}"));
-        let outputs = resp["outputs"].as_array().unwrap();
-        assert_eq!(outputs.len(), 2, "{name}: score and margin by default");
-        for out in outputs {
-            let key = out["name"].as_str().unwrap();
-            let got = floats(&out["data"]);
-            let want = floats(&expected[name][key]);
-            let groups = want.len() / n;
-            let shape = if groups == 1 { json!([n]) } else { json!([n, groups]) };
-            assert_eq!(out["shape"], shape, "{name} {key}");
-            assert_eq!(out["datatype"], "FP32");
-            let err = worst(&got, &want);
-            eprintln!("{name:>10} {key:>6}: largest error {err:.2e} over {} values", got.len());
-            assert!(err <= 1e-6, "{name} {key}: largest error {err:e} against xgboost");
+        for &name in names {
+            // All three outputs by name; score and margin alone are the default (checked below).
+            let body = json!({
+                "id": format!("parity-{name}"),
+                "inputs": [{"name": "input", "shape": [n, features], "datatype": "FP32", "data": rows["rows"]}],
+                "outputs": [{"name": "score"}, {"name": "margin"}, {"name": "contributions"}],
+            });
+            let t = Instant::now();
+            let (status, resp) = slate.post_json(&format!("/v2/models/{name}/infer"), &body).await;
+            assert_eq!(status, 200, "{name}: {resp}");
+            assert_eq!(resp["model_name"], name);
+            assert_eq!(resp["id"], format!("parity-{name}"));
+            let outputs = resp["outputs"].as_array().unwrap();
+            assert_eq!(outputs.len(), 3, "{name}: the three outputs asked for");
+            let groups = floats(&expected[name]["margin"]).len() / n;
+            for out in outputs {
+                let key = out["name"].as_str().unwrap();
+                let got = floats(&out["data"]);
+                let want = floats(&expected[name][key]);
+                let (shape, limit) = match (key, groups) {
+                    ("contributions", 1) => (json!([n, features + 1]), 1e-5),
+                    ("contributions", g) => (json!([n, g, features + 1]), 1e-5),
+                    (_, 1) => (json!([n]), 1e-6),
+                    (_, g) => (json!([n, g]), 1e-6),
+                };
+                assert_eq!(out["shape"], shape, "{name} {key}");
+                assert_eq!(out["datatype"], "FP32");
+                let err = worst(&got, &want);
+                eprintln!("{name:>16} {key:>13}: largest error {err:.2e} over {} values", got.len());
+                assert!(err <= limit, "{name} {key}: largest error {err:e} against the library");
+            }
+            eprintln!("{name:>16}: 10,000 rows in {:.1} ms end to end", t.elapsed().as_secs_f64() * 1e3);
         }
-        eprintln!("{name:>10}: 10,000 rows in {:.1} ms end to end", t.elapsed().as_secs_f64() * 1e3);
     }
+    let dir = dir.path().join("json");
+    let rows: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("rows.json")).unwrap()).unwrap();
+    let features = rows["features"].as_u64().unwrap();
 
     // The official Triton HTTP client (binary tensors in and out) gets the same answers.
     for name in ["logistic", "multiclass"] {
@@ -109,7 +136,7 @@ async fn margins_and_scores_equal_xgboost_on_ten_thousand_rows_with_missing_valu
             .arg("tools/tabular/tritonclient_check.py")
             .arg(slate.http.to_string())
             .arg(name)
-            .arg(dir.path())
+            .arg(&dir)
             .output()
             .expect("run python");
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -128,6 +155,14 @@ async fn margins_and_scores_equal_xgboost_on_ten_thousand_rows_with_missing_valu
     assert_eq!(resp["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(resp["outputs"][0]["name"], "margin");
     assert_eq!(resp["outputs"][0]["shape"], json!([1, 3]));
+    // Score and margin when none are named.
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32", "data": one_row}]});
+    let (status, resp) = slate.post_json("/v2/models/lgb_binary/infer", &body).await;
+    assert_eq!(status, 200, "{resp}");
+    let names: Vec<&str> =
+        resp["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["score", "margin"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

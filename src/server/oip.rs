@@ -405,12 +405,14 @@ fn wanted_outputs(req: Option<&[RequestedOutput]>, binary_default: bool) -> Resu
                         "score" => "score",
                         "margin" => "margin",
                         "contributions" => "contributions",
-                        other => return Err(Error::invalid(
-                            &format!("{field}.name"),
-                            format!(
+                        other => {
+                            return Err(Error::invalid(
+                                &format!("{field}.name"),
+                                format!(
                                 "unknown output '{other}': the outputs are score, margin and contributions"
                             ),
-                        )),
+                            ))
+                        }
                     };
                     let binary = match o.parameters.as_ref().and_then(|p| p.get("binary_data")) {
                         None => binary_default,

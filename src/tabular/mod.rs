@@ -4,7 +4,10 @@
 //! which each format's loader builds (`xgboost.rs`: XGBoost JSON). The format is detected from the
 //! file's content, and must belong to the configured kind.
 
+pub mod fast;
 pub mod forest;
+pub mod lightgbm;
+pub mod shap;
 pub mod xgboost;
 
 pub use forest::{Forest, Transform};
@@ -73,6 +76,7 @@ impl TabularModel {
         let version = hex::encode(Sha256::digest(bytes))[..16].to_string();
         let (predictor, format) = match detect(bytes) {
             Format::XgboostJson => (Predictor::Forest(xgboost::parse(bytes)?), "xgboost_json"),
+            Format::LightgbmText => (Predictor::Forest(lightgbm::parse(bytes)?), "lightgbm_text"),
             Format::Unknown(what) => return Err(what),
         };
         Ok(TabularModel { predictor, format, version })
@@ -82,6 +86,13 @@ impl TabularModel {
     pub fn kind(&self) -> ModelKind {
         match &self.predictor {
             Predictor::Forest(_) => ModelKind::Trees,
+        }
+    }
+
+    /// The tree ensemble, for a tree model.
+    pub fn forest(&self) -> Option<&Forest> {
+        match &self.predictor {
+            Predictor::Forest(f) => Some(f),
         }
     }
 
@@ -128,8 +139,8 @@ impl TabularModel {
     }
 
     fn predict_forest(f: &Forest, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
-        if outputs.contributions {
-            return Err("contributions are not available for this model yet".into());
+        if outputs.contributions && f.means.is_empty() {
+            return Err("contributions need each node's training cover (sum_hessian or internal_count), which this model file lacks".into());
         }
         let n = rows.len() / f.num_features;
         let mut margin = vec![0.0; n * f.num_groups];
@@ -147,12 +158,37 @@ impl TabularModel {
             f.scores(&margin, &mut s);
             s
         });
-        Ok(Prediction { margin: outputs.margin.then_some(margin), score, contributions: None })
+        let contributions = outputs.contributions.then(|| Self::contributions(f, rows));
+        Ok(Prediction { margin: outputs.margin.then_some(margin), score, contributions })
+    }
+
+    /// TreeSHAP values, `n × num_groups × (num_features + 1)`, blocks of rows across the pool.
+    fn contributions(f: &Forest, rows: &[f32]) -> Vec<f32> {
+        let width = f.num_groups * (f.num_features + 1);
+        let n = rows.len() / f.num_features;
+        let mut out = vec![0.0f32; n * width];
+        let block = |(r, o): (&[f32], &mut [f32])| {
+            let mut scratch = shap::Scratch::new(f.max_depth);
+            let mut phi = vec![0.0f64; width];
+            for (row, o) in r.chunks_exact(f.num_features).zip(o.chunks_exact_mut(width)) {
+                phi.fill(0.0);
+                shap::row_contributions(f, &f.means, row, &mut phi, &mut scratch);
+                for (o, p) in o.iter_mut().zip(&phi) {
+                    *o = *p as f32;
+                }
+            }
+        };
+        use rayon::prelude::*;
+        rows.par_chunks(PAR_BLOCK_ROWS * f.num_features)
+            .zip(out.par_chunks_mut(PAR_BLOCK_ROWS * width))
+            .for_each(block);
+        out
     }
 }
 
 enum Format {
     XgboostJson,
+    LightgbmText,
     Unknown(String),
 }
 
@@ -161,10 +197,10 @@ fn detect(bytes: &[u8]) -> Format {
     match start.as_slice() {
         [b'{', b'"'] => Format::XgboostJson,
         [b'{', _] => Format::Unknown("a UBJSON model? only XGBoost JSON models are supported yet".into()),
-        _ if bytes.starts_with(b"tree\n") || bytes.starts_with(b"version=") => {
-            Format::Unknown("a LightGBM text model? only XGBoost JSON models are supported yet".into())
+        _ if lightgbm::detect(bytes) => Format::LightgbmText,
+        _ => {
+            Format::Unknown("unknown model format: expected an XGBoost JSON or a LightGBM text model".into())
         }
-        _ => Format::Unknown("unknown model format: expected an XGBoost JSON model".into()),
     }
 }
 
@@ -175,6 +211,9 @@ mod tests {
     #[test]
     fn formats_are_detected_from_the_content() {
         assert!(TabularModel::from_bytes(b"tree\nversion=v4\n").unwrap_err().contains("LightGBM"));
+        assert!(TabularModel::from_bytes(b"tree\nnum_class=1\n")
+            .unwrap_err()
+            .contains("num_tree_per_iteration"));
         assert!(TabularModel::from_bytes(b"{U\x07learner").unwrap_err().contains("UBJSON"));
         assert!(TabularModel::from_bytes(b"\x00\x01").unwrap_err().starts_with("unknown model format"));
         assert!(TabularModel::from_bytes(b"  {\"x\": 1}")

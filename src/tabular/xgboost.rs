@@ -4,7 +4,7 @@
 //! indices must point forward inside their tree (so no cycles), features below `num_feature`, depth at
 //! most [`MAX_DEPTH`], totals under [`MAX_NODES`]; errors name the tree and node.
 
-use super::forest::{Forest, Node, Transform, Tree};
+use super::forest::{Forest, Node, Split, Transform, Tree};
 use serde::Deserialize;
 
 /// Deepest leaf accepted.
@@ -93,15 +93,28 @@ struct JsonTree {
     left_children: Vec<i64>,
     right_children: Vec<i64>,
     split_indices: Vec<i64>,
-    split_conditions: Vec<f32>,
+    /// `null` where XGBoost wrote `NaN` (categorical splits).
+    split_conditions: Vec<Option<f32>>,
     default_left: Flags,
     #[serde(default)]
     split_type: Vec<u8>,
+    #[serde(default)]
+    sum_hessian: Vec<f64>,
+    /// Categorical splits: node ids, and per node a slice (segment, size) of `categories`.
+    #[serde(default)]
+    categories_nodes: Vec<i64>,
+    #[serde(default)]
+    categories_segments: Vec<u64>,
+    #[serde(default)]
+    categories_sizes: Vec<u64>,
+    #[serde(default)]
+    categories: Vec<i64>,
 }
 
 /// Parses an XGBoost JSON model into a [`Forest`].
 pub fn parse(json: &[u8]) -> Result<Forest, String> {
-    let file: File = serde_json::from_slice(json).map_err(|e| format!("not an XGBoost JSON model: {e}"))?;
+    let json = nan_to_null(json);
+    let file: File = serde_json::from_slice(&json).map_err(|e| format!("not an XGBoost JSON model: {e}"))?;
     let learner = file.learner;
     let param = &learner.learner_model_param;
     let num_feature = parse_count("learner_model_param.num_feature", &param.num_feature)?;
@@ -160,31 +173,35 @@ pub fn parse(json: &[u8]) -> Result<Forest, String> {
     }
     let mut nodes = Vec::new();
     nodes.try_reserve_exact(total).map_err(|e| format!("{total} nodes: {e}"))?;
-    let mut trees = Vec::with_capacity(gbtree.trees.len());
+    let mut forest = Forest::new(num_feature, groups, Vec::with_capacity(gbtree.trees.len()), Vec::new());
+    let with_covers = gbtree.trees.iter().all(|t| t.sum_hessian.len() == t.left_children.len());
     let mut max_depth = 0;
     for (t, (tree, &group)) in gbtree.trees.iter().zip(&gbtree.tree_info).enumerate() {
         if group < 0 || group as usize >= groups {
             return Err(format!("tree_info[{t}] = {group}: the model has {groups} output group(s)"));
         }
         let root = u32::try_from(nodes.len()).map_err(|_| "too many nodes".to_string())?;
-        let depth = append_tree(t, tree, num_feature, &mut nodes)?;
+        let depth = append_tree(t, tree, num_feature, &mut nodes, &mut forest)?;
+        if with_covers {
+            forest.covers.extend_from_slice(&tree.sum_hessian);
+        }
         max_depth = max_depth.max(depth);
         let weight = weights.as_ref().map_or(1.0, |w| w[t]);
         if !weight.is_finite() {
             return Err(format!("weight_drop[{t}] = {weight}: not finite"));
         }
-        trees.push(Tree { root, group: group as u32, weight });
+        forest.trees.push(Tree { root, group: group as u32, weight });
     }
-    Ok(Forest {
-        num_features: num_feature,
-        num_groups: groups,
-        base_margin: vec![base_margin; groups],
-        transform,
-        trees,
-        nodes,
-        weighted: weights.is_some(),
-        max_depth,
-    })
+    forest.nodes = nodes;
+    forest.base_margin = vec![base_margin; groups];
+    forest.transform = transform;
+    forest.weighted = weights.is_some();
+    forest.max_depth = max_depth;
+    if forest.covers.iter().any(|c| !c.is_finite() || *c < 0.0) {
+        return Err("sum_hessian: a value is negative or not finite".into());
+    }
+    forest.compile();
+    Ok(forest)
 }
 
 /// The transform and base margin of objective `name`, as XGBoost's `ProbToMargin` maps `base_score`.
@@ -231,6 +248,7 @@ fn append_tree(
     tree: &JsonTree,
     num_feature: usize,
     nodes: &mut Vec<Node>,
+    forest: &mut Forest,
 ) -> Result<usize, String> {
     let n = tree.left_children.len();
     if n == 0 {
@@ -251,25 +269,28 @@ fn append_tree(
         return Err(format!("tree {t}: split_type has {} entries for {n} nodes", tree.split_type.len()));
     }
     let base = nodes.len();
+    let cats = categories(t, tree, n)?;
     let mut depth = vec![0usize; n];
     let mut is_child = vec![false; n];
     let mut deepest = 0;
     for i in 0..n {
         let (l, r) = (tree.left_children[i], tree.right_children[i]);
-        let value = tree.split_conditions[i];
-        if !value.is_finite() {
-            return Err(format!("tree {t} node {i}: split condition or leaf value {value} is not finite"));
-        }
+        let categorical = tree.split_type.get(i).is_some_and(|&s| s != 0);
+        let value = match tree.split_conditions[i] {
+            Some(v) if v.is_finite() => v,
+            _ if categorical && l != -1 => 0.0,
+            v => {
+                let v = v.unwrap_or(f32::NAN);
+                return Err(format!("tree {t} node {i}: split condition or leaf value {v} is not finite"));
+            }
+        };
         if l == -1 {
             if r != -1 {
                 return Err(format!("tree {t} node {i}: a left child of -1 but a right child of {r}"));
             }
-            nodes.push(Node::leaf(value));
+            nodes.push(Node::leaf(f64::from(value)));
             deepest = deepest.max(depth[i]);
             continue;
-        }
-        if tree.split_type.get(i).is_some_and(|&s| s != 0) {
-            return Err(format!("tree {t} node {i}: categorical splits are not supported yet"));
         }
         for (side, c) in [("left", l), ("right", r)] {
             // Children after their parent: every path moves forward, so no cycle can form.
@@ -291,18 +312,106 @@ fn append_tree(
         if feature < 0 || feature >= num_feature as i64 {
             return Err(format!("tree {t} node {i}: split feature {feature} is outside 0..{num_feature}"));
         }
-        nodes.push(Node {
-            feature: feature as u32,
+        let mut node = Node::lt(
+            feature as u32,
             value,
-            left: (base + l as usize) as u32,
-            right: (base + r as usize) as u32,
-            default_left: tree.default_left.get(i).unwrap_or(false),
-        });
+            (base + l as usize) as u32,
+            (base + r as usize) as u32,
+            tree.default_left.get(i).unwrap_or(false),
+        );
+        if categorical {
+            let Some(set) = cats.get(&i) else {
+                return Err(format!("tree {t} node {i}: a categorical split without categories"));
+            };
+            node.split =
+                Split::CatXgb { set: add_set(forest, set).map_err(|e| format!("tree {t} node {i}: {e}"))? };
+        }
+        nodes.push(node);
     }
     if let Some(orphan) = (1..n).find(|&i| !is_child[i]) {
         return Err(format!("tree {t} node {orphan}: no node leads to it"));
     }
     Ok(deepest)
+}
+
+/// Words of category bitsets across the model.
+pub const MAX_CAT_WORDS: usize = 1 << 24;
+
+/// The categories of each categorical node of tree `t`, checked.
+fn categories(
+    t: usize,
+    tree: &JsonTree,
+    n: usize,
+) -> Result<std::collections::HashMap<usize, &[i64]>, String> {
+    let k = tree.categories_nodes.len();
+    if tree.categories_segments.len() != k || tree.categories_sizes.len() != k {
+        return Err(format!(
+            "tree {t}: categories_nodes, categories_segments and categories_sizes differ in length ({k}, {}, {})",
+            tree.categories_segments.len(),
+            tree.categories_sizes.len()
+        ));
+    }
+    let mut out = std::collections::HashMap::with_capacity(k);
+    for j in 0..k {
+        let node = tree.categories_nodes[j];
+        let (seg, size) = (tree.categories_segments[j], tree.categories_sizes[j]);
+        let end = seg.checked_add(size).filter(|&e| e <= tree.categories.len() as u64);
+        let (Some(end), true) = (end, node >= 0 && (node as u64) < n as u64) else {
+            return Err(format!("tree {t}: categorical node entry {j} (node {node}, segment {seg}, size {size}) is out of range"));
+        };
+        let set = &tree.categories[seg as usize..end as usize];
+        if let Some(c) = set.iter().find(|&&c| !(0..super::forest::XGB_MAX_CAT as i64).contains(&c)) {
+            return Err(format!("tree {t} node {node}: category {c} is outside 0..2^24"));
+        }
+        out.insert(node as usize, set);
+    }
+    Ok(out)
+}
+
+/// Adds a bitset of `cats` to the forest; returns its index.
+pub(super) fn add_set(forest: &mut Forest, cats: &[i64]) -> Result<u32, String> {
+    let words = cats.iter().map(|&c| c as usize / 32 + 1).max().unwrap_or(0);
+    let start = forest.cat_words.len();
+    if start + words > MAX_CAT_WORDS {
+        return Err(format!("category bitsets over {MAX_CAT_WORDS} words in all"));
+    }
+    forest.cat_words.resize(start + words, 0);
+    for &c in cats {
+        forest.cat_words[start + c as usize / 32] |= 1 << (c % 32);
+    }
+    forest.cat_sets.push((start as u32, words as u32));
+    Ok((forest.cat_sets.len() - 1) as u32)
+}
+
+/// The JSON with XGBoost's bare `NaN` tokens (outside strings) read as `null`.
+fn nan_to_null(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !json.windows(3).any(|w| w == b"NaN") {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = Vec::with_capacity(json.len() + json.len() / 8);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if json[i..].starts_with(b"NaN") {
+            out.extend_from_slice(b"null");
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn parse_count(key: &str, s: &str) -> Result<usize, String> {
@@ -397,7 +506,15 @@ mod tests {
         assert!(case(short).contains("tree 1: split_conditions has 1 entries for 3 nodes"));
         let mut categorical = stump(0, 1.0, 0.0, 0.0);
         categorical["split_type"] = json!([1, 0, 0]);
-        assert!(case(categorical).contains("categorical splits are not supported"));
+        assert!(case(categorical.clone()).contains("tree 1 node 0: a categorical split without categories"));
+        categorical["categories_nodes"] = json!([0]);
+        categorical["categories_segments"] = json!([0]);
+        categorical["categories_sizes"] = json!([2]);
+        categorical["categories"] = json!([3]);
+        assert!(case(categorical.clone())
+            .contains("categorical node entry 0 (node 0, segment 0, size 2) is out of range"));
+        categorical["categories"] = json!([3, -1]);
+        assert!(case(categorical).contains("category -1 is outside"));
 
         // A chain deeper than the limit: node 2k splits into 2k+1 (a leaf) and 2k+2.
         let n = 2 * MAX_DEPTH + 5;
@@ -429,5 +546,6 @@ mod tests {
             parse(&model("reg:squarederror", "0", json!([stump(0, 0.0, 0.0, 0.0)]), json!([1]))).unwrap_err();
         assert_eq!(e, "tree_info[0] = 1: the model has 1 output group(s)");
         assert_eq!(parse_base_score("[5E-1]").unwrap(), 0.5);
+        assert_eq!(&*nan_to_null(br#"{"a\"NaN":[NaN,1]}"#), br#"{"a\"NaN":[null,1]}"#);
     }
 }

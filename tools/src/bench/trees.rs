@@ -134,6 +134,40 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
         );
     }
 
+    // The layouts side by side on one thread, alternating: the node walk every format can use
+    // against the dense layout compiled for all-numeric XGBoost forests (what `predict` runs).
+    if let Some(f) = model.forest() {
+        let mut out = vec![0.0f32; args.rows * f.num_groups];
+        let mut time = |fast: bool| {
+            median(
+                (0..args.rounds)
+                    .map(|_| {
+                        let t = Instant::now();
+                        if fast {
+                            f.margins(&rows, &mut out);
+                        } else {
+                            f.margins_reference(&rows, &mut out);
+                        }
+                        std::hint::black_box(&out);
+                        t.elapsed().as_secs_f64() * 1e6
+                    })
+                    .collect(),
+            )
+        };
+        let (mut walk, mut dense) = (Vec::new(), Vec::new());
+        for _ in 0..args.blocks {
+            walk.push(time(false));
+            dense.push(time(true));
+        }
+        let (walk, dense) = (median(walk), median(dense));
+        println!(
+            "one thread, {} rows: node walk {walk:.0} µs, {} {dense:.0} µs ({:.2}×)",
+            args.rows,
+            if f.has_dense_layout() { "dense layout" } else { "no dense layout for this model; walk again" },
+            walk / dense
+        );
+    }
+
     // One row, one thread's latency (what a single-row request costs inside the server).
     let one = &rows[..model.num_features()];
     let mut lat: Vec<f64> = (0..2000)
