@@ -57,6 +57,22 @@ pub fn python() -> PathBuf {
     )
 }
 
+/// Trains the xgboost parity models into `dir` with `tools/tabular/xgboost_parity.py` (`rows`
+/// held-out rows with xgboost's own predictions beside them), or panics saying why.
+pub fn train_xgboost(dir: &std::path::Path, rows: usize) {
+    let out = std::process::Command::new(python())
+        .arg("tools/tabular/xgboost_parity.py")
+        .arg(dir)
+        .arg(rows.to_string())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "tools/tabular/xgboost_parity.py failed (xgboost is installed into .venv by scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A tool from PATH, or a panic that says which Debian package has it (`scripts/test.sh` installs it).
 pub fn tool(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")

@@ -1,0 +1,109 @@
+//! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`) and the repository index,
+//! against the real server: XGBoost models trained by `tools/tabular/xgboost_parity.py`, driven by the
+//! official `tritonclient.grpc` (tools/tabular/tritonclient_grpc_check.py): health, metadata, the
+//! repository index, FP32 and FP64 inference equal to xgboost and bit for bit to the HTTP endpoint, and
+//! every error case with its status. Then `POST /v2/repository/index` over HTTP, and the gRPC calls
+//! counted under `method="infer"`.
+
+mod common;
+
+use common::Slate;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const ROWS: usize = 2000;
+const MAX_ROWS: usize = 2500;
+
+fn config(dir: &std::path::Path) -> String {
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "not a model").unwrap();
+    let mut toml = String::new();
+    for (name, path) in [
+        ("logistic", dir.join("logistic.json")),
+        ("multiclass", dir.join("multiclass.json")),
+        ("broken", broken),
+    ] {
+        toml += &format!(
+            "[[models]]\nname = \"{name}\"\nkind = \"trees\"\npath = \"{}\"\n[models.trees]\nmax_rows = {MAX_ROWS}\n",
+            path.display()
+        );
+    }
+    toml
+}
+
+/// Waits until no model is loading (the broken one fails, so readiness never comes).
+async fn wait_loaded(slate: &Slate) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Value = reqwest::get(slate.url("/v1/models")).await.unwrap().json().await.unwrap();
+        if list["data"].as_array().unwrap().iter().all(|m| m["status"] != "loading") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "models still loading: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_grpc_gets_xgboost_answers_and_the_protocol_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    common::train_xgboost(dir.path(), ROWS);
+    let slate = Slate::start(&config(dir.path()));
+    wait_loaded(&slate).await;
+
+    for name in ["logistic", "multiclass"] {
+        let out = std::process::Command::new(common::python())
+            .arg("tools/tabular/tritonclient_grpc_check.py")
+            .arg(slate.grpc.to_string())
+            .arg(slate.http.to_string())
+            .arg(name)
+            .arg(dir.path())
+            .arg(MAX_ROWS.to_string())
+            .arg("broken")
+            .output()
+            .expect("run python");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "tritonclient.grpc against {name}:\n{text}\n{}", slate.logs());
+        eprint!("{text}");
+    }
+
+    // The repository index over HTTP: every model, or the ready ones.
+    let index = |body: Option<Value>| {
+        let client = reqwest::Client::new();
+        let mut req = client.post(slate.url("/v2/repository/index"));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, all) = index(None).await;
+    assert_eq!(code, 200, "{all}");
+    let all = all.as_array().unwrap().clone();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[0], json!({"name": "logistic", "version": "1", "state": "READY", "reason": ""}));
+    assert_eq!(all[2]["state"], "UNAVAILABLE");
+    assert!(all[2]["reason"].as_str().unwrap().contains("broken.json"), "{}", all[2]);
+    let (code, ready) = index(Some(json!({"ready": true}))).await;
+    assert_eq!(code, 200, "{ready}");
+    let names: Vec<&str> = ready.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["logistic", "multiclass"]);
+    let (code, bad) = index(Some(json!({"ready": "yes"}))).await;
+    assert_eq!(code, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().starts_with("malformed repository index request"), "{bad}");
+
+    // gRPC inference is counted under method="infer", protocol="grpc", per code.
+    let metrics = reqwest::get(slate.url("/metrics")).await.unwrap().text().await.unwrap();
+    let count = |code: &str| -> f64 {
+        let labels = ["model=\"logistic\"", "method=\"infer\"", "protocol=\"grpc\"", code];
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("slate_requests_total{") && labels.iter().all(|x| l.contains(x)))
+            .unwrap_or_else(|| panic!("no grpc infer series for logistic with {code}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count("code=\"ok\"") >= 5.0, "{metrics}");
+    assert!(count("code=\"invalid_argument\"") >= 8.0, "{metrics}");
+}
