@@ -3,7 +3,9 @@
 //! official `tritonclient.grpc` (tools/tabular/tritonclient_grpc_check.py): health, metadata, the
 //! repository index, FP32 and FP64 inference equal to xgboost and bit for bit to the HTTP endpoint, and
 //! every error case with its status. Then `POST /v2/repository/index` over HTTP, and the gRPC calls
-//! counted under `method="infer"`.
+//! counted under `method="infer"`. Last, dynamic batching: concurrent requests over both protocols
+//! share batches and get, bit for bit, what each gets alone; a deadline shorter than the batch window
+//! is a 504 and never computed.
 
 mod common;
 
@@ -106,4 +108,81 @@ async fn tritonclient_grpc_gets_xgboost_answers_and_the_protocol_errors() {
     };
     assert!(count("code=\"ok\"") >= 5.0, "{metrics}");
     assert!(count("code=\"invalid_argument\"") >= 8.0, "{metrics}");
+}
+
+/// The value of the first sample of `metric` for `model` in a scrape.
+fn sample(scrape: &str, metric: &str, model: &str) -> f64 {
+    let label = format!("model=\"{model}\"");
+    scrape
+        .lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))
+        .unwrap_or_else(|| panic!("no {metric} for {model}:\n{scrape}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_over_both_protocols_share_batches_and_get_their_own_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    common::train_xgboost(dir.path(), ROWS);
+    let toml = format!(
+        "[[models]]\nname = \"logistic\"\nkind = \"trees\"\npath = \"{}\"\n[models.trees]\nmax_batch_rows = 256\nmax_queue_delay_us = 20000\n",
+        dir.path().join("logistic.json").display()
+    );
+    let slate = Slate::start(&toml);
+    slate.wait_ready(Duration::from_secs(60)).await;
+
+    let out = std::process::Command::new(common::python())
+        .arg("tools/tabular/tritonclient_grpc_check.py")
+        .arg("--concurrent")
+        .arg(slate.grpc.to_string())
+        .arg(slate.http.to_string())
+        .arg("logistic")
+        .arg(dir.path())
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "concurrent tritonclient requests:\n{text}\n{}", slate.logs());
+    eprint!("{text}");
+
+    let scrape = reqwest::get(slate.url("/metrics")).await.unwrap().text().await.unwrap();
+    let (requests, batches) = (
+        sample(&scrape, "slate_trees_batch_requests_sum", "logistic"),
+        sample(&scrape, "slate_trees_batch_requests_count", "logistic"),
+    );
+    eprintln!("{requests} requests in {batches} batches");
+    assert!(
+        requests >= 128.0 && batches < requests,
+        "some batches held several requests: {requests} in {batches}"
+    );
+    assert!(sample(&scrape, "slate_trees_queue_duration_seconds_count", "logistic") >= requests);
+
+    // A deadline inside the 20 ms batch window: 504, dropped before compute.
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 12], "datatype": "FP32", "data": vec![0.0; 12]}]});
+    let r = reqwest::Client::new()
+        .post(slate.url("/v2/models/logistic/infer"))
+        .header("x-request-timeout-ms", "2")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let err: Value = r.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("deadline"), "{err}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let scrape = reqwest::get(slate.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(sample(&scrape, "slate_deadline_drops_total", "logistic"), 1.0, "{scrape}");
+    // An unknown priority class is refused.
+    let r = reqwest::Client::new()
+        .post(slate.url("/v2/models/logistic/infer"))
+        .header("priority", "urgent")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }

@@ -1,13 +1,13 @@
 //! The Open Inference Protocol core both front ends share (`oip.rs` over HTTP/JSON, `oip_grpc.rs` over
-//! gRPC): model lookup, model metadata, the repository index, checking the input tensor, choosing the
-//! outputs, and running the model off the async runtime. Errors name the field as the protocol's
+//! gRPC): model lookup, model metadata, the repository index, checking the input tensor and choosing
+//! the outputs; the model's batcher (`tabular::batcher`) runs it. Errors name the field as the protocol's
 //! request spells it (`inputs[0].shape`).
 
 use super::AppState;
 use crate::error::Error;
 use crate::registry::ModelState;
+use crate::tabular::batcher::Batcher;
 use crate::tabular::{Outputs, Prediction, TabularModel};
-use std::sync::Arc;
 
 /// The one input tensor's name.
 pub const INPUT: &str = "input";
@@ -18,8 +18,9 @@ pub const DEFAULT_OUTPUTS: [&str; 2] = ["score", "margin"];
 /// The one version every model has (Slate serves one version of a name).
 pub const VERSION: &str = "1";
 
-/// The tabular model `name`: NOT_FOUND for a model of another kind or none, UNAVAILABLE while loading.
-pub fn tabular(state: &AppState, name: &str) -> Result<Arc<TabularModel>, Error> {
+/// The tabular model `name`, behind its batcher (which runs it off the async runtime): NOT_FOUND for
+/// a model of another kind or none, UNAVAILABLE while loading.
+pub fn tabular(state: &AppState, name: &str) -> Result<Batcher, Error> {
     match state.registry.kind_and_ready(name) {
         Some((kind, _)) if !kind.is_tabular() => Err(Error::NotFound(format!(
             "model '{name}' is a {} model: the Open Inference Protocol serves tabular models",
@@ -226,19 +227,6 @@ impl Tensor {
             "FP64"
         }
     }
-}
-
-/// Runs the model on `rows` off the async runtime; a prediction the model refuses (e.g.
-/// contributions it cannot explain) is INVALID_ARGUMENT naming `outputs`.
-pub async fn predict(
-    model: Arc<TabularModel>,
-    rows: Vec<f32>,
-    outputs: Outputs,
-) -> Result<Prediction, Error> {
-    let p = tokio::task::spawn_blocking(move || model.predict(&rows, outputs))
-        .await
-        .map_err(|e| Error::Internal(format!("the inference task failed: {e}")))?;
-    p.map_err(|e| Error::invalid("outputs", e))
 }
 
 /// One model of the repository index.

@@ -82,7 +82,7 @@ pub async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, OipError> {
-    let model = core::tabular(&state, &name)?;
+    let model = Arc::clone(core::tabular(&state, &name)?.model());
     let mut parameters = model.describe();
     parameters.insert("content_hash".into(), model.version.clone().into());
     let meta = core::ModelMeta::of(&model);
@@ -236,13 +236,16 @@ pub async fn infer(
     };
     let req: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| Error::BadRequest(format!("malformed inference request: {e}")))?;
-    let model = core::tabular(&state, &name)?;
+    let timeout = super::http::timeout_from_header(&headers)?;
+    let priority = super::http::header_priority(&headers);
+    let batcher = core::tabular(&state, &name)?;
+    let model = Arc::clone(batcher.model());
     let (rows, n) =
         check_input(req.inputs, &body[json_len..], model.num_features(), core::max_rows(&state, &name))?;
     drop(body);
     let binary_default = flag(req.parameters.as_ref(), "binary_data_output")?;
     let (wanted, compute) = wanted_outputs(req.outputs.as_deref(), binary_default)?;
-    let p = core::predict(Arc::clone(&model), rows, compute).await?;
+    let p = batcher.predict(rows, compute, timeout, priority).await?;
     let mut outputs = Vec::new();
     let mut binary = Vec::new();
     for (out, as_binary) in wanted {

@@ -80,9 +80,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let req = request.into_inner();
-        let model = core::tabular(&self.state, &req.name)?;
+        let batcher = core::tabular(&self.state, &req.name)?;
         check_version(&req.name, &req.version)?;
-        let meta = core::ModelMeta::of(&model);
+        let meta = core::ModelMeta::of(batcher.model());
         let tensors = |ts: Vec<core::TensorMeta>| {
             ts.into_iter()
                 .map(|t| pb::model_metadata_response::TensorMetadata {
@@ -105,18 +105,19 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let _timeout = grpc_timeout(request.metadata())?;
-        let _priority = metadata_priority(request.metadata()).map(str::to_string);
+        let timeout = grpc_timeout(request.metadata())?;
+        let priority = metadata_priority(request.metadata()).map(str::to_string);
         let ctx = ctx_of(&request);
         let req = request.into_inner();
         ctx.set_model(&req.model_name, self.state.is_configured(&req.model_name));
-        let model = core::tabular(&self.state, &req.model_name)?;
+        let batcher = core::tabular(&self.state, &req.model_name)?;
         check_version(&req.model_name, &req.model_version)?;
+        let model = Arc::clone(batcher.model());
         let (rows, n) = check_input(req.inputs, req.raw_input_contents, model.num_features(), {
             core::max_rows(&self.state, &req.model_name)
         })?;
         let names = requested_outputs(&req.outputs)?;
-        let p = core::predict(Arc::clone(&model), rows, core::outputs_of(&names)).await?;
+        let p = batcher.predict(rows, core::outputs_of(&names), timeout, priority.as_deref()).await?;
         let mut outputs = Vec::with_capacity(names.len());
         let mut raw = Vec::with_capacity(names.len());
         for name in names {

@@ -8,10 +8,16 @@ Usage: python3 tritonclient_grpc_check.py GRPC_HOST:PORT HTTP_HOST:PORT MODEL DI
 (DIR holds rows.json and expected.json; MAX_ROWS is the model's trees.max_rows; BROKEN is a configured
 model that failed to load, so the server is live but not ready). Prints what it checked; exits nonzero
 on any mismatch.
+
+Or: python3 tritonclient_grpc_check.py --concurrent GRPC_HOST:PORT HTTP_HOST:PORT MODEL DIR
+Sends requests of 1 to 9 rows one at a time over gRPC, then all at once from many threads, half over
+gRPC and half over HTTP (binary tensors), so the dynamic batcher gathers them into shared batches; each
+answer must equal the one the request got alone, bit for bit.
 """
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -157,5 +163,41 @@ def main():
     stub_error(grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].contents: 3 values", request(contents=[0.0] * 3))
 
 
+def concurrent():
+    grpc_url, http_url, model, folder = sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5])
+    rows = json.loads((folder / "rows.json").read_text())
+    x = np.array([[np.nan if v is None else v for v in r] for r in rows["rows"]], dtype=np.float32)
+    requests = [x[(i * 37) % (len(x) - 10):][: 1 + i % 9] for i in range(64)]
+
+    def over_grpc(client, part):
+        inp = grpcclient.InferInput("input", list(part.shape), "FP32")
+        inp.set_data_from_numpy(part)
+        r = client.infer(model, [inp])
+        return r.as_numpy("score").view(np.uint32).copy(), r.as_numpy("margin").view(np.uint32).copy()
+
+    def over_http(client, part):
+        inp = httpclient.InferInput("input", list(part.shape), "FP32")
+        inp.set_data_from_numpy(part, binary_data=True)
+        r = client.infer(model, [inp])
+        return r.as_numpy("score").view(np.uint32).copy(), r.as_numpy("margin").view(np.uint32).copy()
+
+    one = grpcclient.InferenceServerClient(url=grpc_url)
+    alone = [over_grpc(one, part) for part in requests]
+
+    def send(i):
+        if i % 2 == 0:
+            return over_grpc(grpcclient.InferenceServerClient(url=grpc_url), requests[i])
+        return over_http(httpclient.InferenceServerClient(url=http_url), requests[i])
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        together = list(pool.map(send, range(len(requests))))
+    for i, (a, t) in enumerate(zip(alone, together)):
+        assert np.array_equal(a[0], t[0]) and np.array_equal(a[1], t[1]), f"request {i} differs from alone"
+    print(f"concurrent {model}: {len(requests)} requests over gRPC and HTTP equal their answers alone, bit for bit")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "--concurrent":
+        concurrent()
+    else:
+        main()
