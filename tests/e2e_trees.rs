@@ -13,19 +13,6 @@ use std::time::{Duration, Instant};
 
 const MODELS: [&str; 5] = ["logistic", "regression", "multiclass", "dart", "forest"];
 
-fn train(dir: &std::path::Path) {
-    let out = std::process::Command::new(common::python())
-        .arg("tools/tabular/xgboost_parity.py")
-        .arg(dir)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "tools/tabular/xgboost_parity.py failed (xgboost is installed into .venv by scripts/test.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn trees_toml(models: &[(&str, std::path::PathBuf)]) -> String {
     models
         .iter()
@@ -54,7 +41,7 @@ fn worst(got: &[f64], want: &[f64]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn margins_and_scores_equal_xgboost_on_ten_thousand_rows_with_missing_values() {
     let dir = tempfile::tempdir().unwrap();
-    train(dir.path());
+    common::train_xgboost(dir.path(), 10_000);
     let models: Vec<(&str, std::path::PathBuf)> =
         MODELS.iter().map(|m| (*m, dir.path().join(format!("{m}.json")))).collect();
     let slate = Slate::start(&trees_toml(&models));
