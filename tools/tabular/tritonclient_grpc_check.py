@@ -78,11 +78,11 @@ def main():
     assert model in ready_names and broken not in ready_names, ready_only
     print(f"grpc {model}: health, metadata, index of {len(states)} models ({broken}: {states[broken][2]})")
 
-    def infer(x, datatype, outputs=None):
+    def infer(x, datatype, outputs=None, headers=None):
         inp = grpcclient.InferInput("input", list(x.shape), datatype)
         inp.set_data_from_numpy(x)
         names = None if outputs is None else [grpcclient.InferRequestedOutput(o) for o in outputs]
-        return client.infer(model, [inp], outputs=names, request_id="grpc-1")
+        return client.infer(model, [inp], outputs=names, request_id="grpc-1", headers=headers)
 
     # The HTTP endpoint with binary tensors: what gRPC must equal bit for bit.
     http = httpclient.InferenceServerClient(url=http_url)
@@ -104,7 +104,7 @@ def main():
             worst = max(worst, largest_error(got, expected[name]))
             same = np.array_equal(got.view(np.uint32), over_http.as_numpy(name).view(np.uint32))
             assert same, f"{datatype} {name}: gRPC and HTTP differ"
-    only = infer(x32, "FP32", ["margin"])
+    only = infer(x32, "FP32", ["margin"], headers={"priority": "feed"})
     assert only.as_numpy("score") is None, "only the output asked for"
     worst = max(worst, largest_error(only.as_numpy("margin"), expected["margin"]))
     print(f"grpc {model}: {n} rows FP32 and FP64, largest error {worst:.2e}, equal to HTTP bit for bit")
@@ -150,6 +150,11 @@ def main():
     too_many = np.zeros((max_rows + 1, features), dtype=np.float32)
     expect_error("INVALID_ARGUMENT", f"{max_rows + 1} rows: expected 1..={max_rows}", lambda: infer(too_many, "FP32"))
     expect_error("INVALID_ARGUMENT", "unknown output 'prob'", lambda: infer(x32[:1], "FP32", ["prob"]))
+    expect_error(
+        "INVALID_ARGUMENT",
+        "priority: unknown priority class 'urgent'",
+        lambda: infer(x32[:1], "FP32", headers={"priority": "urgent"}),
+    )
     expect_error(
         "NOT_FOUND",
         "no-such-model",
