@@ -77,7 +77,7 @@ impl Default for TreesSettings {
         Self {
             max_rows: 65_536,
             max_batch_rows: 4096,
-            max_queue_delay_us: 200,
+            max_queue_delay_us: 0,
             max_queued_requests: 1024,
             default_timeout_ms: 2000,
         }
