@@ -5,7 +5,7 @@
 //! every error case with its status. Then `POST /v2/repository/index` over HTTP, and the gRPC calls
 //! counted under `method="infer"`. Last, dynamic batching: concurrent requests over both protocols
 //! share batches and get, bit for bit, what each gets alone; a deadline shorter than the batch window
-//! is a 504 and never computed.
+//! is a 504 and never computed; a batcher thread that dies fails its model (503, not live).
 
 mod common;
 
@@ -185,4 +185,41 @@ async fn concurrent_requests_over_both_protocols_share_batches_and_get_their_own
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_batcher_fails_its_model_and_its_waiting_request() {
+    if !cfg!(debug_assertions) {
+        panic!("fault injection is compiled out of release builds: run this test in debug");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctr.json");
+    // x0 < 0.5 ? -1 : 1, logistic.
+    let model = json!({"learner": {
+        "gradient_booster": {"name": "gbtree", "model": {"tree_info": [0], "trees": [{
+            "left_children": [1, -1, -1], "right_children": [2, -1, -1], "split_indices": [0, 0, 0],
+            "split_conditions": [0.5, -1.0, 1.0], "default_left": [1, 0, 0], "split_type": [0, 0, 0]
+        }]}},
+        "learner_model_param": {"base_score": "5E-1", "num_class": "0", "num_feature": "2", "num_target": "1"},
+        "objective": {"name": "binary:logistic"}
+    }});
+    std::fs::write(&path, model.to_string()).unwrap();
+    let toml = format!("[[models]]\nname = \"ctr\"\nkind = \"trees\"\npath = \"{}\"\n", path.display());
+    // The first batch kills the batcher thread.
+    let slate = Slate::start_with(&toml, &[("SLATE_FAULT_INJECT", "trees-batcher:ctr:1")]);
+    slate.wait_ready(Duration::from_secs(30)).await;
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 1.0]}]});
+    let (status, err) = slate.post_json("/v2/models/ctr/infer", &body).await;
+    assert_eq!(status, 503, "the request the batcher held: {err}");
+    assert!(err["error"].as_str().unwrap().contains("stopped serving"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reqwest::get(slate.url("/health/live")).await.unwrap().status() != 503 {
+        assert!(std::time::Instant::now() < deadline, "still live:\n{}", slate.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reqwest::get(slate.url("/v2/health/ready")).await.unwrap().status(), 503);
+    let (status, err) = slate.post_json("/v2/models/ctr/infer", &body).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(slate.logs().contains("the batcher of 'ctr' panicked"), "{}", slate.logs());
 }
