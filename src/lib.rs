@@ -21,13 +21,18 @@ pub mod telemetry;
 
 pub use error::{Error, Result};
 
-/// Generated protobuf and gRPC code for `proto/slate/v1`.
+/// Generated protobuf and gRPC code for `proto/slate/v1` and Triton's `proto/inference`.
 pub mod proto {
     pub mod slate {
         pub mod v1 {
             tonic::include_proto!("slate.v1");
         }
     }
-    /// Encoded `FileDescriptorSet` of our protos, for gRPC server reflection.
+    /// The Open Inference Protocol's gRPC API, as Triton defines it (`inference.GRPCInferenceService`).
+    #[allow(clippy::all, clippy::pedantic)]
+    pub mod inference {
+        tonic::include_proto!("inference");
+    }
+    /// Encoded `FileDescriptorSet` of our protos and Triton's, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/slate_descriptor.bin"));
 }

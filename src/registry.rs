@@ -9,6 +9,7 @@ use crate::metrics;
 use crate::ranking::{RankerHandle, RankerModel};
 use crate::serving::PriorityClasses;
 use crate::slm::scheduler::SlmHandle;
+use crate::tabular::batcher::{BatchPolicy, Batcher};
 use crate::tabular::TabularModel;
 use serde::Serialize;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -40,7 +41,7 @@ struct Entry {
     state: RwLock<ModelState>,
     ranker: OnceLock<RankerHandle>,
     slm: OnceLock<SlmHandle>,
-    tabular: OnceLock<Arc<TabularModel>>,
+    tabular: OnceLock<Batcher>,
     /// Set when one of the loaded model's threads or tasks died.
     faulted: OnceLock<String>,
 }
@@ -49,7 +50,7 @@ struct Entry {
 enum Loaded {
     Ranker(RankerHandle),
     Slm(SlmHandle),
-    Tabular(Arc<TabularModel>),
+    Tabular(Batcher),
 }
 
 pub struct Registry {
@@ -111,10 +112,10 @@ impl Registry {
                                     let _ = entry.slm.set(h);
                                     Some(f)
                                 }
-                                // Runs on the request's blocking thread: no threads of its own to die.
-                                Loaded::Tabular(m) => {
-                                    let _ = entry.tabular.set(m);
-                                    None
+                                Loaded::Tabular(b) => {
+                                    let f = Arc::clone(b.faults());
+                                    let _ = entry.tabular.set(b);
+                                    Some(f)
                                 }
                             };
                             if let Some(faults) = faults {
@@ -187,7 +188,7 @@ impl Registry {
                     .get()
                     .map(|h| h.model().weights_hash().to_string())
                     .or_else(|| e.slm.get().map(|h| h.version().to_string()))
-                    .or_else(|| e.tabular.get().map(|m| m.version.clone())),
+                    .or_else(|| e.tabular.get().map(|b| b.model().version.clone())),
                 weights: e.slm.get().map(|h| h.weights().clone()),
                 status: e.state.read().expect("registry lock poisoned").clone(),
             })
@@ -223,9 +224,9 @@ impl Registry {
         })
     }
 
-    /// The tabular model (trees, additive, soft trees) named `name`: NOT_FOUND when no such model is
-    /// configured, UNAVAILABLE while loading.
-    pub fn tabular(&self, name: &str) -> Result<Arc<TabularModel>> {
+    /// The tabular model (trees, additive, soft trees) named `name`, behind its batcher: NOT_FOUND
+    /// when no such model is configured, UNAVAILABLE while loading or once it stopped serving.
+    pub fn tabular(&self, name: &str) -> Result<Batcher> {
         let entry = self.entries.iter().find(|e| e.config.name == name && e.config.kind.is_tabular());
         let entry = entry.ok_or_else(|| {
             if name.is_empty() {
@@ -234,6 +235,7 @@ impl Registry {
                 Error::NotFound(format!("model: no tabular model named '{name}'"))
             }
         })?;
+        Self::check_fault(entry, name)?;
         entry.tabular.get().cloned().ok_or_else(|| Self::not_loaded(entry, name))
     }
 
@@ -301,7 +303,9 @@ fn load_one(
                 facts = %serde_json::Value::Object(model.describe()),
                 "tabular model read"
             );
-            Ok(Loaded::Tabular(Arc::new(model)))
+            let policy = BatchPolicy::from_settings(&cfg.trees);
+            let deadlines = crate::serving::DeadlinePolicy::from_millis(cfg.trees.default_timeout_ms);
+            Ok(Loaded::Tabular(Batcher::start(&cfg.name, Arc::new(model), policy, classes, deadlines)))
         }
     }
 }

@@ -241,7 +241,12 @@ async fn grpc_ranking_health_and_reflection() {
     assert_eq!(health_status(&slate, "slate.v1.Ranking").await, ServingStatus::Serving as i32);
 
     let services = reflection_services(&slate).await;
-    for s in ["slate.v1.Ranking", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+    for s in [
+        "slate.v1.Ranking",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
         assert!(services.iter().any(|x| x == s), "{s} missing from {services:?}");
     }
 

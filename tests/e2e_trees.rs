@@ -11,7 +11,7 @@ mod common;
 
 use common::Slate;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// (parity script, model file extension, models).
@@ -23,19 +23,6 @@ const LIBRARIES: [(&str, &str, &[&str]); 2] = [
         &["lgb_binary", "lgb_multiclass", "lgb_forest", "lgb_zero_missing", "lgb_categorical"],
     ),
 ];
-
-fn train(script: &str, dir: &Path) {
-    let out = std::process::Command::new(common::python())
-        .arg(format!("tools/tabular/{script}"))
-        .arg(dir)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "tools/tabular/{script} failed (xgboost and lightgbm are installed into .venv by scripts/test.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn trees_toml(models: &[(&str, std::path::PathBuf)]) -> String {
     models
@@ -68,7 +55,7 @@ async fn margins_scores_and_contributions_equal_xgboost_and_lightgbm_on_ten_thou
     let mut models: Vec<(&str, PathBuf)> = Vec::new();
     for (script, ext, names) in LIBRARIES {
         let sub = dir.path().join(ext);
-        train(script, &sub);
+        common::train_parity(script, &sub, 10_000);
         models.extend(names.iter().map(|m| (*m, sub.join(format!("{m}.{ext}")))));
     }
     let slate = Slate::start(&trees_toml(&models));

@@ -71,7 +71,7 @@ async fn the_first_scrape_has_every_queried_metric_for_every_default_model() {
         let reasons: &[&str] = match m.kind {
             ModelKind::Ranker => &metrics::RANKER_REJECTIONS,
             ModelKind::Slm => &metrics::SLM_REJECTIONS,
-            ModelKind::Trees | ModelKind::Additive | ModelKind::SoftTrees => &[],
+            ModelKind::Trees | ModelKind::Additive | ModelKind::SoftTrees => &metrics::TREES_REJECTIONS,
         };
         for reason in reasons {
             let labels = [model.clone(), format!("reason=\"{reason}\"")];

@@ -60,11 +60,27 @@ pub struct ModelConfig {
 pub struct TreesSettings {
     /// Most rows one inference request may carry (400 / INVALID_ARGUMENT above).
     pub max_rows: usize,
+    /// Dynamic batching: most rows one batch gathers from queued requests (a larger request runs
+    /// alone). 1 = no batching.
+    pub max_batch_rows: usize,
+    /// How long, in microseconds, the oldest queued request waits for others to join its batch
+    /// (0 = none: a batch holds what queued while the previous one computed).
+    pub max_queue_delay_us: u64,
+    /// Requests queued at most; beyond it requests get 429 / RESOURCE_EXHAUSTED at once.
+    pub max_queued_requests: usize,
+    /// Deadline when the client sends none (x-request-timeout-ms / grpc-timeout), in milliseconds.
+    pub default_timeout_ms: u64,
 }
 
 impl Default for TreesSettings {
     fn default() -> Self {
-        Self { max_rows: 65_536 }
+        Self {
+            max_rows: 65_536,
+            max_batch_rows: 4096,
+            max_queue_delay_us: 0,
+            max_queued_requests: 1024,
+            default_timeout_ms: 2000,
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Validation of a parsed config, section by section, in file order: the first problem found is
 //! reported as `key: problem` (the caller prefixes the file).
 
-use super::{Config, Limits, ModelConfig, Priorities, RankerSettings, ServerConfig, SlmSettings};
+use super::{
+    Config, Limits, ModelConfig, Priorities, RankerSettings, ServerConfig, SlmSettings, TreesSettings,
+};
 use std::collections::HashSet;
 
 /// Checks every section; the first error found wins.
@@ -118,8 +120,23 @@ fn model<'a>(i: usize, m: &'a ModelConfig, seen: &mut HashSet<&'a str>) -> Resul
     }
     ranker(i, &m.ranker)?;
     slm(i, &m.slm)?;
-    if m.trees.max_rows == 0 {
-        return Err(format!("models[{i}].trees.max_rows: must be > 0"));
+    trees(i, &m.trees)?;
+    Ok(())
+}
+
+fn trees(i: usize, t: &TreesSettings) -> Result<(), String> {
+    for (key, v) in [
+        ("max_rows", t.max_rows),
+        ("max_batch_rows", t.max_batch_rows),
+        ("max_queued_requests", t.max_queued_requests),
+        ("default_timeout_ms", t.default_timeout_ms as usize),
+    ] {
+        if v == 0 {
+            return Err(format!("models[{i}].trees.{key}: must be > 0"));
+        }
+    }
+    if t.max_queue_delay_us > 1_000_000 {
+        return Err(format!("models[{i}].trees.max_queue_delay_us: at most 1000000 (one second)"));
     }
     Ok(())
 }

@@ -26,6 +26,9 @@ pub const RANK_STEP_REQUESTS: &str = "slate_rank_step_requests";
 pub const RANK_STEP_CANDIDATES: &str = "slate_rank_step_candidates";
 pub const RANK_STEP_TOKENS: &str = "slate_rank_step_tokens";
 pub const RANK_QUEUED: &str = "slate_rank_queued_requests";
+pub const TREES_QUEUE_DURATION: &str = "slate_trees_queue_duration_seconds";
+pub const TREES_BATCH_REQUESTS: &str = "slate_trees_batch_requests";
+pub const TREES_BATCH_ROWS: &str = "slate_trees_batch_rows";
 pub const CACHE_LOOKUPS_TOTAL: &str = "slate_history_cache_lookups_total";
 pub const CACHE_EVICTIONS_TOTAL: &str = "slate_history_cache_evictions_total";
 pub const CACHE_BYTES: &str = "slate_history_cache_bytes";
@@ -65,8 +68,11 @@ pub const REJECT_QUEUE_TOKENS: &str = "queue_tokens";
 pub const REJECT_QUEUE_DELAY: &str = "queue_delay";
 /// `reason` of [`REJECTIONS_TOTAL`]: a ranker's estimated wait is over the standing-queue bound.
 pub const REJECT_QUEUE_DELAY_OVERLOAD: &str = "queue_delay_overload";
-/// `reason` of [`REJECTIONS_TOTAL`]: an SLM's waiting queue is full.
+/// `reason` of [`REJECTIONS_TOTAL`]: an SLM's waiting queue, or a tabular model's batching queue, is
+/// full.
 pub const REJECT_QUEUE_FULL: &str = "queue_full";
+/// Every `reason` a tabular model refuses with.
+pub const TREES_REJECTIONS: [&str; 1] = [REJECT_QUEUE_FULL];
 /// Every `reason` a ranker refuses with.
 pub const RANKER_REJECTIONS: [&str; 4] =
     [REJECT_QUEUE_REQUESTS, REJECT_QUEUE_TOKENS, REJECT_QUEUE_DELAY, REJECT_QUEUE_DELAY_OVERLOAD];
@@ -139,6 +145,8 @@ fn builder() -> PrometheusBuilder {
         .expect("non-empty bucket list")
         .set_buckets_for_metric(Matcher::Prefix("slate_slm_step_".into()), &count_buckets())
         .expect("non-empty bucket list")
+        .set_buckets_for_metric(Matcher::Prefix("slate_trees_batch_".into()), &count_buckets())
+        .expect("non-empty bucket list")
 }
 
 // Registration at zero. A handle created by `counter!`/`gauge!`/`histogram!` puts its series in the
@@ -203,9 +211,10 @@ pub fn register_ranker(model: &str, classes: &[String]) {
     let _ = gauge!(CACHE_BYTES, "model" => m);
 }
 
-/// Every series of tree model `model` (it has no queue of its own: admission is the server's).
+/// Every series of tabular model `model` (trees, additive, soft trees): its batcher's.
 pub fn register_trees(model: &str) {
-    register_model(model, &[]);
+    register_model(model, &TREES_REJECTIONS);
+    let _ = TreesBatchMetrics::new(model);
 }
 
 /// Every series of SLM `model`.
@@ -286,6 +295,13 @@ fn describe() {
         "Work tokens (history events + candidates) in one step."
     );
     describe_gauge!(RANK_QUEUED, Unit::Count, "Ranking requests queued, by model and priority class.");
+    describe_histogram!(
+        TREES_QUEUE_DURATION,
+        Unit::Seconds,
+        "Time a tabular inference request waited for its batch."
+    );
+    describe_histogram!(TREES_BATCH_REQUESTS, Unit::Count, "Requests in one tabular batch.");
+    describe_histogram!(TREES_BATCH_ROWS, Unit::Count, "Rows in one tabular batch.");
     describe_counter!(
         CACHE_LOOKUPS_TOTAL,
         Unit::Count,
@@ -386,7 +402,8 @@ pub fn rejection(model: &str, reason: &'static str) {
         reason == REJECT_MAX_CONCURRENT
             || reason == REJECT_BODY_BUDGET
             || RANKER_REJECTIONS.contains(&reason)
-            || SLM_REJECTIONS.contains(&reason),
+            || SLM_REJECTIONS.contains(&reason)
+            || TREES_REJECTIONS.contains(&reason),
         "rejection reason {reason:?} is not declared in metrics.rs"
     );
     counter!(REJECTIONS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
@@ -451,6 +468,35 @@ impl RankStepMetrics {
         self.requests.record(requests as f64);
         self.candidates.record(candidates as f64);
         self.tokens.record(tokens as f64);
+    }
+}
+
+/// One tabular model's batcher histograms, looked up once (its thread records every batch).
+pub struct TreesBatchMetrics {
+    queue: metrics::Histogram,
+    requests: metrics::Histogram,
+    rows: metrics::Histogram,
+}
+
+impl TreesBatchMetrics {
+    pub fn new(model: &str) -> Self {
+        let m = model.to_string();
+        TreesBatchMetrics {
+            queue: histogram!(TREES_QUEUE_DURATION, "model" => m.clone()),
+            requests: histogram!(TREES_BATCH_REQUESTS, "model" => m.clone()),
+            rows: histogram!(TREES_BATCH_ROWS, "model" => m),
+        }
+    }
+
+    /// A request taken into a batch after waiting `waited`.
+    pub fn queued(&self, waited: Duration) {
+        self.queue.record(waited.as_secs_f64());
+    }
+
+    /// A batch of `requests` requests, `rows` rows in all.
+    pub fn batch(&self, requests: usize, rows: usize) {
+        self.requests.record(requests as f64);
+        self.rows.record(rows as f64);
     }
 }
 

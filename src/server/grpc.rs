@@ -1,5 +1,6 @@
-//! The gRPC front end (tonic): `slate.v1.Ranking`, `grpc.health.v1.Health` (mirroring readiness) and
-//! server reflection (v1 and v1alpha), all behind the same [`FrontLayer`] as HTTP.
+//! The gRPC front end (tonic): `slate.v1.Ranking`, `slate.v1.Generation`, the Open Inference
+//! Protocol's `inference.GRPCInferenceService` (`oip_grpc.rs`), `grpc.health.v1.Health` (mirroring
+//! readiness) and server reflection (v1 and v1alpha), all behind the same [`FrontLayer`] as HTTP.
 
 use super::layer::{FrontLayer, RequestCtx};
 use super::AppState;
@@ -35,11 +36,11 @@ impl Ranking for RankingService {
 }
 
 /// The `priority` metadata, if any (a non-ASCII value becomes an unknown class name, refused later).
-fn metadata_priority(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+pub(super) fn metadata_priority(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
     metadata.get("priority").map(|v| v.to_str().unwrap_or("\u{fffd}"))
 }
 
-fn ctx_of<T>(request: &Request<T>) -> Arc<RequestCtx> {
+pub(super) fn ctx_of<T>(request: &Request<T>) -> Arc<RequestCtx> {
     request
         .extensions()
         .get::<Arc<RequestCtx>>()
@@ -267,6 +268,11 @@ pub async fn serve(
     let generation = GenerationServer::new(GenerationService { state: Arc::clone(&state) })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
+    let inference = super::oip_grpc::GrpcInferenceServiceServer::new(super::oip_grpc::InferenceService {
+        state: Arc::clone(&state),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(usize::MAX);
     let keepalive = (limits.keepalive_interval_s > 0.0).then(|| secs(limits.keepalive_interval_s));
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -282,6 +288,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha.max_decoding_message_size(limit))
         .add_service(ranking)
         .add_service(generation)
+        .add_service(inference)
         .serve_with_incoming_shutdown(conns, shutdown)
         .await
 }

@@ -16,7 +16,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
 /// gRPC services whose health mirrors readiness (`""` is the whole server, per the health spec).
-const GRPC_SERVICES: &[&str] = &["", "slate.v1.Ranking"];
+const GRPC_SERVICES: &[&str] = &["", "slate.v1.Ranking", "inference.GRPCInferenceService"];
 
 /// Readiness as `GET /health/ready` reports it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

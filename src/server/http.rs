@@ -40,6 +40,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}", get(super::oip::model_metadata))
         .route("/v2/models/{name}/ready", get(super::oip::model_ready))
         .route("/v2/models/{name}/infer", post(super::oip::infer))
+        .route("/v2/repository/index", post(super::oip::repository_index))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Our extractor enforces the limit itself (with a JSON 413); this covers axum's extractors.

@@ -74,6 +74,7 @@ const METHODS: &[(Protocol, &str, &str)] = &[
     (Protocol::Http, "/health/", "health"),
     (Protocol::Http, "/v2/health/", "health"),
     (Protocol::Http, "/v2/models/*/infer", "infer"),
+    (Protocol::Http, "/v2/repository/index", "metadata"),
     (Protocol::Http, "/v2", "metadata"),
     (Protocol::Http, "/v2/", "metadata"),
     (Protocol::Http, "/metrics", "metrics"),
@@ -82,6 +83,13 @@ const METHODS: &[(Protocol, &str, &str)] = &[
     (Protocol::Grpc, "/slate.v1.Generation/GenerateStream", "generate_stream"),
     (Protocol::Grpc, "/slate.v1.Generation/Score", "score"),
     (Protocol::Grpc, "/grpc.health.v1.Health/", "health"),
+    (Protocol::Grpc, "/inference.GRPCInferenceService/ModelInfer", "infer"),
+    (Protocol::Grpc, "/inference.GRPCInferenceService/ServerLive", "health"),
+    (Protocol::Grpc, "/inference.GRPCInferenceService/ServerReady", "health"),
+    (Protocol::Grpc, "/inference.GRPCInferenceService/ModelReady", "metadata"),
+    (Protocol::Grpc, "/inference.GRPCInferenceService/ServerMetadata", "metadata"),
+    (Protocol::Grpc, "/inference.GRPCInferenceService/ModelMetadata", "metadata"),
+    (Protocol::Grpc, "/inference.GRPCInferenceService/RepositoryIndex", "metadata"),
     (Protocol::Grpc, "/grpc.reflection.", "reflection"),
 ];
 
@@ -466,6 +474,13 @@ mod tests {
             "reflection"
         );
         assert_eq!(method_label(Protocol::Grpc, "/v1/rank"), "unknown");
+        assert_eq!(method_label(Protocol::Grpc, "/inference.GRPCInferenceService/ModelInfer"), "infer");
+        assert_eq!(method_label(Protocol::Grpc, "/inference.GRPCInferenceService/ServerLive"), "health");
+        assert_eq!(
+            method_label(Protocol::Grpc, "/inference.GRPCInferenceService/ModelStreamInfer"),
+            "unknown"
+        );
+        assert_eq!(method_label(Protocol::Http, "/v2/repository/index"), "metadata");
     }
 
     #[test]

@@ -17,9 +17,11 @@ pub mod body;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod inference;
 pub mod layer;
 pub mod listen;
 pub mod oip;
+pub mod oip_grpc;
 pub mod openai;
 pub mod tls;
 

@@ -5,10 +5,11 @@
 //! tensor extension, as Triton's clients send it by default). Outputs: `score` (`[N]`, or `[N, K]`
 //! for K classes) and `margin` (`[N]` or `[N, K]`), all unless some are asked for, as JSON or binary.
 
+use super::inference as core;
 use super::layer::RequestCtx;
 use super::AppState;
 use crate::error::Error;
-use crate::tabular::{Outputs, TabularModel};
+use crate::tabular::Outputs;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -81,49 +82,43 @@ pub async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, OipError> {
-    let model = tabular(&state, &name)?;
+    let model = Arc::clone(core::tabular(&state, &name)?.model());
     let mut parameters = model.describe();
     parameters.insert("content_hash".into(), model.version.clone().into());
+    let meta = core::ModelMeta::of(&model);
+    let tensors = |ts: &[core::TensorMeta]| -> Vec<Value> {
+        ts.iter().map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect()
+    };
     Ok(Json(json!({
         "name": name,
-        "versions": ["1"],
-        "platform": format!("slate_{}_{}", model.kind().as_str(), model.format),
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, model.num_features()]}],
-        "outputs": [
-            {"name": "score", "datatype": "FP32", "shape": output_shape(&model, "score", -1)},
-            {"name": "margin", "datatype": "FP32", "shape": output_shape(&model, "margin", -1)},
-            {"name": "contributions", "datatype": "FP32", "shape": output_shape(&model, "contributions", -1)},
-        ],
+        "versions": [core::VERSION],
+        "platform": meta.platform,
+        "inputs": tensors(&meta.inputs),
+        "outputs": tensors(&meta.outputs),
         "parameters": parameters,
     })))
 }
 
-/// The shape of output `name` for `n` rows (`-1` in metadata): `[n]` for one value per row, `[n, K]`
-/// for K; contributions are `[n, F + 1]`, or `[n, K, F + 1]` for K groups.
-fn output_shape(model: &TabularModel, name: &str, n: i64) -> Value {
-    let width = |w: usize| if w == 1 { json!([n]) } else { json!([n, w]) };
-    match name {
-        "score" => width(model.score_width()),
-        "margin" => width(model.num_groups()),
-        _ => {
-            let (g, f1) = (model.num_groups(), model.num_features() + 1);
-            if g == 1 {
-                json!([n, f1])
-            } else {
-                json!([n, g, f1])
-            }
-        }
+/// `POST /v2/repository/index`: every configured model with its state (`READY`, `LOADING`,
+/// `UNAVAILABLE`) and why it is not ready; only the ready ones when the body says `{"ready": true}`.
+pub async fn repository_index(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Value>, OipError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct IndexRequest {
+        #[serde(default)]
+        ready: bool,
     }
-}
-
-fn tabular(state: &AppState, name: &str) -> Result<Arc<TabularModel>, Error> {
-    match state.registry.kind_and_ready(name) {
-        Some((kind, _)) if !kind.is_tabular() => Err(Error::NotFound(format!(
-            "model '{name}' is a {} model: the Open Inference Protocol serves tabular models",
-            kind.as_str()
-        ))),
-        _ => state.registry.tabular(name),
-    }
+    let ready = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        serde_json::from_slice::<IndexRequest>(&body)
+            .map_err(|e| Error::BadRequest(format!("malformed repository index request: {e}")))?
+            .ready
+    };
+    Ok(Json(json!(core::repository_index(&state, ready))))
 }
 
 #[derive(Deserialize)]
@@ -241,31 +236,22 @@ pub async fn infer(
     };
     let req: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| Error::BadRequest(format!("malformed inference request: {e}")))?;
-    let model = tabular(&state, &name)?;
-    let max_rows = state.config.models.iter().find(|m| m.name == name).map_or(0, |m| m.trees.max_rows);
-    let (rows, n) = check_input(req.inputs, &body[json_len..], model.num_features(), max_rows)?;
+    let timeout = super::http::timeout_from_header(&headers)?;
+    let priority = super::http::header_priority(&headers);
+    let batcher = core::tabular(&state, &name)?;
+    let model = Arc::clone(batcher.model());
+    let (rows, n) =
+        check_input(req.inputs, &body[json_len..], model.num_features(), core::max_rows(&state, &name))?;
     drop(body);
     let binary_default = flag(req.parameters.as_ref(), "binary_data_output")?;
-    let wanted = wanted_outputs(req.outputs.as_deref(), binary_default)?;
-    let compute = wanted.1;
-    let (model, p) = tokio::task::spawn_blocking(move || {
-        let p = model.predict(&rows, compute);
-        (model, p)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("the inference task failed: {e}")))?;
-    let p = p.map_err(|e| Error::invalid("outputs", e))?;
+    let (wanted, compute) = wanted_outputs(req.outputs.as_deref(), binary_default)?;
+    let p = batcher.predict(rows, compute, timeout, priority).await?;
     let mut outputs = Vec::new();
     let mut binary = Vec::new();
-    for (out, as_binary) in wanted.0 {
-        let data = match out {
-            "score" => p.score.as_deref(),
-            "margin" => p.margin.as_deref(),
-            _ => p.contributions.as_deref(),
-        }
-        .unwrap_or_default();
+    for (out, as_binary) in wanted {
+        let data = core::output_data(&p, out);
         let mut tensor =
-            json!({"name": out, "datatype": "FP32", "shape": output_shape(&model, out, n as i64)});
+            json!({"name": out, "datatype": "FP32", "shape": core::output_shape(&model, out, n as i64)});
         if as_binary {
             tensor["parameters"] = json!({"binary_data_size": data.len() * 4});
             binary.extend(data.iter().flat_map(|v| v.to_le_bytes()));
@@ -274,7 +260,7 @@ pub async fn infer(
         }
         outputs.push(tensor);
     }
-    let mut resp = json!({"model_name": name, "model_version": "1", "outputs": outputs});
+    let mut resp = json!({"model_name": name, "model_version": core::VERSION, "outputs": outputs});
     if let Some(id) = req.id {
         resp["id"] = id.into();
     }
@@ -311,62 +297,21 @@ fn check_input(
     features: usize,
     max_rows: usize,
 ) -> Result<(Vec<f32>, usize), Error> {
-    let mut inputs = inputs.into_iter();
-    let (Some(input), None) = (inputs.next(), inputs.next()) else {
-        return Err(Error::invalid("inputs", "expected exactly one input tensor, named 'input'"));
-    };
-    if input.name != "input" {
-        return Err(Error::invalid(
-            "inputs[0].name",
-            format!("unknown input '{}': the input is 'input'", input.name),
-        ));
-    }
-    let width = match input.datatype.as_str() {
-        "FP32" => 4,
-        "FP64" => 8,
-        other => return Err(Error::invalid("inputs[0].datatype", format!("{other}: expected FP32 or FP64"))),
-    };
-    let (n, f) = match input.shape[..] {
-        [n, f] if n >= 0 && f >= 0 => (n as usize, f as usize),
-        _ => {
-            return Err(Error::invalid(
-                "inputs[0].shape",
-                format!("{:?}: expected [rows, features]", input.shape),
-            ))
-        }
-    };
-    if f != features {
-        return Err(Error::invalid("inputs[0].shape", format!("{f} features: the model takes {features}")));
-    }
-    if n == 0 || n > max_rows {
-        return Err(Error::invalid("inputs[0].shape", format!("{n} rows: expected 1..={max_rows}")));
-    }
-    let values = n * f;
+    let input = core::the_input(inputs)?;
+    let tensor = core::Tensor::check(&input.name, &input.datatype, &input.shape, features, max_rows)?;
     let binary_size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size"));
-    let data = match (binary_size, input.data) {
+    let rows = match (binary_size, input.data) {
         (Some(size), None) => {
-            let size = size.as_u64().ok_or_else(|| {
-                Error::invalid("inputs[0].parameters.binary_data_size", format!("{size}: not a byte count"))
-            })?;
-            if size != binary.len() as u64 || size != (values * width) as u64 {
+            let field = "inputs[0].parameters.binary_data_size";
+            let size =
+                size.as_u64().ok_or_else(|| Error::invalid(field, format!("{size}: not a byte count")))?;
+            if size != binary.len() as u64 {
                 return Err(Error::invalid(
-                    "inputs[0].parameters.binary_data_size",
-                    format!(
-                        "{size} bytes, with {} binary bytes after the JSON; shape [{n}, {f}] of {} takes {}",
-                        binary.len(),
-                        input.datatype,
-                        values * width
-                    ),
+                    field,
+                    format!("{size} bytes, with {} binary bytes after the JSON", binary.len()),
                 ));
             }
-            if width == 4 {
-                binary.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-            } else {
-                binary
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-                    .collect()
-            }
+            tensor.rows_from_raw(binary, field)?
         }
         (None, Some(data)) => {
             if !binary.is_empty() {
@@ -375,18 +320,12 @@ fn check_input(
                     "binary data after the JSON but no binary_data_size",
                 ));
             }
-            data.0
+            tensor.rows_from_values(data.0, "inputs[0].data")?
         }
         (Some(_), Some(_)) => return Err(Error::invalid("inputs[0]", "both data and binary_data_size")),
         (None, None) => return Err(Error::invalid("inputs[0].data", "missing")),
     };
-    if data.len() != values {
-        return Err(Error::invalid(
-            "inputs[0].data",
-            format!("{} values for shape [{n}, {f}] ({values} expected)", data.len()),
-        ));
-    }
-    Ok((data, n))
+    Ok((rows, tensor.rows))
 }
 
 /// The outputs asked for, in order, each with whether it goes back as binary data, and what to
@@ -395,25 +334,13 @@ type Wanted = (Vec<(&'static str, bool)>, Outputs);
 
 fn wanted_outputs(req: Option<&[RequestedOutput]>, binary_default: bool) -> Result<Wanted, Error> {
     let names: Vec<(&'static str, bool)> = match req {
-        None | Some([]) => vec![("score", binary_default), ("margin", binary_default)],
+        None | Some([]) => core::DEFAULT_OUTPUTS.iter().map(|&o| (o, binary_default)).collect(),
         Some(list) => {
             list.iter()
                 .enumerate()
                 .map(|(i, o)| {
                     let field = format!("outputs[{i}]");
-                    let name = match o.name.as_str() {
-                        "score" => "score",
-                        "margin" => "margin",
-                        "contributions" => "contributions",
-                        other => {
-                            return Err(Error::invalid(
-                                &format!("{field}.name"),
-                                format!(
-                                "unknown output '{other}': the outputs are score, margin and contributions"
-                            ),
-                            ))
-                        }
-                    };
+                    let name = core::output_name(&field, &o.name)?;
                     let binary = match o.parameters.as_ref().and_then(|p| p.get("binary_data")) {
                         None => binary_default,
                         Some(_) => flag(o.parameters.as_ref(), "binary_data")
@@ -421,12 +348,11 @@ fn wanted_outputs(req: Option<&[RequestedOutput]>, binary_default: bool) -> Resu
                     };
                     Ok((name, binary))
                 })
-                .collect::<Result<_, _>>()?
+                .collect::<Result<_, Error>>()?
         }
     };
-    let has = |n: &str| names.iter().any(|(m, _)| *m == n);
-    let outputs = Outputs { score: has("score"), margin: has("margin"), contributions: has("contributions") };
-    Ok((names, outputs))
+    let just: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+    Ok((names, core::outputs_of(&just)))
 }
 
 #[cfg(test)]

@@ -47,6 +47,38 @@ impl Faults {
         self.tx.subscribe()
     }
 
+    /// Waits for a scheduler's `answer` to a request of model `model` until its `deadline`
+    /// (DEADLINE_EXCEEDED after it, counted from `enqueued`). A fault of the scheduler answers at once
+    /// (UNAVAILABLE: the request may still be referenced but will never be computed), as does a
+    /// scheduler that let go of the request without an answer (one of its threads died).
+    pub async fn answer_by<T>(
+        &self,
+        answer: tokio::sync::oneshot::Receiver<crate::error::Result<T>>,
+        model: &str,
+        enqueued: std::time::Instant,
+        deadline: std::time::Instant,
+    ) -> crate::error::Result<T> {
+        use crate::error::Error;
+        let mut faults = self.subscribe();
+        let fault = async move {
+            if faults.wait_for(Option::is_some).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let stopped = || Error::Unavailable(format!("model '{model}' stopped serving (see /v1/models)"));
+        tokio::select! {
+            answer = tokio::time::timeout_at(deadline.into(), answer) => match answer {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(stopped()),
+                Err(_) => Err(Error::DeadlineExceeded(format!(
+                    "request did not finish within its {} ms deadline",
+                    deadline.duration_since(enqueued).as_millis()
+                ))),
+            },
+            () = fault => Err(stopped()),
+        }
+    }
+
     /// A guard for a thread's run loop: dropped while the thread unwinds from a panic, it reports
     /// `what` (e.g. "the engine thread of 'slm'") as dead. A normal return reports nothing.
     pub fn watch_thread(self: &Arc<Self>, what: impl Into<String>) -> ThreadWatch {

@@ -4,6 +4,7 @@
 //! which each format's loader builds (`xgboost.rs`: XGBoost JSON). The format is detected from the
 //! file's content, and must belong to the configured kind.
 
+pub mod batcher;
 pub mod fast;
 pub mod forest;
 pub mod lightgbm;

@@ -57,6 +57,28 @@ pub fn python() -> PathBuf {
     )
 }
 
+/// Trains the xgboost parity models into `dir` with `tools/tabular/xgboost_parity.py` (`rows`
+/// held-out rows with xgboost's own predictions beside them), or panics saying why.
+pub fn train_xgboost(dir: &std::path::Path, rows: usize) {
+    train_parity("xgboost_parity.py", dir, rows)
+}
+
+/// Runs `tools/tabular/SCRIPT DIR ROWS`: models of a tree library and its own predictions on `rows`
+/// held-out rows.
+pub fn train_parity(script: &str, dir: &std::path::Path, rows: usize) {
+    let out = std::process::Command::new(python())
+        .arg(format!("tools/tabular/{script}"))
+        .arg(dir)
+        .arg(rows.to_string())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "tools/tabular/{script} failed (xgboost and lightgbm are installed into .venv by scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A tool from PATH, or a panic that says which Debian package has it (`scripts/test.sh` installs it).
 pub fn tool(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")

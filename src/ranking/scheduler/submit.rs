@@ -107,27 +107,7 @@ impl RankerHandle {
             return Err(Error::Unavailable(format!("model '{}' is shutting down", s.name)));
         }
         let mut guard = CancelOnDrop { flag: cancelled, wake: Arc::clone(&s.wake), armed: true };
-        // A fault of the scheduler (a worker or the actor died) answers every waiting request at once:
-        // the job may still be referenced but will never be computed.
-        let mut faults = s.faults.subscribe();
-        let fault = async move {
-            if faults.wait_for(Option::is_some).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        let stopped = || Error::Unavailable(format!("model '{}' stopped serving (see /v1/models)", s.name));
-        let result = tokio::select! {
-            answer = tokio::time::timeout_at(deadline.into(), rx) => match answer {
-                Ok(Ok(result)) => result,
-                // The scheduler let go of the request without an answer: one of its threads died.
-                Ok(Err(_)) => Err(stopped()),
-                Err(_) => Err(Error::DeadlineExceeded(format!(
-                    "request did not finish within its {} ms deadline",
-                    deadline.duration_since(enqueued).as_millis()
-                ))),
-            },
-            () = fault => Err(stopped()),
-        };
+        let result = s.faults.answer_by(rx, &s.name, enqueued, deadline).await;
         // Answered, or timed out (the actor and workers drop or stop the job at the same deadline, and
         // count it as a deadline drop): nothing to cancel. Only a caller that goes away mid-await drops
         // the guard armed.
