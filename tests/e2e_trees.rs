@@ -28,7 +28,12 @@ fn trees_toml(models: &[(&str, std::path::PathBuf)]) -> String {
     models
         .iter()
         .map(|(name, path)| {
-            format!("[[models]]\nname = \"{name}\"\nkind = \"trees\"\npath = \"{}\"\n", path.display())
+            // 10,000 rows with contributions take seconds in a debug build: a longer default deadline.
+            format!(
+                "[[models]]\nname = \"{name}\"\nkind = \"trees\"\npath = \"{}\"\n\
+                 [models.trees]\ndefault_timeout_ms = 120000\n",
+                path.display()
+            )
         })
         .collect()
 }

@@ -442,6 +442,6 @@ mod tests {
             tokio::join!(b.predict(rows(1, 2), ALL, None, None), b.predict(rows(2, 2), explain, None, None));
         assert_eq!(a.unwrap().margin.unwrap().len(), 2);
         let e = c.unwrap_err().to_string();
-        assert!(e.starts_with("outputs: contributions are not available"), "{e}");
+        assert!(e.starts_with("outputs: contributions need each node's training cover"), "{e}");
     }
 }
