@@ -1,12 +1,15 @@
 //! The tabular family for ads scoring, served over the Open Inference Protocol (`server/oip.rs`):
 //! tree ensembles (`kind = "trees"`), additive models (`"additive"`) and soft trees
 //! (`"soft_trees"`). Each kind has a [`Predictor`]; `forest.rs` evaluates a compiled tree ensemble,
-//! which each format's loader builds (`xgboost.rs`: XGBoost JSON). The format is detected from the
-//! file's content, and must belong to the configured kind.
+//! which each format's loader builds (`xgboost.rs`: XGBoost JSON); `additive.rs` reads and evaluates
+//! additive models (`slate_additive` JSON). The format is detected from the file's content, and must
+//! belong to the configured kind.
 
+pub mod additive;
 pub mod forest;
 pub mod xgboost;
 
+pub use additive::Additive;
 pub use forest::{Forest, Transform};
 
 use crate::config::ModelKind;
@@ -34,6 +37,8 @@ pub struct TabularModel {
 pub enum Predictor {
     /// A tree ensemble (`kind = "trees"`).
     Forest(Forest),
+    /// An additive model (`kind = "additive"`).
+    Additive(Additive),
 }
 
 /// What one inference computes: margins, scores, per-feature contributions, each when asked for.
@@ -73,6 +78,7 @@ impl TabularModel {
         let version = hex::encode(Sha256::digest(bytes))[..16].to_string();
         let (predictor, format) = match detect(bytes) {
             Format::XgboostJson => (Predictor::Forest(xgboost::parse(bytes)?), "xgboost_json"),
+            Format::AdditiveJson => (Predictor::Additive(additive::parse(bytes)?), additive::FORMAT),
             Format::Unknown(what) => return Err(what),
         };
         Ok(TabularModel { predictor, format, version })
@@ -82,6 +88,7 @@ impl TabularModel {
     pub fn kind(&self) -> ModelKind {
         match &self.predictor {
             Predictor::Forest(_) => ModelKind::Trees,
+            Predictor::Additive(_) => ModelKind::Additive,
         }
     }
 
@@ -89,6 +96,7 @@ impl TabularModel {
     pub fn num_features(&self) -> usize {
         match &self.predictor {
             Predictor::Forest(f) => f.num_features,
+            Predictor::Additive(a) => a.num_features,
         }
     }
 
@@ -96,6 +104,7 @@ impl TabularModel {
     pub fn num_groups(&self) -> usize {
         match &self.predictor {
             Predictor::Forest(f) => f.num_groups,
+            Predictor::Additive(a) => a.num_groups,
         }
     }
 
@@ -103,6 +112,7 @@ impl TabularModel {
     pub fn score_width(&self) -> usize {
         match &self.predictor {
             Predictor::Forest(f) => f.score_width(),
+            Predictor::Additive(a) => score_width(a.transform, a.num_groups),
         }
     }
 
@@ -115,6 +125,11 @@ impl TabularModel {
                 m.insert("nodes".into(), f.nodes.len().into());
                 m.insert("max_depth".into(), f.max_depth.into());
             }
+            Predictor::Additive(a) => {
+                let pairs = a.terms.iter().filter(|t| t.dims.len() == 2).count();
+                m.insert("terms".into(), a.terms.len().into());
+                m.insert("pairs".into(), pairs.into());
+            }
         }
         m
     }
@@ -124,7 +139,34 @@ impl TabularModel {
     pub fn predict(&self, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
         match &self.predictor {
             Predictor::Forest(f) => Self::predict_forest(f, rows, outputs),
+            Predictor::Additive(a) => Self::predict_additive(a, rows, outputs),
         }
+    }
+
+    fn predict_additive(a: &Additive, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
+        let (f, g) = (a.num_features, a.num_groups);
+        let n = rows.len() / f;
+        let w = g * (f + 1);
+        let mut margin = vec![0.0; n * g];
+        let mut contrib = outputs.contributions.then(|| vec![0.0; n * w]);
+        if n >= 2 * PAR_BLOCK_ROWS {
+            use rayon::prelude::*;
+            let blocks = rows.par_chunks(PAR_BLOCK_ROWS * f).zip(margin.par_chunks_mut(PAR_BLOCK_ROWS * g));
+            match contrib.as_mut() {
+                Some(c) => blocks
+                    .zip(c.par_chunks_mut(PAR_BLOCK_ROWS * w))
+                    .for_each(|((r, m), c)| a.margins(r, m, Some(c))),
+                None => blocks.for_each(|(r, m)| a.margins(r, m, None)),
+            }
+        } else {
+            a.margins(rows, &mut margin, contrib.as_deref_mut());
+        }
+        let score = outputs.score.then(|| {
+            let mut s = vec![0.0; n * score_width(a.transform, g)];
+            apply_transform(a.transform, g, &margin, &mut s);
+            s
+        });
+        Ok(Prediction { margin: outputs.margin.then_some(margin), score, contributions: contrib })
     }
 
     fn predict_forest(f: &Forest, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
@@ -151,14 +193,40 @@ impl TabularModel {
     }
 }
 
+/// Scores per row of a model with `groups` margins and this transform.
+fn score_width(transform: Transform, groups: usize) -> usize {
+    match transform {
+        Transform::ArgMax => 1,
+        _ => groups,
+    }
+}
+
+/// Scores from margins (`n × groups`) into `out` (`n × score_width`), by the transforms of
+/// `forest.rs` (an empty forest carries the transform and group count).
+fn apply_transform(transform: Transform, groups: usize, margins: &[f32], out: &mut [f32]) {
+    let carrier = Forest {
+        num_features: 1,
+        num_groups: groups,
+        base_margin: Vec::new(),
+        transform,
+        trees: Vec::new(),
+        nodes: Vec::new(),
+        weighted: false,
+        max_depth: 0,
+    };
+    carrier.scores(margins, out);
+}
+
 enum Format {
     XgboostJson,
+    AdditiveJson,
     Unknown(String),
 }
 
 fn detect(bytes: &[u8]) -> Format {
     let start: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).take(2).collect();
     match start.as_slice() {
+        [b'{', b'"'] if is_additive(bytes) => Format::AdditiveJson,
         [b'{', b'"'] => Format::XgboostJson,
         [b'{', _] => Format::Unknown("a UBJSON model? only XGBoost JSON models are supported yet".into()),
         _ if bytes.starts_with(b"tree\n") || bytes.starts_with(b"version=") => {
@@ -166,6 +234,17 @@ fn detect(bytes: &[u8]) -> Format {
         }
         _ => Format::Unknown("unknown model format: expected an XGBoost JSON model".into()),
     }
+}
+
+/// Whether a JSON object's top-level `format` is `slate_additive` (keys and values other than
+/// `format` are skipped, not kept).
+fn is_additive(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        #[serde(default)]
+        format: Option<String>,
+    }
+    serde_json::from_slice::<Marker>(bytes).is_ok_and(|m| m.format.as_deref() == Some(additive::FORMAT))
 }
 
 #[cfg(test)]
@@ -180,5 +259,19 @@ mod tests {
         assert!(TabularModel::from_bytes(b"  {\"x\": 1}")
             .unwrap_err()
             .starts_with("not an XGBoost JSON model"));
+        let additive = r#"{"version": 1, "format": "slate_additive", "num_features": 1, "link": "identity",
+            "intercept": [1.5], "terms": []}"#;
+        let m = TabularModel::from_bytes(additive.as_bytes()).unwrap();
+        assert_eq!(
+            (m.kind(), m.format, m.num_groups(), m.score_width()),
+            (ModelKind::Additive, "slate_additive", 1, 1)
+        );
+        let p =
+            m.predict(&[f32::NAN; 200], Outputs { margin: true, score: true, contributions: true }).unwrap();
+        assert_eq!(p.margin.unwrap(), vec![1.5; 200]);
+        assert_eq!(p.score.unwrap(), vec![1.5; 200]);
+        assert_eq!(p.contributions.unwrap(), [0.0, 1.5].repeat(200));
+        let e = TabularModel::from_bytes(additive.replace("[1.5]", "[]").as_bytes()).unwrap_err();
+        assert!(e.starts_with("intercept has 0 values"), "{e}");
     }
 }

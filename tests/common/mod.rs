@@ -57,6 +57,32 @@ pub fn python() -> PathBuf {
     )
 }
 
+/// Runs `tools/tabular/SCRIPT OUT_DIR` with the project's Python (a trainer that writes models and
+/// their library's own predictions); panics with its stderr when it fails, naming `needs`.
+pub fn run_trainer(script: &str, out_dir: &Path, needs: &str) {
+    let out = Command::new(python())
+        .arg(format!("tools/tabular/{script}"))
+        .arg(out_dir)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "tools/tabular/{script} failed ({needs} are installed into .venv by scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The numbers of a JSON array.
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number")).collect()
+}
+
+/// The largest error of `got` against `want`, absolute below 1 and relative above.
+pub fn worst(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0.0, f64::max)
+}
+
 /// A tool from PATH, or a panic that says which Debian package has it (`scripts/test.sh` installs it).
 pub fn tool(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
@@ -160,6 +186,31 @@ impl Slate {
         let status = r.status().as_u16();
         let text = r.text().await.expect("response body");
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// GETs `path`: the status and the body parsed as JSON (`null` when it is not JSON).
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::get(self.url(path)).await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls `GET /v1/models` until no model is still loading (each ready or failed); returns the
+    /// last list. Panics (with the logs) after `timeout`.
+    pub async fn wait_settled(&self, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, list) = self.get_json("/v1/models").await;
+            let loading =
+                list["data"].as_array().is_none_or(|ms| ms.iter().any(|m| m["status"] == "loading"));
+            if !loading {
+                return list;
+            }
+            if Instant::now() > deadline {
+                panic!("models still loading after {timeout:?}: {list}; output:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn grpc_url(&self) -> String {
