@@ -9,7 +9,7 @@
 mod common;
 
 use common::{floats, worst, Slate};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 const MODELS: [&str; 4] = ["ebm_binary", "ebm_regression", "ebm_multiclass", "fast_binary"];
@@ -44,17 +44,10 @@ async fn margins_scores_and_contributions_equal_interpret_and_the_fast_model() {
     let slate = Slate::start(&toml);
     let list = slate.wait_settled(Duration::from_secs(60)).await;
 
-    let rows: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("rows.json")).unwrap()).unwrap();
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap()).unwrap();
+    let rows = common::read_json(&dir.path().join("rows.json"));
+    let expected = common::read_json(&dir.path().join("expected.json"));
     for name in MODELS {
-        let data = &rows[name]["rows"];
-        let n = data.as_array().unwrap().len();
-        let f = rows[name]["features"].as_u64().unwrap() as usize;
-        let missing =
-            data.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).filter(|v| v.is_null());
-        assert!(missing.count() > n, "{name}: the rows have missing values");
+        let (data, n, f) = common::parity_rows(&rows, name);
         assert!(expected[name]["edge_values"].as_u64().unwrap() > 50, "{name}: values on bin edges");
         let want_contrib = expected[name].get("contributions").is_some();
         let mut outputs = vec![json!({"name": "margin"}), json!({"name": "score"})];

@@ -2,15 +2,18 @@
 //! tree ensembles (`kind = "trees"`), additive models (`"additive"`) and soft trees
 //! (`"soft_trees"`). Each kind has a [`Predictor`]; `forest.rs` evaluates a compiled tree ensemble,
 //! which each format's loader builds (`xgboost.rs`: XGBoost JSON); `additive.rs` reads and evaluates
-//! additive models (`slate_additive` JSON). The format is detected from the file's content, and must
-//! belong to the configured kind.
+//! additive models (`slate_additive` JSON); `soft.rs` soft-tree ensembles (`slate_soft_trees`
+//! safetensors). The format is detected from the file's content, and must belong to the configured
+//! kind.
 
 pub mod additive;
 pub mod forest;
+pub mod soft;
 pub mod xgboost;
 
 pub use additive::Additive;
 pub use forest::{Forest, Transform};
+pub use soft::SoftTrees;
 
 use crate::config::ModelKind;
 use sha2::{Digest, Sha256};
@@ -18,6 +21,9 @@ use std::path::Path;
 
 /// Rows per block when a batch is split across the compute pool.
 const PAR_BLOCK_ROWS: usize = 64;
+
+/// Rows per block of a soft-tree batch on the compute pool (each block is one GEMM-shaped pass).
+const SOFT_PAR_ROWS: usize = 256;
 
 /// Largest model file read.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
@@ -39,6 +45,8 @@ pub enum Predictor {
     Forest(Forest),
     /// An additive model (`kind = "additive"`).
     Additive(Additive),
+    /// A soft-tree ensemble (`kind = "soft_trees"`).
+    SoftTrees(SoftTrees),
 }
 
 /// What one inference computes: margins, scores, per-feature contributions, each when asked for.
@@ -79,6 +87,7 @@ impl TabularModel {
         let (predictor, format) = match detect(bytes) {
             Format::XgboostJson => (Predictor::Forest(xgboost::parse(bytes)?), "xgboost_json"),
             Format::AdditiveJson => (Predictor::Additive(additive::parse(bytes)?), additive::FORMAT),
+            Format::Safetensors => (Predictor::SoftTrees(soft::parse(bytes)?), soft::FORMAT),
             Format::Unknown(what) => return Err(what),
         };
         Ok(TabularModel { predictor, format, version })
@@ -89,6 +98,7 @@ impl TabularModel {
         match &self.predictor {
             Predictor::Forest(_) => ModelKind::Trees,
             Predictor::Additive(_) => ModelKind::Additive,
+            Predictor::SoftTrees(_) => ModelKind::SoftTrees,
         }
     }
 
@@ -97,6 +107,7 @@ impl TabularModel {
         match &self.predictor {
             Predictor::Forest(f) => f.num_features,
             Predictor::Additive(a) => a.num_features,
+            Predictor::SoftTrees(s) => s.num_features,
         }
     }
 
@@ -105,6 +116,7 @@ impl TabularModel {
         match &self.predictor {
             Predictor::Forest(f) => f.num_groups,
             Predictor::Additive(a) => a.num_groups,
+            Predictor::SoftTrees(s) => s.num_groups,
         }
     }
 
@@ -113,6 +125,7 @@ impl TabularModel {
         match &self.predictor {
             Predictor::Forest(f) => f.score_width(),
             Predictor::Additive(a) => score_width(a.transform, a.num_groups),
+            Predictor::SoftTrees(s) => score_width(s.transform, s.num_groups),
         }
     }
 
@@ -130,6 +143,11 @@ impl TabularModel {
                 m.insert("terms".into(), a.terms.len().into());
                 m.insert("pairs".into(), pairs.into());
             }
+            Predictor::SoftTrees(s) => {
+                m.insert("trees".into(), s.trees.into());
+                m.insert("depth".into(), s.depth.into());
+                m.insert("selected_features".into(), s.features.len().into());
+            }
         }
         m
     }
@@ -140,7 +158,31 @@ impl TabularModel {
         match &self.predictor {
             Predictor::Forest(f) => Self::predict_forest(f, rows, outputs),
             Predictor::Additive(a) => Self::predict_additive(a, rows, outputs),
+            Predictor::SoftTrees(s) => Self::predict_soft(s, rows, outputs),
         }
+    }
+
+    fn predict_soft(s: &SoftTrees, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
+        if outputs.contributions {
+            return Err("contributions are not available for soft-tree models".into());
+        }
+        let (f, g) = (s.num_features, s.num_groups);
+        let n = rows.len() / f;
+        let mut margin = vec![0.0; n * g];
+        if n >= 2 * SOFT_PAR_ROWS {
+            use rayon::prelude::*;
+            rows.par_chunks(SOFT_PAR_ROWS * f)
+                .zip(margin.par_chunks_mut(SOFT_PAR_ROWS * g))
+                .for_each(|(r, m)| s.margins(r, m));
+        } else {
+            s.margins(rows, &mut margin);
+        }
+        let score = outputs.score.then(|| {
+            let mut out = vec![0.0; n * score_width(s.transform, g)];
+            apply_transform(s.transform, g, &margin, &mut out);
+            out
+        });
+        Ok(Prediction { margin: outputs.margin.then_some(margin), score, contributions: None })
     }
 
     fn predict_additive(a: &Additive, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
@@ -220,19 +262,26 @@ fn apply_transform(transform: Transform, groups: usize, margins: &[f32], out: &m
 enum Format {
     XgboostJson,
     AdditiveJson,
+    Safetensors,
     Unknown(String),
 }
 
 fn detect(bytes: &[u8]) -> Format {
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    // (Text starting with 8 bytes of JSON reads as a length far beyond the file.)
+    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if bytes.get(8) == Some(&b'{') && header_len.is_some_and(|n| n <= bytes.len() as u64 - 8) {
+        return Format::Safetensors;
+    }
     let start: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).take(2).collect();
     match start.as_slice() {
         [b'{', b'"'] if is_additive(bytes) => Format::AdditiveJson,
         [b'{', b'"'] => Format::XgboostJson,
-        [b'{', _] => Format::Unknown("a UBJSON model? only XGBoost JSON models are supported yet".into()),
+        [b'{', _] => Format::Unknown("a UBJSON model? the tabular formats are XGBoost JSON, slate_additive JSON and slate_soft_trees safetensors".into()),
         _ if bytes.starts_with(b"tree\n") || bytes.starts_with(b"version=") => {
-            Format::Unknown("a LightGBM text model? only XGBoost JSON models are supported yet".into())
+            Format::Unknown("a LightGBM text model? the tabular formats are XGBoost JSON, slate_additive JSON and slate_soft_trees safetensors".into())
         }
-        _ => Format::Unknown("unknown model format: expected an XGBoost JSON model".into()),
+        _ => Format::Unknown("unknown model format: expected XGBoost JSON, slate_additive JSON or slate_soft_trees safetensors".into()),
     }
 }
 
@@ -271,6 +320,16 @@ mod tests {
         assert_eq!(p.margin.unwrap(), vec![1.5; 200]);
         assert_eq!(p.score.unwrap(), vec![1.5; 200]);
         assert_eq!(p.contributions.unwrap(), [0.0, 1.5].repeat(200));
+        let soft = soft::tests::file(2, 3, 4, 1, 6, 5, |_, _| {});
+        let m = TabularModel::from_bytes(&soft).unwrap();
+        assert_eq!((m.kind(), m.format, m.num_features()), (ModelKind::SoftTrees, "slate_soft_trees", 6));
+        let p =
+            m.predict(&[0.5; 6 * 600], Outputs { margin: true, score: true, contributions: false }).unwrap();
+        let (margin, score) = (p.margin.unwrap(), p.score.unwrap());
+        assert!(margin.iter().all(|&v| v == margin[0]) && score[0] == 1.0 / (1.0 + (-margin[0]).exp()));
+        let e =
+            m.predict(&[0.5; 6], Outputs { margin: true, score: false, contributions: true }).unwrap_err();
+        assert_eq!(e, "contributions are not available for soft-tree models");
         let e = TabularModel::from_bytes(additive.replace("[1.5]", "[]").as_bytes()).unwrap_err();
         assert!(e.starts_with("intercept has 0 values"), "{e}");
     }

@@ -72,6 +72,24 @@ pub fn run_trainer(script: &str, out_dir: &Path, needs: &str) {
     );
 }
 
+/// A JSON file a trainer wrote.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Model `name`'s held-out rows in a trainer's `rows.json` (`{name: {"features": F, "rows": [[…]]}}`,
+/// null = missing): the rows, their count and width. Asserts that more than one value per row on
+/// average is missing, so the parity covers missing values.
+pub fn parity_rows<'a>(rows: &'a serde_json::Value, name: &str) -> (&'a serde_json::Value, usize, usize) {
+    let data = &rows[name]["rows"];
+    let list = data.as_array().unwrap_or_else(|| panic!("rows.json has no rows for {name}"));
+    let f = rows[name]["features"].as_u64().expect("features") as usize;
+    let missing = list.iter().flat_map(|r| r.as_array().expect("a row")).filter(|v| v.is_null()).count();
+    assert!(missing > list.len(), "{name}: the rows have missing values ({missing})");
+    (data, list.len(), f)
+}
+
 /// The numbers of a JSON array.
 pub fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number")).collect()
