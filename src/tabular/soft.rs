@@ -7,7 +7,8 @@
 //! Evaluation is one GEMM-shaped pass over a block of rows: gather `X[rows, S]` (missing values take
 //! the feature's fill value), `Z = X · W` with `W[S, T·(2^D − 1)]` (the `gemm` crate's runtime
 //! AVX2 / AVX-512 micro-kernels), then a fused epilogue per row ([`route_rows`]): `σ(Z + b)` with a
-//! vector `exp`, the leaf probabilities level by level and their dot products with the leaf values.
+//! vector `exp` (AVX2 or AVX-512, chosen at run time; a scalar path beside them), the leaf
+//! probabilities level by level and their dot products with the leaf values.
 //! Nodes and leaves are stored per tree level by level in bit-reversed order (a node's children at
 //! `j` and `j + 2^d` of the next level), so each level's update is two contiguous vector loops.
 //!
@@ -231,12 +232,11 @@ impl SoftTrees {
     /// Margins of `rows` (`n × num_features`, NaN = missing) into `out` (`n × num_groups`), block by
     /// block on the calling thread.
     pub fn margins(&self, rows: &[f32], out: &mut [f32]) {
-        self.margins_with(has_simd(), rows, out)
+        self.margins_with(Isa::best(), rows, out)
     }
 
-    /// [`Self::margins`] with the epilogue's path chosen by the caller (`simd` is ignored where the
-    /// CPU has no AVX2 + FMA).
-    pub fn margins_with(&self, simd: bool, rows: &[f32], out: &mut [f32]) {
+    /// [`Self::margins`] with the epilogue's path chosen by the caller.
+    pub fn margins_with(&self, isa: Isa, rows: &[f32], out: &mut [f32]) {
         let (f, g, s) = (self.num_features, self.num_groups, self.features.len());
         assert!(rows.len().is_multiple_of(f), "rows must be whole");
         let n = rows.len() / f;
@@ -254,7 +254,7 @@ impl SoftTrees {
                 }
             }
             matmul(m, width, s, &x, s, &self.weight, width, &mut z, width, false, Par::Seq);
-            route_rows(simd, self, &mut z[..m * width], out);
+            route_rows(isa, self, &mut z[..m * width], out);
         }
     }
 
@@ -302,21 +302,53 @@ impl SoftTrees {
     }
 }
 
-/// Whether the AVX2 + FMA epilogue runs here.
-pub fn has_simd() -> bool {
-    crate::kernels::cpu::simd::has_avx2_fma()
+/// Which code path the pass's epilogue takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA (8 lanes).
+    Avx2,
+    /// AVX-512F (16 lanes): the same operations as AVX2 in the same order, so the same bits.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest path this CPU runs (`SLATE_SIMD=avx2` caps it at AVX2).
+    pub fn best() -> Isa {
+        use crate::kernels::cpu::simd::{has_avx2_fma, has_avx512};
+        if has_avx512() {
+            Isa::Avx512
+        } else if has_avx2_fma() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn available(self) -> bool {
+        use crate::kernels::cpu::simd::{cpu_has_avx512, has_avx2_fma};
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => has_avx2_fma(),
+            Isa::Avx512 => cpu_has_avx512(),
+        }
+    }
 }
 
 /// The pass's epilogue over `z` (`m × T·I`, the block's GEMM output): per row `σ(z + b)`, the leaf
 /// probabilities and their sums with the leaf values, plus the intercept, into `out` (`m × K`).
-pub fn route_rows(simd: bool, model: &SoftTrees, z: &mut [f32], out: &mut [f32]) {
+/// A path the CPU cannot run falls back to the scalar one.
+pub fn route_rows(isa: Isa, model: &SoftTrees, z: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if simd && has_simd() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { route_rows_avx2(model, z, out) };
-        return;
+    match isa {
+        // SAFETY: the CPU has the path's features (`available`).
+        Isa::Avx512 if isa.available() => return unsafe { route_rows_avx512(model, z, out) },
+        // SAFETY: as above.
+        Isa::Avx2 if isa.available() => return unsafe { route_rows_avx2(model, z, out) },
+        _ => {}
     }
-    let _ = simd;
+    let _ = isa;
     route_rows_body(model, z, out, |x| {
         for v in x {
             *v = 1.0 / (1.0 + (-*v).exp());
@@ -324,33 +356,46 @@ pub fn route_rows(simd: bool, model: &SoftTrees, z: &mut [f32], out: &mut [f32])
     });
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn route_rows_avx2(model: &SoftTrees, z: &mut [f32], out: &mut [f32]) {
-    // The closure inherits this function's target features, so the call needs no `unsafe`.
-    route_rows_body(model, z, out, |x| sigmoid_avx2(x));
-}
-
-/// `x = σ(x)` with the AVX2 `exp`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn sigmoid_avx2(x: &mut [f32]) {
-    use crate::kernels::cpu::simd::avx2::{add, div, exp, load, mul, splat, store};
-    let full = x.len() / 8 * 8;
-    let (one, minus) = (splat(1.0), splat(-1.0));
-    let mut j = 0;
-    while j < full {
-        // SAFETY: j + 8 ≤ full ≤ x.len().
-        unsafe {
-            let v = load(x.as_ptr().add(j));
-            store(x.as_mut_ptr().add(j), div(one, add(one, exp(mul(minus, v)))));
+/// An ISA's epilogue (the generic body inlined, its loops vectorized for the ISA) and its
+/// `x = σ(x)` over the ISA's vector `exp`, which gives the same bits on both ISAs.
+macro_rules! route_kernels {
+    ($route:ident, $sigmoid:ident, $isa:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $route(model: &SoftTrees, z: &mut [f32], out: &mut [f32]) {
+            // The closure inherits this function's target features, so the call needs no `unsafe`.
+            route_rows_body(model, z, out, |x| $sigmoid(x));
         }
-        j += 8;
-    }
-    for v in &mut x[full..] {
-        *v = 1.0 / (1.0 + (-*v).exp());
-    }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $sigmoid(x: &mut [f32]) {
+            use crate::kernels::cpu::simd::$isa as v;
+            let (one, minus) = (v::splat(1.0), v::splat(-1.0));
+            // The tail through a full vector too, so every value gets the vector `exp`'s bits.
+            let mut tail = [0f32; 16];
+            for chunk in x.chunks_mut(v::LANES) {
+                let n = chunk.len();
+                let p = if n == v::LANES {
+                    chunk.as_mut_ptr()
+                } else {
+                    tail[..n].copy_from_slice(chunk);
+                    tail.as_mut_ptr()
+                };
+                // SAFETY: `p` points at LANES ≤ 16 floats (a whole chunk, or the tail buffer).
+                unsafe {
+                    let e = v::exp(v::mul(minus, v::load(p)));
+                    v::store(p, v::div(one, v::add(one, e)));
+                }
+                if n < v::LANES {
+                    chunk.copy_from_slice(&tail[..n]);
+                }
+            }
+        }
+    };
 }
+route_kernels!(route_rows_avx2, sigmoid_avx2, avx2, "avx2,fma");
+route_kernels!(route_rows_avx512, sigmoid_avx512, avx512, "avx512f,avx2,fma");
 
 /// The epilogue, generic over the sigmoid; inlined into each ISA's wrapper so its loops are
 /// vectorized for that ISA.
@@ -484,16 +529,33 @@ pub(crate) mod tests {
             assert_eq!((m.trees, m.depth, m.features.len(), m.num_groups), (t, d, s, k));
             let x = rows(&mut rng, n, f);
             let want = m.margins_ref(&x);
-            for simd in [false, true] {
+            let mut bits = Vec::new();
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                if isa != Isa::Scalar && !crate::kernels::cpu::simd::require_isa(isa_name(isa)) {
+                    continue;
+                }
                 let mut got = vec![0f32; n * k];
-                m.margins_with(simd, &x, &mut got);
+                m.margins_with(isa, &x, &mut got);
+                if isa != Isa::Scalar {
+                    bits.push(got.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+                }
                 for (j, (&g, &w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g as f64 - w).abs() <= 2e-5 * w.abs().max(1.0),
-                        "{t}×depth {d}, simd {simd}: margin {j}: {g} vs {w}"
+                        "{t}×depth {d}, {isa:?}: margin {j}: {g} vs {w}"
                     );
                 }
             }
+            if let [avx2, avx512] = bits.as_slice() {
+                assert_eq!(avx2, avx512, "{t}×depth {d}: AVX-512 gives the AVX2 path's bits");
+            }
+        }
+    }
+
+    fn isa_name(isa: Isa) -> &'static str {
+        match isa {
+            Isa::Avx512 => "avx512f",
+            _ => "avx2+fma",
         }
     }
 
