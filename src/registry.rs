@@ -284,10 +284,11 @@ fn load_one(
         ModelKind::Trees | ModelKind::Additive | ModelKind::SoftTrees => {
             let model = TabularModel::load(&cfg.path)?;
             if model.kind() != cfg.kind {
+                let kind = model.kind().as_str();
+                let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
                 return Err(format!(
-                    "{}: a {} model ({}), but the config says kind = \"{}\"",
+                    "{}: {article} {kind} model ({}), but the config says kind = \"{}\"",
                     cfg.path.display(),
-                    model.kind().as_str(),
                     model.format,
                     cfg.kind.as_str()
                 ));

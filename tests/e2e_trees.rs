@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::Slate;
+use common::{floats, worst, Slate};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -42,16 +42,6 @@ async fn get(slate: &Slate, path: &str) -> (u16, Value) {
     let r = reqwest::get(slate.url(path)).await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number")).collect()
-}
-
-/// The largest error of `got` against `want`, absolute below 1 and relative above.
-fn worst(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0.0, f64::max)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,58 @@ pub enum Transform {
     ArgMax,
 }
 
+impl Transform {
+    /// Scores per row of a model with `groups` margins: one for ArgMax, else the groups.
+    pub fn width(self, groups: usize) -> usize {
+        match self {
+            Transform::ArgMax => 1,
+            _ => groups,
+        }
+    }
+
+    /// Scores from margins (`n × groups`) into `out` (`n × width(groups)`).
+    pub fn apply(self, groups: usize, margins: &[f32], out: &mut [f32]) {
+        let g = groups;
+        match self {
+            Transform::Identity => out.copy_from_slice(margins),
+            Transform::Sigmoid => {
+                for (o, &m) in out.iter_mut().zip(margins) {
+                    *o = 1.0 / (1.0 + (-m).exp());
+                }
+            }
+            Transform::Exp => {
+                for (o, &m) in out.iter_mut().zip(margins) {
+                    *o = m.exp();
+                }
+            }
+            Transform::Softmax => {
+                for (o, m) in out.chunks_exact_mut(g).zip(margins.chunks_exact(g)) {
+                    let max = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0f32;
+                    for (oi, &mi) in o.iter_mut().zip(m) {
+                        *oi = (mi - max).exp();
+                        sum += *oi;
+                    }
+                    for oi in o.iter_mut() {
+                        *oi /= sum;
+                    }
+                }
+            }
+            Transform::ArgMax => {
+                for (o, m) in out.iter_mut().zip(margins.chunks_exact(g)) {
+                    let mut best = 0;
+                    for (i, &v) in m.iter().enumerate() {
+                        if v > m[best] {
+                            best = i;
+                        }
+                    }
+                    *o = best as f32;
+                }
+            }
+        }
+    }
+}
+
 /// How a row's leaves are added up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sum {
@@ -186,10 +238,7 @@ impl Forest {
 
     /// Scores per row when `transform` collapses the groups (ArgMax), else the groups.
     pub fn score_width(&self) -> usize {
-        match self.transform {
-            Transform::ArgMax => 1,
-            _ => self.num_groups,
-        }
+        self.transform.width(self.num_groups)
     }
 
     /// Whether [`Forest::margins`] runs the dense layout of `fast.rs`.
@@ -318,50 +367,9 @@ impl Forest {
     pub fn scores(&self, margins: &[f32], out: &mut [f32]) {
         if let Sum::F64 { divisor: d @ 2.. } = self.sum {
             let averaged: Vec<f32> = margins.iter().map(|&m| (f64::from(m) / f64::from(d)) as f32).collect();
-            return self.transform_scores(&averaged, out);
+            return self.transform.apply(self.num_groups, &averaged, out);
         }
-        self.transform_scores(margins, out)
-    }
-
-    fn transform_scores(&self, margins: &[f32], out: &mut [f32]) {
-        let g = self.num_groups;
-        match self.transform {
-            Transform::Identity => out.copy_from_slice(margins),
-            Transform::Sigmoid => {
-                for (o, &m) in out.iter_mut().zip(margins) {
-                    *o = 1.0 / (1.0 + (-m).exp());
-                }
-            }
-            Transform::Exp => {
-                for (o, &m) in out.iter_mut().zip(margins) {
-                    *o = m.exp();
-                }
-            }
-            Transform::Softmax => {
-                for (o, m) in out.chunks_exact_mut(g).zip(margins.chunks_exact(g)) {
-                    let max = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0f32;
-                    for (oi, &mi) in o.iter_mut().zip(m) {
-                        *oi = (mi - max).exp();
-                        sum += *oi;
-                    }
-                    for oi in o.iter_mut() {
-                        *oi /= sum;
-                    }
-                }
-            }
-            Transform::ArgMax => {
-                for (o, m) in out.iter_mut().zip(margins.chunks_exact(g)) {
-                    let mut best = 0;
-                    for (i, &v) in m.iter().enumerate() {
-                        if v > m[best] {
-                            best = i;
-                        }
-                    }
-                    *o = best as f32;
-                }
-            }
-        }
+        self.transform.apply(self.num_groups, margins, out)
     }
 }
 

@@ -1,17 +1,23 @@
 //! The tabular family for ads scoring, served over the Open Inference Protocol (`server/oip.rs`):
 //! tree ensembles (`kind = "trees"`), additive models (`"additive"`) and soft trees
 //! (`"soft_trees"`). Each kind has a [`Predictor`]; `forest.rs` evaluates a compiled tree ensemble,
-//! which each format's loader builds (`xgboost.rs`: XGBoost JSON). The format is detected from the
-//! file's content, and must belong to the configured kind.
+//! which each format's loader builds (`xgboost.rs`: XGBoost JSON, `lightgbm.rs`: LightGBM text); `additive.rs` reads and evaluates
+//! additive models (`slate_additive` JSON); `soft.rs` soft-tree ensembles (`slate_soft_trees`
+//! safetensors). The format is detected from the file's content, and must belong to the configured
+//! kind.
 
+pub mod additive;
 pub mod batcher;
 pub mod fast;
 pub mod forest;
 pub mod lightgbm;
 pub mod shap;
+pub mod soft;
 pub mod xgboost;
 
+pub use additive::Additive;
 pub use forest::{Forest, Transform};
+pub use soft::SoftTrees;
 
 use crate::config::ModelKind;
 use sha2::{Digest, Sha256};
@@ -19,6 +25,9 @@ use std::path::Path;
 
 /// Rows per block when a batch is split across the compute pool.
 const PAR_BLOCK_ROWS: usize = 64;
+
+/// Rows per block of a soft-tree batch on the compute pool (each block is one GEMM-shaped pass).
+const SOFT_PAR_ROWS: usize = 256;
 
 /// Largest model file read.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
@@ -38,6 +47,10 @@ pub struct TabularModel {
 pub enum Predictor {
     /// A tree ensemble (`kind = "trees"`).
     Forest(Forest),
+    /// An additive model (`kind = "additive"`).
+    Additive(Additive),
+    /// A soft-tree ensemble (`kind = "soft_trees"`).
+    SoftTrees(SoftTrees),
 }
 
 /// What one inference computes: margins, scores, per-feature contributions, each when asked for.
@@ -78,6 +91,8 @@ impl TabularModel {
         let (predictor, format) = match detect(bytes) {
             Format::XgboostJson => (Predictor::Forest(xgboost::parse(bytes)?), "xgboost_json"),
             Format::LightgbmText => (Predictor::Forest(lightgbm::parse(bytes)?), "lightgbm_text"),
+            Format::AdditiveJson => (Predictor::Additive(additive::parse(bytes)?), additive::FORMAT),
+            Format::Safetensors => (Predictor::SoftTrees(soft::parse(bytes)?), soft::FORMAT),
             Format::Unknown(what) => return Err(what),
         };
         Ok(TabularModel { predictor, format, version })
@@ -87,6 +102,8 @@ impl TabularModel {
     pub fn kind(&self) -> ModelKind {
         match &self.predictor {
             Predictor::Forest(_) => ModelKind::Trees,
+            Predictor::Additive(_) => ModelKind::Additive,
+            Predictor::SoftTrees(_) => ModelKind::SoftTrees,
         }
     }
 
@@ -94,6 +111,7 @@ impl TabularModel {
     pub fn forest(&self) -> Option<&Forest> {
         match &self.predictor {
             Predictor::Forest(f) => Some(f),
+            Predictor::Additive(_) | Predictor::SoftTrees(_) => None,
         }
     }
 
@@ -101,6 +119,8 @@ impl TabularModel {
     pub fn num_features(&self) -> usize {
         match &self.predictor {
             Predictor::Forest(f) => f.num_features,
+            Predictor::Additive(a) => a.num_features,
+            Predictor::SoftTrees(s) => s.num_features,
         }
     }
 
@@ -108,6 +128,8 @@ impl TabularModel {
     pub fn num_groups(&self) -> usize {
         match &self.predictor {
             Predictor::Forest(f) => f.num_groups,
+            Predictor::Additive(a) => a.num_groups,
+            Predictor::SoftTrees(s) => s.num_groups,
         }
     }
 
@@ -115,6 +137,8 @@ impl TabularModel {
     pub fn score_width(&self) -> usize {
         match &self.predictor {
             Predictor::Forest(f) => f.score_width(),
+            Predictor::Additive(a) => a.transform.width(a.num_groups),
+            Predictor::SoftTrees(s) => s.transform.width(s.num_groups),
         }
     }
 
@@ -127,6 +151,16 @@ impl TabularModel {
                 m.insert("nodes".into(), f.nodes.len().into());
                 m.insert("max_depth".into(), f.max_depth.into());
             }
+            Predictor::Additive(a) => {
+                let pairs = a.terms.iter().filter(|t| t.dims.len() == 2).count();
+                m.insert("terms".into(), a.terms.len().into());
+                m.insert("pairs".into(), pairs.into());
+            }
+            Predictor::SoftTrees(s) => {
+                m.insert("trees".into(), s.trees.into());
+                m.insert("depth".into(), s.depth.into());
+                m.insert("selected_features".into(), s.features.len().into());
+            }
         }
         m
     }
@@ -136,7 +170,58 @@ impl TabularModel {
     pub fn predict(&self, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
         match &self.predictor {
             Predictor::Forest(f) => Self::predict_forest(f, rows, outputs),
+            Predictor::Additive(a) => Self::predict_additive(a, rows, outputs),
+            Predictor::SoftTrees(s) => Self::predict_soft(s, rows, outputs),
         }
+    }
+
+    fn predict_soft(s: &SoftTrees, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
+        if outputs.contributions {
+            return Err("contributions are not available for soft-tree models".into());
+        }
+        let (f, g) = (s.num_features, s.num_groups);
+        let n = rows.len() / f;
+        let mut margin = vec![0.0; n * g];
+        if n >= 2 * SOFT_PAR_ROWS {
+            use rayon::prelude::*;
+            rows.par_chunks(SOFT_PAR_ROWS * f)
+                .zip(margin.par_chunks_mut(SOFT_PAR_ROWS * g))
+                .for_each(|(r, m)| s.margins(r, m));
+        } else {
+            s.margins(rows, &mut margin);
+        }
+        let score = outputs.score.then(|| {
+            let mut out = vec![0.0; n * s.transform.width(g)];
+            s.transform.apply(g, &margin, &mut out);
+            out
+        });
+        Ok(Prediction { margin: outputs.margin.then_some(margin), score, contributions: None })
+    }
+
+    fn predict_additive(a: &Additive, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
+        let (f, g) = (a.num_features, a.num_groups);
+        let n = rows.len() / f;
+        let w = g * (f + 1);
+        let mut margin = vec![0.0; n * g];
+        let mut contrib = outputs.contributions.then(|| vec![0.0; n * w]);
+        if n >= 2 * PAR_BLOCK_ROWS {
+            use rayon::prelude::*;
+            let blocks = rows.par_chunks(PAR_BLOCK_ROWS * f).zip(margin.par_chunks_mut(PAR_BLOCK_ROWS * g));
+            match contrib.as_mut() {
+                Some(c) => blocks
+                    .zip(c.par_chunks_mut(PAR_BLOCK_ROWS * w))
+                    .for_each(|((r, m), c)| a.margins(r, m, Some(c))),
+                None => blocks.for_each(|(r, m)| a.margins(r, m, None)),
+            }
+        } else {
+            a.margins(rows, &mut margin, contrib.as_deref_mut());
+        }
+        let score = outputs.score.then(|| {
+            let mut s = vec![0.0; n * a.transform.width(g)];
+            a.transform.apply(g, &margin, &mut s);
+            s
+        });
+        Ok(Prediction { margin: outputs.margin.then_some(margin), score, contributions: contrib })
     }
 
     fn predict_forest(f: &Forest, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
@@ -190,19 +275,39 @@ impl TabularModel {
 enum Format {
     XgboostJson,
     LightgbmText,
+    AdditiveJson,
+    Safetensors,
     Unknown(String),
 }
 
+const FORMATS: &str = "XGBoost JSON, LightGBM text, slate_additive JSON and slate_soft_trees safetensors";
+
 fn detect(bytes: &[u8]) -> Format {
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    // (Text starting with 8 bytes of JSON reads as a length far beyond the file.)
+    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if bytes.get(8) == Some(&b'{') && header_len.is_some_and(|n| n <= bytes.len() as u64 - 8) {
+        return Format::Safetensors;
+    }
     let start: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).take(2).collect();
     match start.as_slice() {
+        [b'{', b'"'] if is_additive(bytes) => Format::AdditiveJson,
         [b'{', b'"'] => Format::XgboostJson,
-        [b'{', _] => Format::Unknown("a UBJSON model? only XGBoost JSON models are supported yet".into()),
+        [b'{', _] => Format::Unknown(format!("a UBJSON model? the tabular formats are {FORMATS}")),
         _ if lightgbm::detect(bytes) => Format::LightgbmText,
-        _ => {
-            Format::Unknown("unknown model format: expected an XGBoost JSON or a LightGBM text model".into())
-        }
+        _ => Format::Unknown(format!("unknown model format: the tabular formats are {FORMATS}")),
     }
+}
+
+/// Whether a JSON object's top-level `format` is `slate_additive` (keys and values other than
+/// `format` are skipped, not kept).
+fn is_additive(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        #[serde(default)]
+        format: Option<String>,
+    }
+    serde_json::from_slice::<Marker>(bytes).is_ok_and(|m| m.format.as_deref() == Some(additive::FORMAT))
 }
 
 #[cfg(test)]
@@ -220,5 +325,29 @@ mod tests {
         assert!(TabularModel::from_bytes(b"  {\"x\": 1}")
             .unwrap_err()
             .starts_with("not an XGBoost JSON model"));
+        let additive = r#"{"version": 1, "format": "slate_additive", "num_features": 1, "link": "identity",
+            "intercept": [1.5], "terms": []}"#;
+        let m = TabularModel::from_bytes(additive.as_bytes()).unwrap();
+        assert_eq!(
+            (m.kind(), m.format, m.num_groups(), m.score_width()),
+            (ModelKind::Additive, "slate_additive", 1, 1)
+        );
+        let p =
+            m.predict(&[f32::NAN; 200], Outputs { margin: true, score: true, contributions: true }).unwrap();
+        assert_eq!(p.margin.unwrap(), vec![1.5; 200]);
+        assert_eq!(p.score.unwrap(), vec![1.5; 200]);
+        assert_eq!(p.contributions.unwrap(), [0.0, 1.5].repeat(200));
+        let soft = soft::tests::file(2, 3, 4, 1, 6, 5, |_, _| {});
+        let m = TabularModel::from_bytes(&soft).unwrap();
+        assert_eq!((m.kind(), m.format, m.num_features()), (ModelKind::SoftTrees, "slate_soft_trees", 6));
+        let p =
+            m.predict(&[0.5; 6 * 600], Outputs { margin: true, score: true, contributions: false }).unwrap();
+        let (margin, score) = (p.margin.unwrap(), p.score.unwrap());
+        assert!(margin.iter().all(|&v| v == margin[0]) && score[0] == 1.0 / (1.0 + (-margin[0]).exp()));
+        let e =
+            m.predict(&[0.5; 6], Outputs { margin: true, score: false, contributions: true }).unwrap_err();
+        assert_eq!(e, "contributions are not available for soft-tree models");
+        let e = TabularModel::from_bytes(additive.replace("[1.5]", "[]").as_bytes()).unwrap_err();
+        assert!(e.starts_with("intercept has 0 values"), "{e}");
     }
 }

@@ -59,24 +59,62 @@ pub fn python() -> PathBuf {
 
 /// Trains the xgboost parity models into `dir` with `tools/tabular/xgboost_parity.py` (`rows`
 /// held-out rows with xgboost's own predictions beside them), or panics saying why.
-pub fn train_xgboost(dir: &std::path::Path, rows: usize) {
+pub fn train_xgboost(dir: &Path, rows: usize) {
     train_parity("xgboost_parity.py", dir, rows)
 }
 
 /// Runs `tools/tabular/SCRIPT DIR ROWS`: models of a tree library and its own predictions on `rows`
 /// held-out rows.
-pub fn train_parity(script: &str, dir: &std::path::Path, rows: usize) {
-    let out = std::process::Command::new(python())
+pub fn train_parity(script: &str, dir: &Path, rows: usize) {
+    run_tool(script, &[dir.as_os_str(), rows.to_string().as_ref()], "xgboost and lightgbm")
+}
+
+/// Runs `tools/tabular/SCRIPT OUT_DIR` with the project's Python (a trainer that writes models and
+/// their library's own predictions); panics with its stderr when it fails, naming `needs`.
+pub fn run_trainer(script: &str, out_dir: &Path, needs: &str) {
+    run_tool(script, &[out_dir.as_os_str()], needs)
+}
+
+fn run_tool(script: &str, args: &[&std::ffi::OsStr], needs: &str) {
+    let out = Command::new(python())
         .arg(format!("tools/tabular/{script}"))
-        .arg(dir)
-        .arg(rows.to_string())
+        .args(args)
         .output()
         .expect("run python");
     assert!(
         out.status.success(),
-        "tools/tabular/{script} failed (xgboost and lightgbm are installed into .venv by scripts/test.sh):\n{}",
+        "tools/tabular/{script} failed ({needs} are installed into .venv by scripts/test.sh):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A JSON file a trainer wrote.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Model `name`'s held-out rows in a trainer's `rows.json` (`{name: {"features": F, "rows": [[…]]}}`,
+/// null = missing): the rows, their count and width. Asserts that more than one value per row on
+/// average is missing, so the parity covers missing values.
+pub fn parity_rows<'a>(rows: &'a serde_json::Value, name: &str) -> (&'a serde_json::Value, usize, usize) {
+    let data = &rows[name]["rows"];
+    let list = data.as_array().unwrap_or_else(|| panic!("rows.json has no rows for {name}"));
+    let f = rows[name]["features"].as_u64().expect("features") as usize;
+    let missing = list.iter().flat_map(|r| r.as_array().expect("a row")).filter(|v| v.is_null()).count();
+    assert!(missing > list.len(), "{name}: the rows have missing values ({missing})");
+    (data, list.len(), f)
+}
+
+/// The numbers of a JSON array.
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number")).collect()
+}
+
+/// The largest error of `got` against `want`, absolute below 1 and relative above.
+pub fn worst(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0.0, f64::max)
 }
 
 /// A tool from PATH, or a panic that says which Debian package has it (`scripts/test.sh` installs it).
@@ -182,6 +220,31 @@ impl Slate {
         let status = r.status().as_u16();
         let text = r.text().await.expect("response body");
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// GETs `path`: the status and the body parsed as JSON (`null` when it is not JSON).
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::get(self.url(path)).await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls `GET /v1/models` until no model is still loading (each ready or failed); returns the
+    /// last list. Panics (with the logs) after `timeout`.
+    pub async fn wait_settled(&self, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, list) = self.get_json("/v1/models").await;
+            let loading =
+                list["data"].as_array().is_none_or(|ms| ms.iter().any(|m| m["status"] == "loading"));
+            if !loading {
+                return list;
+            }
+            if Instant::now() > deadline {
+                panic!("models still loading after {timeout:?}: {list}; output:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn grpc_url(&self) -> String {

@@ -4,6 +4,7 @@
 
 use crate::bench::ranker::BenchArgs;
 use crate::bench::slm::SlmBenchArgs;
+use crate::bench::soft_trees::SoftTreesBenchArgs;
 use crate::bench::trees::TreesBenchArgs;
 use crate::compress::CompressArgs;
 use crate::train::TrainArgs;
@@ -38,6 +39,8 @@ pub enum BenchCommand {
     Slm(SlmBenchArgs),
     /// Measure a tree model's batch margins beside xgboost's inplace_predict.
     Trees(TreesBenchArgs),
+    /// Measure the soft-tree pass against a plain GEMM of its shape (GFLOP/s).
+    SoftTrees(SoftTreesBenchArgs),
 }
 
 impl Command {
@@ -48,6 +51,7 @@ impl Command {
             Command::Bench { what: BenchCommand::Ranker(args) } => crate::bench::ranker::run(args),
             Command::Bench { what: BenchCommand::Slm(args) } => crate::bench::slm::run(args),
             Command::Bench { what: BenchCommand::Trees(args) } => crate::bench::trees::run(args),
+            Command::Bench { what: BenchCommand::SoftTrees(args) } => crate::bench::soft_trees::run(args),
             Command::Compress(args) => crate::compress::run(args),
         }
     }

@@ -1,9 +1,11 @@
 //! Benchmarks: `bench ranker` (the ranker against the GEMM peak and ONNX Runtime), `bench slm` (the
-//! SLM engine beside llama.cpp) and `bench trees` (tree models beside xgboost). Results and how to
+//! SLM engine beside llama.cpp), `bench trees` (tree models beside xgboost) and `bench soft-trees` (the
+//! soft-tree pass against a plain GEMM of its shape). Results and how to
 //! read them: docs/BENCHMARKS.md.
 
 pub mod ranker;
 pub mod slm;
+pub mod soft_trees;
 pub mod trees;
 
 use slate::kernels::cpu::simd::{has_avx2_fma, has_avx512, has_avx512_vnni};
