@@ -24,11 +24,22 @@ const LIBRARIES: [(&str, &str, &[&str]); 2] = [
     ),
 ];
 
-fn trees_toml(models: &[(&str, std::path::PathBuf)]) -> String {
+/// The models served for library model `name`, and their files: XGBoost's in both its JSON and its
+/// UBJSON form (`{name}-ubj`), which must answer alike.
+fn files(ext: &str, name: &str) -> Vec<(String, String)> {
+    let mut v = vec![(name.to_string(), format!("{name}.{ext}"))];
+    if ext == "json" {
+        v.push((format!("{name}-ubj"), format!("{name}.ubj")));
+    }
+    v
+}
+
+fn trees_toml<S: AsRef<str>>(models: &[(S, std::path::PathBuf)]) -> String {
     models
         .iter()
         .map(|(name, path)| {
             // 10,000 rows with contributions take seconds in a debug build: a longer default deadline.
+            let name = name.as_ref();
             format!(
                 "[[models]]\nname = \"{name}\"\nkind = \"trees\"\npath = \"{}\"\n\
                  [models.trees]\ndefault_timeout_ms = 120000\n",
@@ -47,11 +58,13 @@ async fn get(slate: &Slate, path: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn margins_scores_and_contributions_equal_xgboost_and_lightgbm_on_ten_thousand_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let mut models: Vec<(&str, PathBuf)> = Vec::new();
+    let mut models: Vec<(String, PathBuf)> = Vec::new();
     for (script, ext, names) in LIBRARIES {
         let sub = dir.path().join(ext);
         common::train_parity(script, &sub, 10_000);
-        models.extend(names.iter().map(|m| (*m, sub.join(format!("{m}.{ext}")))));
+        for m in names {
+            models.extend(files(ext, m).into_iter().map(|(served, file)| (served, sub.join(file))));
+        }
     }
     let slate = Slate::start(&trees_toml(&models));
     slate.wait_ready(Duration::from_secs(60)).await;
@@ -74,7 +87,9 @@ async fn margins_scores_and_contributions_equal_xgboost_and_lightgbm_on_ten_thou
             .count();
         assert!(missing > n, "the rows have missing values ({missing})");
 
-        for &name in names {
+        let served = names.iter().flat_map(|&m| files(ext, m).into_iter().map(move |(s, _)| (s, m)));
+        for (name, library_name) in served {
+            let name = name.as_str();
             // All three outputs by name; score and margin alone are the default (checked below).
             let body = json!({
                 "id": format!("parity-{name}"),
@@ -88,11 +103,11 @@ async fn margins_scores_and_contributions_equal_xgboost_and_lightgbm_on_ten_thou
             assert_eq!(resp["id"], format!("parity-{name}"));
             let outputs = resp["outputs"].as_array().unwrap();
             assert_eq!(outputs.len(), 3, "{name}: the three outputs asked for");
-            let groups = floats(&expected[name]["margin"]).len() / n;
+            let groups = floats(&expected[library_name]["margin"]).len() / n;
             for out in outputs {
                 let key = out["name"].as_str().unwrap();
                 let got = floats(&out["data"]);
-                let want = floats(&expected[name][key]);
+                let want = floats(&expected[library_name][key]);
                 let (shape, limit) = match (key, groups) {
                     ("contributions", 1) => (json!([n, features + 1]), 1e-5),
                     ("contributions", g) => (json!([n, g, features + 1]), 1e-5),

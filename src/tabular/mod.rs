@@ -1,7 +1,7 @@
 //! The tabular family for ads scoring, served over the Open Inference Protocol (`server/oip.rs`):
 //! tree ensembles (`kind = "trees"`), additive models (`"additive"`) and soft trees
 //! (`"soft_trees"`). Each kind has a [`Predictor`]; `forest.rs` evaluates a compiled tree ensemble,
-//! which each format's loader builds (`xgboost.rs`: XGBoost JSON, `lightgbm.rs`: LightGBM text); `additive.rs` reads and evaluates
+//! which each format's loader builds (`xgboost.rs`: XGBoost JSON and UBJSON via `ubjson.rs`, `lightgbm.rs`: LightGBM text); `additive.rs` reads and evaluates
 //! additive models (`slate_additive` JSON); `soft.rs` soft-tree ensembles (`slate_soft_trees`
 //! safetensors). The format is detected from the file's content, and must belong to the configured
 //! kind.
@@ -13,6 +13,7 @@ pub mod forest;
 pub mod lightgbm;
 pub mod shap;
 pub mod soft;
+pub mod ubjson;
 pub mod xgboost;
 
 pub use additive::Additive;
@@ -90,6 +91,7 @@ impl TabularModel {
         let version = hex::encode(Sha256::digest(bytes))[..16].to_string();
         let (predictor, format) = match detect(bytes) {
             Format::XgboostJson => (Predictor::Forest(xgboost::parse(bytes)?), "xgboost_json"),
+            Format::XgboostUbjson => (Predictor::Forest(xgboost::parse_ubjson(bytes)?), "xgboost_ubjson"),
             Format::LightgbmText => (Predictor::Forest(lightgbm::parse(bytes)?), "lightgbm_text"),
             Format::AdditiveJson => (Predictor::Additive(additive::parse(bytes)?), additive::FORMAT),
             Format::Safetensors => (Predictor::SoftTrees(soft::parse(bytes)?), soft::FORMAT),
@@ -274,13 +276,15 @@ impl TabularModel {
 
 enum Format {
     XgboostJson,
+    XgboostUbjson,
     LightgbmText,
     AdditiveJson,
     Safetensors,
     Unknown(String),
 }
 
-const FORMATS: &str = "XGBoost JSON, LightGBM text, slate_additive JSON and slate_soft_trees safetensors";
+const FORMATS: &str =
+    "XGBoost JSON and UBJSON, LightGBM text, slate_additive JSON and slate_soft_trees safetensors";
 
 fn detect(bytes: &[u8]) -> Format {
     // safetensors: an 8-byte little-endian header length, then the JSON header.
@@ -293,7 +297,10 @@ fn detect(bytes: &[u8]) -> Format {
     match start.as_slice() {
         [b'{', b'"'] if is_additive(bytes) => Format::AdditiveJson,
         [b'{', b'"'] => Format::XgboostJson,
-        [b'{', _] => Format::Unknown(format!("a UBJSON model? the tabular formats are {FORMATS}")),
+        _ if ubjson::detect(bytes) => Format::XgboostUbjson,
+        [b'{', _] => {
+            Format::Unknown(format!("unknown model format (JSON-like): the tabular formats are {FORMATS}"))
+        }
         _ if lightgbm::detect(bytes) => Format::LightgbmText,
         _ => Format::Unknown(format!("unknown model format: the tabular formats are {FORMATS}")),
     }

@@ -1,4 +1,4 @@
-//! XGBoost JSON models (`Booster.save_model("m.json")`): gbtree and dart boosters, forests
+//! XGBoost JSON and UBJSON models (`Booster.save_model("m.json")`, `"m.ubj"`): gbtree and dart boosters, forests
 //! (`num_parallel_tree`), numeric splits with default directions, and the objectives whose margins
 //! and scores are listed in [`objective`]. Every count and index is checked before it is used: child
 //! indices must point forward inside their tree (so no cycles), features below `num_feature`, depth at
@@ -115,6 +115,19 @@ struct JsonTree {
 pub fn parse(json: &[u8]) -> Result<Forest, String> {
     let json = nan_to_null(json);
     let file: File = serde_json::from_slice(&json).map_err(|e| format!("not an XGBoost JSON model: {e}"))?;
+    build(file)
+}
+
+/// Parses an XGBoost UBJSON model (`save_model("m.ubj")`) into a [`Forest`]: the same document as
+/// the JSON form, in [`super::ubjson`]'s encoding.
+pub fn parse_ubjson(bytes: &[u8]) -> Result<Forest, String> {
+    let value = super::ubjson::decode(bytes)?;
+    let file: File =
+        serde_json::from_value(value).map_err(|e| format!("not an XGBoost UBJSON model: {e}"))?;
+    build(file)
+}
+
+fn build(file: File) -> Result<Forest, String> {
     let learner = file.learner;
     let param = &learner.learner_model_param;
     let num_feature = parse_count("learner_model_param.num_feature", &param.num_feature)?;

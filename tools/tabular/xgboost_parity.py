@@ -78,6 +78,7 @@ def main():
         test = xgb.DMatrix(x_test, **kind)
         booster = xgb.train(params, xgb.DMatrix(x_train, label=labels, **kind), num_boost_round=rounds)
         booster.save_model(str(out / f"{name}.json"))
+        booster.save_model(str(out / f"{name}.ubj"))
         expected[name] = {
             "margin": booster.predict(test, output_margin=True).ravel().tolist(),
             "score": booster.predict(test).ravel().tolist(),
