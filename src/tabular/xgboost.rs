@@ -141,15 +141,22 @@ fn build(file: File) -> Result<Forest, String> {
     if num_class > MAX_GROUPS {
         return Err(format!("learner_model_param.num_class = {num_class}: at most {MAX_GROUPS}"));
     }
-    if let Some(t) = &param.num_target {
-        let t = parse_count("learner_model_param.num_target", t)?;
-        if t > 1 {
-            return Err(format!(
-                "learner_model_param.num_target = {t}: multi-target models are not supported"
-            ));
-        }
+    // Multi-target models (`multi_strategy = "one_output_per_tree"`): one margin per target, each
+    // tree adding to the target `tree_info` names, one `base_score` for all; the objective's
+    // transform applies to each target alone.
+    let num_target = match &param.num_target {
+        Some(t) => parse_count("learner_model_param.num_target", t)?,
+        None => 1,
+    };
+    if num_target > MAX_GROUPS {
+        return Err(format!("learner_model_param.num_target = {num_target}: at most {MAX_GROUPS}"));
     }
-    let groups = num_class.max(1);
+    if num_target > 1 && num_class > 1 {
+        return Err(format!(
+            "learner_model_param.num_target = {num_target} with num_class = {num_class}: one of them must be 1"
+        ));
+    }
+    let groups = num_class.max(num_target).max(1);
     let base_score = parse_base_score(&param.base_score)?;
     let (transform, base_margin) = objective(&learner.objective.name, base_score, num_class)?;
 
@@ -493,6 +500,30 @@ mod tests {
         let mut m = [0.0; 3];
         f.margins(&[1.0, 0.0], &mut m);
         assert_eq!(m, [2.5, 4.5, 6.5]);
+    }
+
+    #[test]
+    fn multi_target_trees_go_to_their_target_from_one_base_score() {
+        let mut m: serde_json::Value = serde_json::from_slice(&model(
+            "reg:squarederror",
+            "0",
+            json!([stump(0, 0.0, 1.0, 2.0), stump(1, 0.0, 3.0, 4.0), stump(0, 0.0, 5.0, 7.0)]),
+            json!([0, 1, 1]),
+        ))
+        .unwrap();
+        m["learner"]["learner_model_param"]["num_target"] = json!("2");
+        let f = parse(m.to_string().as_bytes()).unwrap();
+        assert_eq!((f.num_groups, f.score_width(), f.transform), (2, 2, Transform::Identity));
+        let mut out = [0.0; 4];
+        f.margins(&[-1.0, 1.0, 1.0, -1.0], &mut out);
+        assert_eq!(out, [1.5, 9.5, 2.5, 10.5], "base 0.5 plus each target's trees");
+        m["learner"]["gradient_booster"]["model"]["tree_info"] = json!([0, 1, 2]);
+        let e = parse(m.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e, "tree_info[2] = 2: the model has 2 output group(s)");
+        m["learner"]["learner_model_param"]["num_class"] = json!("3");
+        m["learner"]["objective"]["name"] = json!("multi:softprob");
+        let e = parse(m.to_string().as_bytes()).unwrap_err();
+        assert!(e.contains("num_target = 2 with num_class = 3"), "{e}");
     }
 
     #[test]
