@@ -11,7 +11,16 @@ fn the_default_config_file_is_valid() {
     // Run from the crate root (cargo test's working directory), where its model paths resolve.
     let c = Config::load(Path::new("config/default.toml")).unwrap();
     let kinds: Vec<_> = c.models.iter().map(|m| (m.name.as_str(), m.kind)).collect();
-    assert_eq!(kinds, [("demo-ranker", ModelKind::Ranker), ("smollm2-135m", ModelKind::Slm)]);
+    assert_eq!(
+        kinds,
+        [
+            ("demo-ranker", ModelKind::Ranker),
+            ("smollm2-135m", ModelKind::Slm),
+            ("ads-ctr", ModelKind::Trees),
+            ("ads-ctr-ebm", ModelKind::Additive),
+            ("ads-ctr-soft", ModelKind::SoftTrees),
+        ]
+    );
 }
 
 #[test]
