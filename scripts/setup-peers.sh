@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the benchmark peers (benchmark-time only; never a runtime dependency of Slate):
 # - a virtual environment at <repo>/.venv-peers with ONNX Runtime (the ranker's peer,
-#   tools/onnx/ranker_onnx.py, run by `slate bench ranker`) and CMake;
+#   tools/onnx/ranker_onnx.py, run by `slate bench ranker`), the tree peers of
+#   tools/tabular/bench_trees_peer.py (xgboost, treelite + tl2cgen, ONNX Runtime) and CMake;
 # - native llama.cpp built from source with that CMake (`llama-bench`, `llama-server`, `llama-tokenize`
 #   in <venv>/llama.cpp/bin/), the SLM peer that `slate bench slm` drives through
 #   tools/peers/llama_bench.py. The source is the llama.cpp that the llama-cpp-python sdist vendors
@@ -23,6 +24,9 @@ PINS=(
     "numpy==2.4.6"
     "onnx==1.23.2"
     "onnxruntime==1.32.0"
+    "xgboost-cpu==2.1.4"
+    "treelite==4.4.1"
+    "tl2cgen==1.0.0"
     "cmake==4.1.2"
 )
 # The llama.cpp source: the sdist of this llama-cpp-python release vendors it under vendor/llama.cpp.

@@ -250,9 +250,9 @@ mod tests {
         assert!(e.contains("not UTF-8"), "{e}");
         let e = decode(&[b'[', b'i', 1]).unwrap_err();
         assert!(e.contains("1 bytes wanted, 0 left"), "{e}");
-        let e = decode(&[b'T', b'T']).unwrap_err();
+        let e = decode(b"TT").unwrap_err();
         assert!(e.contains("1 bytes after the value"), "{e}");
-        let e = decode(&[b'?']).unwrap_err();
+        let e = decode(b"?").unwrap_err();
         assert!(e.contains("unknown type marker 0x3f"), "{e}");
         // Every prefix of a valid document is an error, never a panic.
         let mut b = vec![b'{'];
