@@ -50,20 +50,10 @@ async fn margins_scores_and_contributions_equal_interpret_and_the_fast_model() {
         let (data, n, f) = common::parity_rows(&rows, name);
         assert!(expected[name]["edge_values"].as_u64().unwrap() > 50, "{name}: values on bin edges");
         let want_contrib = expected[name].get("contributions").is_some();
-        let mut outputs = vec![json!({"name": "margin"}), json!({"name": "score"})];
-        if want_contrib {
-            outputs.push(json!({"name": "contributions"}));
-        }
-        let body = json!({
-            "inputs": [{"name": "input", "shape": [n, f], "datatype": "FP32", "data": data}],
-            "outputs": outputs,
-        });
-        let (status, resp) = slate.post_json(&format!("/v2/models/{name}/infer"), &body).await;
-        assert_eq!(status, 200, "{name}: {resp}");
-        let got = |key: &str| {
-            let out = resp["outputs"].as_array().unwrap().iter().find(|o| o["name"] == key).unwrap();
-            (floats(&out["data"]), out["shape"].clone())
-        };
+        let all = ["margin", "score", "contributions"];
+        let asked = if want_contrib { &all[..] } else { &all[..2] };
+        let outs = slate.infer_outputs(name, data, (n, f), asked).await;
+        let got = |key: &str| outs[asked.iter().position(|a| *a == key).unwrap()].clone();
         let (margin, shape) = got("margin");
         let groups = margin.len() / n;
         assert_eq!(shape, if groups == 1 { json!([n]) } else { json!([n, groups]) }, "{name}");

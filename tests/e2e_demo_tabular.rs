@@ -57,25 +57,15 @@ async fn the_demo_models_of_the_default_config_give_their_libraries_predictions(
     let missing = data.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).filter(|v| v.is_null());
     assert!(missing.count() > 0, "the demo rows have missing values");
 
+    const ALL_OUTPUTS: [&str; 3] = ["margin", "score", "contributions"];
     for (name, _, tolerance) in MODELS {
         let (code, meta) = slate.get_json(&format!("/v2/models/{name}")).await;
         assert_eq!(code, 200, "{name}: {meta}");
         assert_eq!(meta["inputs"][0]["shape"], json!([-1, f]), "{name}: {meta}");
 
-        let mut outputs = vec![json!({"name": "margin"}), json!({"name": "score"})];
-        if name == "ads-ctr" {
-            outputs.push(json!({"name": "contributions"}));
-        }
-        let body = json!({
-            "inputs": [{"name": "input", "shape": [n, f], "datatype": "FP32", "data": data}],
-            "outputs": outputs,
-        });
-        let (status, resp) = slate.post_json(&format!("/v2/models/{name}/infer"), &body).await;
-        assert_eq!(status, 200, "{name}: {resp}");
-        let got = |key: &str| {
-            let out = resp["outputs"].as_array().unwrap().iter().find(|o| o["name"] == key).unwrap();
-            floats(&out["data"])
-        };
+        let asked: &[&str] = if name == "ads-ctr" { &ALL_OUTPUTS } else { &ALL_OUTPUTS[..2] };
+        let outs = slate.infer_outputs(name, data, (n, f), asked).await;
+        let got = |key: &str| outs[asked.iter().position(|a| *a == key).unwrap()].0.clone();
         for key in ["margin", "score"] {
             let err = worst(&got(key), &floats(&demo["expected"][name][key]));
             eprintln!("{name:>13} {key:>6}: largest error {err:.2e} over {n} rows");

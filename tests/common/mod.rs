@@ -222,6 +222,34 @@ impl Slate {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
+    /// POSTs an Open Inference Protocol request for `outputs` of `model` on `rows` (`[n, f]` FP32,
+    /// null = missing), asserts 200, and returns each output asked for as (values, shape), in order.
+    pub async fn infer_outputs(
+        &self,
+        model: &str,
+        rows: &serde_json::Value,
+        (n, f): (usize, usize),
+        outputs: &[&str],
+    ) -> Vec<(Vec<f64>, serde_json::Value)> {
+        let asked: Vec<serde_json::Value> = outputs.iter().map(|o| serde_json::json!({"name": o})).collect();
+        let body = serde_json::json!({
+            "inputs": [{"name": "input", "shape": [n, f], "datatype": "FP32", "data": rows}],
+            "outputs": asked,
+        });
+        let (status, resp) = self.post_json(&format!("/v2/models/{model}/infer"), &body).await;
+        assert_eq!(status, 200, "{model}: {resp}");
+        outputs
+            .iter()
+            .map(|key| {
+                let all =
+                    resp["outputs"].as_array().unwrap_or_else(|| panic!("{model}: no outputs in {resp}"));
+                let out =
+                    all.iter().find(|o| o["name"] == *key).unwrap_or_else(|| panic!("{model}: no {key}"));
+                (floats(&out["data"]), out["shape"].clone())
+            })
+            .collect()
+    }
+
     /// GETs `path`: the status and the body parsed as JSON (`null` when it is not JSON).
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = reqwest::get(self.url(path)).await.expect("GET");
