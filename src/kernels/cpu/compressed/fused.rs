@@ -4,14 +4,15 @@
 //!
 //! The arithmetic is the canonical one of the module docs, bit for bit: a chunk's expanded weights are
 //! the panel's (same decoding, zeros where nothing is kept), fma'd in chunk order into the same 16
-//! lanes and reduced by the same tree. Chunks a row keeps nothing of are skipped, which leaves the
-//! accumulator as the panel path's fma with zero weights does (for finite activations). It runs on
-//! matrices whose tiles start on a 16-column boundary of the padded layout and end on one or at an
+//! lanes and reduced by the same tree. Chunks a row keeps nothing of are fma'd with zeros as in the
+//! panel, or (int4) skipped, which leaves the accumulator as that fma does (for finite
+//! activations). It runs on matrices whose tiles start on a 16-column boundary of the padded layout and end on one or at an
 //! edge of S or U ([`super::CMatrix`] records which); others take the panel path.
 //!
 //! Written once as `fused_kernels!` and instantiated inside each ISA module of [`super::simd`], over
-//! that module's `V16` operations plus `expand_v` (compacted lanes to their mask's positions) and
-//! `decode_i4_16` (16 int4 codes with a scale that may change at a lane).
+//! that module's `V16` operations plus `expand_v` (compacted lanes to their mask's positions),
+//! `i4_table` / `i4_lookup` (an int4 group's 16 possible values from its scale, and 16 codes
+//! decoded by them) and `blend_at` (where a chunk crosses into the next group).
 
 /// The fused kernels over one ISA's `V16` operations; `$rt × $tt` is the register tile.
 macro_rules! fused_kernels {
@@ -24,9 +25,12 @@ macro_rules! fused_kernels {
         const FTT: usize = $tt;
 
         /// Tile `t`'s rows `tr0 .. tr0 + R` (tile-local) against the `T` token rows at `x` (each
-        /// already offset to the tile's first padded column), continuing `acc`. `decode(i, pos)`
-        /// gives 16 of row `i`'s kept values from `pos` (lanes past those the chunk keeps are
-        /// arbitrary).
+        /// already offset to the tile's first padded column), continuing `acc`. `decode(i, pos, k)`
+        /// gives 16 of row `i`'s kept values from `pos`, of which the chunk keeps `k` (lanes from `k`
+        /// on are arbitrary). With `skip_empty` a chunk that keeps nothing is not decoded; without,
+        /// it is decoded and expanded to zeros and fma'd like any other, which is the same
+        /// arithmetic without a branch that random masks mispredict (`decode` must then be safe to
+        /// call at a row's end).
         ///
         /// # Safety
         /// `x[t] .. + round_up(t.cols, 16)` is readable for `t < T`; rows `tr0 .. tr0 + R` exist
@@ -38,7 +42,8 @@ macro_rules! fused_kernels {
             tr0: usize,
             x: &[*const f32; 4],
             acc: &mut [[V16; 4]; 4],
-            decode: impl Fn(usize, usize) -> V16,
+            skip_empty: bool,
+            mut decode: impl FnMut(usize, usize, usize) -> V16,
             ahead: impl Fn(usize, usize) -> *const u8,
         ) {
             // Named accumulators and positions, every index a constant and no call in the loop, so
@@ -67,10 +72,10 @@ macro_rules! fused_kernels {
                 let bits = |i: usize| {
                     if dense { full } else { (unsafe { *masks[i].add(c / 64) } >> (c % 64)) as u32 & 0xFFFF }
                 };
-                fused_row!(R, T, 0, p0, bits, decode, xs, [(0, a00), (1, a01), (2, a02), (3, a03)]);
-                fused_row!(R, T, 1, p1, bits, decode, xs, [(0, a10), (1, a11), (2, a12), (3, a13)]);
-                fused_row!(R, T, 2, p2, bits, decode, xs, [(0, a20), (1, a21), (2, a22), (3, a23)]);
-                fused_row!(R, T, 3, p3, bits, decode, xs, [(0, a30), (1, a31), (2, a32), (3, a33)]);
+                fused_row!(R, T, 0, p0, skip_empty, bits, decode, xs, [(0, a00), (1, a01), (2, a02), (3, a03)]);
+                fused_row!(R, T, 1, p1, skip_empty, bits, decode, xs, [(0, a10), (1, a11), (2, a12), (3, a13)]);
+                fused_row!(R, T, 2, p2, skip_empty, bits, decode, xs, [(0, a20), (1, a21), (2, a22), (3, a23)]);
+                fused_row!(R, T, 3, p3, skip_empty, bits, decode, xs, [(0, a30), (1, a31), (2, a32), (3, a33)]);
                 c += 16;
             }
             *acc = [[a00, a01, a02, a03], [a10, a11, a12, a13], [a20, a21, a22, a23], [a30, a31, a32, a33]];
@@ -112,7 +117,8 @@ macro_rules! fused_kernels {
                             tr0,
                             &xs,
                             &mut acc,
-                            |i, pos| decode_i8(v[i].add(pos), sc[i]),
+                            false,
+                            |i, pos, _| decode_i8(v[i].add(pos), sc[i]),
                             |i, pos| v[i].wrapping_add(pos + AHEAD).cast(),
                         )
                     },
@@ -124,21 +130,33 @@ macro_rules! fused_kernels {
                             tr0,
                             &xs,
                             &mut acc,
-                            |i, pos| decode_f16(v[i].add(pos)),
+                            false,
+                            |i, pos, _| decode_f16(v[i].add(pos)),
                             |i, pos| v[i].wrapping_add(pos + AHEAD / 2).cast(),
                         )
                     },
                     Values::I4 { q, scale } => unsafe {
                         let b: [*const u8; 4] = std::array::from_fn(|i| q.as_ptr().add(row(i, &t.i4_byte)));
-                        let g: [*const half::f16; 4] =
-                            std::array::from_fn(|i| scale.as_ptr().add(row(i, &t.i4_scale)));
-                        pass::<R, T>(t, tr0, &xs, &mut acc, |i, pos| {
-                            let g = g[i].add(pos / INT4_GROUP);
+                        let g: [*const u16; 4] =
+                            std::array::from_fn(|i| scale.as_ptr().add(row(i, &t.i4_scale)).cast());
+                        // Each row's current group (its index, and its table of the 16 values a code
+                        // can take), kept across chunks: a group spans two chunks or more.
+                        let (mut tab, mut tg) = ([i4_table(0); 4], [usize::MAX; 4]);
+                        pass::<R, T>(t, tr0, &xs, &mut acc, true, |i, pos, k| {
+                            let grp = pos / INT4_GROUP;
+                            if tg[i] != grp {
+                                (tab[i], tg[i]) = (i4_table(*g[i].add(grp)), grp);
+                            }
+                            let codes = super::codes16(b[i].add(pos / 2), pos % 2 == 1);
+                            let v = i4_lookup(codes, tab[i]);
                             let split = INT4_GROUP - pos % INT4_GROUP;
-                            // The next group's scale only when the chunk reaches it (it may not exist).
-                            let sa = (*g).to_f32();
-                            let sb = if split < 16 && pos + split < t.row_kept(tr0 + i) { (*g.add(1)).to_f32() } else { sa };
-                            decode_i4_16(super::codes16(b[i].add(pos / 2), pos % 2 == 1), sa, sb, split)
+                            if split < k {
+                                // The chunk's kept values reach the next group (which then exists).
+                                (tab[i], tg[i]) = (i4_table(*g[i].add(grp + 1)), grp + 1);
+                                blend_at(v, i4_lookup(codes, tab[i]), split)
+                            } else {
+                                v
+                            }
                         }, |i, pos| b[i].wrapping_add(pos / 2 + AHEAD))
                     },
                 }
@@ -185,16 +203,18 @@ macro_rules! fused_kernels {
     };
 }
 
-/// Row `i` of a fused register tile, for one chunk: when `i < R` and the row keeps something here,
-/// decode and expand its weights and fma them into its accumulators of tokens `k < T`.
+/// Row `i` of a fused register tile, for one chunk: when `i < R` (and the row keeps something here,
+/// or empty chunks are not skipped), decode and expand its weights and fma them into its
+/// accumulators of tokens `k < T`.
 macro_rules! fused_row {
-    ($r:ident, $t:ident, $i:literal, $pos:ident, $bits:ident, $decode:ident, $xs:ident, [$(($k:literal, $a:ident)),*]) => {
+    ($r:ident, $t:ident, $i:literal, $pos:ident, $skip:ident, $bits:ident, $decode:ident, $xs:ident, [$(($k:literal, $a:ident)),*]) => {
         if $r > $i {
             let bits = $bits($i);
-            if bits != 0 {
-                let v = $decode($i, $pos);
+            if !$skip || bits != 0 {
+                let kept = bits.count_ones() as usize;
+                let v = $decode($i, $pos, kept);
                 let wv = if bits == 0xFFFF { v } else { expand_v(v, bits) };
-                $pos += bits.count_ones() as usize;
+                $pos += kept;
                 $(
                     if $t > $k {
                         $a = fmadd(wv, $xs[$k], $a);

@@ -333,3 +333,94 @@ fn generated_matrices_cover_what_the_kernels_branch_on() {
     assert!(fusable[0] > 0 && fusable[1] > 0, "[not fusable, fusable] matrices: {fusable:?}");
     assert_eq!(reps.len(), PATTERNS.len() * TYPES.len(), "representations generated: {reps:?}");
 }
+
+/// Decode-shaped timings (one token, one thread) of each representation on SmolLM2's FFN shape:
+/// `cargo test --release --lib kernels::cpu::compressed::tests::timings -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing, not a check"]
+fn timings() {
+    let mut rng = TestRng::new(7);
+    let shape = std::env::var("SLATE_TIMING_ROWS").ok().and_then(|v| v.parse().ok());
+    let (rows, cols) = (shape.unwrap_or(1536), 576);
+    let cases: [(&str, Pattern, ValueType, usize); 8] = [
+        ("dense int8", Pattern::Dense, ValueType::I8, 100),
+        ("dense int4", Pattern::Dense, ValueType::I4, 100),
+        ("dense f16", Pattern::Dense, ValueType::F16, 100),
+        ("2:4 int8", Pattern::NM { n: 2, m: 4 }, ValueType::I8, 50),
+        ("2:4 int4", Pattern::NM { n: 2, m: 4 }, ValueType::I4, 50),
+        ("50% int8", Pattern::Unstructured, ValueType::I8, 50),
+        ("70% int8", Pattern::Unstructured, ValueType::I8, 30),
+        ("90% int8", Pattern::Unstructured, ValueType::I8, 10),
+    ];
+    let isa = Isa::best();
+    println!("isa {isa:?}, {rows}×{cols}, 1 token, 1 thread");
+    let only = std::env::var("SLATE_TIMING_CASE").ok();
+    for (name, pattern, vt, density) in cases {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let words = mask_words(cols);
+        let mask = match pattern {
+            Pattern::Dense => Vec::new(),
+            Pattern::NM { n, m } => {
+                let mut mask = vec![0u64; rows * words];
+                for r in 0..rows {
+                    for g in (0..cols).step_by(m) {
+                        let mut cs: Vec<usize> = (g..g + m).collect();
+                        for i in 0..n {
+                            let j = i + rng.below(m - i);
+                            cs.swap(i, j);
+                            mask[r * words + cs[i] / 64] |= 1 << (cs[i] % 64);
+                        }
+                    }
+                }
+                mask
+            }
+            Pattern::Unstructured => {
+                let mut mask = vec![0u64; rows * words];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        if rng.below(100) < density {
+                            mask[r * words + c / 64] |= 1 << (c % 64);
+                        }
+                    }
+                }
+                mask
+            }
+        };
+        let kept: Vec<usize> = (0..rows)
+            .map(|r| match pattern {
+                Pattern::Dense => cols,
+                _ => mask[r * words..(r + 1) * words].iter().map(|w| w.count_ones() as usize).sum(),
+            })
+            .collect();
+        let values = random_values(&mut rng, &kept, vt);
+        let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
+        let m = CMatrix::new(rows, cols, None, vec![tile]).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let mut out = vec![0.0f32; rows];
+        for pool in [false, true] {
+            let mut times = Vec::new();
+            for _ in 0..400 {
+                let t = std::time::Instant::now();
+                if pool {
+                    m.matmul(&x, 1, &mut out);
+                } else {
+                    m.matmul_with(isa, &x, 1, &mut out);
+                }
+                times.push(t.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            // The fastest tenth: the kernel's own speed, less the other work on a shared machine.
+            let t = times[times.len() / 10];
+            println!(
+                "{name:>10} {}: {:7.1} µs, {:6.2} GB/s, {:6.2} G weights/s ({} bytes)",
+                if pool { "pool" } else { "1 thread" },
+                t * 1e6,
+                m.bytes() as f64 / t / 1e9,
+                (rows * cols) as f64 / t / 1e9,
+                m.bytes()
+            );
+        }
+    }
+}

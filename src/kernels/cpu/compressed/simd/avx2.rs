@@ -128,21 +128,41 @@ fn expand_v(v: V16, bits: u32) -> V16 {
     }
 }
 
-/// 16 int4 codes (one per byte) as `(code − 8) · s`, `s = sa` below lane `split`, `sb` from it.
+/// An int4 group's scale (an f16's bits) in every lane; [`i4_lookup`] decodes by arithmetic.
+type I4Tab = V16;
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-fn decode_i4_16(c: __m128i, sa: f32, sb: f32, split: usize) -> V16 {
-    let (a, b) = (_mm256_set1_ps(sa), _mm256_set1_ps(sb));
-    let at = _mm256_set1_epi32(split.min(16) as i32);
-    let f = |c: __m128i, lanes: __m256i| {
-        let hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_add_epi32(lanes, _mm256_set1_epi32(1)), at));
-        let i = _mm256_sub_epi32(_mm256_cvtepu8_epi32(c), _mm256_set1_epi32(8));
-        _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_blendv_ps(a, b, hi))
+fn i4_table(h: u16) -> I4Tab {
+    let s = _mm256_cvtph_ps(_mm_set1_epi16(h as i16));
+    V16(s, s)
+}
+
+/// `a`'s lanes below `split` (< 16), `b`'s from it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,popcnt")]
+fn blend_at(a: V16, b: V16, split: usize) -> V16 {
+    let at = _mm256_set1_epi32(split as i32);
+    let f = |a: __m256, b: __m256, lanes: __m256i| {
+        // Lane l takes b when l ≥ split, i.e. l + 1 > split.
+        let hi = _mm256_cmpgt_epi32(_mm256_add_epi32(lanes, _mm256_set1_epi32(1)), at);
+        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(hi))
     };
     V16(
-        f(c, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-        f(_mm_srli_si128(c, 8), _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)),
+        f(a.0, b.0, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+        f(a.1, b.1, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)),
     )
+}
+
+/// 16 int4 codes (one per byte) as `(code − 8) · s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,popcnt")]
+fn i4_lookup(c: __m128i, s: I4Tab) -> V16 {
+    let f = |c: __m128i, s: __m256| {
+        let i = _mm256_sub_epi32(_mm256_cvtepu8_epi32(c), _mm256_set1_epi32(8));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(i), s)
+    };
+    V16(f(c, s.0), f(_mm_srli_si128(c, 8), s.1))
 }
 
 compressed_kernels!("avx2,fma,f16c,popcnt", 2, 2);

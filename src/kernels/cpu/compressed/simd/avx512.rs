@@ -102,14 +102,31 @@ fn expand_v(v: V16, bits: u32) -> V16 {
     _mm512_maskz_expand_ps(bits as __mmask16, v)
 }
 
-/// 16 int4 codes (one per byte) as `(code − 8) · s`, `s = sa` below lane `split`, `sb` from it.
+/// An int4 group's table: lane `c` holds `(c − 8) · s` for the scale `s` (an f16's bits).
+type I4Tab = V16;
+
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
-fn decode_i4_16(c: __m128i, sa: f32, sb: f32, split: usize) -> V16 {
-    let hi = if split >= 16 { 0 } else { 0xFFFFu16 << split };
-    let s = _mm512_mask_blend_ps(hi, _mm512_set1_ps(sa), _mm512_set1_ps(sb));
-    let i = _mm512_sub_epi32(_mm512_cvtepu8_epi32(c), _mm512_set1_epi32(8));
-    _mm512_mul_ps(_mm512_cvtepi32_ps(i), s)
+fn i4_table(h: u16) -> I4Tab {
+    let s = _mm512_cvtph_ps(_mm256_set1_epi16(h as i16));
+    let c = _mm512_setr_ps(
+        -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,
+    );
+    _mm512_mul_ps(c, s)
+}
+
+/// 16 int4 codes (one per byte) as `(code − 8) · s`: their entries of `t` (the same products).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,popcnt")]
+fn i4_lookup(c: __m128i, t: I4Tab) -> V16 {
+    _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c), t)
+}
+
+/// `a`'s lanes below `split` (< 16), `b`'s from it.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,popcnt")]
+fn blend_at(a: V16, b: V16, split: usize) -> V16 {
+    _mm512_mask_blend_ps(0xFFFFu16 << split, a, b)
 }
 
 compressed_kernels!("avx512f,avx2,fma,popcnt", 4, 4);
