@@ -70,6 +70,9 @@ pub struct TreesSettings {
     pub max_queued_requests: usize,
     /// Deadline when the client sends none (x-request-timeout-ms / grpc-timeout), in milliseconds.
     pub default_timeout_ms: u64,
+    /// A request queued longer than this, in milliseconds, goes into the next batch before every
+    /// priority class (bounded starvation of the low classes).
+    pub promote_after_ms: u64,
 }
 
 impl Default for TreesSettings {
@@ -80,6 +83,7 @@ impl Default for TreesSettings {
             max_queue_delay_us: 0,
             max_queued_requests: 1024,
             default_timeout_ms: 2000,
+            promote_after_ms: 50,
         }
     }
 }

@@ -53,6 +53,19 @@ fn slm_settings_are_checked() {
 }
 
 #[test]
+fn trees_settings_are_checked() {
+    let model = |trees: &str| {
+        format!("[[models]]\nname = \"t\"\nkind = \"trees\"\npath = \"Cargo.toml\"\ntrees = {{ {trees} }}\n")
+    };
+    assert!(Config::parse(&model("promote_after_ms = 20, max_queue_delay_us = 500"), "cfg.toml").is_ok());
+    assert!(err(&model("promote_after_ms = 0")).contains("models[0].trees.promote_after_ms: must be > 0"));
+    assert!(err(&model("max_batch_rows = 0")).contains("models[0].trees.max_batch_rows: must be > 0"));
+    assert!(
+        err(&model("max_queue_delay_us = 2000000")).contains("models[0].trees.max_queue_delay_us: at most")
+    );
+}
+
+#[test]
 fn empty_config_is_valid_with_defaults() {
     let c = Config::parse("", "cfg.toml").unwrap();
     assert_eq!(c.server.shutdown_grace_s, 30.0);

@@ -130,6 +130,7 @@ fn trees(i: usize, t: &TreesSettings) -> Result<(), String> {
         ("max_batch_rows", t.max_batch_rows),
         ("max_queued_requests", t.max_queued_requests),
         ("default_timeout_ms", t.default_timeout_ms as usize),
+        ("promote_after_ms", t.promote_after_ms as usize),
     ] {
         if v == 0 {
             return Err(format!("models[{i}].trees.{key}: must be > 0"));

