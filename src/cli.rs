@@ -1,5 +1,5 @@
 //! Command line of the `slate` binary. `slate serve` is the server; the offline commands (`slate
-//! train-ranker`, `slate bench ranker|slm|trees`, `slate compress`) live in the `slate-tools` binary (tools/), which
+//! train-ranker`, `slate bench ranker|slm|trees`, `slate compress`, `slate eval ppl`) live in the `slate-tools` binary (tools/), which
 //! `slate` runs with the same arguments, git-style, so the server carries no training or benchmark code.
 //! Every serve option also reads an environment variable (shown in `--help`); command-line flags win over
 //! the environment, and both win over the config file.
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Subcommands implemented by the `slate-tools` binary: `slate NAME ARGS…` runs `slate-tools NAME ARGS…`.
-pub const OFFLINE_COMMANDS: [&str; 3] = ["train-ranker", "bench", "compress"];
+pub const OFFLINE_COMMANDS: [&str; 4] = ["train-ranker", "bench", "compress", "eval"];
 
 /// The offline commands in `slate --help` (clap lists only the subcommands it parses itself).
 const OFFLINE_HELP: &str = "\
@@ -23,7 +23,9 @@ Offline commands (run by the slate-tools binary, found beside this one or on PAT
   bench slm     Measure SLM prefill and decode speed through the engine, beside llama.cpp
   bench trees   Measure a tree model's batch margins beside xgboost's inplace_predict
   compress      Compress a GGUF model into a folder (N:M / unstructured sparse, low-rank, FFSplit)
-`slate train-ranker --help`, `slate bench --help` and `slate compress --help` show their options.";
+  eval ppl      Perplexity of a GGUF model or compressed folder on a text file (sliding windows)
+`slate train-ranker --help`, `slate bench --help`, `slate compress --help` and `slate eval --help`
+show their options.";
 
 /// Slate: an online inference server for feed ranking and small language models.
 #[derive(Debug, Parser)]
@@ -169,6 +171,7 @@ mod tests {
         assert_eq!(parse(&["slate", "bench", "ranker", "--quick"]), ["bench", "ranker", "--quick"]);
         assert_eq!(parse(&["slate", "bench", "slm", "--no-peer"]), ["bench", "slm", "--no-peer"]);
         assert_eq!(parse(&["slate", "compress", "--method", "none"]), ["compress", "--method", "none"]);
+        assert_eq!(parse(&["slate", "eval", "ppl", "--ctx", "64"]), ["eval", "ppl", "--ctx", "64"]);
     }
 
     #[test]
@@ -183,6 +186,7 @@ mod tests {
             "bench ranker",
             "bench slm",
             "compress",
+            "eval ppl",
             "cargo build --release -p slate-tools",
         ] {
             assert!(help.contains(name), "`slate --help` does not mention {name}:\n{help}");

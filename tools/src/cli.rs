@@ -7,6 +7,7 @@ use crate::bench::slm::SlmBenchArgs;
 use crate::bench::soft_trees::SoftTreesBenchArgs;
 use crate::bench::trees::TreesBenchArgs;
 use crate::compress::CompressArgs;
+use crate::eval::EvalCommand;
 use crate::train::TrainArgs;
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,11 @@ pub enum Command {
     },
     /// Compress a GGUF model into a compressed model folder (pruning, low-rank, FFSplit).
     Compress(CompressArgs),
+    /// Measure a model's quality on text (perplexity).
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +59,7 @@ impl Command {
             Command::Bench { what: BenchCommand::Trees(args) } => crate::bench::trees::run(args),
             Command::Bench { what: BenchCommand::SoftTrees(args) } => crate::bench::soft_trees::run(args),
             Command::Compress(args) => crate::compress::run(args),
+            Command::Eval { what } => crate::eval::run(what),
         }
     }
 }
