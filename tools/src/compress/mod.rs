@@ -46,6 +46,11 @@ pub struct CompressArgs {
     /// Value type of U and V: int8 or f16.
     #[arg(long, default_value = "int8")]
     pub factor_values: String,
+    /// Matrices kept dense (every weight, in `--values`, no low-rank part, no FFSplit): those whose
+    /// GGUF tensor name contains one of these comma-separated parts, e.g. `token_embd,output.weight`
+    /// for the embedding and output head, `attn_` for attention.
+    #[arg(long, value_delimiter = ',')]
+    pub keep_dense: Vec<String>,
     /// The folder to write (must not exist).
     #[arg(long)]
     pub out: PathBuf,
@@ -59,6 +64,15 @@ pub struct Plan {
     pub rank: usize,
     pub factor_values: ValueType,
     pub heavy: Option<f64>,
+    /// Name parts of the matrices kept dense.
+    pub keep_dense: Vec<String>,
+}
+
+impl Plan {
+    /// Whether matrix `name` is kept dense (`--keep-dense`).
+    pub fn dense(&self, name: &str) -> bool {
+        self.keep_dense.iter().any(|p| name.contains(p.as_str()))
+    }
 }
 
 impl CompressArgs {
@@ -91,7 +105,17 @@ impl CompressArgs {
                 bail!("--ffsplit-heavy {h} must be between 0 and 1 (exclusive)");
             }
         }
-        Ok(Plan { keep, values, rank: self.rank, factor_values, heavy: self.ffsplit_heavy })
+        if let Some(p) = self.keep_dense.iter().find(|p| p.trim().is_empty() || p.trim() != p.as_str()) {
+            bail!("--keep-dense: {p:?} is not a tensor name part (empty or padded with spaces)");
+        }
+        Ok(Plan {
+            keep,
+            values,
+            rank: self.rank,
+            factor_values,
+            heavy: self.ffsplit_heavy,
+            keep_dense: self.keep_dense.clone(),
+        })
     }
 }
 
@@ -119,7 +143,17 @@ pub fn run(args: &CompressArgs) -> anyhow::Result<()> {
         .filter(|(name, ..)| file.has_tensor(name))
         .map(|(name, rows, cols, _)| (name, rows, cols))
         .collect();
-    if let Some((name, rows, cols)) = shapes.iter().find(|(_, r, c)| plan.rank > (*r).min(*c)) {
+    if let Some(p) =
+        plan.keep_dense.iter().find(|p| !shapes.iter().any(|(name, ..)| name.contains(p.as_str())))
+    {
+        bail!("--keep-dense {p:?} matches no matrix of {}", args.model.display());
+    }
+    if plan.heavy.is_some() && shapes.iter().any(|(name, ..)| name.contains(".ffn_") && plan.dense(name)) {
+        bail!("--keep-dense matches FFN matrices, which --ffsplit-heavy splits");
+    }
+    if let Some((name, rows, cols)) =
+        shapes.iter().find(|(name, r, c)| !plan.dense(name) && plan.rank > (*r).min(*c))
+    {
         bail!("--rank {} is larger than {name} ({rows}×{cols}) allows", plan.rank);
     }
     let bar = indicatif::ProgressBar::new(shapes.len() as u64);
@@ -136,6 +170,12 @@ pub fn run(args: &CompressArgs) -> anyhow::Result<()> {
                 let layer = name.trim_end_matches("ffn_gate.weight");
                 matrices.extend(ffsplit_layer(&file, layer, &config, &plan)?);
             }
+        } else if plan.dense(name) {
+            bar.set_message(name.clone());
+            let w = dense(&file, name, *rows, *cols)?;
+            let d = Dense { w: &w, cols: *cols };
+            let tiles = encode::tiles(&d, 0..*rows, 0..*cols, Keep::All, plan.values);
+            matrices.insert(name.clone(), finish(name, &d, *rows, tiles, &Plan { rank: 0, ..plan.clone() })?);
         } else {
             bar.set_message(name.clone());
             let w = dense(&file, name, *rows, *cols)?;
@@ -183,6 +223,9 @@ fn describe(a: &CompressArgs) -> String {
     }
     if let Some(h) = a.ffsplit_heavy {
         s += &format!(" ffsplit_heavy={h}");
+    }
+    if !a.keep_dense.is_empty() {
+        s += &format!(" keep_dense={}", a.keep_dense.join(","));
     }
     s
 }

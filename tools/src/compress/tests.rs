@@ -41,6 +41,7 @@ fn bad_arguments_fail_before_any_work() {
         (&["--method", "none", "--values", "int3"], "unknown --values"),
         (&["--method", "none", "--factor-values", "int4"], "unknown --factor-values"),
         (&["--method", "none", "--ffsplit-heavy", "1.5"], "--ffsplit-heavy"),
+        (&["--method", "none", "--keep-dense", "attn_,,ffn_"], "--keep-dense"),
     ];
     for (extra, want) in cases {
         let e = format!("{:#}", run(&gguf, &out, extra).unwrap_err());
@@ -51,6 +52,14 @@ fn bad_arguments_fail_before_any_work() {
     write_tiny_gguf(&gguf, &TinySpec::default());
     let e = format!("{:#}", run(&gguf, &out, &["--method", "none", "--rank", "33"]).unwrap_err());
     assert!(e.contains("--rank 33 is larger than blk.0.attn_k.weight (32×64)"), "{e}");
+    let e = format!("{:#}", run(&gguf, &out, &["--method", "none", "--keep-dense", "attn_qq"]).unwrap_err());
+    assert!(e.contains("--keep-dense \"attn_qq\" matches no matrix"), "{e}");
+    let e = format!(
+        "{:#}",
+        run(&gguf, &out, &["--method", "none", "--ffsplit-heavy", "0.5", "--keep-dense", "ffn_up"])
+            .unwrap_err()
+    );
+    assert!(e.contains("--keep-dense matches FFN matrices"), "{e}");
     assert!(!out.exists());
     std::fs::create_dir_all(&out).unwrap();
     let e = format!("{:#}", run(&gguf, &out, &["--method", "none"]).unwrap_err());
@@ -82,6 +91,11 @@ fn every_option_writes_a_folder_that_opens() {
             "blk.0.ffn_up.weight",
             "dense int8 | 2:4 int4",
         ),
+        (
+            &["--method", "magnitude", "--pattern", "2:4", "--rank", "4", "--keep-dense", "token_embd,attn_"],
+            "blk.1.attn_output.weight",
+            "dense int8",
+        ),
     ];
     for (i, (extra, layer, repr)) in runs.iter().enumerate() {
         let out = dir.join(format!("out{i}"));
@@ -98,6 +112,14 @@ fn every_option_writes_a_folder_that_opens() {
         // The ffn_up of FFSplit keeps 0.1 · 128 = 12.8 dense rows, rounded to a multiple of 16.
         if extra.contains(&"--ffsplit-heavy") {
             assert_eq!(m.matrices[*layer].tiles()[0].rows(), (0, 16));
+        }
+        // --keep-dense: the matched matrices dense with no low-rank part, the others as asked.
+        if extra.contains(&"--keep-dense") {
+            let repr = |name: &str| &j.layers.iter().find(|l| l.name == name).unwrap().representation;
+            assert_eq!(repr("token_embd.weight"), "dense int8");
+            assert_eq!(repr("blk.0.attn_q.weight"), "dense int8");
+            assert_eq!(repr("blk.0.ffn_down.weight"), "2:4 int8 + rank 4 int8");
+            assert!(j.source.method.contains("keep_dense=token_embd,attn_"), "{}", j.source.method);
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
