@@ -4,14 +4,17 @@
 //! Seeds are small valid inputs of each format, made by the same code the tests use (tiny GGUF
 //! models, random ranker configs, `slate compress`), the demo ranker's config, the SmolLM2 chat
 //! template and metadata (its vocabulary cut to the first tokens, no tensors) when the GGUF is at hand,
-//! and the request bodies of docs/API.md. The input layouts are the targets' own (see each target).
+//! the request bodies of docs/API.md, small models of every tabular format (some committed under
+//! `tabular_seeds/`, made by its make.py) and Open Inference Protocol requests. The input layouts are the targets' own (see each target).
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::GgmlDType;
 use prost::Message;
+use slate::proto::inference as oip_pb;
 use slate::proto::slate::v1 as pb;
 use slate::ranking::{Fusion, RankerModel};
 use slate::slm::gguf::GgufFile;
+use slate::tabular::{soft, TabularModel};
 use slate_tools::testkit::{self, TinySpec};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -251,6 +254,208 @@ fn grpc_seeds(dir: &Path) {
     }
 }
 
+/// Small valid models of every tabular format (each must load): the committed seeds of
+/// `tabular_seeds/` (trained by its make.py: XGBoost UBJSON and JSON, LightGBM text, a FAST-style
+/// additive model), the demo soft-tree model, and models written here (XGBoost JSON stumps with a
+/// categorical split and `NaN`, slate_additive with categories and a pair, soft trees of several
+/// shapes).
+fn tabular_seeds(dir: &Path) {
+    let mut models: Vec<(String, Vec<u8>)> = [
+        ("xgb-logistic.ubj", &include_bytes!("tabular_seeds/xgb-logistic.ubj")[..]),
+        ("xgb-multiclass.ubj", include_bytes!("tabular_seeds/xgb-multiclass.ubj")),
+        ("xgb-categorical.ubj", include_bytes!("tabular_seeds/xgb-categorical.ubj")),
+        ("xgb-dart.json", include_bytes!("tabular_seeds/xgb-dart.json")),
+        ("xgb-poisson-forest.json", include_bytes!("tabular_seeds/xgb-poisson-forest.json")),
+        ("xgb-multitarget.json", include_bytes!("tabular_seeds/xgb-multitarget.json")),
+        ("lgb-binary.txt", include_bytes!("tabular_seeds/lgb-binary.txt")),
+        ("lgb-multiclass.txt", include_bytes!("tabular_seeds/lgb-multiclass.txt")),
+        ("lgb-forest.txt", include_bytes!("tabular_seeds/lgb-forest.txt")),
+        ("lgb-zero-missing.txt", include_bytes!("tabular_seeds/lgb-zero-missing.txt")),
+        ("lgb-categorical.txt", include_bytes!("tabular_seeds/lgb-categorical.txt")),
+        ("additive-fast.json", include_bytes!("tabular_seeds/additive-fast.json")),
+        ("ads-ctr-soft.safetensors", include_bytes!("../models/ads-ctr-soft.safetensors")),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| (name.to_string(), bytes.to_vec()))
+    .collect();
+    // XGBoost JSON as older versions write it: `NaN` for a categorical split's condition, booleans
+    // for default_left, hessian sums for TreeSHAP.
+    let xgb = r#"{"learner": {"gradient_booster": {"name": "gbtree", "model": {"tree_info": [0, 0], "trees": [
+        {"left_children": [1, -1, -1], "right_children": [2, -1, -1], "split_indices": [0, 0, 0],
+         "split_conditions": [0.5, -1.0, 1.0], "default_left": [true, false, false], "split_type": [0, 0, 0],
+         "sum_hessian": [4.0, 1.5, 2.5]},
+        {"left_children": [1, -1, 3, -1, -1], "right_children": [2, -1, 4, -1, -1], "split_indices": [1, 0, 2, 0, 0],
+         "split_conditions": [NaN, 0.25, 1.5, -0.5, 0.75], "default_left": [0, 0, 1, 0, 0], "split_type": [1, 0, 0, 0, 0],
+         "sum_hessian": [4.0, 1.0, 3.0, 2.0, 1.0],
+         "categories_nodes": [0], "categories_segments": [0], "categories_sizes": [2], "categories": [1, 40]}]}},
+      "learner_model_param": {"base_score": "[5E-1]", "num_class": "0", "num_feature": "3", "num_target": "1"},
+      "objective": {"name": "binary:logistic"}}, "version": [2, 1, 4]}"#;
+    models.push(("xgb-categorical-nan.json".into(), xgb.as_bytes().to_vec()));
+    let additive = r#"{"format": "slate_additive", "version": 1, "num_features": 3, "link": "mlogit",
+      "feature_names": ["a", "b", "c"], "intercept": [0.25, -0.5, 0.1], "terms": [
+        {"name": "a", "features": [0], "bins": [{"edges": [1.0, 2.0]}],
+         "scores": [-9, 1, 0, 2, 0, 0, 3, 0, 0, 100, 0, 0, 0, 0, 1]},
+        {"name": "b", "features": [2], "bins": [{"categories": [5, 3]}],
+         "scores": [0.5, 0, 0, 10, 1, 0, 20, 0, 1, 30, 1, 1]},
+        {"name": "a & b", "features": [0, 1], "bins": [{"edges": [0.0]}, {"categories": [7]}],
+         "scores": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0.2, 0, 0, 0.4, 0, 0, 0, 0, 0, 0.6, 0, 0, 0.8, 0, 0,
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]}]}"#;
+    models.push(("additive-mlogit.json".into(), additive.as_bytes().to_vec()));
+    for (i, (trees, depth, selected, groups, features)) in
+        [(2, 1, 1, 1, 1), (3, 3, 4, 3, 6), (4, 2, 2, 2, 9)].into_iter().enumerate()
+    {
+        let (tensors, mut meta) = soft::random_model(trees, depth, selected, groups, features, i as u64);
+        if groups == 2 {
+            meta.insert("link".into(), "identity".into());
+        }
+        models.push((format!("soft-{i}.safetensors"), soft::encode(&tensors, meta).expect("soft trees")));
+    }
+    for (name, bytes) in models {
+        if let Err(e) = TabularModel::from_bytes(&bytes) {
+            panic!("seed {name} does not load: {e}");
+        }
+        write(dir, &name, &bytes);
+    }
+    // The findings of docs/RELIABILITY.md ("Fuzzing"), kept as seeds: an additive model whose rows
+    // need 2^30 slots (refused at load), and an XGBoost model of 65,536 classes over 2^20 features
+    // (its contributions refused).
+    let groups = vec!["0"; 1024].join(",");
+    let additive = format!(
+        r#"{{"format": "slate_additive", "version": 1, "num_features": 1048576, "link": "identity",
+          "intercept": [{groups}], "terms": []}}"#
+    );
+    write(dir, "finding-additive-slots.json", additive.as_bytes());
+    let xgb = r#"{"learner": {"gradient_booster": {"name": "gbtree", "model": {"tree_info": [0], "trees": [
+        {"left_children": [1, -1, -1], "right_children": [2, -1, -1], "split_indices": [0, 0, 0],
+         "split_conditions": [0.5, 1.0, -1.0], "default_left": [1, 0, 0], "sum_hessian": [2.0, 1.0, 1.0]}]}},
+      "learner_model_param": {"base_score": "5E-1", "num_class": "65536", "num_feature": "1048576"},
+      "objective": {"name": "multi:softprob"}}}"#;
+    write(dir, "finding-xgb-contributions.json", xgb.as_bytes());
+}
+
+/// OIP infer requests; the first byte picks the model and the route (oip_body.rs): `model * 3 +
+/// route`, model 0 (binary trees, 3 features), 1 (3-class trees, 3 features), 2 (soft trees, 5
+/// features); route 0 HTTP JSON, 1 HTTP with `Inference-Header-Content-Length` (its value, NUL,
+/// the body), 2 a gRPC `ModelInferRequest`.
+fn oip_seeds(dir: &Path) {
+    let mut seeds: Vec<(u8, Vec<u8>)> = [
+        (0, r#"{"id": "r1", "inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP32",
+            "data": [[0.5, 1.0, null], [2.0, null, 0.0]]}], "outputs": [{"name": "score"}]}"#),
+        (0, r#"{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [0.1, -7, 1e300]}],
+            "outputs": [{"name": "margin"}, {"name": "contributions"}, {"name": "score"}]}"#),
+        (3, r#"{"inputs": [{"name": "input", "shape": [3, 3], "datatype": "FP32",
+            "data": [[[1, 2, 3]], [[4, 5, 6]], [[null, null, null]]]}],
+            "parameters": {"binary_data_output": false}, "outputs": [{"name": "contributions"}]}"#),
+        (6, r#"{"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}"#),
+        (6, r#"{"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}],
+            "outputs": [{"name": "contributions"}]}"#),
+    ]
+    .into_iter()
+    .map(|(b, json)| (b, json.as_bytes().to_vec()))
+    .collect();
+    // The binary tensor extension: JSON, then the input's little-endian values.
+    let binary = |b: u8, datatype: &str, values: &[f64], features: usize, outputs: &str| {
+        let raw: Vec<u8> = if datatype == "FP32" {
+            values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()
+        } else {
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+        let json = format!(
+            r#"{{"inputs": [{{"name": "input", "shape": [{}, {features}], "datatype": "{datatype}",
+                "parameters": {{"binary_data_size": {}}}}}], {outputs}}}"#,
+            values.len() / features,
+            raw.len()
+        );
+        let mut seed = json.len().to_string().into_bytes();
+        seed.push(0);
+        seed.extend(json.into_bytes());
+        seed.extend(raw);
+        (b, seed)
+    };
+    seeds.push(binary(
+        1,
+        "FP32",
+        &[0.5, f64::NAN, 2.0, -1.0, 0.0, 3.0],
+        3,
+        r#""parameters": {"binary_data_output": true}, "outputs": [{"name": "score"}, {"name": "margin", "parameters": {"binary_data": false}}]"#,
+    ));
+    seeds.push(binary(
+        4,
+        "FP64",
+        &[1.0, 2.0, 3.0],
+        3,
+        r#""outputs": [{"name": "contributions", "parameters": {"binary_data": true}}]"#,
+    ));
+    seeds.push(binary(7, "FP32", &[0.0; 10], 5, r#""outputs": []"#));
+    // gRPC: contents of the datatype's own field, or one raw_input_contents entry.
+    use oip_pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    let input =
+        |datatype: &str, shape: Vec<i64>, contents: Option<oip_pb::InferTensorContents>| InferInputTensor {
+            name: "input".into(),
+            datatype: datatype.into(),
+            shape,
+            contents,
+            ..Default::default()
+        };
+    let output = |name: &str| InferRequestedOutputTensor { name: name.into(), ..Default::default() };
+    let requests = [
+        (
+            2,
+            oip_pb::ModelInferRequest {
+                model_name: "my-trees".into(),
+                id: "r1".into(),
+                inputs: vec![input(
+                    "FP32",
+                    vec![2, 3],
+                    Some(oip_pb::InferTensorContents {
+                        fp32_contents: vec![0.5, 1.0, f32::NAN, 2.0, 0.0, -3.0],
+                        ..Default::default()
+                    }),
+                )],
+                outputs: vec![output("score"), output("contributions")],
+                ..Default::default()
+            },
+        ),
+        (
+            5,
+            oip_pb::ModelInferRequest {
+                model_name: "m".into(),
+                model_version: "1".into(),
+                inputs: vec![input(
+                    "FP64",
+                    vec![1, 3],
+                    Some(oip_pb::InferTensorContents {
+                        fp64_contents: vec![0.1, -7.0, 2.5],
+                        ..Default::default()
+                    }),
+                )],
+                ..Default::default()
+            },
+        ),
+        (
+            8,
+            oip_pb::ModelInferRequest {
+                model_name: "m".into(),
+                inputs: vec![input("FP32", vec![2, 5], None)],
+                outputs: vec![output("margin")],
+                raw_input_contents: vec![(0..10)
+                    .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into()],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (b, req) in requests {
+        seeds.push((b, req.encode_to_vec()));
+    }
+    for (i, (b, body)) in seeds.into_iter().enumerate() {
+        let mut seed = vec![b];
+        seed.extend(body);
+        write(dir, &format!("request-{i}"), &seed);
+    }
+}
+
 /// Compressed folders made by `slate compress` from the tiny models, joined into one input each.
 fn compressed_seeds(dir: &Path, tmp: &Path, models: &[PathBuf]) {
     let plans: [&[&str]; 3] = [
@@ -304,5 +509,7 @@ fn main() {
     http_seeds(&out.join("http_json"));
     grpc_seeds(&out.join("grpc_decode"));
     compressed_seeds(&out.join("compressed"), &tmp, &models);
+    tabular_seeds(&out.join("tabular_model"));
+    oip_seeds(&out.join("oip_body"));
     let _ = std::fs::remove_dir_all(&tmp);
 }

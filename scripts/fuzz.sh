@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 CARGO_FUZZ_VERSION=0.13.2
 SECS="${1:-60}"
 shift || true
-ALL=(gguf ranker_config chat_template http_json grpc_decode compressed)  # fuzz/Cargo.toml's targets
+ALL=(gguf ranker_config chat_template http_json grpc_decode compressed tabular_model oip_body)  # fuzz/Cargo.toml's targets
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
 # Same flags for build and run, so `run` does not rebuild.

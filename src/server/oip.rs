@@ -121,9 +121,10 @@ pub async fn repository_index(
     Ok(Json(json!(core::repository_index(&state, ready))))
 }
 
+/// The JSON part of an infer request body ([`parse_body`]), checked by [`check_request`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InferRequest {
+pub struct InferRequest {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
@@ -225,26 +226,14 @@ pub async fn infer(
     body: Bytes,
 ) -> Result<Response, OipError> {
     ctx.set_model(&name, state.is_configured(&name));
-    let json_len = match headers.get(HEADER_LENGTH) {
-        None => body.len(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n <= body.len())
-            .ok_or_else(|| Error::BadRequest(format!("{HEADER_LENGTH}: not a length within the body")))?,
-    };
-    let req: InferRequest = serde_json::from_slice(&body[..json_len])
-        .map_err(|e| Error::BadRequest(format!("malformed inference request: {e}")))?;
+    let (mut req, binary) = parse_body(&headers, &body)?;
     let timeout = super::http::timeout_from_header(&headers)?;
     let priority = super::http::header_priority(&headers);
     let batcher = core::tabular(&state, &name)?;
     let model = Arc::clone(batcher.model());
-    let (rows, n) =
-        check_input(req.inputs, &body[json_len..], model.num_features(), core::max_rows(&state, &name))?;
+    let Checked { rows, n, wanted, compute } =
+        check_request(&mut req, binary, model.num_features(), core::max_rows(&state, &name))?;
     drop(body);
-    let binary_default = flag(req.parameters.as_ref(), "binary_data_output")?;
-    let (wanted, compute) = wanted_outputs(req.outputs.as_deref(), binary_default)?;
     let p = batcher.predict(rows, compute, timeout, priority).await?;
     let mut outputs = Vec::new();
     let mut binary = Vec::new();
@@ -278,6 +267,50 @@ pub async fn infer(
         bytes,
     )
         .into_response())
+}
+
+/// An infer request body as `infer` reads it, before the model is looked up: with the binary tensor
+/// extension's `Inference-Header-Content-Length` in `headers`, its first that many bytes are the JSON
+/// and the rest the binary tensor data (returned), else all of it is JSON. Errors are bad requests.
+pub fn parse_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(InferRequest, &'a [u8]), Error> {
+    let json_len = match headers.get(HEADER_LENGTH) {
+        None => body.len(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n <= body.len())
+            .ok_or_else(|| Error::BadRequest(format!("{HEADER_LENGTH}: not a length within the body")))?,
+    };
+    let req: InferRequest = serde_json::from_slice(&body[..json_len])
+        .map_err(|e| Error::BadRequest(format!("malformed inference request: {e}")))?;
+    Ok((req, &body[json_len..]))
+}
+
+/// A request checked against its model, ready for the batcher: the rows (`n × features`), the
+/// outputs to send back in order (each with whether it goes as binary data) and what to compute.
+#[derive(Debug)]
+pub struct Checked {
+    pub rows: Vec<f32>,
+    pub n: usize,
+    pub wanted: Vec<(&'static str, bool)>,
+    pub compute: Outputs,
+}
+
+/// Checks a parsed request (its input tensor taken out) against a model of `features` features and
+/// the row limit, as `infer` does before the model runs: the one input tensor (from `data`, or from
+/// `binary`, the bytes after the JSON), `parameters.binary_data_output` and the outputs asked for.
+/// Errors name the field.
+pub fn check_request(
+    req: &mut InferRequest,
+    binary: &[u8],
+    features: usize,
+    max_rows: usize,
+) -> Result<Checked, Error> {
+    let (rows, n) = check_input(std::mem::take(&mut req.inputs), binary, features, max_rows)?;
+    let binary_default = flag(req.parameters.as_ref(), "binary_data_output")?;
+    let (wanted, compute) = wanted_outputs(req.outputs.as_deref(), binary_default)?;
+    Ok(Checked { rows, n, wanted, compute })
 }
 
 /// A boolean parameter, false when absent.

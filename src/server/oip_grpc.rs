@@ -25,7 +25,7 @@ pub struct InferenceService {
 }
 
 /// A model version the request names: none, or the one version every model has.
-fn check_version(name: &str, version: &str) -> Result<(), Error> {
+pub fn check_version(name: &str, version: &str) -> Result<(), Error> {
     if version.is_empty() || version == core::VERSION {
         Ok(())
     } else {
@@ -162,8 +162,9 @@ impl GrpcInferenceService for InferenceService {
 
 /// The one input tensor `input`: its rows, from `contents` (`fp32_contents` for FP32,
 /// `fp64_contents` for FP64) or from the one `raw_input_contents` entry, checked against the model's
-/// features and the row limit before any of its data is converted.
-fn check_input(
+/// features and the row limit before any of its data is converted (`ModelInfer` runs it on the
+/// decoded request's `inputs` and `raw_input_contents`). Errors name the field.
+pub fn check_input(
     inputs: Vec<InferInputTensor>,
     raw: Vec<Bytes>,
     features: usize,
@@ -213,8 +214,9 @@ fn check_input(
     Ok((rows, tensor.rows))
 }
 
-/// The outputs named (all but contributions when none are), in order.
-fn requested_outputs(
+/// The outputs named (all but contributions when none are), in order; an unknown one is an error
+/// naming it.
+pub fn requested_outputs(
     outputs: &[pb::model_infer_request::InferRequestedOutputTensor],
 ) -> Result<Vec<&'static str>, Error> {
     if outputs.is_empty() {

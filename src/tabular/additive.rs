@@ -155,6 +155,13 @@ pub fn parse(json: &[u8]) -> Result<Additive, String> {
     if g == 0 || g > MAX_GROUPS {
         return Err(format!("intercept has {g} values: one per output group, 1..={MAX_GROUPS}"));
     }
+    // Every row is evaluated in `g × (f + 1)` f64 slots (its contributions), margins included.
+    if g.checked_mul(f + 1).is_none_or(|slots| slots > super::MAX_ROW_CONTRIBUTIONS) {
+        return Err(format!(
+            "{g} output group(s) × ({f} features + 1) values per row: at most {}",
+            super::MAX_ROW_CONTRIBUTIONS
+        ));
+    }
     if let Some((k, v)) = file.intercept.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(format!("intercept[{k}] = {v}: not finite"));
     }
@@ -483,5 +490,24 @@ mod tests {
             v["terms"][2]["bins"] = json!([{"edges": edges}, {"edges": edges}]);
         });
         assert!(e.contains(&format!("more than {MAX_SCORES} scores")), "{e}");
+    }
+
+    /// Fuzz finding (`tabular_model`): a 5 KB file with 2^20 features and 1,024 groups loaded, and
+    /// its first row (the loader's warm-up) allocated 2^30 f64 slots (8 GiB).
+    #[test]
+    fn a_model_whose_rows_need_too_many_slots_is_refused_at_load() {
+        let wide = |groups: usize, features: usize| {
+            json!({"format": "slate_additive", "version": 1, "num_features": features, "link": "identity",
+                   "intercept": vec![0.0; groups], "terms": []})
+        };
+        let e = parse_value(&wide(MAX_GROUPS, MAX_FEATURES)).unwrap_err();
+        assert_eq!(e, "1024 output group(s) × (1048576 features + 1) values per row: at most 4194304");
+        let e = parse_value(&wide(4, 1 << 20)).unwrap_err();
+        assert!(e.starts_with("4 output group(s) × (1048576 features + 1)"), "{e}");
+        let at_the_limit = parse_value(&wide(4, (1 << 20) - 1)).unwrap();
+        assert_eq!(
+            at_the_limit.num_groups * (at_the_limit.num_features + 1),
+            super::super::MAX_ROW_CONTRIBUTIONS
+        );
     }
 }

@@ -33,6 +33,16 @@ const SOFT_PAR_ROWS: usize = 256;
 /// Largest model file read.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
+/// Values one output of one `predict` holds at most (512 MiB of f32): the margins (`n × num_groups`,
+/// always computed), the scores and the contributions (`n × num_groups × (num_features + 1)`) of a
+/// batch. A larger batch is refused, naming the output, before anything is allocated for it.
+pub const MAX_OUTPUT_VALUES: usize = 1 << 27;
+
+/// Contributions of one row at most (`num_groups × (num_features + 1)`, the per-row working set of
+/// TreeSHAP and of an additive model, in f64: 32 MiB). Additive models are held to it at load (their
+/// margins are sums of these slots); a tree model over it can still give margins and scores.
+pub const MAX_ROW_CONTRIBUTIONS: usize = 1 << 22;
+
 /// A loaded tabular model.
 #[derive(Debug)]
 pub struct TabularModel {
@@ -170,11 +180,39 @@ impl TabularModel {
     /// Runs `rows` (`n × num_features`, NaN = missing). Contributions the model cannot explain are
     /// an error naming why.
     pub fn predict(&self, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
+        self.check_sizes(rows.len() / self.num_features(), outputs)?;
         match &self.predictor {
             Predictor::Forest(f) => Self::predict_forest(f, rows, outputs),
             Predictor::Additive(a) => Self::predict_additive(a, rows, outputs),
             Predictor::SoftTrees(s) => Self::predict_soft(s, rows, outputs),
         }
+    }
+
+    /// Whether the outputs of `n` rows fit [`MAX_OUTPUT_VALUES`] and [`MAX_ROW_CONTRIBUTIONS`]
+    /// (checked products), else an error naming the output and its size.
+    fn check_sizes(&self, n: usize, outputs: Outputs) -> Result<(), String> {
+        let (g, f) = (self.num_groups(), self.num_features());
+        let fits = |name: &str, per_row: usize, what: &str| match n.checked_mul(per_row) {
+            Some(v) if v <= MAX_OUTPUT_VALUES => Ok(()),
+            _ => Err(format!(
+                "{name} of {n} rows × {per_row} {what}: at most {MAX_OUTPUT_VALUES} values in one batch"
+            )),
+        };
+        fits("margin", g, "group(s)")?;
+        if outputs.score {
+            fits("score", self.score_width(), "value(s)")?;
+        }
+        // (A soft-tree model refuses contributions whatever their size.)
+        if outputs.contributions && !matches!(self.predictor, Predictor::SoftTrees(_)) {
+            let width = g.checked_mul(f.saturating_add(1)).filter(|&w| w <= MAX_ROW_CONTRIBUTIONS);
+            let Some(width) = width else {
+                return Err(format!(
+                    "contributions: {g} group(s) × ({f} features + 1) values per row: at most {MAX_ROW_CONTRIBUTIONS}"
+                ));
+            };
+            fits("contributions", width, "values")?;
+        }
+        Ok(())
     }
 
     fn predict_soft(s: &SoftTrees, rows: &[f32], outputs: Outputs) -> Result<Prediction, String> {
@@ -356,5 +394,50 @@ mod tests {
         assert_eq!(e, "contributions are not available for soft-tree models");
         let e = TabularModel::from_bytes(additive.replace("[1.5]", "[]").as_bytes()).unwrap_err();
         assert!(e.starts_with("intercept has 0 values"), "{e}");
+    }
+
+    /// An XGBoost model of `groups` classes over `features` features: one stump with hessian sums.
+    fn xgboost_classes(groups: usize, features: usize) -> TabularModel {
+        let json = serde_json::json!({"learner": {
+            "gradient_booster": {"name": "gbtree", "model": {"tree_info": [0], "trees": [{
+                "left_children": [1, -1, -1], "right_children": [2, -1, -1], "split_indices": [0, 0, 0],
+                "split_conditions": [0.5, 1.0, -1.0], "default_left": [1, 0, 0], "sum_hessian": [2.0, 1.0, 1.0]}]}},
+            "learner_model_param": {"base_score": "5E-1", "num_class": groups.to_string(),
+                                    "num_feature": features.to_string(), "num_target": "1"},
+            "objective": {"name": "multi:softprob"}
+        }});
+        TabularModel::from_bytes(json.to_string().as_bytes()).unwrap()
+    }
+
+    /// Fuzz finding (`tabular_model`): a 500-byte XGBoost file of 65,536 classes over 2^20 features
+    /// loads (its margins are fine), and contributions of one row allocated 2^36 values (256 GiB).
+    #[test]
+    fn outputs_too_large_for_one_batch_are_refused_naming_them() {
+        let all = Outputs { margin: true, score: true, contributions: true };
+        let wide = xgboost_classes(65_536, 1 << 20);
+        let row = vec![f32::NAN; 1 << 20];
+        let e = wide.predict(&row, all).unwrap_err();
+        assert_eq!(
+            e,
+            "contributions: 65536 group(s) × (1048576 features + 1) values per row: at most 4194304"
+        );
+        let p = wide.predict(&row, Outputs { contributions: false, ..all }).unwrap();
+        assert_eq!((p.margin.unwrap().len(), p.score.unwrap().len()), (65_536, 65_536));
+        // 2,049 rows × 65,536 margins is over 2^27 values.
+        let narrow = xgboost_classes(65_536, 1);
+        let e = narrow.predict(&[0.0; 2049], Outputs { margin: true, ..Outputs::default() }).unwrap_err();
+        assert_eq!(e, "margin of 2049 rows × 65536 group(s): at most 134217728 values in one batch");
+        // 1,024 × 4,096 contributions per row (the row limit) fit; 33 rows of them do not.
+        let m = xgboost_classes(1024, 4095);
+        let e = m.predict(&vec![1.0; 33 * 4095], all).unwrap_err();
+        assert_eq!(e, "contributions of 33 rows × 4194304 values: at most 134217728 values in one batch");
+        assert_eq!(m.predict(&[1.0; 4095], all).unwrap().contributions.unwrap().len(), 1 << 22);
+        // An additive model of 1,024 groups over 4,095 features: the row limit holds at load, the
+        // batch limit here.
+        let additive = serde_json::json!({"format": "slate_additive", "version": 1, "num_features": 4095,
+            "link": "identity", "intercept": vec![0.5; 1024], "terms": []});
+        let m = TabularModel::from_bytes(additive.to_string().as_bytes()).unwrap();
+        let e = m.predict(&vec![1.0; 33 * 4095], all).unwrap_err();
+        assert_eq!(e, "contributions of 33 rows × 4194304 values: at most 134217728 values in one batch");
     }
 }
