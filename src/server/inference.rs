@@ -30,6 +30,32 @@ pub fn tabular(state: &AppState, name: &str) -> Result<Batcher, Error> {
     }
 }
 
+/// Triton's request parameters `priority` (a level: 0 = the default class, 1 = the highest) and
+/// `timeout` (microseconds; 0 = none), as the HTTP and gRPC front ends read them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestParams {
+    pub priority: u64,
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl RequestParams {
+    /// From the parameters' integer values (`None` = absent); a negative value is an error naming
+    /// the parameter.
+    pub fn from_values(priority: Option<i128>, timeout: Option<i128>) -> Result<RequestParams, Error> {
+        let non_negative = |key: &str, v: Option<i128>| -> Result<u64, Error> {
+            v.map_or(Ok(0), |v| {
+                u64::try_from(v)
+                    .map_err(|_| Error::invalid(&format!("parameters.{key}"), format!("{v}: must be ≥ 0")))
+            })
+        };
+        let us = non_negative("timeout", timeout)?;
+        Ok(RequestParams {
+            priority: non_negative("priority", priority)?,
+            timeout: (us > 0).then(|| std::time::Duration::from_micros(us)),
+        })
+    }
+}
+
 /// `models[].trees.max_rows` of model `name` (0 when it is not configured: every request refused).
 pub fn max_rows(state: &AppState, name: &str) -> usize {
     state.config.models.iter().find(|m| m.name == name).map_or(0, |m| m.trees.max_rows)

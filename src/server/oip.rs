@@ -227,9 +227,14 @@ pub async fn infer(
 ) -> Result<Response, OipError> {
     ctx.set_model(&name, state.is_configured(&name));
     let (mut req, binary) = parse_body(&headers, &body)?;
-    let timeout = super::http::timeout_from_header(&headers)?;
-    let priority = super::http::header_priority(&headers);
+    let params = request_params(req.parameters.as_ref())?;
+    // The headers win over the request's parameters.
+    let timeout = super::http::timeout_from_header(&headers)?.or(params.timeout);
     let batcher = core::tabular(&state, &name)?;
+    let priority = match super::http::header_priority(&headers) {
+        Some(p) => Some(p),
+        None => batcher.class_of_level(params.priority)?,
+    };
     let model = Arc::clone(batcher.model());
     let Checked { rows, n, wanted, compute } =
         check_request(&mut req, binary, model.num_features(), core::max_rows(&state, &name))?;
@@ -313,6 +318,22 @@ pub fn check_request(
     Ok(Checked { rows, n, wanted, compute })
 }
 
+/// The request's `priority` and `timeout` parameters (non-negative integers, or absent).
+pub fn request_params(params: Option<&Parameters>) -> Result<core::RequestParams, Error> {
+    let int = |key: &str| -> Result<Option<i128>, Error> {
+        match params.and_then(|p| p.get(key)) {
+            None => Ok(None),
+            Some(Value::Number(n)) => {
+                n.as_u64().map(i128::from).or_else(|| n.as_i64().map(i128::from)).map(Some).ok_or_else(|| {
+                    Error::invalid(&format!("parameters.{key}"), format!("{n}: expected an integer"))
+                })
+            }
+            Some(v) => Err(Error::invalid(&format!("parameters.{key}"), format!("{v}: expected an integer"))),
+        }
+    };
+    core::RequestParams::from_values(int("priority")?, int("timeout")?)
+}
+
 /// A boolean parameter, false when absent.
 fn flag(params: Option<&Parameters>, key: &str) -> Result<bool, Error> {
     match params.and_then(|p| p.get(key)) {
@@ -394,6 +415,23 @@ mod tests {
 
     fn request(text: &str) -> InferRequest {
         serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn triton_priority_and_timeout_parameters() {
+        let params = |text: &str| request_params(request(text).parameters.as_ref());
+        let none = r#"{"inputs":[]}"#;
+        assert_eq!(params(none).unwrap(), core::RequestParams::default());
+        let p = params(r#"{"inputs":[],"parameters":{"priority":2,"timeout":1500}}"#).unwrap();
+        assert_eq!((p.priority, p.timeout), (2, Some(std::time::Duration::from_micros(1500))));
+        assert_eq!(params(r#"{"inputs":[],"parameters":{"timeout":0}}"#).unwrap().timeout, None, "0: none");
+        let e = |text: &str| params(text).unwrap_err().to_string();
+        assert!(e(r#"{"inputs":[],"parameters":{"priority":-1}}"#)
+            .starts_with("parameters.priority: -1: must be ≥ 0"));
+        assert!(
+            e(r#"{"inputs":[],"parameters":{"timeout":"soon"}}"#).starts_with("parameters.timeout: \"soon\"")
+        );
+        assert!(e(r#"{"inputs":[],"parameters":{"priority":1.5}}"#).starts_with("parameters.priority: 1.5"));
     }
 
     #[test]

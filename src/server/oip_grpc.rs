@@ -24,6 +24,25 @@ pub struct InferenceService {
     pub state: Arc<AppState>,
 }
 
+/// The request's `priority` and `timeout` parameters (int64 or uint64, ≥ 0, or absent), as
+/// tritonclient sends them.
+pub fn request_params(
+    params: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Result<core::RequestParams, Error> {
+    use pb::infer_parameter::ParameterChoice;
+    let int = |key: &str| -> Result<Option<i128>, Error> {
+        match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+            None => Ok(None),
+            Some(ParameterChoice::Int64Param(v)) => Ok(Some(i128::from(*v))),
+            Some(ParameterChoice::Uint64Param(v)) => Ok(Some(i128::from(*v))),
+            Some(_) => {
+                Err(Error::invalid(&format!("parameters.{key}"), "expected an int64 or uint64 parameter"))
+            }
+        }
+    };
+    core::RequestParams::from_values(int("priority")?, int("timeout")?)
+}
+
 /// A model version the request names: none, or the one version every model has.
 pub fn check_version(name: &str, version: &str) -> Result<(), Error> {
     if version.is_empty() || version == core::VERSION {
@@ -105,8 +124,8 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let timeout = grpc_timeout(request.metadata())?;
-        let priority = metadata_priority(request.metadata()).map(str::to_string);
+        let header_timeout = grpc_timeout(request.metadata())?;
+        let header_priority = metadata_priority(request.metadata()).map(str::to_string);
         let ctx = ctx_of(&request);
         let req = request.into_inner();
         ctx.set_model(&req.model_name, self.state.is_configured(&req.model_name));
@@ -117,7 +136,14 @@ impl GrpcInferenceService for InferenceService {
             core::max_rows(&self.state, &req.model_name)
         })?;
         let names = requested_outputs(&req.outputs)?;
-        let p = batcher.predict(rows, core::outputs_of(&names), timeout, priority.as_deref()).await?;
+        // The metadata wins over the request's parameters.
+        let params = request_params(&req.parameters)?;
+        let timeout = header_timeout.or(params.timeout);
+        let priority = match header_priority.as_deref() {
+            Some(p) => Some(p),
+            None => batcher.class_of_level(params.priority)?,
+        };
+        let p = batcher.predict(rows, core::outputs_of(&names), timeout, priority).await?;
         let mut outputs = Vec::with_capacity(names.len());
         let mut raw = Vec::with_capacity(names.len());
         for name in names {

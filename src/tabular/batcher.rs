@@ -124,6 +124,23 @@ impl Batcher {
         &self.shared.faults
     }
 
+    /// The class of Triton's numeric `priority` request parameter: 0 = the default class, 1 = the
+    /// highest of `[priorities]`, 2 the next, … up to the number of classes.
+    pub fn class_of_level(&self, level: u64) -> Result<Option<&str>, Error> {
+        let names = &self.shared.classes.names;
+        match usize::try_from(level) {
+            Ok(0) => Ok(None),
+            Ok(l) if l <= names.len() => Ok(Some(names[l - 1].as_str())),
+            _ => Err(Error::invalid(
+                "parameters.priority",
+                format!(
+                    "{level}: above the {} priority levels (1 = the highest, 0 = the default)",
+                    names.len()
+                ),
+            )),
+        }
+    }
+
     /// Predicts `rows` (`n × num_features`, checked by the caller) in the next batch. `timeout`: the
     /// client's deadline (grpc-timeout / x-request-timeout-ms), `None` = the model's default;
     /// `priority`: the class name ("" or `None` = the default class).
@@ -490,6 +507,17 @@ mod tests {
         assert_eq!(ids(&batch), [0, 1, 4]);
         let q = s.lock();
         assert_eq!((q.len, q.rows), (0, 0));
+    }
+
+    #[test]
+    fn triton_priority_levels_name_the_classes() {
+        let b = start(8, 0, 8);
+        assert_eq!(b.class_of_level(0).unwrap(), None, "0: the default class");
+        assert_eq!(b.class_of_level(1).unwrap(), Some("high"));
+        assert_eq!(b.class_of_level(2).unwrap(), Some("low"));
+        let e = b.class_of_level(3).unwrap_err().to_string();
+        assert!(e.contains("parameters.priority: 3: above the 2 priority levels"), "{e}");
+        assert!(b.class_of_level(u64::MAX).is_err());
     }
 
     #[test]

@@ -27,10 +27,10 @@ def main():
     meta = client.get_model_metadata(model)
     assert meta["inputs"][0]["name"] == "input", meta
 
-    def infer(outputs=None):
+    def infer(outputs=None, **kw):
         inp = httpclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=True)
-        return client.infer(model, [inp], outputs=outputs, request_id="tc-1")
+        return client.infer(model, [inp], outputs=outputs, request_id="tc-1", **kw)
 
     worst = 0.0
     # Binary outputs (the client's default when none are named), then each named, JSON and binary.
@@ -45,6 +45,16 @@ def main():
         want = np.array(expected["margin"], dtype=np.float64)
         worst = max(worst, float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1.0))))
         assert result.as_numpy("score") is None, "only the output asked for"
+    # Triton's request parameters: priority level 1 (the highest class) and a timeout in µs.
+    result = infer([httpclient.InferRequestedOutput("margin")], priority=1, timeout=5_000_000)
+    got = result.as_numpy("margin").astype(np.float64).ravel()
+    want = np.array(expected["margin"], dtype=np.float64)
+    worst = max(worst, float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1.0))))
+    try:
+        infer(priority=99)
+        raise SystemExit("priority level 99 was accepted")
+    except InferenceServerException as e:
+        assert "parameters.priority: 99: above the" in str(e), str(e)
     print(f"tritonclient {model}: {x.shape[0]} rows, largest error {worst:.2e}")
 
     bad = httpclient.InferInput("input", [1, x.shape[1] + 1], "FP32")

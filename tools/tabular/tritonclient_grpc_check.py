@@ -78,11 +78,11 @@ def main():
     assert model in ready_names and broken not in ready_names, ready_only
     print(f"grpc {model}: health, metadata, index of {len(states)} models ({broken}: {states[broken][2]})")
 
-    def infer(x, datatype, outputs=None, headers=None):
+    def infer(x, datatype, outputs=None, headers=None, **kw):
         inp = grpcclient.InferInput("input", list(x.shape), datatype)
         inp.set_data_from_numpy(x)
         names = None if outputs is None else [grpcclient.InferRequestedOutput(o) for o in outputs]
-        return client.infer(model, [inp], outputs=names, request_id="grpc-1", headers=headers)
+        return client.infer(model, [inp], outputs=names, request_id="grpc-1", headers=headers, **kw)
 
     # The HTTP endpoint with binary tensors: what gRPC must equal bit for bit.
     http = httpclient.InferenceServerClient(url=http_url)
@@ -107,6 +107,9 @@ def main():
     only = infer(x32, "FP32", ["margin"], headers={"priority": "feed"})
     assert only.as_numpy("score") is None, "only the output asked for"
     worst = max(worst, largest_error(only.as_numpy("margin"), expected["margin"]))
+    # Triton's request parameters: priority level 1 (the highest class) and a timeout in µs.
+    leveled = infer(x32, "FP32", ["margin"], priority=1, timeout=5_000_000)
+    worst = max(worst, largest_error(leveled.as_numpy("margin"), expected["margin"]))
     print(f"grpc {model}: {n} rows FP32 and FP64, largest error {worst:.2e}, equal to HTTP bit for bit")
     if worst > 1e-6:
         raise SystemExit(f"largest error {worst:e} against xgboost")
@@ -154,6 +157,11 @@ def main():
         "INVALID_ARGUMENT",
         "priority: unknown priority class 'urgent'",
         lambda: infer(x32[:1], "FP32", headers={"priority": "urgent"}),
+    )
+    expect_error(
+        "INVALID_ARGUMENT",
+        "parameters.priority: 99: above the",
+        lambda: infer(x32[:1], "FP32", priority=99),
     )
     expect_error(
         "NOT_FOUND",
