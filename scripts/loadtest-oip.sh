@@ -3,7 +3,7 @@
 # only the demo ads model (config/ads-ctr.toml: `ads-ctr`, no SLM to load), waits until it is ready,
 # and runs loadtest/scenarios/oip-single-row.toml (single rows at 1,000 rps, open loop, 60 s) against
 # it; the server is stopped at the end. Report: bench-out/loadtest-oip/ (report.json, latency.svg,
-# server.log, env.txt).
+# server.log, env.txt, metrics.txt: the server's /metrics after the run).
 #
 #   scripts/loadtest-oip.sh                          # HTTP POST /v2/models/ads-ctr/infer
 #   scripts/loadtest-oip.sh grpc                     # gRPC inference.GRPCInferenceService/ModelInfer
@@ -63,4 +63,6 @@ status=0
 target/release/slate-loadtest "$scenario" --http "http://$http_addr" --grpc "http://$grpc_addr" \
     --out "$out" --no-progress "$@" || status=$?
 echo "load average after: $(cat /proc/loadavg)" | tee -a "$out/env.txt"
+# The server's own view (slate_request_duration_seconds, slate_trees_*), warm-up requests included.
+curl -fsS "http://$http_addr/metrics" >"$out/metrics.txt" || true
 exit "$status"
