@@ -212,3 +212,82 @@ max_tokens = {{ fixed = 8 }}
         assert!(st.inter_token_ms.count > 0, "{target}: 8 tokens give inter-token gaps: {st:?}");
     }
 }
+
+const ADS_CTR: &str = "[[models]]\nname = \"ads-ctr\"\nkind = \"trees\"\npath = \"models/ads-ctr.json\"\n";
+
+/// The shipped single-row scenario (issue 19: `POST /v2/models/ads-ctr/infer`, and gRPC `ModelInfer`),
+/// briefly and slowly: rows from the demo rows file, every answer 200 with a `score` of shape [1] equal
+/// to the file's expected score for its row, and the server counted as many requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oip_single_rows_are_answered_checked_and_counted() {
+    let slate = common::Slate::start(ADS_CTR);
+    slate.wait_ready(Duration::from_secs(60)).await;
+    for (target, protocol) in [("http-infer", "http"), ("grpc-infer", "grpc")] {
+        let mut s = Scenario::load(Path::new("loadtest/scenarios/oip-single-row.toml")).expect("shipped");
+        s.target = serde_json::from_value(serde_json::json!(target)).unwrap();
+        s.load.rate = Some(40.0);
+        s.load.duration_s = 2.0;
+        s.load.warmup_s = 0.5;
+        s.load.timeout_ms = 10_000;
+        let out = tempfile::tempdir().unwrap();
+        let report =
+            slate_loadtest::run(&s, &options(&slate, Some(out.path()))).await.expect("load test runs");
+        println!("{}", report.table());
+        check_counts(&report);
+        check_files(&report, out.path());
+        assert_eq!(report.target, target);
+        let r = &report.runs[0];
+        assert!(r.sent >= 40, "about 80 requests expected in 2 s at 40 rps: {r:?}");
+        assert_eq!(r.ok, r.sent, "{target}: every answer a checked score: {r:?}");
+        assert!(r.latency_ms.p50 > 0.0 && r.latency_ms.p99 <= r.latency_ms.max + 1e-9, "{r:?}");
+        assert!(r.cache.is_none() && r.streaming.is_none(), "{r:?}");
+
+        let scrape = reqwest::get(slate.url("/metrics")).await.unwrap().text().await.unwrap();
+        let served = counter(
+            &scrape,
+            "slate_requests_total",
+            &["method=\"infer\"", &format!("protocol=\"{protocol}\""), "model=\"ads-ctr\""],
+        );
+        // The warm-up's requests are served too, but not counted in the report.
+        assert!(served as u64 >= r.sent, "server's slate_requests_total for {protocol} infer: {served}");
+    }
+
+    // A model the server does not have, or rows of the wrong width, fail before any load is sent.
+    let mut s = Scenario::load(Path::new("loadtest/scenarios/oip-single-row.toml")).unwrap();
+    s.model = "no-such-model".into();
+    let e = slate_loadtest::run(&s, &options(&slate, None)).await.unwrap_err().to_string();
+    assert!(e.contains("404") && e.contains("no-such-model"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = dir.path().join("rows.json");
+    std::fs::write(&narrow, "[[1.0, 2.0, 3.0]]").unwrap();
+    let mut s = Scenario::load(Path::new("loadtest/scenarios/oip-single-row-grpc.toml")).unwrap();
+    s.infer.as_mut().unwrap().rows_file = Some(narrow);
+    let e = slate_loadtest::run(&s, &options(&slate, None)).await.unwrap_err().to_string();
+    assert!(e.contains("3 values") && e.contains("28 features"), "{e}");
+}
+
+/// The score check is real: the EBM served under the name `ads-ctr` answers every row with a valid
+/// score of the right shape, but not the one the rows file expects from the XGBoost model, so every
+/// request counts as an error (`infer_score_value`); random rows (no expected scores) all pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oip_wrong_scores_are_errors() {
+    let slate = common::Slate::start(
+        "[[models]]\nname = \"ads-ctr\"\nkind = \"additive\"\npath = \"models/ads-ctr-ebm.json\"\n",
+    );
+    slate.wait_ready(Duration::from_secs(60)).await;
+    let mut s = Scenario::load(Path::new("loadtest/scenarios/oip-single-row.toml")).unwrap();
+    s.load.rate = Some(40.0);
+    s.load.duration_s = 1.0;
+    s.load.warmup_s = 0.0;
+    let report = slate_loadtest::run(&s, &options(&slate, None)).await.expect("load test runs");
+    println!("{}", report.table());
+    check_counts(&report);
+    let r = &report.runs[0];
+    assert!(r.sent > 0 && r.ok == 0, "{r:?}");
+    assert_eq!(r.errors_by_code.get("infer_score_value"), Some(&r.sent), "{r:?}");
+
+    s.infer = None;
+    let report = slate_loadtest::run(&s, &options(&slate, None)).await.expect("load test runs");
+    let r = &report.runs[0];
+    assert!(r.sent > 0 && r.ok == r.sent, "random rows of the model's width: {r:?}");
+}

@@ -2,10 +2,12 @@
 //! an [`Outcome`]; nothing here panics on a server's answer.
 
 use crate::proto::generation_client::GenerationClient;
+use crate::proto::inference as oip;
+use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::proto::ranking_client::RankingClient;
 use crate::scenario::{Load, Target};
 use crate::stats::{Outcome, Status};
-use crate::workload::{Draw, Workload};
+use crate::workload::{check_score, Draw, InferMeta, Workload};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use std::net::IpAddr;
@@ -134,6 +136,8 @@ impl Client {
                 Target::GrpcRank => self.grpc_rank(w, &d, &mut probe).await,
                 Target::HttpCompletions | Target::HttpChat => self.http_stream(w, &d, &mut probe).await,
                 Target::GrpcGenerateStream => self.grpc_stream(w, &d, &mut probe).await,
+                Target::HttpInfer => self.http_infer(w, &d, &mut probe).await,
+                Target::GrpcInfer => self.grpc_infer(w, &d, &mut probe).await,
             }
         };
         let (status, cache_hit, usage_tokens) = match tokio::time::timeout(self.timeout, fut).await {
@@ -195,6 +199,109 @@ impl Client {
         match client.rank(req).await {
             Ok(resp) => (Status::Ok, Some(resp.get_ref().cache_hit), None),
             Err(s) => (grpc_status(&s), None, None),
+        }
+    }
+
+    /// The model's input width and `score` shape, from `GET /v2/models/{model}` (HTTP targets) or
+    /// `ModelMetadata` (gRPC).
+    pub async fn infer_meta(&self, model: &str) -> anyhow::Result<InferMeta> {
+        if self.target.is_grpc() {
+            let mut req =
+                tonic::Request::new(oip::ModelMetadataRequest { name: model.into(), version: String::new() });
+            self.grpc_metadata(&mut req, None);
+            let resp = GrpcInferenceServiceClient::new(self.channel())
+                .model_metadata(req)
+                .await
+                .map_err(|s| anyhow::anyhow!("ModelMetadata for '{model}': {:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            let input = resp.inputs.first().map(|t| t.shape.clone());
+            let score = resp.outputs.iter().find(|t| t.name == "score").map(|t| t.shape.clone());
+            return infer_meta_of(model, input, score);
+        }
+        let mut rb = self.http.get(format!("{}/v2/models/{model}", self.http_base));
+        if let Some(k) = &self.api_key {
+            rb = rb.header(reqwest::header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        let resp = rb.send().await.with_context(|| format!("GET /v2/models/{model}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.with_context(|| format!("GET /v2/models/{model}"))?;
+        if status != 200 {
+            bail!("GET /v2/models/{model}: HTTP {status}: {}", text.trim());
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("GET /v2/models/{model}: not JSON"))?;
+        let shape = |t: &serde_json::Value| -> Option<Vec<i64>> {
+            t["shape"].as_array()?.iter().map(serde_json::Value::as_i64).collect()
+        };
+        let input = v["inputs"].get(0).and_then(shape);
+        let score =
+            v["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == "score")).and_then(shape);
+        infer_meta_of(model, input, score)
+    }
+
+    async fn http_infer(&self, w: &Workload, d: &Draw, p: &mut Probe) -> Answer {
+        let rows = w.infer_rows().expect("inference targets get their rows before the run; this is a bug");
+        let b = w.infer_request(d);
+        let mut rb = self.http_post(&format!("/v2/models/{}/infer", b.model), b.to_json());
+        if let Some(prio) = b.priority {
+            rb = rb.header("priority", prio);
+        }
+        p.sent = Instant::now();
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => return (reqwest_error(&e), None, None),
+        };
+        let status = resp.status().as_u16();
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return (reqwest_error(&e), None, None),
+        };
+        match status {
+            200 => {}
+            429 => return (Status::Rejected, None, None),
+            s => return (Status::Error(format!("http_{s}")), None, None),
+        }
+        let Ok(answer) = serde_json::from_slice::<InferAnswer>(&bytes) else {
+            return (Status::Error("infer_bad_body".into()), None, None);
+        };
+        let Some(score) = answer.outputs.into_iter().find(|t| t.name == "score") else {
+            return (Status::Error("infer_no_score".into()), None, None);
+        };
+        let values: Vec<f32> = score.data.iter().map(|v| v.map_or(f32::NAN, |x| x as f32)).collect();
+        match check_score(&score.shape, &values, &rows.score_shape, b.expected.as_deref()) {
+            Ok(()) => (Status::Ok, None, None),
+            Err(code) => (Status::Error(code.into()), None, None),
+        }
+    }
+
+    async fn grpc_infer(&self, w: &Workload, d: &Draw, p: &mut Probe) -> Answer {
+        let rows = w.infer_rows().expect("inference targets get their rows before the run; this is a bug");
+        let b = w.infer_request(d);
+        let mut req = tonic::Request::new(b.to_proto());
+        self.grpc_metadata(&mut req, None);
+        if let Some(prio) = b.priority.and_then(|p| p.parse().ok()) {
+            req.metadata_mut().insert("priority", prio);
+        }
+        p.sent = Instant::now();
+        let mut client = GrpcInferenceServiceClient::new(self.channel());
+        let resp = match client.model_infer(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return (grpc_status(&s), None, None),
+        };
+        let Some(i) = resp.outputs.iter().position(|t| t.name == "score") else {
+            return (Status::Error("infer_no_score".into()), None, None);
+        };
+        // Slate answers in raw_output_contents (little-endian FP32); fp32_contents otherwise.
+        let values: Vec<f32> = match resp.raw_output_contents.get(i) {
+            Some(raw) if raw.len() % 4 == 0 => {
+                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            Some(_) => return (Status::Error("infer_score_shape".into()), None, None),
+            None => resp.outputs[i].contents.as_ref().map(|c| c.fp32_contents.clone()).unwrap_or_default(),
+        };
+        match check_score(&resp.outputs[i].shape, &values, &rows.score_shape, b.expected.as_deref()) {
+            Ok(()) => (Status::Ok, None, None),
+            Err(code) => (Status::Error(code.into()), None, None),
         }
     }
 
@@ -281,6 +388,32 @@ impl Client {
             }
         }
     }
+}
+
+/// An inference answer, as far as it is checked.
+#[derive(serde::Deserialize)]
+struct InferAnswer {
+    outputs: Vec<AnswerTensor>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerTensor {
+    name: String,
+    shape: Vec<i64>,
+    #[serde(default)]
+    data: Vec<Option<f64>>,
+}
+
+/// The width and score shape out of model metadata, or why they are not there.
+fn infer_meta_of(model: &str, input: Option<Vec<i64>>, score: Option<Vec<i64>>) -> anyhow::Result<InferMeta> {
+    let features = match input.as_deref() {
+        Some(&[_, f]) if f > 0 => f as usize,
+        other => bail!("model '{model}': its metadata gives input shape {other:?}, not [-1, features]"),
+    };
+    let Some(score_shape) = score.filter(|s| !s.is_empty()) else {
+        bail!("model '{model}': its metadata lists no 'score' output (is it a tabular model?)");
+    };
+    Ok(InferMeta { features, score_shape })
 }
 
 /// (status, cache_hit, completion tokens reported by the server).
@@ -459,6 +592,22 @@ mod tests {
             grpc_status(&tonic::Status::deadline_exceeded("late")),
             Status::Error("grpc_deadline_exceeded".into())
         );
+    }
+
+    #[test]
+    fn model_metadata_gives_width_and_score_shape() {
+        let m = infer_meta_of("m", Some(vec![-1, 28]), Some(vec![-1])).unwrap();
+        assert_eq!(m, InferMeta { features: 28, score_shape: vec![-1] });
+        let e = infer_meta_of("m", Some(vec![-1]), Some(vec![-1])).unwrap_err().to_string();
+        assert!(e.contains("input shape"), "{e}");
+        let e = infer_meta_of("m", Some(vec![-1, 4]), None).unwrap_err().to_string();
+        assert!(e.contains("no 'score' output"), "{e}");
+        let a: InferAnswer = serde_json::from_str(
+            r#"{"model_name":"m","model_version":"1","outputs":[{"name":"score","datatype":"FP32","shape":[1],"data":[0.25]}]}"#,
+        )
+        .unwrap();
+        assert_eq!((a.outputs[0].name.as_str(), a.outputs[0].shape.clone()), ("score", vec![1]));
+        assert_eq!(a.outputs[0].data, vec![Some(0.25)]);
     }
 
     #[tokio::test]

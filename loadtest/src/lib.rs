@@ -4,7 +4,8 @@
 //!   every latency counts from the *intended* send time (coordinated omission corrected), into HDR
 //!   histograms. A closed loop (workers waiting for answers) is there too.
 //! - **Scenarios** (`loadtest/scenarios/*.toml`, [`Scenario`]): target, model, history length and
-//!   candidate count distributions, a Zipf member mix, priority mix, prompt lengths.
+//!   candidate count distributions, a Zipf member mix, priority mix, prompt lengths, tabular rows for
+//!   the Open Inference Protocol (`/v2/models/{model}/infer`, gRPC `ModelInfer`).
 //! - **Step mode**: raises the rate until p99 leaves the SLO, and reports the highest rate that kept it.
 //! - **Output**: a [`Report`] (table, JSON) and an SVG plot of latency percentiles vs offered rate.
 //! - **Bounded**: every run stops by itself (duration and request caps), and load goes only to loopback
@@ -33,6 +34,12 @@ pub mod workload;
 /// The gRPC client stubs and messages (`proto/slate/v1`).
 pub mod proto {
     tonic::include_proto!("slate.v1");
+
+    /// The Open Inference Protocol's gRPC API as Triton defines it (`proto/inference`), client side.
+    #[allow(clippy::all, clippy::pedantic)]
+    pub mod inference {
+        tonic::include_proto!("inference");
+    }
 }
 
 pub use client::Endpoints;
@@ -65,12 +72,19 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Repor
         anyhow::bail!("step mode needs the open loop (load.mode = \"open\")");
     }
     let client = client::Client::connect(scenario.target, &options.endpoints, &scenario.load).await?;
+    let mut workload = workload::Workload::new(scenario);
+    if scenario.target.is_infer() {
+        // The model's width and score shape from the server itself, so that a wrong model or rows file
+        // fails here, named, rather than as a run of errors.
+        let meta = client.infer_meta(&scenario.model).await?;
+        workload.set_infer(workload::InferRows::prepare(scenario.infer.as_ref(), &scenario.model, &meta)?);
+    }
     let ctx = runner::Ctx {
         client: Arc::new(client),
-        workload: Arc::new(workload::Workload::new(scenario)),
+        workload: Arc::new(workload),
         load: scenario.load.clone(),
         seed: scenario.seed,
-        streaming: !scenario.target.is_ranking(),
+        streaming: scenario.target.is_generation(),
     };
     let bar = if options.progress {
         ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())

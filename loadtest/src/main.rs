@@ -41,7 +41,8 @@ struct Cli {
     #[arg(long)]
     no_progress: bool,
 
-    /// Override: target (http-rank, grpc-rank, http-completions, http-chat, grpc-generate-stream).
+    /// Override: target (http-rank, grpc-rank, http-completions, http-chat, grpc-generate-stream,
+    /// http-infer, grpc-infer).
     #[arg(long, value_parser = parse_target)]
     target: Option<Target>,
     /// Override: model name.

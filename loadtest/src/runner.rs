@@ -109,6 +109,11 @@ pub async fn run_once(ctx: &Ctx, rate: Option<f64>, salt: u64, bar: &ProgressBar
     )
 }
 
+/// The open loop. Its dispatcher runs on a blocking-pool thread of its own and waits for each arrival
+/// with `std::thread::sleep` (the kernel's high-resolution timers: tens of µs late), not on tokio's
+/// timer, which has millisecond granularity: a `sleep_until` wakes up to 1 ms after the arrival it
+/// waits for, and that lag counts in every latency (from the intended time), too much where the SLO
+/// is a few milliseconds. Requests run on the runtime as tasks, as before.
 async fn open_loop(
     ctx: &Ctx,
     rate: f64,
@@ -117,53 +122,69 @@ async fn open_loop(
     salt: u64,
     live: &Arc<Live>,
 ) -> (Recorder, Counts) {
-    let mut rng = StdRng::seed_from_u64(ctx.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    // The warm-up sends at the same rate; its requests are not counted or capped.
-    let warm_max = (rate * warmup.as_secs_f64()).ceil() as u64 + 1;
-    let sched = Schedule::new(
-        ctx.load.arrival,
-        rate,
-        warmup + window,
-        warm_max.saturating_add(ctx.load.max_requests),
-        StdRng::seed_from_u64(ctx.seed.wrapping_add(salt).wrapping_add(1)),
-    );
-    let mut rec = Recorder { streaming: ctx.streaming, ..Recorder::default() };
-    let mut c = Counts::default();
-    let mut set: JoinSet<(bool, Outcome)> = JoinSet::new();
-    let start = Instant::now();
-    for offset in sched {
-        let measured = offset >= warmup;
-        if measured && c.scheduled >= ctx.load.max_requests {
-            break;
-        }
-        while let Some(r) = set.try_join_next() {
-            keep(&mut rec, r);
-        }
-        let due = start + offset;
-        tokio::time::sleep_until(due).await;
-        if measured {
-            c.scheduled += 1;
-            c.max_lag = c.max_lag.max(Instant::now() - due);
-        }
-        if set.len() >= ctx.load.max_in_flight {
-            if measured {
-                c.skipped += 1;
+    let handle = tokio::runtime::Handle::current();
+    let (client, workload, live) = (Arc::clone(&ctx.client), Arc::clone(&ctx.workload), Arc::clone(live));
+    let (seed, max_requests, max_in_flight, arrival) =
+        (ctx.seed, ctx.load.max_requests, ctx.load.max_in_flight, ctx.load.arrival);
+    let streaming = ctx.streaming;
+    let dispatcher = tokio::task::spawn_blocking(move || {
+        let mut rng = StdRng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // The warm-up sends at the same rate; its requests are not counted or capped.
+        let warm_max = (rate * warmup.as_secs_f64()).ceil() as u64 + 1;
+        let sched = Schedule::new(
+            arrival,
+            rate,
+            warmup + window,
+            warm_max.saturating_add(max_requests),
+            StdRng::seed_from_u64(seed.wrapping_add(salt).wrapping_add(1)),
+        );
+        let mut rec = Recorder { streaming, ..Recorder::default() };
+        let mut c = Counts::default();
+        let mut set: JoinSet<(bool, Outcome)> = JoinSet::new();
+        let start = Instant::now();
+        for offset in sched {
+            let measured = offset >= warmup;
+            if measured && c.scheduled >= max_requests {
+                break;
             }
-            continue;
+            while let Some(r) = set.try_join_next() {
+                keep(&mut rec, r);
+            }
+            let due = start + offset;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if measured {
+                c.scheduled += 1;
+                c.max_lag = c.max_lag.max(Instant::now() - due);
+            }
+            if set.len() >= max_in_flight {
+                if measured {
+                    c.skipped += 1;
+                }
+                continue;
+            }
+            let draw = workload.draw(&mut rng);
+            if measured {
+                c.sent += 1;
+                live.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            live.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (client, workload, live) = (Arc::clone(&client), Arc::clone(&workload), Arc::clone(&live));
+            set.spawn_on(
+                async move {
+                    let o = client.send(&workload, draw, due).await;
+                    live.done(&o);
+                    (measured, o)
+                },
+                &handle,
+            );
         }
-        let draw = ctx.workload.draw(&mut rng);
-        if measured {
-            c.sent += 1;
-            live.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        live.in_flight.fetch_add(1, Ordering::Relaxed);
-        let (client, workload, live) = (Arc::clone(&ctx.client), Arc::clone(&ctx.workload), Arc::clone(live));
-        set.spawn(async move {
-            let o = client.send(&workload, draw, due).await;
-            live.done(&o);
-            (measured, o)
-        });
-    }
+        (rec, c, set)
+    });
+    let (mut rec, c, mut set) =
+        dispatcher.await.expect("the open-loop dispatcher does not panic; this is a bug");
     while let Some(r) = set.join_next().await {
         keep(&mut rec, r);
     }

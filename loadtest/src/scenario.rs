@@ -5,7 +5,7 @@ use crate::dist::{weights_ok, Dist, Zipf};
 use crate::schedule::Arrival;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Hard bounds: a load test always stops by itself.
 pub const MAX_DURATION_S: f64 = 3600.0;
@@ -28,6 +28,11 @@ pub enum Target {
     HttpChat,
     /// `slate.v1.Generation/GenerateStream`.
     GrpcGenerateStream,
+    /// `POST /v2/models/{model}/infer` (Open Inference Protocol, JSON): tabular rows for a tree,
+    /// additive or soft-tree model.
+    HttpInfer,
+    /// `inference.GRPCInferenceService/ModelInfer` (Open Inference Protocol over gRPC).
+    GrpcInfer,
 }
 
 impl Target {
@@ -38,6 +43,8 @@ impl Target {
             Target::HttpCompletions => "http-completions",
             Target::HttpChat => "http-chat",
             Target::GrpcGenerateStream => "grpc-generate-stream",
+            Target::HttpInfer => "http-infer",
+            Target::GrpcInfer => "grpc-infer",
         }
     }
 
@@ -45,8 +52,18 @@ impl Target {
         matches!(self, Target::HttpRank | Target::GrpcRank)
     }
 
+    /// Generation targets: streamed answers, timed token by token.
+    pub fn is_generation(self) -> bool {
+        matches!(self, Target::HttpCompletions | Target::HttpChat | Target::GrpcGenerateStream)
+    }
+
+    /// Open Inference Protocol targets (tabular models).
+    pub fn is_infer(self) -> bool {
+        matches!(self, Target::HttpInfer | Target::GrpcInfer)
+    }
+
     pub fn is_grpc(self) -> bool {
-        matches!(self, Target::GrpcRank | Target::GrpcGenerateStream)
+        matches!(self, Target::GrpcRank | Target::GrpcGenerateStream | Target::GrpcInfer)
     }
 }
 
@@ -78,6 +95,8 @@ pub struct Scenario {
     pub ranking: Option<Ranking>,
     /// Required for generation targets.
     pub generation: Option<Generation>,
+    /// Inference targets: where rows come from (optional: random rows of the model's width).
+    pub infer: Option<Infer>,
     /// Priority classes and their shares, e.g. `{ feed = 0.7, ads = 0.2, batch = 0.1 }`; empty = send
     /// none (the server's default class).
     #[serde(default)]
@@ -268,6 +287,82 @@ pub struct Generation {
     pub system: Option<String>,
 }
 
+/// Open Inference Protocol requests: `rows_per_request` rows of the model's features, each drawn
+/// uniformly from `rows_file`, or random. The model's width and output shapes come from the server's
+/// model metadata (`GET /v2/models/{model}` / `ModelMetadata`) before the run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Infer {
+    /// A JSON file of rows: `{"rows": [[…], …]}` (like `models/ads-ctr-demo-rows.json`, whose
+    /// `expected.MODEL.score` values are then checked against the answers) or a bare `[[…], …]`;
+    /// `null` is a missing value. Relative to the working directory. Absent: random rows.
+    pub rows_file: Option<PathBuf>,
+    /// Features per row; checked against the file and the server's model when given.
+    pub features: Option<usize>,
+    #[serde(default = "default_rows_per_request")]
+    pub rows_per_request: usize,
+    /// Random rows: values uniform in `[min, max)`.
+    #[serde(default = "default_random_range")]
+    pub random_range: [f64; 2],
+    /// Random rows: the share of values sent missing (`null` / NaN).
+    #[serde(default)]
+    pub missing: f64,
+    /// Outputs asked for by name; empty = the server's default (`score` and `margin`). The answer's
+    /// `score` is checked, so a non-empty list must name it.
+    #[serde(default = "default_infer_outputs")]
+    pub outputs: Vec<String>,
+}
+
+fn default_rows_per_request() -> usize {
+    1
+}
+fn default_random_range() -> [f64; 2] {
+    [0.0, 1.0]
+}
+fn default_infer_outputs() -> Vec<String> {
+    vec!["score".into()]
+}
+
+impl Default for Infer {
+    fn default() -> Self {
+        Infer {
+            rows_file: None,
+            features: None,
+            rows_per_request: default_rows_per_request(),
+            random_range: default_random_range(),
+            missing: 0.0,
+            outputs: default_infer_outputs(),
+        }
+    }
+}
+
+/// Most rows in one inference request (the server's default `max_rows`).
+pub const MAX_INFER_ROWS: usize = 65_536;
+
+impl Infer {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rows_per_request == 0 || self.rows_per_request > MAX_INFER_ROWS {
+            return Err(format!("infer.rows_per_request: must be in 1..={MAX_INFER_ROWS}"));
+        }
+        if self.features == Some(0) {
+            return Err("infer.features: must be at least 1".into());
+        }
+        let [lo, hi] = self.random_range;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(format!("infer.random_range: must be finite with min < max, got [{lo}, {hi}]"));
+        }
+        if !(0.0..=1.0).contains(&self.missing) {
+            return Err(format!("infer.missing: must be in [0, 1], got {}", self.missing));
+        }
+        if !self.outputs.is_empty() && !self.outputs.iter().any(|o| o == "score") {
+            return Err(
+                "infer.outputs: must name \"score\" (the answers' score is checked), or be empty".into()
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, String> {
         let text =
@@ -322,14 +417,14 @@ impl Scenario {
             let w: Vec<f64> = self.priorities.values().copied().collect();
             weights_ok(&w).map_err(|e| format!("priorities: {e}"))?;
         }
-        match (self.target.is_ranking(), &self.ranking, &self.generation) {
-            (true, None, _) => {
-                return Err(format!("ranking: target {} needs a [ranking] table", self.target.as_str()))
-            }
-            (false, _, None) => {
-                return Err(format!("generation: target {} needs a [generation] table", self.target.as_str()))
-            }
-            _ => {}
+        if self.target.is_ranking() && self.ranking.is_none() {
+            return Err(format!("ranking: target {} needs a [ranking] table", self.target.as_str()));
+        }
+        if self.target.is_generation() && self.generation.is_none() {
+            return Err(format!("generation: target {} needs a [generation] table", self.target.as_str()));
+        }
+        if let Some(i) = &self.infer {
+            i.validate()?;
         }
         if let Some(r) = &self.ranking {
             r.history_len.validate("ranking.history_len")?;
@@ -467,6 +562,44 @@ candidates = { uniform = { min = 100, max = 512 } }
             let e = Scenario::parse(&bad, "t.toml").unwrap_err();
             assert!(e.contains(key), "expected '{key}' in: {e}");
         }
+    }
+
+    const INFER: &str = r#"
+name = "t"
+target = "http-infer"
+model = "ads-ctr"
+[load]
+rate = 1000.0
+duration_s = 2.0
+"#;
+
+    #[test]
+    fn infer_targets_need_no_table_and_check_theirs() {
+        let s = Scenario::parse(INFER, "t.toml").unwrap();
+        assert!(s.target.is_infer() && !s.target.is_ranking() && !s.target.is_generation());
+        assert!(s.infer.is_none(), "random rows of the model's width");
+        let g = Scenario::parse(&INFER.replace("http-infer", "grpc-infer"), "t.toml").unwrap();
+        assert!(g.target.is_grpc() && g.target.is_infer());
+        let with = format!("{INFER}[infer]\nrows_file = \"rows.json\"\n");
+        let i = Scenario::parse(&with, "t.toml").unwrap().infer.unwrap();
+        assert_eq!(i.rows_file.as_deref(), Some(Path::new("rows.json")));
+        assert_eq!(
+            (i.rows_per_request, i.outputs.clone(), i.random_range),
+            (1, vec!["score".into()], [0.0, 1.0])
+        );
+        for (bad, key) in [
+            ("rows_per_request = 0", "infer.rows_per_request"),
+            ("features = 0", "infer.features"),
+            ("random_range = [1.0, 1.0]", "infer.random_range"),
+            ("missing = 1.5", "infer.missing"),
+            ("outputs = [\"margin\"]", "infer.outputs"),
+            ("rows = 3", "rows"),
+        ] {
+            let e = Scenario::parse(&format!("{INFER}[infer]\n{bad}\n"), "t.toml").unwrap_err();
+            assert!(e.contains(key), "expected '{key}' in: {e}");
+        }
+        // An empty list asks for the server's default outputs (score among them).
+        assert!(Scenario::parse(&format!("{INFER}[infer]\noutputs = []\n"), "t.toml").is_ok());
     }
 
     #[test]

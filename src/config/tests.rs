@@ -39,6 +39,14 @@ fn the_reference_ranker_config_file_is_valid() {
 }
 
 #[test]
+fn the_ads_ctr_config_file_is_valid() {
+    // The OIP load test's server (scripts/loadtest-oip.sh): the demo ads model alone.
+    let c = Config::load(Path::new("config/ads-ctr.toml")).unwrap();
+    let kinds: Vec<_> = c.models.iter().map(|m| (m.name.as_str(), m.kind)).collect();
+    assert_eq!(kinds, [("ads-ctr", ModelKind::Trees)]);
+}
+
+#[test]
 fn slm_settings_are_checked() {
     let model = |slm: &str| {
         format!("[[models]]\nname = \"m\"\nkind = \"slm\"\npath = \"Cargo.toml\"\nslm = {{ {slm} }}\n")
