@@ -149,7 +149,9 @@ fn list<T: std::str::FromStr>(
 ) -> Result<Vec<T>, String> {
     let v = fields.get(key).ok_or_else(|| format!("no {key} line"))?;
     let mut out = Vec::new();
-    out.try_reserve_exact(n).map_err(|e| format!("{key}: {e}"))?;
+    // Each entry takes at least a character and a separator of the line: a count the line cannot
+    // hold reserves no more than the line could give (and fails below).
+    out.try_reserve_exact(n.min(v.len() / 2 + 1)).map_err(|e| format!("{key}: {e}"))?;
     for w in v.split_whitespace() {
         if out.len() == n {
             return Err(format!("{key} has more than {n} entries"));
@@ -389,5 +391,15 @@ mod tests {
         assert!(e.contains("only sigmoid:1"), "{e}");
         let e = parse(model(STUMP, "objective=lambdarank\nnum_class=3").as_bytes()).unwrap_err();
         assert!(e.contains("num_class"), "{e}");
+    }
+
+    #[test]
+    fn a_declared_count_the_line_cannot_hold_is_refused() {
+        let fields: std::collections::HashMap<&str, &str> = [("leaf_value", "1 2 3")].into_iter().collect();
+        // A count far above what the line holds is refused (and reserved only as far as the line goes).
+        let e = list::<f64>(&fields, "leaf_value", 1 << 25).unwrap_err();
+        assert_eq!(e, "leaf_value has 3 entries, expected 33554432");
+        assert_eq!(list::<f64>(&fields, "leaf_value", 3).unwrap(), [1.0, 2.0, 3.0]);
+        assert!(list::<f64>(&fields, "leaf_value", 2).unwrap_err().contains("more than 2 entries"));
     }
 }
