@@ -64,6 +64,19 @@ fn check_counts(report: &Report) {
     }
 }
 
+/// Runs `s` against `slate` (step mode when `step`) writing into a temporary folder; prints the
+/// table and checks the counts and the written files. The folder is returned with the report.
+async fn run_checked(s: &Scenario, slate: &common::Slate, step: bool) -> (Report, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let report = slate_loadtest::run(s, &Options { step, ..options(slate, Some(out.path())) })
+        .await
+        .expect("load test runs");
+    println!("{}", report.table());
+    check_counts(&report);
+    check_files(&report, out.path());
+    (report, out)
+}
+
 fn check_files(report: &Report, out: &Path) {
     let json = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
     let back: Report = serde_json::from_str(&json).expect("report.json parses back");
@@ -79,13 +92,8 @@ async fn http_and_grpc_rank_counts_add_up_and_match_the_server() {
     let slate = common::Slate::start(DEMO);
     slate.wait_ready(Duration::from_secs(60)).await;
     for (target, protocol) in [("http-rank", "http"), ("grpc-rank", "grpc")] {
-        let out = tempfile::tempdir().unwrap();
         let s = rank_scenario(target, 8.0, 3.0, "");
-        let report =
-            slate_loadtest::run(&s, &options(&slate, Some(out.path()))).await.expect("load test runs");
-        println!("{}", report.table());
-        check_counts(&report);
-        check_files(&report, out.path());
+        let (report, _out) = run_checked(&s, &slate, false).await;
         let r = &report.runs[0];
         assert!(r.sent >= 10, "about 24 requests expected in 3 s at 8 rps: {r:?}");
         assert_eq!(r.ok, r.sent, "a lightly loaded server answers everything: {r:?}");
@@ -148,13 +156,7 @@ async fn step_mode_reports_the_best_rate_and_plots_every_step() {
         pause_s: 0.0,
         ..Default::default()
     };
-    let out = tempfile::tempdir().unwrap();
-    let report = slate_loadtest::run(&s, &Options { step: true, ..options(&slate, Some(out.path())) })
-        .await
-        .expect("step mode runs");
-    println!("{}", report.table());
-    check_counts(&report);
-    check_files(&report, out.path());
+    let (report, out) = run_checked(&s, &slate, true).await;
     let rates: Vec<f64> = report.runs.iter().map(|r| r.offered_rps.unwrap()).collect();
     assert_eq!(rates, vec![5.0, 10.0, 15.0]);
     assert!(report.runs.iter().all(|r| r.slo_pass == Some(true)));
@@ -196,12 +198,7 @@ max_tokens = {{ fixed = 8 }}
             "slm.toml",
         )
         .unwrap();
-        let out = tempfile::tempdir().unwrap();
-        let report =
-            slate_loadtest::run(&s, &options(&slate, Some(out.path()))).await.expect("load test runs");
-        println!("{}", report.table());
-        check_counts(&report);
-        check_files(&report, out.path());
+        let (report, _out) = run_checked(&s, &slate, false).await;
         let r = &report.runs[0];
         assert_eq!(r.ok, r.sent, "{target}: {r:?}");
         assert_eq!(r.sent, 2, "fixed arrivals at 0 s and 1 s");
@@ -229,12 +226,7 @@ async fn oip_single_rows_are_answered_checked_and_counted() {
         s.load.duration_s = 2.0;
         s.load.warmup_s = 0.5;
         s.load.timeout_ms = 10_000;
-        let out = tempfile::tempdir().unwrap();
-        let report =
-            slate_loadtest::run(&s, &options(&slate, Some(out.path()))).await.expect("load test runs");
-        println!("{}", report.table());
-        check_counts(&report);
-        check_files(&report, out.path());
+        let (report, _out) = run_checked(&s, &slate, false).await;
         assert_eq!(report.target, target);
         let r = &report.runs[0];
         assert!(r.sent >= 40, "about 80 requests expected in 2 s at 40 rps: {r:?}");

@@ -163,10 +163,15 @@ impl Client {
         if let Some(d) = self.deadline {
             rb = rb.header("x-request-timeout-ms", d.as_millis().to_string());
         }
-        if let Some(k) = &self.api_key {
-            rb = rb.header(reqwest::header::AUTHORIZATION, format!("Bearer {k}"));
+        self.with_auth(rb)
+    }
+
+    /// `rb` with the endpoint's API key, if it has one.
+    fn with_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => rb.header(reqwest::header::AUTHORIZATION, format!("Bearer {k}")),
+            None => rb,
         }
-        rb
     }
 
     async fn http_rank(&self, w: &Workload, d: &Draw, p: &mut Probe) -> Answer {
@@ -174,14 +179,9 @@ impl Client {
             serde_json::to_vec(&w.rank_request(d)).expect("a RankBody always serializes; this is a bug");
         p.sent = Instant::now();
         let rb = self.http_post("/v1/rank", body).header("x-member-id", d.member.to_string());
-        let resp = match rb.send().await {
+        let (status, bytes) = match send_read(rb).await {
             Ok(r) => r,
-            Err(e) => return (reqwest_error(&e), None, None),
-        };
-        let status = resp.status().as_u16();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return (reqwest_error(&e), None, None),
+            Err(a) => return a,
         };
         match status {
             200 => (Status::Ok, cache_hit_field(&bytes), None),
@@ -218,10 +218,7 @@ impl Client {
             let score = resp.outputs.iter().find(|t| t.name == "score").map(|t| t.shape.clone());
             return infer_meta_of(model, input, score);
         }
-        let mut rb = self.http.get(format!("{}/v2/models/{model}", self.http_base));
-        if let Some(k) = &self.api_key {
-            rb = rb.header(reqwest::header::AUTHORIZATION, format!("Bearer {k}"));
-        }
+        let rb = self.with_auth(self.http.get(format!("{}/v2/models/{model}", self.http_base)));
         let resp = rb.send().await.with_context(|| format!("GET /v2/models/{model}"))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.with_context(|| format!("GET /v2/models/{model}"))?;
@@ -247,14 +244,9 @@ impl Client {
             rb = rb.header("priority", prio);
         }
         p.sent = Instant::now();
-        let resp = match rb.send().await {
+        let (status, bytes) = match send_read(rb).await {
             Ok(r) => r,
-            Err(e) => return (reqwest_error(&e), None, None),
-        };
-        let status = resp.status().as_u16();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return (reqwest_error(&e), None, None),
+            Err(a) => return a,
         };
         match status {
             200 => {}
@@ -439,6 +431,14 @@ impl Probe {
         self.last = Some(now);
         self.tokens += 1;
     }
+}
+
+/// Sends `rb` and reads the whole answer: its status and body, or the answer for a transport error.
+async fn send_read(rb: reqwest::RequestBuilder) -> Result<(u16, prost::bytes::Bytes), Answer> {
+    let resp = rb.send().await.map_err(|e| (reqwest_error(&e), None, None))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(|e| (reqwest_error(&e), None, None))?;
+    Ok((status, bytes))
 }
 
 fn reqwest_error(e: &reqwest::Error) -> Status {

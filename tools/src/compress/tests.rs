@@ -2,16 +2,13 @@
 //! option writes a folder that opens with `compression.json` matching the tensors.
 
 use crate::cli::{Cli, Command};
-use crate::testkit::{write_tiny_gguf, TinySpec};
+use crate::testkit::{fresh_dir, write_tiny_gguf, TinySpec};
 use clap::Parser as _;
 use slate::slm::compressed::{self, CompressionJson};
 use std::path::{Path, PathBuf};
 
 fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("slate-compress-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    fresh_dir(&format!("compress-{tag}"))
 }
 
 fn run(gguf: &Path, out: &Path, extra: &[&str]) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::cli::{Cli, Command};
-use crate::testkit::{write_tiny_gguf, TinySpec};
+use crate::testkit::{fresh_dir, write_tiny_gguf, TinySpec};
 use clap::Parser as _;
 
 #[test]
@@ -59,13 +59,6 @@ fn nll_is_the_negative_log_softmax() {
     assert!((nll(&[1000.0, 1000.0], 0) - 2f64.ln()).abs() < 1e-9);
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("slate-eval-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// The mean NLL of tokens `1..` of `ids` by decoding one token at a time from an empty cache (the
 /// engine's decode path, not the windowed prefill the command runs).
 fn nll_token_by_token(model: &slate::slm::model::LlamaModel, ids: &[u32]) -> f64 {
@@ -84,7 +77,7 @@ fn nll_token_by_token(model: &slate::slm::model::LlamaModel, ids: &[u32]) -> f64
 
 #[test]
 fn one_window_equals_decoding_token_by_token_and_the_command_writes_json() {
-    let dir = tmp("ppl");
+    let dir = fresh_dir("eval-ppl");
     let gguf = dir.join("tiny.gguf");
     write_tiny_gguf(&gguf, &TinySpec::default());
     let text = "the quick brown fox jumps over the lazy dog and then the dog sleeps in the sun all day long";

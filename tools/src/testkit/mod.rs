@@ -8,3 +8,11 @@ mod slm;
 
 pub use ranking::{random_request, small_config, REQUEST_TIME_MS};
 pub use slm::{argmax, check_step_logits, write_tiny_gguf, TinySpec};
+
+/// An empty folder `slate-{tag}-{pid}` under the system's temporary folder (emptied if it exists).
+pub fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("slate-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+    d
+}
