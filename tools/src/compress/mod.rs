@@ -4,6 +4,7 @@
 
 mod encode;
 mod lowrank;
+pub mod solve;
 
 #[cfg(test)]
 mod tests;
