@@ -9,7 +9,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-pub use write::{write, Source};
+pub use write::{write, write_with, Source};
 
 use super::model::LlamaConfig;
 use crate::kernels::cpu::compressed::CMatrix;

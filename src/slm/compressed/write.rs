@@ -42,6 +42,31 @@ pub fn write(
     vectors: &HashMap<String, Vec<f32>>,
     source: &Source,
 ) -> Result<(), String> {
+    write_with(dir, config, tokenizer_metadata, matrices, vectors, source, &[])
+}
+
+/// [`write`], plus `extra` files (name, content) written into the folder before it appears under
+/// its name, e.g. the compressor's per-layer report. Their names must be plain file names that the
+/// format does not use.
+///
+/// # Errors
+/// As [`write`]; and an extra name that is not a plain file name or is one of the format's.
+pub fn write_with(
+    dir: &Path,
+    config: &LlamaConfig,
+    tokenizer_metadata: &HashMap<String, Value>,
+    matrices: &HashMap<String, CMatrix>,
+    vectors: &HashMap<String, Vec<f32>>,
+    source: &Source,
+    extra: &[(&str, &[u8])],
+) -> Result<(), String> {
+    let reserved = [CONFIG_FILE, TOKENIZER_FILE, MODEL_FILE, COMPRESSION_FILE];
+    if let Some((name, _)) = extra
+        .iter()
+        .find(|(n, _)| reserved.contains(n) || n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.'))
+    {
+        return Err(format!("{name:?} cannot be an extra file of a compressed model folder"));
+    }
     if dir.exists() {
         return Err(format!("{} already exists", dir.display()));
     }
@@ -54,6 +79,11 @@ pub fn write(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let result = write_files(&tmp, config, tokenizer_metadata, matrices, vectors, source)
+        .and_then(|()| {
+            extra.iter().try_for_each(|(name, bytes)| {
+                std::fs::write(tmp.join(name), bytes).map_err(|e| format!("{name}: {e}"))
+            })
+        })
         .and_then(|()| {
             super::open(&tmp).map(drop).map_err(|e| format!("the written folder does not open: {e}"))
         })

@@ -2,6 +2,7 @@
 //! compressed model folder (`docs/compressed-format.md`): dense int8/int4/f16, magnitude pruning to
 //! N:M or unstructured sparsity, a low-rank correction `U·V` of the residual, FFSplit heavy hitters.
 
+mod calib;
 mod encode;
 mod lowrank;
 pub mod solve;
@@ -17,8 +18,12 @@ use slate::kernels::cpu::quant::QMatrix;
 use slate::slm::compressed::{self, expected_matrices, expected_vectors, Source};
 use slate::slm::gguf::GgufFile;
 use slate::slm::model::LlamaConfig;
+use solve::Method;
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+/// The per-layer report of a calibrated run, in the written folder.
+pub const REPORT_FILE: &str = "report.json";
 
 /// Options of `compress`.
 #[derive(Debug, Clone, Args)]
@@ -26,15 +31,34 @@ pub struct CompressArgs {
     /// The source GGUF model (llama family).
     #[arg(long)]
     pub model: PathBuf,
-    /// `none` (every weight kept, re-encoded) or `magnitude` (prune by |w| per row).
+    /// `none` (every weight kept, re-encoded), `magnitude` (prune by |w| per row), or a calibrated
+    /// method (needs `--calib`): `wanda` (|w|·‖x‖), `sparsegpt` (OBS updates), `alps` (ADMM + PCG).
     #[arg(long)]
     pub method: String,
-    /// N:M semi-structured pruning, e.g. `2:4` or `4:8` (magnitude only).
+    /// N:M semi-structured pruning, e.g. `2:4` or `4:8`.
     #[arg(long)]
     pub pattern: Option<String>,
-    /// Unstructured pruning: the fraction of each row dropped, in (0, 1) (magnitude only).
+    /// Unstructured pruning: the fraction of each row dropped, in (0, 1).
     #[arg(long)]
     pub sparsity: Option<f64>,
+    /// Calibration text (e.g. data/text/calib.txt): layers are compressed, in order, from the inputs
+    /// they see on it (docs/COMPRESSION.md, "the sequential protocol"); a per-layer report is written
+    /// into the folder as `report.json`. Needed by the calibrated methods; with `magnitude`, only the
+    /// report is added.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration sequences, taken from disjoint windows of the text.
+    #[arg(long, default_value_t = 128)]
+    pub calib_seqs: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512)]
+    pub calib_len: usize,
+    /// Seed of the choice of calibration windows.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
     /// Rank of the low-rank correction U·V fitted to the residual (0: none).
     #[arg(long, default_value_t = 0)]
     pub rank: usize,
@@ -57,10 +81,26 @@ pub struct CompressArgs {
     pub out: PathBuf,
 }
 
+#[cfg(test)]
+impl CompressArgs {
+    /// The options of `compress --model m.gguf --out out` plus `extra`.
+    fn parse_from_for_tests(extra: &[&str]) -> CompressArgs {
+        use clap::Parser as _;
+        let mut args = vec!["slate-tools", "compress", "--model", "m.gguf", "--out", "out"];
+        args.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(args).command {
+            crate::cli::Command::Compress(a) => a,
+            _ => unreachable!("the compress command"),
+        }
+    }
+}
+
 /// Checked options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub keep: Keep,
+    /// How the kept entries are chosen (and updated).
+    pub method: Method,
     pub values: ValueType,
     pub rank: usize,
     pub factor_values: ValueType,
@@ -79,22 +119,31 @@ impl Plan {
 impl CompressArgs {
     /// Checks every option that needs no file.
     pub fn plan(&self) -> anyhow::Result<Plan> {
-        let keep = match (self.method.as_str(), &self.pattern, self.sparsity) {
-            ("none", None, None) => Keep::All,
-            ("none", ..) => {
-                bail!("--method none keeps every weight: --pattern and --sparsity need --method magnitude")
+        let method = match self.method.as_str() {
+            "none" => None,
+            m => Some(Method::parse(m).with_context(|| {
+                format!("unknown --method {m:?} (none, magnitude, wanda, sparsegpt, alps)")
+            })?),
+        };
+        let keep = match (method, &self.pattern, self.sparsity) {
+            (None, None, None) => Keep::All,
+            (None, ..) => {
+                bail!("--method none keeps every weight: --pattern and --sparsity need a pruning method")
             }
-            ("magnitude", Some(_), Some(_)) => bail!("give either --pattern or --sparsity, not both"),
-            ("magnitude", None, None) => bail!("--method magnitude needs --pattern N:M or --sparsity S"),
-            ("magnitude", Some(p), None) => parse_pattern(p)?,
-            ("magnitude", None, Some(s)) => {
+            (Some(_), Some(_), Some(_)) => bail!("give either --pattern or --sparsity, not both"),
+            (Some(_), None, None) => bail!("--method {} needs --pattern N:M or --sparsity S", self.method),
+            (Some(_), Some(p), None) => parse_pattern(p)?,
+            (Some(_), None, Some(s)) => {
                 if !(s > 0.0 && s < 1.0) {
                     bail!("--sparsity {s} must be between 0 and 1 (exclusive)");
                 }
                 Keep::Sparsity(s)
             }
-            (m, ..) => bail!("unknown --method {m:?} (none, magnitude)"),
         };
+        let method = method.unwrap_or(Method::Magnitude);
+        if method.calibrated() && self.calib.is_none() {
+            bail!("--method {} needs calibration text: --calib FILE (e.g. data/text/calib.txt)", self.method);
+        }
         let values = ValueType::parse(&self.values)
             .with_context(|| format!("unknown --values {:?} (int8, int4, f16)", self.values))?;
         let factor_values = match ValueType::parse(&self.factor_values) {
@@ -111,6 +160,7 @@ impl CompressArgs {
         }
         Ok(Plan {
             keep,
+            method,
             values,
             rank: self.rank,
             factor_values,
@@ -157,35 +207,29 @@ pub fn run(args: &CompressArgs) -> anyhow::Result<()> {
     {
         bail!("--rank {} is larger than {name} ({rows}×{cols}) allows", plan.rank);
     }
+    let mut source_bytes = 0usize;
+    for (name, ..) in &shapes {
+        source_bytes += file.tensor(name).map_err(anyhow::Error::msg)?.2.len();
+    }
     let bar = indicatif::ProgressBar::new(shapes.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} layers {msg}")
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} layers {elapsed_precise} {msg}")
             .expect("a valid progress template"),
     );
-    let (mut matrices, mut source_bytes) = (HashMap::new(), 0usize);
-    for (name, rows, cols) in &shapes {
-        source_bytes += file.tensor(name).map_err(anyhow::Error::msg)?.2.len();
-        if plan.heavy.is_some() && name.contains(".ffn_") {
-            if name.ends_with("ffn_gate.weight") {
-                bar.set_message(name.replace("ffn_gate", "ffn_*"));
-                let layer = name.trim_end_matches("ffn_gate.weight");
-                matrices.extend(ffsplit_layer(&file, layer, &config, &plan)?);
-            }
-        } else if plan.dense(name) {
-            bar.set_message(name.clone());
-            let w = dense(&file, name, *rows, *cols)?;
-            let d = Dense { w: &w, cols: *cols };
-            let tiles = encode::tiles(&d, 0..*rows, 0..*cols, Keep::All, plan.values);
-            matrices.insert(name.clone(), finish(name, &d, *rows, tiles, &Plan { rank: 0, ..plan.clone() })?);
-        } else {
-            bar.set_message(name.clone());
-            let w = dense(&file, name, *rows, *cols)?;
-            let d = Dense { w: &w, cols: *cols };
-            let tiles = encode::tiles(&d, 0..*rows, 0..*cols, plan.keep, plan.values);
-            matrices.insert(name.clone(), finish(name, &d, *rows, tiles, &plan)?);
+    let (matrices, report) = match &args.calib {
+        Some(text) => {
+            let tokens = calibration_tokens(args, text)?;
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads.max(1)).build()?;
+            let c = pool.install(|| {
+                calib::compress(&file, &config, &plan, &tokens, args.calib_len, |name| {
+                    bar.set_message(name.to_string());
+                    bar.inc(1);
+                })
+            })?;
+            (c.matrices, Some(c.report))
         }
-        bar.inc(1);
-    }
+        None => (plain(&file, &config, &plan, &shapes, &bar)?, None),
+    };
     bar.finish_and_clear();
     let mut vectors = HashMap::new();
     for (name, len, _) in expected_vectors(&config) {
@@ -199,15 +243,78 @@ pub fn run(args: &CompressArgs) -> anyhow::Result<()> {
         .filter(|(k, _)| k.starts_with("tokenizer."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let report = match &report {
+        Some(r) => {
+            print_report(r);
+            Some(serde_json::to_string_pretty(r)? + "\n")
+        }
+        None => None,
+    };
     let source = Source {
         name: args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         sha256: file.content_hash(),
         method: describe(args),
     };
-    compressed::write(&args.out, &config, &tokenizer, &matrices, &vectors, &source)
+    let extra: Vec<(&str, &[u8])> = report.iter().map(|r| (REPORT_FILE, r.as_bytes())).collect();
+    compressed::write_with(&args.out, &config, &tokenizer, &matrices, &vectors, &source, &extra)
         .map_err(anyhow::Error::msg)?;
     summary(&matrices, source_bytes, &args.out);
     Ok(())
+}
+
+/// Every matrix of `shapes` compressed without calibration.
+fn plain(
+    file: &GgufFile,
+    config: &LlamaConfig,
+    plan: &Plan,
+    shapes: &[(String, usize, usize)],
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<HashMap<String, CMatrix>> {
+    let mut matrices = HashMap::new();
+    for (name, rows, cols) in shapes {
+        if plan.heavy.is_some() && name.contains(".ffn_") {
+            if name.ends_with("ffn_gate.weight") {
+                bar.set_message(name.replace("ffn_gate", "ffn_*"));
+                let layer = name.trim_end_matches("ffn_gate.weight");
+                matrices.extend(ffsplit_layer(file, layer, config, plan)?);
+            }
+        } else if plan.dense(name) {
+            bar.set_message(name.clone());
+            let w = dense(file, name, *rows, *cols)?;
+            let d = Dense { w: &w, cols: *cols };
+            let tiles = encode::tiles(&d, 0..*rows, 0..*cols, Keep::All, plan.values);
+            matrices.insert(name.clone(), finish(name, &d, *rows, tiles, &Plan { rank: 0, ..plan.clone() })?);
+        } else {
+            bar.set_message(name.clone());
+            let w = dense(file, name, *rows, *cols)?;
+            let d = Dense { w: &w, cols: *cols };
+            let tiles = encode::tiles(&d, 0..*rows, 0..*cols, plan.keep, plan.values);
+            matrices.insert(name.clone(), finish(name, &d, *rows, tiles, plan)?);
+        }
+        bar.inc(1);
+    }
+    Ok(matrices)
+}
+
+/// The calibration sequences (`--calib-seqs × --calib-len` tokens) of `--calib`.
+fn calibration_tokens(args: &CompressArgs, text: &std::path::Path) -> anyhow::Result<Vec<u32>> {
+    let s = std::fs::read_to_string(text).with_context(|| format!("--calib {}", text.display()))?;
+    let slate::slm::Opened { tokenizer, .. } = slate::slm::open(&args.model).map_err(anyhow::Error::msg)?;
+    let ids = tokenizer.encode(&s, false).map_err(|e| anyhow::anyhow!("--calib {}: {e}", text.display()))?;
+    calib::sequences(&ids, args.calib_seqs, args.calib_len, args.seed)
+        .with_context(|| format!("--calib {}", text.display()))
+}
+
+/// The report's summary on stdout: mean and worst relative layer error.
+fn print_report(r: &[calib::LayerReport]) {
+    let n = r.len().max(1) as f64;
+    let mean = r.iter().map(|l| l.relative_error).sum::<f64>() / n;
+    if let Some(worst) = r.iter().max_by(|a, b| a.relative_error.total_cmp(&b.relative_error)) {
+        println!(
+            "layer error ‖(W − Ŵ)X‖²/‖WX‖² on the calibration inputs: mean {mean:.4}, worst {:.4} ({})",
+            worst.relative_error, worst.name
+        );
+    }
 }
 
 /// The arguments that shaped the folder, for `compression.json`.
@@ -285,6 +392,18 @@ fn finish(name: &str, d: &Dense, rows: usize, mut tiles: Vec<Tile>, plan: &Plan)
     CMatrix::new(rows, cols, Some(v), tiles).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
+/// FFSplit's neuron order from per-neuron scores: the heaviest `fraction` (rounded to a multiple of
+/// 16, so down's column split stays on the kernels' grid for the fused decode path) first, heaviest
+/// first, then the rest in their original order. Returns the order and the heavy count.
+fn heavy_order(score: &[f64], fraction: f64) -> (Vec<usize>, usize) {
+    let f = score.len();
+    let mut perm: Vec<usize> = (0..f).collect();
+    perm.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    let h = (((fraction * f as f64) / 16.0).round() as usize * 16).min(f);
+    perm[h..].sort_unstable();
+    (perm, h)
+}
+
 /// One FFN layer with FFSplit: neurons ordered by `‖gate_j‖·‖up_j‖·‖down[:, j]‖` (heaviest first; the
 /// permutation of gate/up rows and down columns leaves the layer's function unchanged), the first
 /// `heavy · ffn` (rounded to a multiple of 16) kept dense int8, the rest encoded as the plan says.
@@ -306,11 +425,7 @@ fn ffsplit_layer(
                 * norm(&mut (0..d).map(|i| down[i * f + j]))
         })
         .collect();
-    let mut perm: Vec<usize> = (0..f).collect();
-    perm.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
-    // A multiple of 16, so down's column split stays on the kernels' grid (the fused decode path).
-    let h = (((plan.heavy.unwrap_or(0.0) * f as f64) / 16.0).round() as usize * 16).min(f);
-    perm[h..].sort_unstable();
+    let (perm, h) = heavy_order(&score, plan.heavy.unwrap_or(0.0));
     let rows_of =
         |w: &[f32]| perm.iter().flat_map(|&j| w[j * d..(j + 1) * d].iter().copied()).collect::<Vec<_>>();
     let (gate, up) = (rows_of(&gate), rows_of(&up));

@@ -138,3 +138,121 @@ fn none_f16_is_the_dequantized_gguf() {
     assert_eq!(m.matrices["blk.1.ffn_gate.weight"].to_dense(), want, "F16 source → f16 values is lossless");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Text the tiny tokenizer turns into a few hundred tokens.
+fn calib_text() -> String {
+    let s = "the quick brown fox jumps over the lazy dog and then the dog sleeps in the sun all day long. ";
+    s.repeat(12)
+}
+
+#[test]
+fn the_calibration_forward_is_the_server_models() {
+    use slate::slm::kv::SeqKv;
+    use slate::slm::model::{Chunk, Scratch, Want};
+    let dir = tmp("calib-forward");
+    let gguf = dir.join("tiny.gguf");
+    write_tiny_gguf(
+        &gguf,
+        &TinySpec { dtype: candle_core::quantized::GgmlDType::F16, ..TinySpec::default() },
+    );
+    // The server's model of the same weights with f32 activations throughout: the lossless f16
+    // compressed folder (the GGUF path quantizes activations to 8 bits for its Q8_0 embedding).
+    let folder = dir.join("f16");
+    run(&gguf, &folder, &["--method", "none", "--values", "f16"]).unwrap();
+    let opened = slate::slm::open(&folder).unwrap();
+    let ids = opened.tokenizer.encode(&calib_text(), false).unwrap();
+    let (seqs, len) = (3, 24);
+    let tokens = super::calib::sequences(&ids, seqs, len, 5).unwrap();
+    // f16 values of an F16 GGUF are lossless: every layer as the GGUF has it.
+    let args = super::CompressArgs::parse_from_for_tests(&["--method", "none", "--values", "f16"]);
+    let plan = args.plan().unwrap();
+    let file = slate::slm::gguf::GgufFile::open(&gguf).unwrap();
+    let cfg = slate::slm::model::LlamaConfig::from_gguf(&file).unwrap();
+    let mut names = Vec::new();
+    let c = super::calib::compress(&file, &cfg, &plan, &tokens, len, |n| names.push(n.to_string())).unwrap();
+    assert_eq!(names.len(), 1 + 7 * cfg.layers, "every matrix once: {names:?}");
+    // The tiny model's embedding is Q8_0, which f16 holds to within f16's rounding.
+    for l in &c.report {
+        let bound = if l.name == "token_embd.weight" { 1e-6 } else { 0.0 };
+        assert!(l.relative_error <= bound, "lossless: {l:?}");
+    }
+    let embd = super::dense(&file, "token_embd.weight", cfg.vocab, cfg.d_model).unwrap();
+    let mut scratch = Scratch::default();
+    let mut worst = 0f32;
+    for s in 0..seqs {
+        let seq = &tokens[s * len..(s + 1) * len];
+        let mut kv = SeqKv::new(cfg.kv_shape(), len);
+        let mut chunk = [Chunk { kv: &mut kv, tokens: seq, want: Want::All }];
+        let want = opened.model.forward(&mut chunk, &mut scratch).pop().unwrap();
+        for t in 0..len {
+            let x = &c.head_input[(s * len + t) * cfg.d_model..][..cfg.d_model];
+            for v in 0..cfg.vocab {
+                let got: f32 = x.iter().zip(&embd[v * cfg.d_model..]).map(|(a, b)| a * b).sum();
+                let w = want[t * cfg.vocab + v];
+                worst = worst.max((got - w).abs() / w.abs().max(1.0));
+            }
+        }
+    }
+    // Measured 1.7e-3: the server's vectorized exp approximations and summation orders, through the
+    // random model's sharp attention (its q and k weights are twice the others' scale).
+    assert!(worst < 5e-3, "logits differ by {worst} (relative)");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn calibration_windows_are_disjoint_seeded_and_refused_when_the_text_is_short() {
+    let ids: Vec<u32> = (0..100).collect();
+    let a = super::calib::sequences(&ids, 4, 10, 1).unwrap();
+    assert_eq!(a, super::calib::sequences(&ids, 4, 10, 1).unwrap(), "deterministic for a seed");
+    assert_ne!(a, super::calib::sequences(&ids, 4, 10, 2).unwrap(), "another seed, other windows");
+    let starts: Vec<u32> = a.chunks(10).map(|w| w[0]).collect();
+    for (w, &s) in a.chunks(10).zip(&starts) {
+        assert!(s % 10 == 0 && w.iter().copied().eq(s..s + 10), "whole slots: {a:?}");
+    }
+    assert!(starts.windows(2).all(|p| p[0] < p[1]), "disjoint, in text order: {starts:?}");
+    let e = super::calib::sequences(&ids, 11, 10, 1).unwrap_err().to_string();
+    assert!(e.contains("has 100 tokens") && e.contains("need 110"), "{e}");
+}
+
+#[test]
+fn calibrated_methods_write_a_per_layer_report() {
+    let dir = tmp("calib-cli");
+    let gguf = dir.join("tiny.gguf");
+    write_tiny_gguf(&gguf, &TinySpec::default());
+    let text = dir.join("calib.txt");
+    std::fs::write(&text, calib_text()).unwrap();
+    let calib =
+        ["--calib", text.to_str().unwrap(), "--calib-seqs", "4", "--calib-len", "32", "--threads", "1"];
+    let e =
+        format!("{:#}", run(&gguf, &dir.join("x"), &["--method", "wanda", "--sparsity", "0.5"]).unwrap_err());
+    assert!(e.contains("--method wanda needs calibration text"), "{e}");
+    let short = ["--calib", text.to_str().unwrap(), "--calib-seqs", "1000", "--calib-len", "32"];
+    let e = format!(
+        "{:#}",
+        run(&gguf, &dir.join("x"), &[&["--method", "wanda", "--sparsity", "0.5"][..], &short].concat())
+            .unwrap_err()
+    );
+    assert!(e.contains("need 32000"), "{e}");
+    assert!(!dir.join("x").exists());
+    let mut mean = Vec::new();
+    for (i, method) in ["magnitude", "wanda"].iter().enumerate() {
+        for (j, shape) in [["--sparsity", "0.5"], ["--pattern", "2:4"]].iter().enumerate() {
+            let out = dir.join(format!("out{i}{j}"));
+            let extra = [&["--method", method][..], shape, &calib, &["--ffsplit-heavy", "0.125"]].concat();
+            run(&gguf, &out, &extra).unwrap_or_else(|e| panic!("{extra:?}: {e:#}"));
+            compressed::open(&out).unwrap();
+            let r: Vec<serde_json::Value> =
+                serde_json::from_slice(&std::fs::read(out.join(super::REPORT_FILE)).unwrap()).unwrap();
+            assert_eq!(r.len(), 1 + 7 * 2, "{method}: every matrix reported");
+            for l in &r {
+                let (err, density) = (l["relative_error"].as_f64().unwrap(), l["density"].as_f64().unwrap());
+                assert!(err > 0.0 && err < 1.0, "{method} {shape:?}: {l}");
+                assert!(density > 0.45 && density < 0.6, "{method} {shape:?}: {l}");
+            }
+            mean.push(r.iter().map(|l| l["relative_error"].as_f64().unwrap()).sum::<f64>() / r.len() as f64);
+        }
+    }
+    // Wanda weighs each weight by its input's norm: less output error than magnitude on average.
+    assert!(mean[2] < mean[0] && mean[3] < mean[1], "mean layer errors {mean:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
