@@ -13,8 +13,8 @@
 //!
 //! Each step is accepted only when it does not raise the undampened output error (a step that would is
 //! skipped, keeping the previous factor), so the error after each outer iteration is non-increasing and
-//! the first iteration's sparse step is plain ALPS. The paper's default count of outer iterations is not
-//! stated in what this follows; [`OUTER_ITERS`] is a small default.
+//! the first iteration's sparse step is plain ALPS. The number of outer iterations is the caller's;
+//! [`OUTER_ITERS`] is a small default of this crate, not a setting taken from the paper.
 
 use super::alps::{Alps, DAMP};
 use super::{check, relative_error, Keep, Layer};

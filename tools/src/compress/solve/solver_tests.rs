@@ -330,5 +330,12 @@ fn timing() {
                 report.final_rho
             );
         }
+        let t = Instant::now();
+        let d = decompose(&layer, Keep::NM { n: 2, m: 4 }, 64, OUTER_ITERS).unwrap();
+        eprintln!(
+            "{rows}×{cols} hassle 2:4 + rank 64, {OUTER_ITERS} outer iterations: {:.2} s (errors {:?})",
+            t.elapsed().as_secs_f64(),
+            d.errors
+        );
     }
 }
