@@ -66,7 +66,8 @@ pub fn prune(method: Method, layer: &Layer, keep: Keep) -> Result<Vec<f32>> {
                 (0..layer.cols).map(|j| layer.h[j * layer.cols + j].max(0.0).sqrt()).collect();
             Ok(by_score(layer, keep, |_, j, w| w.abs() as f64 * norm[j]))
         }
-        Method::SparseGpt | Method::Alps => bail!("{method:?} is not available yet"),
+        Method::SparseGpt => sparsegpt::prune(layer, keep),
+        Method::Alps => Ok(alps::prune(layer, keep)?.0),
     }
 }
 
@@ -154,5 +155,23 @@ pub fn relative_error(layer: &Layer, w_hat: &[f32]) -> f64 {
     }
 }
 
+mod alps;
+mod hassle;
+mod sparsegpt;
+
+pub use alps::AlpsReport;
+pub use hassle::{decompose, sparse_plus_low_rank, SparseLowRank, OUTER_ITERS};
+
+/// ALPS on `layer` with how the run went.
+///
+/// # Errors
+/// As [`prune`].
+pub fn prune_alps(layer: &Layer, keep: Keep) -> Result<(Vec<f32>, AlpsReport)> {
+    check(layer, keep)?;
+    alps::prune(layer, keep)
+}
+
+#[cfg(test)]
+mod solver_tests;
 #[cfg(test)]
 mod tests;
