@@ -13,7 +13,7 @@
 
 use super::encode::{self, Dense, Keep};
 use super::solve::{self, Layer};
-use super::{dense, finish, Plan};
+use super::{dense, finish, with_factors, Plan};
 use anyhow::{anyhow, bail, Context, Result};
 use faer::{Accum, MatMut, MatRef, Par};
 use rand::seq::SliceRandom;
@@ -419,7 +419,14 @@ fn one(
             let hs: Vec<f64> =
                 (c0..cols).flat_map(|i| h[i * cols + c0..(i + 1) * cols].iter().copied()).collect();
             let layer = Layer { w: &sub, rows: nr, cols: nc, h: &hs };
-            let pruned = solve::prune(plan.method, &layer, plan.keep).with_context(|| name.to_string())?;
+            let low_rank = plan.method == solve::Method::HassleFree && plan.rank > 0;
+            let (pruned, factors) = if low_rank {
+                let (s, u, v) = solve::sparse_plus_low_rank(&layer, plan.keep, plan.rank, plan.outer_iters)
+                    .with_context(|| name.to_string())?;
+                (s, Some((u, v)))
+            } else {
+                (solve::prune(plan.method, &layer, plan.keep).with_context(|| name.to_string())?, None)
+            };
             // The pruned block back in place: the encoder keeps exactly its non-zero entries (by
             // magnitude, the pattern's count per row or group).
             let mut full = w.to_vec();
@@ -433,9 +440,37 @@ fn one(
                 plan.keep,
                 plan.values,
             ));
+            if let Some((u, v)) = factors {
+                // The block's factors in the whole matrix: zero on the FFSplit part, which is exact.
+                let r = plan.rank;
+                let mut uf = vec![0f32; rows * r];
+                uf[r0 * r..].copy_from_slice(&u);
+                let mut vf = vec![0f32; r * cols];
+                for (k, row) in v.chunks_exact(nc).enumerate() {
+                    vf[k * cols + c0..(k + 1) * cols].copy_from_slice(row);
+                }
+                let m = with_factors(name, rows, cols, tiles, &uf, &vf, plan)?;
+                return record(out, name, w, rows, cols, h, m, t);
+            }
         }
         finish(name, &d, rows, tiles, plan)?
     };
+    record(out, name, w, rows, cols, h, m, t)
+}
+
+/// Reports `m` (compressed from `w`, started at `t`) into `out` and returns what the server will
+/// compute with (dense f32).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    out: &mut Calibrated,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f64],
+    m: CMatrix,
+    t: Instant,
+) -> Result<Vec<f32>> {
     let w_hat = m.to_dense();
     let relative_error = solve::relative_error(&Layer { w, rows, cols, h }, &w_hat);
     if !relative_error.is_finite() {

@@ -1,6 +1,8 @@
 //! `slate-tools compress` (also `slate compress`): a GGUF model, dequantized to f32, re-encoded into a
-//! compressed model folder (`docs/compressed-format.md`): dense int8/int4/f16, magnitude pruning to
-//! N:M or unstructured sparsity, a low-rank correction `U·V` of the residual, FFSplit heavy hitters.
+//! compressed model folder (`docs/compressed-format.md`): dense int8/int4/f16, pruning to N:M or
+//! unstructured sparsity by magnitude or, from calibration text ([`calib`]'s sequential protocol), by
+//! Wanda, SparseGPT or ALPS ([`solve`]), a low-rank correction `U·V` (the residual's truncated SVD, or
+//! HASSLE-free's alternation with the sparse part), FFSplit heavy hitters.
 
 mod calib;
 mod encode;
@@ -32,7 +34,9 @@ pub struct CompressArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// `none` (every weight kept, re-encoded), `magnitude` (prune by |w| per row), or a calibrated
-    /// method (needs `--calib`): `wanda` (|w|·‖x‖), `sparsegpt` (OBS updates), `alps` (ADMM + PCG).
+    /// method (needs `--calib`): `wanda` (|w|·‖x‖), `sparsegpt` (OBS updates), `alps` (ADMM + PCG),
+    /// `hassle-free` (S + U·V by alternating ALPS and a low-rank step on the output error; needs
+    /// `--rank`).
     #[arg(long)]
     pub method: String,
     /// N:M semi-structured pruning, e.g. `2:4` or `4:8`.
@@ -59,9 +63,13 @@ pub struct CompressArgs {
     /// Compute threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Rank of the low-rank correction U·V fitted to the residual (0: none).
+    /// Rank of the low-rank correction U·V (0: none): fitted to the residual W − S by truncated SVD,
+    /// or, with `hassle-free`, alternated with S on the layer's output error.
     #[arg(long, default_value_t = 0)]
     pub rank: usize,
+    /// `hassle-free`: alternations of the sparse and the low-rank step.
+    #[arg(long, default_value_t = solve::OUTER_ITERS)]
+    pub outer_iters: usize,
     /// FFSplit: this fraction of each FFN layer's neurons kept dense int8, the rest compressed.
     #[arg(long)]
     pub ffsplit_heavy: Option<f64>,
@@ -103,6 +111,8 @@ pub struct Plan {
     pub method: Method,
     pub values: ValueType,
     pub rank: usize,
+    /// `hassle-free`'s alternations.
+    pub outer_iters: usize,
     pub factor_values: ValueType,
     pub heavy: Option<f64>,
     /// Name parts of the matrices kept dense.
@@ -122,7 +132,7 @@ impl CompressArgs {
         let method = match self.method.as_str() {
             "none" => None,
             m => Some(Method::parse(m).with_context(|| {
-                format!("unknown --method {m:?} (none, magnitude, wanda, sparsegpt, alps)")
+                format!("unknown --method {m:?} (none, magnitude, wanda, sparsegpt, alps, hassle-free)")
             })?),
         };
         let keep = match (method, &self.pattern, self.sparsity) {
@@ -144,6 +154,12 @@ impl CompressArgs {
         if method.calibrated() && self.calib.is_none() {
             bail!("--method {} needs calibration text: --calib FILE (e.g. data/text/calib.txt)", self.method);
         }
+        if method == Method::HassleFree && self.rank == 0 {
+            bail!("--method hassle-free fits S + U·V: it needs --rank R (without a low-rank part, use alps)");
+        }
+        if method == Method::HassleFree && self.outer_iters == 0 {
+            bail!("--outer-iters must be at least 1");
+        }
         let values = ValueType::parse(&self.values)
             .with_context(|| format!("unknown --values {:?} (int8, int4, f16)", self.values))?;
         let factor_values = match ValueType::parse(&self.factor_values) {
@@ -163,6 +179,7 @@ impl CompressArgs {
             method,
             values,
             rank: self.rank,
+            outer_iters: self.outer_iters,
             factor_values,
             heavy: self.ffsplit_heavy,
             keep_dense: self.keep_dense.clone(),
@@ -329,11 +346,23 @@ fn describe(a: &CompressArgs) -> String {
     if a.rank > 0 {
         s += &format!(" rank={} factor_values={}", a.rank, a.factor_values);
     }
+    if a.method == "hassle-free" {
+        s += &format!(" outer_iters={}", a.outer_iters);
+    }
     if let Some(h) = a.ffsplit_heavy {
         s += &format!(" ffsplit_heavy={h}");
     }
     if !a.keep_dense.is_empty() {
         s += &format!(" keep_dense={}", a.keep_dense.join(","));
+    }
+    if let Some(c) = &a.calib {
+        s += &format!(
+            " calib={} calib_seqs={} calib_len={} seed={}",
+            c.display(),
+            a.calib_seqs,
+            a.calib_len,
+            a.seed
+        );
     }
     s
 }
@@ -367,7 +396,7 @@ fn dense(file: &GgufFile, name: &str, rows: usize, cols: usize) -> anyhow::Resul
 }
 
 /// S's tiles plus, for a positive rank, `U·V` fitted to the residual `W − S`.
-fn finish(name: &str, d: &Dense, rows: usize, mut tiles: Vec<Tile>, plan: &Plan) -> anyhow::Result<CMatrix> {
+fn finish(name: &str, d: &Dense, rows: usize, tiles: Vec<Tile>, plan: &Plan) -> anyhow::Result<CMatrix> {
     let cols = d.cols;
     let r = plan.rank;
     if r == 0 {
@@ -379,7 +408,22 @@ fn finish(name: &str, d: &Dense, rows: usize, mut tiles: Vec<Tile>, plan: &Plan)
     let (u, v) = lowrank::truncated_svd(&e, rows, cols, r);
     let (u, v): (Vec<f32>, Vec<f32>) =
         (u.iter().map(|&x| x as f32).collect(), v.iter().map(|&x| x as f32).collect());
-    let u_tiles = encode::tiles(&Dense { w: &u, cols: r }, 0..rows, 0..r, Keep::All, plan.factor_values);
+    with_factors(name, rows, cols, tiles, &u, &v, plan)
+}
+
+/// The matrix of S's `tiles` plus `U·V` (`U` `rows × r`, `V` `r × cols`, row-major, `r = plan.rank`),
+/// the factors encoded in `plan.factor_values`.
+fn with_factors(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    mut tiles: Vec<Tile>,
+    u: &[f32],
+    v: &[f32],
+    plan: &Plan,
+) -> anyhow::Result<CMatrix> {
+    let r = plan.rank;
+    let u_tiles = encode::tiles(&Dense { w: u, cols: r }, 0..rows, 0..r, Keep::All, plan.factor_values);
     // U's columns sit right of S's in the `[S | U]` area.
     for t in u_tiles {
         let ((row0, nr), (_, nc)) = (t.rows(), t.cols());
@@ -387,7 +431,7 @@ fn finish(name: &str, d: &Dense, rows: usize, mut tiles: Vec<Tile>, plan: &Plan)
             .map_err(|e| anyhow::anyhow!("{name}: U: {e}"))?;
         tiles.push(rebased);
     }
-    let v_tiles = encode::tiles(&Dense { w: &v, cols }, 0..r, 0..cols, Keep::All, plan.factor_values);
+    let v_tiles = encode::tiles(&Dense { w: v, cols }, 0..r, 0..cols, Keep::All, plan.factor_values);
     let v = CMatrix::new(r, cols, None, v_tiles).map_err(|e| anyhow::anyhow!("{name}: V: {e}"))?;
     CMatrix::new(rows, cols, Some(v), tiles).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }

@@ -35,6 +35,22 @@ fn bad_arguments_fail_before_any_work() {
         (&["--method", "magnitude"], "needs --pattern"),
         (&["--method", "none", "--sparsity", "0.5"], "--method none"),
         (&["--method", "prune"], "unknown --method"),
+        (&["--method", "hassle-free", "--pattern", "2:4", "--calib", "c.txt"], "needs --rank"),
+        (
+            &[
+                "--method",
+                "hassle-free",
+                "--pattern",
+                "2:4",
+                "--calib",
+                "c.txt",
+                "--rank",
+                "4",
+                "--outer-iters",
+                "0",
+            ],
+            "--outer-iters",
+        ),
         (&["--method", "none", "--values", "int3"], "unknown --values"),
         (&["--method", "none", "--factor-values", "int4"], "unknown --factor-values"),
         (&["--method", "none", "--ffsplit-heavy", "1.5"], "--ffsplit-heavy"),
@@ -234,15 +250,16 @@ fn calibrated_methods_write_a_per_layer_report() {
     );
     assert!(e.contains("need 32000"), "{e}");
     assert!(!dir.join("x").exists());
+    let methods = ["magnitude", "wanda", "sparsegpt", "alps"];
     let mut mean = Vec::new();
-    for (i, method) in ["magnitude", "wanda"].iter().enumerate() {
-        for (j, shape) in [["--sparsity", "0.5"], ["--pattern", "2:4"]].iter().enumerate() {
-            let out = dir.join(format!("out{i}{j}"));
-            let extra = [&["--method", method][..], shape, &calib, &["--ffsplit-heavy", "0.125"]].concat();
+    let mut first = Vec::new();
+    for method in methods {
+        for shape in [["--sparsity", "0.5"], ["--pattern", "2:4"]] {
+            let out = dir.join(format!("{method}{}", shape[1]));
+            let extra = [&["--method", method][..], &shape, &calib, &["--ffsplit-heavy", "0.125"]].concat();
             run(&gguf, &out, &extra).unwrap_or_else(|e| panic!("{extra:?}: {e:#}"));
             compressed::open(&out).unwrap();
-            let r: Vec<serde_json::Value> =
-                serde_json::from_slice(&std::fs::read(out.join(super::REPORT_FILE)).unwrap()).unwrap();
+            let r = report(&out);
             assert_eq!(r.len(), 1 + 7 * 2, "{method}: every matrix reported");
             for l in &r {
                 let (err, density) = (l["relative_error"].as_f64().unwrap(), l["density"].as_f64().unwrap());
@@ -250,9 +267,34 @@ fn calibrated_methods_write_a_per_layer_report() {
                 assert!(density > 0.45 && density < 0.6, "{method} {shape:?}: {l}");
             }
             mean.push(r.iter().map(|l| l["relative_error"].as_f64().unwrap()).sum::<f64>() / r.len() as f64);
+            first.push(r[0]["relative_error"].as_f64().unwrap());
         }
     }
-    // Wanda weighs each weight by its input's norm: less output error than magnitude on average.
-    assert!(mean[2] < mean[0] && mean[3] < mean[1], "mean layer errors {mean:?}");
+    // Wanda weighs each weight by its input's norm, SparseGPT and ALPS also update the kept weights:
+    // less output error than magnitude on average, and the solvers less than Wanda.
+    for shape in 0..2 {
+        let m: Vec<f64> = (0..methods.len()).map(|i| mean[2 * i + shape]).collect();
+        assert!(
+            m[1] < m[0] && m[2] < m[1] && m[3] < m[1],
+            "mean layer errors (magnitude, wanda, sparsegpt, alps) {m:?}"
+        );
+    }
+    // HASSLE-free with a rank-4 U·V: less error than ALPS alone on the first layer (the same inputs
+    // for both; FFSplit touches only the FFN), and the factors in the folder.
+    let out = dir.join("hassle");
+    let extra =
+        [&["--method", "hassle-free", "--pattern", "2:4", "--rank", "4", "--outer-iters", "2"][..], &calib]
+            .concat();
+    run(&gguf, &out, &extra).unwrap_or_else(|e| panic!("{extra:?}: {e:#}"));
+    compressed::open(&out).unwrap();
+    let r = report(&out);
+    assert_eq!(r[0]["name"], "blk.0.attn_q.weight");
+    let (hassle, alps) = (r[0]["relative_error"].as_f64().unwrap(), first[2 * 3 + 1]);
+    assert!(hassle < alps, "blk.0.attn_q: HASSLE-free 2:4 + rank 4 {hassle}, ALPS 2:4 {alps}");
+    assert!(r.iter().all(|l| l["rank"] == 4), "{r:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn report(folder: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(folder.join(super::REPORT_FILE)).unwrap()).unwrap()
 }

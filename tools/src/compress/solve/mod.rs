@@ -10,6 +10,9 @@
 //!   (Frantar & Alistarh, 2023).
 //! - [`Method::Alps`]: ADMM with a penalty schedule, then conjugate gradient on the fixed support
 //!   (Meng et al., 2024).
+//! - [`Method::HassleFree`]: `W ≈ S + U·V` by alternating an ALPS sparse step and a closed-form
+//!   low-rank step ([`decompose`]; Makni et al., 2025). Through [`prune`], with no low-rank part, it
+//!   is ALPS.
 
 use super::encode::Keep;
 use anyhow::{bail, Result};
@@ -32,6 +35,7 @@ pub enum Method {
     Wanda,
     SparseGpt,
     Alps,
+    HassleFree,
 }
 
 impl Method {
@@ -42,6 +46,7 @@ impl Method {
             "wanda" => Method::Wanda,
             "sparsegpt" => Method::SparseGpt,
             "alps" => Method::Alps,
+            "hassle-free" => Method::HassleFree,
             _ => return None,
         })
     }
@@ -67,7 +72,7 @@ pub fn prune(method: Method, layer: &Layer, keep: Keep) -> Result<Vec<f32>> {
             Ok(by_score(layer, keep, |_, j, w| w.abs() as f64 * norm[j]))
         }
         Method::SparseGpt => sparsegpt::prune(layer, keep),
-        Method::Alps => Ok(alps::prune(layer, keep)?.0),
+        Method::Alps | Method::HassleFree => Ok(alps::prune(layer, keep)?.0),
     }
 }
 

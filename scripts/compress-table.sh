@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The method table of docs/COMPRESSION.md: compresses SmolLM2-135M (the fetched Q4_1 GGUF, dequantized
+# to f32) with each calibrated method on data/text/calib.txt (128 × 512 tokens, seed 0, 2 threads; the
+# tied embedding / output head kept dense int8, every other linear layer compressed, int8 values),
+# then scores each folder with `slate eval ppl` on data/text/eval.txt (first 8,192 tokens, ctx 512,
+# stride 256), and prints one table: perplexity, mean and worst layer error (report.json), weight
+# bytes, compression time.
+#
+#     scripts/compress-table.sh [OUT_DIR] [ROW-FILTER]
+#
+# OUT_DIR defaults to bench-out/compress-table; finished folders are reused. ROW-FILTER (a grep -E
+# pattern on the row name) runs only the matching rows. SLATE_BIN=PATH runs that binary instead of
+# building target/release/slate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-bench-out/compress-table}"
+FILTER="${2:-.}"
+GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
+SLATE="${SLATE_BIN:-target/release/slate}"
+[ -f "$GGUF" ] || scripts/fetch-models.sh
+[ -f data/text/calib.txt ] || scripts/fetch-text.sh
+[ -n "${SLATE_BIN:-}" ] || cargo build --release -p slate -p slate-tools
+mkdir -p "$OUT"
+
+COMMON="--calib data/text/calib.txt --keep-dense token_embd --values int8 --factor-values int8"
+# name | slate compress arguments
+ROWS=(
+    "magnitude 50%|--method magnitude --sparsity 0.5"
+    "wanda 50%|--method wanda --sparsity 0.5"
+    "sparsegpt 50%|--method sparsegpt --sparsity 0.5"
+    "alps 50%|--method alps --sparsity 0.5"
+    "magnitude 70%|--method magnitude --sparsity 0.7"
+    "wanda 70%|--method wanda --sparsity 0.7"
+    "sparsegpt 70%|--method sparsegpt --sparsity 0.7"
+    "alps 70%|--method alps --sparsity 0.7"
+    "magnitude 2:4|--method magnitude --pattern 2:4"
+    "wanda 2:4|--method wanda --pattern 2:4"
+    "sparsegpt 2:4|--method sparsegpt --pattern 2:4"
+    "alps 2:4|--method alps --pattern 2:4"
+    "magnitude 2:4 + SVD rank 64|--method magnitude --pattern 2:4 --rank 64"
+    "alps 2:4 + SVD rank 64|--method alps --pattern 2:4 --rank 64"
+    "hassle-free 2:4 + rank 64|--method hassle-free --pattern 2:4 --rank 64"
+)
+
+slug() { echo "$1" | tr -c 'A-Za-z0-9\n' '-'; }
+for r in "${ROWS[@]}"; do
+    name="${r%%|*}" args="${r#*|}"
+    echo "$name" | grep -Eq "$FILTER" || continue
+    dir="$OUT/$(slug "$name")"
+    if [ ! -d "$dir" ]; then
+        echo "== compress: $name" >&2
+        start=$(date +%s)
+        # shellcheck disable=SC2086 # the arguments are words
+        "$SLATE" compress --model "$GGUF" $args $COMMON --out "$dir" >&2
+        echo $(($(date +%s) - start)) >"$dir.seconds"
+    fi
+    [ -f "$dir.ppl.json" ] || "$SLATE" eval ppl --model "$dir" --text data/text/eval.txt --max-tokens 8192 \
+        --json "$dir.ppl.json" >&2
+done
+[ -f "$OUT/gguf.ppl.json" ] || "$SLATE" eval ppl --model "$GGUF" --text data/text/eval.txt \
+    --max-tokens 8192 --json "$OUT/gguf.ppl.json" >&2
+
+python3 - "$OUT" "$FILTER" "${ROWS[@]}" <<'PY'
+import json, os, re, sys
+out, flt, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
+slug = lambda n: "".join(c if c.isalnum() else "-" for c in n)
+g = json.load(open(f"{out}/gguf.ppl.json"))
+print(f"Q4_1 GGUF (the source): perplexity {g['perplexity']:.3f} on {g['tokens']} tokens")
+print("| method | perplexity | mean layer error | worst layer error | weight MB | compress s |")
+print("|---|---:|---:|---:|---:|---:|")
+for r in rows:
+    name = r.split("|")[0]
+    if not re.search(flt, name):
+        continue
+    d = f"{out}/{slug(name)}"
+    ppl = json.load(open(f"{d}.ppl.json"))["perplexity"]
+    rep = json.load(open(f"{d}/report.json"))
+    errs = [l["relative_error"] for l in rep if "token_embd" not in l["name"]]
+    mb = sum(l["bytes"] for l in rep) / 1e6
+    secs = float(open(f"{d}.seconds").read())
+    print(f"| {name} | {ppl:,.2f} | {sum(errs)/len(errs):.4f} | {max(errs):.4f} | {mb:.1f} | {secs:.0f} |")
+
+# Per layer against magnitude (+ SVD) of the same shape: in how many layers the method's error is lower.
+def errors(name):
+    d = f"{out}/{slug(name)}/report.json"
+    if not os.path.exists(d):
+        return None
+    return {l["name"]: l["relative_error"] for l in json.load(open(d)) if "token_embd" not in l["name"]}
+for method, base in [("alps 70%", "magnitude 70%"), ("alps 2:4", "magnitude 2:4"),
+                     ("alps 50%", "magnitude 50%"),
+                     ("hassle-free 2:4 + rank 64", "magnitude 2:4 + SVD rank 64")]:
+    a, b = errors(method), errors(base)
+    if a and b:
+        below = sum(a[k] < b[k] for k in a)
+        print(f"{method}: layer error below {base} in {below}/{len(a)} layers ({100 * below / len(a):.0f}%)")
+PY
