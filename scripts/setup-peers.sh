@@ -3,13 +3,16 @@
 # - a virtual environment at <repo>/.venv-peers with ONNX Runtime (the ranker's peer,
 #   tools/onnx/ranker_onnx.py, run by `slate bench ranker`), the tree peers of
 #   tools/tabular/bench_trees_peer.py (xgboost, treelite + tl2cgen, ONNX Runtime) and CMake;
-# - native llama.cpp built from source with that CMake (`llama-bench`, `llama-server`, `llama-tokenize`
-#   in <venv>/llama.cpp/bin/), the SLM peer that `slate bench slm` drives through
-#   tools/peers/llama_bench.py. The source is the llama.cpp that the llama-cpp-python sdist vendors
-#   (PyPI is the only registry we reach), built for this CPU (GGML_NATIVE=ON), statically linked.
+# - native llama.cpp built from source with that CMake (`llama-bench`, `llama-server`, `llama-tokenize`,
+#   `llama-perplexity` in <venv>/llama.cpp/bin/), the SLM peer that `slate bench slm` drives through
+#   tools/peers/llama_bench.py, and that tools/peers/llama_kl.py measures (`llama-perplexity
+#   --kl-divergence`) against the exact evaluation written by `slate eval kl --llama-base`. The source is
+#   the llama.cpp that the llama-cpp-python sdist vendors (PyPI is the only registry we reach), built for
+#   this CPU (GGML_NATIVE=ON), statically linked.
 #
 # Idempotent: reuses an existing venv, installs only what is missing or at another version, and rebuilds
-# llama.cpp only when its binaries are missing or were built from another version (~10 min on 2 cores).
+# llama.cpp when any of its binaries is missing (e.g. a build from before a target was added) or they
+# were built from another version (~10 min on 2 cores).
 # Env: SLATE_PEERS_VENV (default <repo>/.venv-peers), PYTHON (default python3; needs >= 3.10),
 #      SLATE_PEERS_JOBS (build jobs, default: the number of cores).
 set -euo pipefail
@@ -32,7 +35,7 @@ PINS=(
 # The llama.cpp source: the sdist of this llama-cpp-python release vendors it under vendor/llama.cpp.
 LLAMA_SDIST="llama-cpp-python==0.3.16"
 LLAMA_DIR="$VENV/llama.cpp"
-LLAMA_TARGETS=(llama-bench llama-server llama-tokenize)
+LLAMA_TARGETS=(llama-bench llama-server llama-tokenize llama-perplexity)
 
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating venv $VENV"

@@ -381,7 +381,7 @@ fn summary(matrices: &HashMap<String, CMatrix>, source_bytes: usize, out: &std::
 }
 
 /// Tensor `name` dequantized to f32 (`rows × cols`, row-major).
-fn dense(file: &GgufFile, name: &str, rows: usize, cols: usize) -> anyhow::Result<Vec<f32>> {
+pub(crate) fn dense(file: &GgufFile, name: &str, rows: usize, cols: usize) -> anyhow::Result<Vec<f32>> {
     let (ty, dims, bytes) = file.tensor(name).map_err(anyhow::Error::msg)?;
     let want: &[usize] = if rows == 1 { &[cols] } else { &[rows, cols] };
     if dims != want {

@@ -11,6 +11,8 @@
 //! their window) are not scored.
 //! Log-probabilities come from a log-softmax over the model's f32 logits, computed in f64;
 //! perplexity = exp(mean negative log-likelihood).
+//!
+//! `slate eval kl` ([`kl`]) compares the fast path with an exact evaluation of the same weights.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -20,6 +22,9 @@ use std::path::PathBuf;
 pub enum EvalCommand {
     /// Perplexity on a text file (sliding windows of --ctx tokens every --stride).
     Ppl(PplArgs),
+    /// KL divergence and top-1 agreement of the fast path against an exact f32 evaluation of the
+    /// same GGUF weights.
+    Kl(kl::KlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +159,7 @@ pub fn perplexity(
 pub fn run(cmd: &EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Ppl(args) => ppl(args),
+        EvalCommand::Kl(args) => kl::run(args),
     }
 }
 
@@ -209,6 +215,9 @@ fn ppl(args: &PplArgs) -> Result<()> {
     }
     Ok(())
 }
+
+pub mod kl;
+pub mod llama_base;
 
 #[cfg(test)]
 mod tests;

@@ -131,3 +131,90 @@ fn one_window_equals_decoding_token_by_token_and_the_command_writes_json() {
     assert!(e.to_string().contains("--ctx 100000"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn kl_is_zero_for_equal_rows_and_matches_a_closed_form() {
+    assert_eq!(kl::kl(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]), 0.0);
+    // Shifted logits are the same distribution.
+    assert!(kl::kl(&[1.0, 2.0, 3.0], &[11.0, 12.0, 13.0]) < 1e-15);
+    // p = [1/4, 3/4], q = [1/2, 1/2]: KL = 1/4·ln(1/2) + 3/4·ln(3/2).
+    let want = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
+    assert!((kl::kl(&[0.0, 3f32.ln()], &[5.0, 5.0]) - want).abs() < 1e-7);
+}
+
+#[test]
+fn the_exact_evaluation_agrees_with_the_fast_path_and_the_command_writes_json() {
+    let dir = fresh_dir("eval-kl");
+    let Tiny { gguf, text, opened, ids, cfg, exact } = tiny_f16(&dir);
+    let want = exact.logits(&ids).unwrap();
+    assert_eq!(want.len(), ids.len() * cfg.vocab);
+    {
+        use slate::slm::kv::SeqKv;
+        use slate::slm::model::{Chunk, Scratch, Want};
+        let mut kv = SeqKv::new(cfg.kv_shape(), ids.len());
+        let mut chunk = [Chunk { kv: &mut kv, tokens: &ids, want: Want::All }];
+        let got = opened.model.forward(&mut chunk, &mut Scratch::default()).pop().unwrap();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // The tiny model's embedding, tied to the output head, is Q8_0: the fast path multiplies it
+        // with int8-quantized activations (`max|x|/127` per block of 32), ~0.5% of the largest logit.
+        assert!(diff <= 1e-2 * scale, "logits differ by {diff} (largest {scale})");
+    }
+    // A window's logits depend only on the window: the first 8 tokens alone give the same rows.
+    let head = exact.logits(&ids[..8]).unwrap();
+    assert_eq!(head[..], want[..8 * cfg.vocab]);
+
+    let d = kl::divergence(&opened.model, &exact, &ids, 16, |_| {}).unwrap();
+    assert_eq!(d.positions, ids.len());
+    assert!(d.kl_mean >= 0.0 && d.kl_mean < 1e-4 && d.kl_p99 >= d.kl_mean, "{d:?}");
+    assert!((d.ppl_exact / d.ppl_fast - 1.0).abs() < 1e-2, "{d:?}");
+
+    let text_path = dir.join("eval.txt");
+    std::fs::write(&text_path, &text).unwrap();
+    let json = dir.join("kl.json");
+    let args = ["--model", gguf.to_str().unwrap(), "--text", text_path.to_str().unwrap(), "--ctx", "16"];
+    let rest = ["--threads", "1", "--json", json.to_str().unwrap()];
+    let cli = Cli::try_parse_from([&["slate-tools", "eval", "kl"][..], &args, &rest].concat()).unwrap();
+    cli.command.run().unwrap();
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["positions"], d.positions);
+    assert!((j["kl_mean"].as_f64().unwrap() - d.kl_mean).abs() <= 1e-12 + 1e-9 * d.kl_mean);
+    // serde_json's default float parsing may be off by an ulp.
+    assert!((j["top1_agreement"].as_f64().unwrap() - d.top1).abs() <= 1e-12);
+
+    // A compressed folder has no GGUF weights for the exact evaluation: refused, naming the flag.
+    let folder = ["--model", dir.to_str().unwrap(), "--text", text_path.to_str().unwrap()];
+    let cli = Cli::try_parse_from([&["slate-tools", "eval", "kl"][..], &folder].concat()).unwrap();
+    let e = cli.command.run().unwrap_err().to_string();
+    assert!(e.contains("--model") && e.contains("GGUF"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The testkit's tiny model with f16 weights in `dir`, a short text, its tokens and the model's exact
+/// evaluation.
+pub(super) struct Tiny {
+    pub gguf: std::path::PathBuf,
+    pub text: String,
+    pub opened: slate::slm::Opened,
+    pub ids: Vec<u32>,
+    pub cfg: slate::slm::model::LlamaConfig,
+    pub exact: kl::Exact,
+}
+
+pub(super) fn tiny_f16(dir: &std::path::Path) -> Tiny {
+    let gguf = dir.join("tiny.gguf");
+    // f16 layer weights: the fast path computes in f32 on them (the embedding / tied head is Q8_0,
+    // which it multiplies with int8-quantized activations).
+    write_tiny_gguf(
+        &gguf,
+        &TinySpec { dtype: candle_core::quantized::GgmlDType::F16, ..TinySpec::default() },
+    );
+    let text = "the quick brown fox jumps over the lazy dog and then the dog sleeps in the sun all day long";
+    let text = format!("{text} {text}");
+    let opened = slate::slm::open(&gguf).unwrap();
+    let ids = opened.tokenizer.encode(&text, false).unwrap();
+    let file = slate::slm::gguf::GgufFile::open(&gguf).unwrap();
+    let cfg = slate::slm::model::LlamaConfig::from_gguf(&file).unwrap();
+    let exact = kl::Exact::from_gguf(&file, &cfg).unwrap();
+    Tiny { gguf, text, opened, ids, cfg, exact }
+}
