@@ -4,7 +4,8 @@
 # tied embedding / output head kept dense int8, every other linear layer compressed, int8 values),
 # then scores each folder with `slate eval ppl` on data/text/eval.txt (first 8,192 tokens, ctx 512,
 # stride 256), and prints one table: perplexity, mean and worst layer error (report.json), weight
-# bytes, compression time.
+# bytes, compression time; then the per-layer comparison with magnitude (+ SVD), and writes a plot
+# of perplexity against weight bytes, OUT_DIR/ppl-vs-bytes.svg.
 #
 #     scripts/compress-table.sh [OUT_DIR] [ROW-FILTER]
 #
@@ -61,7 +62,7 @@ done
     --max-tokens 8192 --json "$OUT/gguf.ppl.json" >&2
 
 python3 - "$OUT" "$FILTER" "${ROWS[@]}" <<'PY'
-import json, os, re, sys
+import json, math, os, re, sys
 out, flt, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
 slug = lambda n: "".join(c if c.isalnum() else "-" for c in n)
 g = json.load(open(f"{out}/gguf.ppl.json"))
@@ -86,6 +87,48 @@ def errors(name):
     if not os.path.exists(d):
         return None
     return {l["name"]: l["relative_error"] for l in json.load(open(d)) if "token_embd" not in l["name"]}
+# Perplexity against weight bytes, log scale, one SVG (plain text, no plotting library).
+pts = []
+for r in rows:
+    name = r.split("|")[0]
+    d = f"{out}/{slug(name)}"
+    if re.search(flt, name) and os.path.exists(f"{d}.ppl.json"):
+        rep = json.load(open(f"{d}/report.json"))
+        pts.append((name, sum(l["bytes"] for l in rep) / 1e6, json.load(open(f"{d}.ppl.json"))["perplexity"]))
+pts.append(("Q4_1 GGUF", os.path.getsize("models/SmolLM2-135M-Instruct.Q4_1.gguf") / 1e6, g["perplexity"]))
+W, H, L, B = 760, 460, 70, 50
+xs, ys = [p[1] for p in pts], [math.log10(p[2]) for p in pts]
+x0, x1 = min(xs) - 5, max(xs) + 30  # room for the labels on the right
+y0, y1 = min(ys) - 0.35, math.ceil(max(ys))
+X = lambda v: L + (v - x0) / (x1 - x0) * (W - L - 20)
+Y = lambda v: H - B - (v - y0) / (y1 - y0) * (H - B - 20)
+colors = {"magnitude": "#999", "wanda": "#e69f00", "sparsegpt": "#56b4e9", "alps": "#009e73",
+          "hassle-free": "#d55e00", "Q4_1": "#000"}
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+       f'<rect width="{W}" height="{H}" fill="white"/>',
+       f'<line x1="{L}" y1="{H-B}" x2="{W-20}" y2="{H-B}" stroke="black"/>',
+       f'<line x1="{L}" y1="20" x2="{L}" y2="{H-B}" stroke="black"/>',
+       f'<text x="{(W+L)/2}" y="{H-12}" text-anchor="middle">weight MB (all linear layers, as stored)</text>',
+       f'<text x="16" y="{H/2}" transform="rotate(-90 16 {H/2})" text-anchor="middle">perplexity (eval.txt, log scale)</text>']
+for e in range(math.ceil(y0), y1 + 1):
+    svg.append(f'<line x1="{L-4}" y1="{Y(e)}" x2="{W-20}" y2="{Y(e)}" stroke="#eee"/>')
+    svg.append(f'<text x="{L-6}" y="{Y(e)+4}" text-anchor="end">{10**e:,}</text>')
+for t in range(int(x0 // 10 + 1) * 10, int(x1) + 1, 10):
+    svg.append(f'<text x="{X(t)}" y="{H-B+16}" text-anchor="middle">{t}</text>')
+# Labels beside their points, pushed apart vertically where points of one column crowd.
+last = {}
+col = lambda mb: round(mb / 10)
+for name, mb, ppl in sorted(pts, key=lambda p: (col(p[1]), -p[2])):
+    c = next(v for k, v in colors.items() if name.startswith(k))
+    x, y = X(mb), Y(math.log10(ppl))
+    ly = max(y + 4, last.get(col(mb), -1e9) + 13)
+    last[col(mb)] = ly
+    svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{c}"/>')
+    svg.append(f'<text x="{x+7:.1f}" y="{ly:.1f}" fill="{c}">{name} ({ppl:,.1f})</text>')
+svg.append("</svg>")
+open(f"{out}/ppl-vs-bytes.svg", "w").write("\n".join(svg) + "\n")
+print(f"plot: {out}/ppl-vs-bytes.svg")
+
 for method, base in [("alps 70%", "magnitude 70%"), ("alps 2:4", "magnitude 2:4"),
                      ("alps 50%", "magnitude 50%"),
                      ("hassle-free 2:4 + rank 64", "magnitude 2:4 + SVD rank 64")]:
