@@ -95,7 +95,7 @@ for r in rows:
     if re.search(flt, name) and os.path.exists(f"{d}.ppl.json"):
         rep = json.load(open(f"{d}/report.json"))
         pts.append((name, sum(l["bytes"] for l in rep) / 1e6, json.load(open(f"{d}.ppl.json"))["perplexity"]))
-pts.append(("Q4_1 GGUF", os.path.getsize("models/SmolLM2-135M-Instruct.Q4_1.gguf") / 1e6, g["perplexity"]))
+pts.append(("Q4_1 GGUF file", os.path.getsize("models/SmolLM2-135M-Instruct.Q4_1.gguf") / 1e6, g["perplexity"]))
 W, H, L, B = 760, 460, 70, 50
 xs, ys = [p[1] for p in pts], [math.log10(p[2]) for p in pts]
 x0, x1 = min(xs) - 5, max(xs) + 30  # room for the labels on the right
