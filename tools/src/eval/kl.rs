@@ -264,7 +264,7 @@ impl Exact {
 }
 
 /// `log softmax(logits)`, in f64.
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
     logits.iter().map(|&l| l as f64 - lse).collect()

@@ -248,6 +248,7 @@ impl<W: Write> Writer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::kl::log_softmax;
 
     /// An independent reader of the format (module docs): header, then per row the decoded
     /// log-probabilities.
@@ -283,23 +284,9 @@ mod tests {
         Decoded { n_ctx, n_vocab, n_chunk, tokens, rows, pads }
     }
 
-    fn log_softmax(l: &[f32]) -> Vec<f64> {
-        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = max + l.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-        l.iter().map(|&x| x as f64 - lse).collect()
-    }
-
-    /// Deterministic logits in [-span/2, span/2] (xorshift).
+    /// Deterministic logits in [-span/2, span/2].
     fn logits(n: usize, seed: u64, span: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * span
-            })
-            .collect()
+        crate::testkit::values(n, seed, span / 2.0)
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod ranking;
 mod slm;
 
 pub use ranking::{random_request, small_config, REQUEST_TIME_MS};
-pub use slm::{argmax, check_step_logits, write_tiny_gguf, TinySpec};
+pub use slm::{argmax, check_step_logits, values, write_tiny_gguf, TinySpec};
 
 /// An empty folder `slate-{tag}-{pid}` under the system's temporary folder (emptied if it exists).
 pub fn fresh_dir(tag: &str) -> std::path::PathBuf {

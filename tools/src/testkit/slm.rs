@@ -38,7 +38,7 @@ impl Default for TinySpec {
 }
 
 /// Deterministic uniform values in [-scale, scale] (xorshift; no dependency on rand's stream).
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
