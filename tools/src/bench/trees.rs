@@ -1,7 +1,10 @@
 //! `slate bench trees`: a tree model's batch margins in Slate (`TabularModel::predict`, in process, on
-//! the compute pool) beside xgboost's `inplace_predict` on the same rows with the same thread count,
-//! alternating, medians (tools/tabular/bench_trees_peer.py runs the peer). Also Slate's one-row
-//! latency. Make a model of the shape with
+//! the compute pool) beside the peers on the same rows with the same thread count, alternating
+//! (each block: Slate, then every peer), medians: xgboost's `inplace_predict` by default, and with
+//! `--peer` any of xgboost, treelite (tl2cgen-compiled C) and ONNX Runtime's TreeEnsemble
+//! (tools/tabular/bench_trees_peer.py runs them; treelite and ONNX Runtime come from
+//! scripts/setup-peers.sh, so point `--peer-python` at `.venv-peers/bin/python`). Also Slate's
+//! one-row latency. Make a model of the shape with
 //! `python3 tools/tabular/bench_trees_peer.py train models/bench-trees.json` (500 trees, depth 8).
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,16 +25,20 @@ pub struct TreesBenchArgs {
     /// Threads (Slate's compute pool and xgboost's nthread).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Timed batches per block (the median is reported); blocks alternate Slate and the peer.
+    /// Timed batches per block (the median is reported); blocks alternate Slate and the peers.
     #[arg(long, default_value_t = 30)]
     pub rounds: usize,
     /// Blocks of each side.
     #[arg(long, default_value_t = 3)]
     pub blocks: usize,
-    /// Python with xgboost (scripts/test.sh installs it into .venv).
+    /// Python with the peers: xgboost is in .venv (scripts/test.sh), all three in .venv-peers
+    /// (scripts/setup-peers.sh).
     #[arg(long, default_value = ".venv/bin/python3")]
     pub peer_python: PathBuf,
-    /// Skip the xgboost peer.
+    /// A peer to time beside Slate (repeat for several): xgboost, treelite, onnxruntime
+    #[arg(long = "peer", default_value = "xgboost", value_parser = ["xgboost", "treelite", "onnxruntime"])]
+    pub peers: Vec<String>,
+    /// Time Slate alone.
     #[arg(long)]
     pub no_peer: bool,
 }
@@ -83,42 +90,52 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
             .collect();
         median(times)
     };
-    let peer_block = || -> Result<(f64, f64)> {
+    let peer_block = |peer: &str| -> Result<(f64, f64)> {
         let out = Command::new(&args.peer_python)
             .arg("tools/tabular/bench_trees_peer.py")
             .arg("time")
             .arg(&args.model)
             .arg(&rows_file)
             .arg(model.num_features().to_string())
-            .args(["--rounds", &args.rounds.to_string(), "--threads", &args.threads.to_string()])
+            .args([
+                "--peer",
+                peer,
+                "--rounds",
+                &args.rounds.to_string(),
+                "--threads",
+                &args.threads.to_string(),
+            ])
             .output()
             .with_context(|| format!("running {}", args.peer_python.display()))?;
         if !out.status.success() {
-            bail!("the xgboost peer failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("the {peer} peer failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        // The result is the last line (a first treelite run prints the compiler's output before it).
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let v: serde_json::Value =
+            serde_json::from_str(last).with_context(|| format!("the {peer} peer printed {last:?}"))?;
         Ok((v["median_us"].as_f64().unwrap_or(f64::NAN), v["margin_checksum"].as_f64().unwrap_or(f64::NAN)))
     };
 
-    let (mut ours, mut peer) = (Vec::new(), Vec::new());
-    let mut checksum = None;
+    let peers: &[String] = if args.no_peer { &[] } else { &args.peers };
+    let mut ours = Vec::new();
+    // Per peer: its block medians and its margin checksum.
+    let mut theirs: Vec<(Vec<f64>, f64)> = vec![(Vec::new(), f64::NAN); peers.len()];
     for b in 0..args.blocks {
         ours.push(ours_block());
-        if !args.no_peer {
-            let (us, sum) = peer_block()?;
-            peer.push(us);
-            checksum = Some(sum);
+        let mut line = format!("block {}: slate {:.0} µs", b + 1, ours[b]);
+        for (peer, (times, sum)) in peers.iter().zip(&mut theirs) {
+            let (us, s) = peer_block(peer)?;
+            times.push(us);
+            *sum = s;
+            line.push_str(&format!(", {} {us:.0} µs", peer_label(peer)));
         }
-        println!(
-            "block {}: slate {:.0} µs{}",
-            b + 1,
-            ours[b],
-            peer.get(b).map_or(String::new(), |p| format!(", xgboost inplace_predict {p:.0} µs"))
-        );
+        println!("{line}");
     }
     let ours_m = median(ours);
     println!("slate: {:.0} µs per {}-row batch ({:.2} µs/row)", ours_m, args.rows, ours_m / args.rows as f64);
-    if let Some(sum) = checksum {
+    if !peers.is_empty() {
         let ours_sum: f64 = model
             .predict(&rows, margins_only)
             .map_err(|e| anyhow!(e))?
@@ -127,11 +144,14 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
             .iter()
             .map(|&v| v as f64)
             .sum();
-        let peer_m = median(peer);
-        println!(
-            "xgboost inplace_predict: {peer_m:.0} µs; slate is {:.2}× xgboost (margin sums: slate {ours_sum:.4}, xgboost {sum:.4})",
-            peer_m / ours_m
-        );
+        for (peer, (times, sum)) in peers.iter().zip(theirs) {
+            let peer_m = median(times);
+            println!(
+                "{}: {peer_m:.0} µs; slate is {:.2}× {peer} (margin sums: slate {ours_sum:.4}, {peer} {sum:.4})",
+                peer_label(peer),
+                peer_m / ours_m
+            );
+        }
     }
 
     // The layouts side by side on one thread, alternating: the node walk every format can use
@@ -181,6 +201,15 @@ pub fn run(args: &TreesBenchArgs) -> Result<()> {
     println!("one row: p50 {:.1} µs, p99 {:.1} µs", lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
     let _ = std::fs::remove_file(&rows_file);
     Ok(())
+}
+
+/// How a peer is named in the output.
+fn peer_label(peer: &str) -> &'static str {
+    match peer {
+        "xgboost" => "xgboost inplace_predict",
+        "treelite" => "treelite (tl2cgen C)",
+        _ => "onnxruntime TreeEnsemble",
+    }
 }
 
 fn tempfile_path(name: &str) -> PathBuf {
