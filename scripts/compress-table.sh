@@ -23,24 +23,38 @@ SLATE="${SLATE_BIN:-target/release/slate}"
 [ -n "${SLATE_BIN:-}" ] || cargo build --release -p slate -p slate-tools
 mkdir -p "$OUT"
 
-COMMON="--calib data/text/calib.txt --keep-dense token_embd --values int8 --factor-values int8"
+# Values are int8 unless a row names its own.
+COMMON="--calib data/text/calib.txt --keep-dense token_embd --factor-values int8"
 # name | slate compress arguments
 ROWS=(
     "magnitude 50%|--method magnitude --sparsity 0.5"
     "wanda 50%|--method wanda --sparsity 0.5"
     "sparsegpt 50%|--method sparsegpt --sparsity 0.5"
     "alps 50%|--method alps --sparsity 0.5"
+    "magnitude 60%|--method magnitude --sparsity 0.6"
+    "wanda 60%|--method wanda --sparsity 0.6"
+    "sparsegpt 60%|--method sparsegpt --sparsity 0.6"
+    "alps 60%|--method alps --sparsity 0.6"
     "magnitude 70%|--method magnitude --sparsity 0.7"
     "wanda 70%|--method wanda --sparsity 0.7"
     "sparsegpt 70%|--method sparsegpt --sparsity 0.7"
     "alps 70%|--method alps --sparsity 0.7"
+    "magnitude 80%|--method magnitude --sparsity 0.8"
+    "wanda 80%|--method wanda --sparsity 0.8"
+    "sparsegpt 80%|--method sparsegpt --sparsity 0.8"
+    "alps 80%|--method alps --sparsity 0.8"
     "magnitude 2:4|--method magnitude --pattern 2:4"
     "wanda 2:4|--method wanda --pattern 2:4"
     "sparsegpt 2:4|--method sparsegpt --pattern 2:4"
     "alps 2:4|--method alps --pattern 2:4"
+    "magnitude 2:4 + SVD rank 16|--method magnitude --pattern 2:4 --rank 16"
+    "alps 2:4 + SVD rank 16|--method alps --pattern 2:4 --rank 16"
+    "hassle-free 2:4 + rank 16|--method hassle-free --pattern 2:4 --rank 16"
     "magnitude 2:4 + SVD rank 64|--method magnitude --pattern 2:4 --rank 64"
     "alps 2:4 + SVD rank 64|--method alps --pattern 2:4 --rank 64"
     "hassle-free 2:4 + rank 64|--method hassle-free --pattern 2:4 --rank 64"
+    "alps 2:4 + FFSplit 10%|--method alps --pattern 2:4 --ffsplit-heavy 0.1"
+    "alps 2:4 int4 + FFSplit 10%|--method alps --pattern 2:4 --ffsplit-heavy 0.1 --values int4"
 )
 
 slug() { echo "$1" | tr -c 'A-Za-z0-9\n' '-'; }
@@ -51,8 +65,10 @@ for r in "${ROWS[@]}"; do
     if [ ! -d "$dir" ]; then
         echo "== compress: $name" >&2
         start=$(date +%s)
+        values="--values int8"
+        [[ "$args" == *--values* ]] && values=""
         # shellcheck disable=SC2086 # the arguments are words
-        "$SLATE" compress --model "$GGUF" $args $COMMON --out "$dir" >&2
+        "$SLATE" compress --model "$GGUF" $args $COMMON $values --out "$dir" >&2
         echo $(($(date +%s) - start)) >"$dir.seconds"
     fi
     [ -f "$dir.ppl.json" ] || "$SLATE" eval ppl --model "$dir" --text data/text/eval.txt --max-tokens 8192 \
@@ -129,8 +145,10 @@ svg.append("</svg>")
 open(f"{out}/ppl-vs-bytes.svg", "w").write("\n".join(svg) + "\n")
 print(f"plot: {out}/ppl-vs-bytes.svg")
 
-for method, base in [("alps 70%", "magnitude 70%"), ("alps 2:4", "magnitude 2:4"),
-                     ("alps 50%", "magnitude 50%"),
+for method, base in [("alps 50%", "magnitude 50%"), ("alps 60%", "magnitude 60%"),
+                     ("alps 70%", "magnitude 70%"), ("alps 80%", "magnitude 80%"),
+                     ("alps 2:4", "magnitude 2:4"),
+                     ("hassle-free 2:4 + rank 16", "magnitude 2:4 + SVD rank 16"),
                      ("hassle-free 2:4 + rank 64", "magnitude 2:4 + SVD rank 64")]:
     a, b = errors(method), errors(base)
     if a and b:

@@ -27,6 +27,7 @@
 
 #[macro_use]
 mod fused;
+pub mod limbs;
 mod scalar;
 mod simd;
 mod stack;

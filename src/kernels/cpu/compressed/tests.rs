@@ -424,3 +424,148 @@ fn timings() {
         }
     }
 }
+
+/// The exact integer path of `limbs`: the SIMD rows equal the scalar reference bit for bit, on every
+/// pattern, ragged widths, empty rows and tiles that start mid-token.
+#[test]
+fn limb_rows_equal_the_reference_and_the_f64_product_within_the_rounding() {
+    use super::limbs::{row_sums, rows_i8, rows_i8_reference, Limbs};
+    let simd = require_isa("avx512vnni+vbmi2");
+    let mut rng = TestRng::new(21);
+    let mut x = Limbs::default();
+    for cols in [1, 5, 63, 64, 65, 200, 576] {
+        for pattern in PATTERNS {
+            let p = fit(pattern, cols);
+            for col0 in [0, 3, 64] {
+                let rows = 7;
+                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, ValueType::I8);
+                // Activations with an outlier, so the rounding step is coarse against most values.
+                let mut xs = rng.vec(col0 + cols, 1.0);
+                xs[rng.below(col0 + cols)] = 40.0;
+                assert!(x.quantize(&xs));
+                let mut want = vec![0f32; rows];
+                rows_i8_reference(&t, 0..rows, &x, &mut want).unwrap();
+                // Against the f64 product: within the activations' rounding plus the final f32 rounding.
+                let (Values::I8 { q, scale }, words) = (&t.values, mask_words(cols)) else { unreachable!() };
+                for r in 0..rows {
+                    let mut k = t.row_start[r];
+                    let (mut exact, mut abs_q) = (0f64, 0f64);
+                    for c in 0..cols {
+                        if p == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1 {
+                            exact += f64::from(q[k]) * f64::from(scale[r]) * f64::from(xs[col0 + c]);
+                            abs_q += f64::from(q[k]).abs();
+                            k += 1;
+                        }
+                    }
+                    let bound =
+                        0.5 * x.scale() * f64::from(scale[r].abs()) * abs_q + exact.abs() * 1.2e-7 + 1e-30;
+                    let err = (f64::from(want[r]) - exact).abs();
+                    assert!(err <= bound, "{cols} cols, {p:?}, row {r}: error {err:e} > {bound:e}");
+                }
+                if simd {
+                    let mut got = vec![0f32; rows];
+                    rows_i8(&t, &row_sums(&t).unwrap(), 0..rows, &x, &mut got).unwrap();
+                    assert_eq!(bits(&got), bits(&want), "{cols} cols, {p:?}, col0 {col0}");
+                    // A sub-range of rows alone gives the same bits.
+                    let mut part = vec![0f32; 3];
+                    rows_i8(&t, &row_sums(&t).unwrap(), 2..5, &x, &mut part).unwrap();
+                    assert_eq!(bits(&part), bits(&want[2..5]));
+                }
+            }
+        }
+    }
+    // What the integers cannot stand for is refused, not rounded.
+    assert!(!x.quantize(&[1.0, f32::NAN]));
+    assert!(!x.quantize(&[f32::INFINITY]));
+    // All zeros: every product is exactly zero.
+    assert!(x.quantize(&[0.0; 70]));
+    let t = random_tile(&mut rng, (0, 2), (0, 70), Pattern::Dense, ValueType::I8);
+    let mut out = [1f32; 2];
+    rows_i8_reference(&t, 0..2, &x, &mut out).unwrap();
+    assert_eq!(out, [0.0; 2]);
+}
+
+/// The exact integer rows (`limbs`) beside today's decode path on the same tiles: one token, one
+/// thread, the fastest tenth of 400 calls. `SLATE_TIMING_ROWS` sets the rows (e.g. 16384 for a
+/// matrix far larger than the caches).
+#[test]
+#[ignore = "timing, not a check"]
+fn limb_timings() {
+    use super::limbs::{row_sums, rows_i8, simd_available, Limbs};
+    if !simd_available() {
+        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI2");
+        return;
+    }
+    let mut rng = TestRng::new(8);
+    let rows = std::env::var("SLATE_TIMING_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
+    let cols = 576;
+    println!("{rows}×{cols}, 1 token, 1 thread; fused f32 path ({:?}) vs exact integer rows", Isa::best());
+    for (name, pattern, density) in [
+        ("dense int8", Pattern::Dense, 100),
+        ("2:4 int8", Pattern::NM { n: 2, m: 4 }, 50),
+        ("50% int8", Pattern::Unstructured, 50),
+        ("70% int8", Pattern::Unstructured, 30),
+        ("90% int8", Pattern::Unstructured, 10),
+    ] {
+        let words = mask_words(cols);
+        let mut mask = vec![0u64; if pattern == Pattern::Dense { 0 } else { rows * words }];
+        if pattern != Pattern::Dense {
+            for r in 0..rows {
+                for g in (0..cols).step_by(4) {
+                    for c in g..g + 4 {
+                        let keep = match pattern {
+                            Pattern::NM { .. } => c - g == (r + g / 4) % 4 || c - g == (r + g / 4 + 1) % 4,
+                            _ => rng.below(100) < density,
+                        };
+                        if keep {
+                            mask[r * words + c / 64] |= 1 << (c % 64);
+                        }
+                    }
+                }
+            }
+        }
+        let kept: Vec<usize> = (0..rows)
+            .map(|r| match pattern {
+                Pattern::Dense => cols,
+                _ => mask[r * words..(r + 1) * words].iter().map(|w| w.count_ones() as usize).sum(),
+            })
+            .collect();
+        let values = random_values(&mut rng, &kept, ValueType::I8);
+        let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
+        let sums = row_sums(&tile).unwrap();
+        let m = CMatrix::new(rows, cols, None, vec![tile.clone()]).unwrap();
+        let xs: Vec<f32> = (0..cols).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let mut out = vec![0.0f32; rows];
+        let mut limbs = Limbs::default();
+        let time = |f: &mut dyn FnMut()| {
+            let mut t: Vec<f64> = (0..400)
+                .map(|_| {
+                    let s = std::time::Instant::now();
+                    f();
+                    s.elapsed().as_secs_f64()
+                })
+                .collect();
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 10]
+        };
+        let (mut fused, mut exact) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            fused.push(time(&mut || m.matmul_with(Isa::best(), &xs, 1, &mut out)));
+            exact.push(time(&mut || {
+                assert!(limbs.quantize(&xs));
+                rows_i8(&tile, &sums, 0..rows, &limbs, &mut out).unwrap();
+            }));
+        }
+        fused.sort_by(f64::total_cmp);
+        exact.sort_by(f64::total_cmp);
+        let (f, e) = (fused[1], exact[1]);
+        println!(
+            "{name:>10}: fused f32 {:7.1} µs, exact integer {:7.1} µs ({:.2}×), {:.2} GB/s of {} bytes",
+            f * 1e6,
+            e * 1e6,
+            f / e,
+            m.bytes() as f64 / e / 1e9,
+            m.bytes()
+        );
+    }
+}
