@@ -4,7 +4,8 @@
 # tied embedding / output head kept dense int8, every other linear layer compressed, int8 values),
 # then scores each folder with `slate eval ppl` on data/text/eval.txt (first 8,192 tokens, ctx 512,
 # stride 256), and prints one table: perplexity, mean and worst layer error (report.json), weight
-# bytes, compression time; then the per-layer comparison with magnitude (+ SVD), and writes a plot
+# bytes, compression time and, with DECODE=1, one-stream decode tok/s (`slate bench slm`, which
+# wants a quiet machine); then the per-layer comparison with magnitude (+ SVD), and writes a plot
 # of perplexity against weight bytes, OUT_DIR/ppl-vs-bytes.svg.
 #
 #     scripts/compress-table.sh [OUT_DIR] [ROW-FILTER]
@@ -73,6 +74,11 @@ for r in "${ROWS[@]}"; do
     fi
     [ -f "$dir.ppl.json" ] || "$SLATE" eval ppl --model "$dir" --text data/text/eval.txt --max-tokens 8192 \
         --json "$dir.ppl.json" >&2
+    # Decode speed of the row's representation (one stream; run on a quiet machine).
+    if [ "${DECODE:-0}" = 1 ] && [ ! -f "$dir.bench.json" ]; then
+        "$SLATE" bench slm --model "$dir" --streams 1 --prompt-tokens 128 --gen-tokens 64 --rounds 3 \
+            --no-peer --json "$dir.bench.json" >&2
+    fi
 done
 [ -f "$OUT/gguf.ppl.json" ] || "$SLATE" eval ppl --model "$GGUF" --text data/text/eval.txt \
     --max-tokens 8192 --json "$OUT/gguf.ppl.json" >&2
@@ -83,8 +89,8 @@ out, flt, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
 slug = lambda n: "".join(c if c.isalnum() else "-" for c in n)
 g = json.load(open(f"{out}/gguf.ppl.json"))
 print(f"Q4_1 GGUF (the source): perplexity {g['perplexity']:.3f} on {g['tokens']} tokens")
-print("| method | perplexity | mean layer error | worst layer error | weight MB | compress s |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| method | perplexity | mean layer error | worst layer error | weight MB | compress s | decode tok/s |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     name = r.split("|")[0]
     if not re.search(flt, name):
@@ -95,7 +101,9 @@ for r in rows:
     errs = [l["relative_error"] for l in rep if "token_embd" not in l["name"]]
     mb = sum(l["bytes"] for l in rep) / 1e6
     secs = float(open(f"{d}.seconds").read())
-    print(f"| {name} | {ppl:,.2f} | {sum(errs)/len(errs):.4f} | {max(errs):.4f} | {mb:.1f} | {secs:.0f} |")
+    tok_s = json.load(open(f"{d}.bench.json"))["decode_tok_s_1"] if os.path.exists(f"{d}.bench.json") else None
+    tok_s = f"{tok_s:.1f}" if tok_s else ""
+    print(f"| {name} | {ppl:,.2f} | {sum(errs)/len(errs):.4f} | {max(errs):.4f} | {mb:.1f} | {secs:.0f} | {tok_s} |")
 
 # Per layer against magnitude (+ SVD) of the same shape: in how many layers the method's error is lower.
 def errors(name):
@@ -112,7 +120,7 @@ for r in rows:
         rep = json.load(open(f"{d}/report.json"))
         pts.append((name, sum(l["bytes"] for l in rep) / 1e6, json.load(open(f"{d}.ppl.json"))["perplexity"]))
 pts.append(("Q4_1 GGUF file", os.path.getsize("models/SmolLM2-135M-Instruct.Q4_1.gguf") / 1e6, g["perplexity"]))
-W, H, L, B = 760, 460, 70, 50
+W, H, L, B = 1400, 900, 70, 50
 xs, ys = [p[1] for p in pts], [math.log10(p[2]) for p in pts]
 x0, x1 = min(xs) - 5, max(xs) + 30  # room for the labels on the right
 y0, y1 = min(ys) - 0.35, math.ceil(max(ys))
@@ -120,7 +128,7 @@ X = lambda v: L + (v - x0) / (x1 - x0) * (W - L - 20)
 Y = lambda v: H - B - (v - y0) / (y1 - y0) * (H - B - 20)
 colors = {"magnitude": "#999", "wanda": "#e69f00", "sparsegpt": "#56b4e9", "alps": "#009e73",
           "hassle-free": "#d55e00", "Q4_1": "#000"}
-svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="10">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
        f'<line x1="{L}" y1="{H-B}" x2="{W-20}" y2="{H-B}" stroke="black"/>',
        f'<line x1="{L}" y1="20" x2="{L}" y2="{H-B}" stroke="black"/>',
