@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The method table of docs/COMPRESSION.md: compresses SmolLM2-135M (the fetched Q4_1 GGUF, dequantized
 # to f32) with each calibrated method on data/text/calib.txt (128 × 512 tokens, seed 0, 2 threads; the
-# tied embedding / output head kept dense int8, every other linear layer compressed, int8 values),
+# tied embedding / output head kept dense int8, every other linear layer compressed, int8 values unless a row says int4),
 # then scores each folder with `slate eval ppl` on data/text/eval.txt (first 8,192 tokens, ctx 512,
 # stride 256), and prints one table: perplexity, mean and worst layer error (report.json), weight
 # bytes, compression time and, with DECODE=1, one-stream decode tok/s (`slate bench slm`, which
