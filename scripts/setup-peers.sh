@@ -2,11 +2,13 @@
 # Installs the benchmark peers (benchmark-time only; never a runtime dependency of Slate):
 # - a virtual environment at <repo>/.venv-peers with ONNX Runtime (the ranker's peer,
 #   tools/onnx/ranker_onnx.py, run by `slate bench ranker`), the tree peers of
-#   tools/tabular/bench_trees_peer.py (xgboost, treelite + tl2cgen, ONNX Runtime) and CMake;
+#   tools/tabular/bench_trees_peer.py (xgboost, treelite + tl2cgen, ONNX Runtime), CMake, and gguf (the
+#   GGUF reader/writer of tools/peers/llama_ladder.py);
 # - native llama.cpp built from source with that CMake (`llama-bench`, `llama-server`, `llama-tokenize`,
-#   `llama-perplexity` in <venv>/llama.cpp/bin/), the SLM peer that `slate bench slm` drives through
-#   tools/peers/llama_bench.py, and that tools/peers/llama_kl.py measures (`llama-perplexity
-#   --kl-divergence`) against the exact evaluation written by `slate eval kl --llama-base`. The source is
+#   `llama-perplexity`, `llama-quantize` in <venv>/llama.cpp/bin/), the SLM peer that `slate bench slm`
+#   drives through tools/peers/llama_bench.py, and that tools/peers/llama_kl.py measures (`llama-perplexity
+#   --kl-divergence`) against the exact evaluation written by `slate eval kl --llama-base`, and whose
+#   quantization ladder tools/peers/llama_ladder.py builds and measures. The source is
 #   the llama.cpp that the llama-cpp-python sdist vendors (PyPI is the only registry we reach), built for
 #   this CPU (GGML_NATIVE=ON), statically linked.
 #
@@ -31,11 +33,12 @@ PINS=(
     "treelite==4.4.1"
     "tl2cgen==1.0.0"
     "cmake==4.1.2"
+    "gguf==0.19.0"
 )
 # The llama.cpp source: the sdist of this llama-cpp-python release vendors it under vendor/llama.cpp.
 LLAMA_SDIST="llama-cpp-python==0.3.16"
 LLAMA_DIR="$VENV/llama.cpp"
-LLAMA_TARGETS=(llama-bench llama-server llama-tokenize llama-perplexity)
+LLAMA_TARGETS=(llama-bench llama-server llama-tokenize llama-perplexity llama-quantize)
 
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating venv $VENV"
