@@ -5,7 +5,7 @@
 //!     cargo run -p slate-tools --example compressed_speed [-- SECONDS_PER_POINT [decode]]
 
 use half::f16;
-use slate::kernels::cpu::compressed::{mask_words, CMatrix, Isa, Pattern, Tile, Values, INT4_GROUP};
+use slate::kernels::cpu::compressed::{mask_words, Arith, CMatrix, Isa, Pattern, Tile, Values, INT4_GROUP};
 use std::time::Instant;
 
 /// A small deterministic generator (xorshift*), so runs compare.
@@ -163,7 +163,11 @@ fn cpu_time(budget: f64, mut f: impl FnMut()) -> f64 {
 fn main() {
     let budget: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0.3);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("rayon pool");
-    println!("kernel path: {:?} (SLATE_SIMD=avx2 caps it at AVX2); rayon threads: 2", Isa::best());
+    println!(
+        "kernel path: {:?}, int8 matrices in {:?} (SLATE_SIMD=avx2 caps it at AVX2 and f32); rayon threads: 2",
+        Isa::best(),
+        Arith::best()
+    );
     println!(
         "{:<12} {:<16} {:>9} {:>10} {:>8} {:>10} {:>8} {:>10} {:>9} {:>11}",
         "shape",
@@ -192,7 +196,9 @@ fn main() {
             let decode_only = std::env::args().nth(2).as_deref() == Some("decode");
             let (t1, t8) = (run(1), run(8));
             let t128 = if decode_only { f64::NAN } else { run(128) };
-            let cpu1 = cpu_time(budget, || m.matmul_with(Isa::best(), &x[..cols], 1, &mut out[..rows]));
+            let cpu1 = cpu_time(budget, || {
+                m.matmul_arith(Isa::best(), Arith::best(), &x[..cols], 1, &mut out[..rows])
+            });
             let flops = 2.0 * 128.0 * rows as f64 * (cols + rank) as f64 + 2.0 * 128.0 * (rank * cols) as f64;
             println!(
                 "{:<12} {:<16} {:>9.0} {:>10.1} {:>8.1} {:>10.1} {:>8.1} {:>10.2} {:>9.1} {:>11.1}",

@@ -1,18 +1,19 @@
-//! Exact integer products of int8 tiles: the arithmetic a faster decode path is being built on
-//! (not yet what [`super::CMatrix::matmul`] runs; `tests::limb_timings` measures it beside that).
+//! Exact integer products of int8 tiles: the arithmetic [`super::CMatrix`] runs for matrices whose
+//! tiles are all int8, on CPUs with AVX-512 VNNI and VBMI2 (the module docs there say when).
 //!
 //! **Activations.** A token `x` is scaled once, `s = max|x| / (2³⁰ − 1)`, and rounded to integers
-//! `x̂ = round(x / s)`, `|x̂| ≤ 2³⁰ − 1` (relative rounding ≤ 2⁻³¹ of `max|x|`, finer than f32's own
-//! 2⁻²⁴ of each value). `u = x̂ + 2³⁰` is then split into four byte planes `b₀ … b₃` ([`Limbs`]).
+//! `x̂ = round(x · (2³⁰ − 1) / max|x|)`, `|x̂| ≤ 2³⁰ − 1` (rounding ≤ 2⁻³¹ of `max|x|`, finer than
+//! f32's own 2⁻²⁴ of each value). `u = x̂ + 2³⁰` is then split into four byte planes `b₀ … b₃`
+//! ([`Limbs`]). A token holding a NaN or an infinity has no integers; its limbs say so and every
+//! product with it is NaN.
 //!
-//! **Product.** For an int8 row `q` with scale `σ`, `Σ q·x̂ = Σₗ 2⁸ˡ·Σ q·bₗ − 2³⁰·Σ q`, every term an
-//! exact integer: `vpdpbusd` multiplies 64 unsigned limb bytes by 64 int8 weights into 16 i32 lanes
-//! per instruction, and a masked row's kept values are put back at their columns by `vpexpandb`
-//! (the tile's mask as it is stored), so a 64-column step is one expand and four dot products
-//! whatever the pattern, with no f32 work per weight. The row's result is `(Σ q·x̂) · s · σ`,
-//! multiplied in f64 and rounded to f32 once. Integer sums do not depend on their order, so every
-//! ISA, tiling and batch gives the same bits, and the only error beside the final rounding is the
-//! activations' rounding: `|y − Σ q·σ·x| ≤ ½·s·|σ|·Σ|q|`.
+//! **Product.** For an int8 row `q`, `Σ q·x̂ = Σₗ 2⁸ˡ·Σ q·bₗ − 2³⁰·Σ q`, every term an exact integer
+//! ([`tile_dots`]): `vpdpbusd` multiplies 64 unsigned limb bytes by 64 int8 weights into 16 i32
+//! lanes per instruction, and a masked row's kept values are put back at their columns by
+//! `vpexpandb` (the tile's mask as it is stored), so a 64-column step is one expand and four dot
+//! products per token whatever the pattern, with no float work per weight. Integer sums do not
+//! depend on their order, so the SIMD rows equal the scalar reference, and every tiling and batch
+//! gives the same integers.
 //!
 //! Bounds: the i32 lanes wrap, which leaves the exact sum whenever it fits in i32; with `|q| ≤ 128`
 //! and bytes ≤ 255 a row of up to [`MAX_COLS`] columns always does.
@@ -23,6 +24,9 @@ use super::tile::{Pattern, Tile, Values};
 
 /// Widest tile row the integer sums take (see the module docs).
 pub const MAX_COLS: usize = 65_536;
+
+/// Tokens one [`tile_dots`] call takes (the SIMD path keeps `4 × tokens` accumulators).
+pub const MAX_TOKENS: usize = 4;
 
 /// `2³⁰`: the offset that makes every rounded activation a non-negative 31-bit integer.
 const OFFSET: i64 = 1 << 30;
@@ -35,33 +39,46 @@ pub struct Limbs {
     width: usize,
     /// Plane `l` is `planes[l·width .. (l + 1)·width]`.
     planes: Vec<u8>,
-    /// `s`: one step of `x̂` in units of `x`.
+    /// `s`: one step of `x̂` in units of `x`; NaN when the token is not finite.
     scale: f64,
 }
 
 impl Limbs {
-    /// `x` as limbs, reusing `self`'s buffer; `false` (and `self` unusable) when `x` holds a NaN or
-    /// an infinity, which no integer can stand for.
+    /// `x` as limbs, reusing `self`'s buffer. Returns `false` when `x` holds a NaN or an infinity,
+    /// which no integer stands for: the limbs are then all zero with a NaN step, so every product
+    /// with them is NaN.
     pub fn quantize(&mut self, x: &[f32]) -> bool {
-        let mut m = 0f64;
+        let mut m = 0f32;
+        let mut finite = true;
         for &v in x {
-            if !v.is_finite() {
-                return false;
-            }
-            m = m.max(f64::from(v.abs()));
+            finite &= v.is_finite();
+            m = m.max(v.abs());
         }
-        let top = (OFFSET - 1) as f64;
-        self.scale = if m > 0.0 { m / top } else { 1.0 };
         self.width = x.len().next_multiple_of(64) + 64;
         self.planes.clear();
         self.planes.resize(4 * self.width, 0);
+        if !finite {
+            self.scale = f64::NAN;
+            return false;
+        }
+        let top = (OFFSET - 1) as f64;
+        let m = f64::from(m);
+        let (scale, inv) = if m > 0.0 { (m / top, top / m) } else { (1.0, 0.0) };
+        self.scale = scale;
         let w = self.width;
+        let (p0, rest) = self.planes.split_at_mut(w);
+        let (p1, rest) = rest.split_at_mut(w);
+        let (p2, p3) = rest.split_at_mut(w);
         for (c, &v) in x.iter().enumerate() {
-            let q = (f64::from(v) / self.scale).round().clamp(-top, top) as i64;
+            // Round half away from zero (|y| ≤ 2³⁰ − 1, so adding ½ is exact); the clamp only
+            // catches the last ulp of `inv`.
+            let y = f64::from(v) * inv;
+            let q = ((y + 0.5f64.copysign(y)) as i64).clamp(1 - OFFSET, OFFSET - 1);
             let u = (q + OFFSET) as u32;
-            for l in 0..4 {
-                self.planes[l * w + c] = (u >> (8 * l)) as u8;
-            }
+            p0[c] = u as u8;
+            p1[c] = (u >> 8) as u8;
+            p2[c] = (u >> 16) as u8;
+            p3[c] = (u >> 24) as u8;
         }
         true
     }
@@ -72,9 +89,14 @@ impl Limbs {
         u - OFFSET
     }
 
-    /// `s`.
+    /// `s` (NaN for a token that is not finite).
     pub fn scale(&self) -> f64 {
         self.scale
+    }
+
+    /// Columns each plane holds (what a tile may reach, see [`tile_dots`]).
+    pub fn width(&self) -> usize {
+        self.width
     }
 }
 
@@ -85,59 +107,12 @@ pub fn row_sums(t: &Tile) -> Option<Vec<i32>> {
     Some(t.row_start.windows(2).map(|w| q[w[0]..w[1]].iter().map(|&v| i32::from(v)).sum()).collect())
 }
 
-/// `(Σ q·x̂) · s · σ` rounded to f32.
-fn finish(dot: i64, x: &Limbs, row_scale: f32) -> f32 {
-    (dot as f64 * (x.scale * f64::from(row_scale))) as f32
+/// Whether [`tile_dots`] takes `t`: int8 values, at most [`MAX_COLS`] wide.
+pub fn fits(t: &Tile) -> bool {
+    matches!(t.values, Values::I8 { .. }) && t.cols <= MAX_COLS
 }
 
-/// Why [`rows_i8`] cannot take a tile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unfit {
-    NotInt8,
-    TooWide,
-    /// The token's limbs do not cover the tile's columns.
-    ShortInput,
-}
-
-fn check(t: &Tile, x: &Limbs, rows: &Range<usize>, out: &[f32]) -> Result<(), Unfit> {
-    if !matches!(t.values, Values::I8 { .. }) {
-        return Err(Unfit::NotInt8);
-    }
-    if t.cols > MAX_COLS {
-        return Err(Unfit::TooWide);
-    }
-    if t.col0 + t.cols.next_multiple_of(64) > x.width {
-        return Err(Unfit::ShortInput);
-    }
-    assert!(rows.end <= t.rows && out.len() >= rows.len(), "rows_i8: rows or output out of range");
-    Ok(())
-}
-
-/// The scalar reference: `out[i]` = tile row `rows.start + i` times the token (its columns from the
-/// tile's `col0`), in exact integers as the module docs say.
-///
-/// # Errors
-/// When the tile is not int8, wider than [`MAX_COLS`], or past the token's columns.
-pub fn rows_i8_reference(t: &Tile, rows: Range<usize>, x: &Limbs, out: &mut [f32]) -> Result<(), Unfit> {
-    check(t, x, &rows, out)?;
-    let Values::I8 { q, scale } = &t.values else { unreachable!() };
-    let words = super::mask_words(t.cols);
-    for (o, r) in out.iter_mut().zip(rows) {
-        let mut k = t.row_start[r];
-        let mut dot = 0i64;
-        for c in 0..t.cols {
-            let kept = t.pattern == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1;
-            if kept {
-                dot += i64::from(q[k]) * x.value(t.col0 + c);
-                k += 1;
-            }
-        }
-        *o = finish(dot, x, scale[r]);
-    }
-    Ok(())
-}
-
-/// Whether this CPU runs [`rows_i8`]'s SIMD path: AVX-512 F, BW, VNNI and VBMI2.
+/// Whether this CPU runs [`tile_dots`]'s SIMD path: AVX-512 F, BW, VNNI and VBMI2.
 pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -152,24 +127,76 @@ pub fn simd_available() -> bool {
     }
 }
 
-/// [`rows_i8_reference`] with `vpdpbusd` and `vpexpandb`, the same bits; `sums` from [`row_sums`].
-///
-/// # Errors
-/// As [`rows_i8_reference`].
+/// The exact `Σ q·x̂` of tile rows `rows` (tile-relative) with each token of `xs`, whose column
+/// `col_off` is the tile's first: `dots[i·xs.len() + j]` for row `rows.start + i` and token `j`.
+/// With `simd` the AVX-512 path runs, else the scalar reference; both give the same integers.
+/// `sums` is [`row_sums`] of the tile. A token that is not finite gives an arbitrary integer (its
+/// NaN step makes the product NaN).
 ///
 /// # Panics
-/// When the CPU lacks the SIMD path ([`simd_available`]) or `sums` is not the tile's.
-pub fn rows_i8(t: &Tile, sums: &[i32], rows: Range<usize>, x: &Limbs, out: &mut [f32]) -> Result<(), Unfit> {
-    check(t, x, &rows, out)?;
-    assert!(simd_available(), "rows_i8: this CPU lacks AVX-512 VNNI / VBMI2");
-    assert_eq!(sums.len(), t.rows, "rows_i8: row sums of another tile");
+/// When the tile does not [`fits`], `sums` is another tile's, `xs` holds no or more than
+/// [`MAX_TOKENS`] tokens or tokens of different widths, the planes do not reach `col_off` + the tile's width rounded up to
+/// 64, `rows` is outside the tile, `dots` is short, or `simd` is asked of a CPU without it.
+pub fn tile_dots(
+    simd: bool,
+    t: &Tile,
+    sums: &[i32],
+    rows: Range<usize>,
+    xs: &[Limbs],
+    col_off: usize,
+    dots: &mut [i64],
+) {
+    assert!(fits(t), "tile_dots: the tile is not int8 or wider than {MAX_COLS}");
+    assert_eq!(sums.len(), t.rows, "tile_dots: row sums of another tile");
+    assert!((1..=MAX_TOKENS).contains(&xs.len()), "tile_dots: {} tokens", xs.len());
+    let reach = col_off + t.cols.next_multiple_of(64);
+    assert!(xs.iter().all(|x| x.width == xs[0].width), "tile_dots: tokens of different widths");
+    assert!(xs[0].width >= reach, "tile_dots: the tokens' planes end before column {reach}");
+    assert!(rows.start <= rows.end && rows.end <= t.rows, "tile_dots: rows {rows:?} of {}", t.rows);
+    assert!(dots.len() >= rows.len() * xs.len(), "tile_dots: {} dots for {rows:?}", dots.len());
+    if !simd {
+        reference(Job { t, sums, xs, col_off }, rows, dots);
+        return;
+    }
+    assert!(simd_available(), "tile_dots: this CPU lacks AVX-512 VNNI / VBMI2");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the features are present (asserted); the tile's arrays are consistent (checked at
-    // construction); the planes cover columns col0 .. col0 + cols rounded up to 64 (checked above).
+    // construction); every plane covers columns col_off .. reach (asserted above).
     unsafe {
-        avx512::rows(t, sums, rows, x, out)
+        avx512::dots(Job { t, sums, xs, col_off }, rows, dots)
     };
-    Ok(())
+}
+
+/// A [`tile_dots`] call's tile, its row sums, tokens and first column (checked there).
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    t: &'a Tile,
+    sums: &'a [i32],
+    xs: &'a [Limbs],
+    col_off: usize,
+}
+
+/// The scalar reference of [`tile_dots`].
+fn reference(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
+    let Job { t, sums, xs, col_off } = job;
+    let Values::I8 { q, .. } = &t.values else { unreachable!("checked by tile_dots") };
+    let words = super::mask_words(t.cols);
+    let nt = xs.len();
+    for (i, r) in rows.enumerate() {
+        for (j, x) in xs.iter().enumerate() {
+            let mut k = t.row_start[r];
+            // Σ q·u, then the offset: the same integer as Σ q·x̂ when the sum is exact.
+            let mut dot = -i64::from(sums[r]) * OFFSET;
+            for c in 0..t.cols {
+                let kept = t.pattern == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1;
+                if kept {
+                    dot += i64::from(q[k]) * (x.value(col_off + c) + OFFSET);
+                    k += 1;
+                }
+            }
+            dots[i * nt + j] = dot;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -177,48 +204,144 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// Bytes of a row's values prefetched ahead of where the row reads.
+    const AHEAD: usize = 2048;
+
+    /// The four lane sums of `a` (one vector per limb) as `Σₗ 2⁸ˡ·Σ aₗ`, by one transposing
+    /// reduction instead of four.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn combine(a: &[__m512i; 4]) -> i64 {
+        let b01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+        let b23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+        // Each 128-bit lane: [a0, a1, a2, a3] partial sums.
+        let c = _mm512_add_epi32(_mm512_unpacklo_epi64(b01, b23), _mm512_unpackhi_epi64(b01, b23));
+        let d = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64::<1>(c));
+        let e = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256::<1>(d));
+        let s = [
+            _mm_extract_epi32::<0>(e),
+            _mm_extract_epi32::<1>(e),
+            _mm_extract_epi32::<2>(e),
+            _mm_extract_epi32::<3>(e),
+        ];
+        s.iter().enumerate().map(|(l, &v)| i64::from(v) << (8 * l)).sum()
+    }
+
     /// # Safety
-    /// See [`rows_i8`].
+    /// See [`tile_dots`] (its checks hold; the CPU has the features).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt")]
-    pub(super) unsafe fn rows(t: &Tile, sums: &[i32], rows: Range<usize>, x: &Limbs, out: &mut [f32]) {
-        let Values::I8 { q, scale } = &t.values else { unreachable!() };
-        let words = super::super::mask_words(t.cols);
-        let dense = t.pattern == Pattern::Dense;
-        let planes: [*const u8; 4] = std::array::from_fn(|l| x.planes[l * x.width + t.col0..].as_ptr());
-        for (o, r) in out.iter_mut().zip(rows) {
-            let mut acc = [_mm512_setzero_si512(); 4];
-            // SAFETY (the loop): a row's kept values start at row_start[r]; an expand-load reads
-            // exactly as many bytes as its mask has bits, a masked load none past the tile's
-            // columns, and the planes hold 64-column steps up to the tile's end.
-            let mut p = unsafe { q.as_ptr().add(t.row_start[r]) };
-            for (w, c) in (0..t.cols).step_by(64).enumerate() {
-                let keep = if dense {
-                    if t.cols - c >= 64 {
-                        u64::MAX
-                    } else {
-                        (1u64 << (t.cols - c)) - 1
-                    }
-                } else {
-                    t.mask[r * words + w]
-                };
-                let wv = unsafe {
-                    if dense {
-                        _mm512_maskz_loadu_epi8(keep, p.cast())
-                    } else {
-                        _mm512_maskz_expandloadu_epi8(keep, p.cast())
-                    }
-                };
-                p = p.wrapping_add(keep.count_ones() as usize);
-                for (a, pl) in acc.iter_mut().zip(planes) {
-                    let xv = unsafe { _mm512_loadu_si512(pl.add(c).cast()) };
-                    *a = _mm512_dpbusd_epi32(*a, xv, wv);
+    pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
+        let nt = job.xs.len();
+        // Register tiles of rows × tokens × 4 limbs (at most 24 accumulators), chosen so that every
+        // accumulator chain has others beside it to hide `vpdpbusd`'s latency.
+        let mut j0 = 0;
+        while j0 < nt {
+            let left = nt - j0;
+            // SAFETY (each call): the caller's contract, for tokens j0.. of xs.
+            unsafe {
+                match left {
+                    1 => tiles::<4, 1>(Job { xs: &job.xs[j0..], ..job }, rows.clone(), dots, nt, j0),
+                    3 => tiles::<2, 3>(Job { xs: &job.xs[j0..], ..job }, rows.clone(), dots, nt, j0),
+                    _ => tiles::<3, 2>(Job { xs: &job.xs[j0..], ..job }, rows.clone(), dots, nt, j0),
                 }
             }
-            let mut dot = -i64::from(sums[r]) * OFFSET;
-            for (l, a) in acc.iter().enumerate() {
-                dot += i64::from(_mm512_reduce_add_epi32(*a)) << (8 * l);
+            j0 += match left {
+                1 | 3 => left,
+                _ => 2,
+            };
+        }
+    }
+
+    /// Rows `rows` in groups of `R` (the last ones one at a time) × tokens `xs[..NT]`, into
+    /// `dots[i·stride + j0 + j]`.
+    ///
+    /// # Safety
+    /// As [`dots`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt")]
+    unsafe fn tiles<const R: usize, const NT: usize>(
+        job: Job<'_>,
+        rows: Range<usize>,
+        dots: &mut [i64],
+        stride: usize,
+        j0: usize,
+    ) {
+        let mut r = rows.start;
+        while r + R <= rows.end {
+            // SAFETY: forwarded.
+            unsafe { block::<R, NT>(job, r, rows.start, dots, stride, j0) };
+            r += R;
+        }
+        while r < rows.end {
+            // SAFETY: forwarded.
+            unsafe { block::<1, NT>(job, r, rows.start, dots, stride, j0) };
+            r += 1;
+        }
+    }
+
+    /// Tile rows `r .. r + R` × tokens `xs[..NT]`; row `r` lands at `dots[(r − first)·stride + j0 + j]`.
+    ///
+    /// # Safety
+    /// As [`dots`]; `r + R` within the tile.
+    // Rows, tokens and limbs index one register-resident accumulator array; iterators would hide that.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt")]
+    unsafe fn block<const R: usize, const NT: usize>(
+        job: Job<'_>,
+        r: usize,
+        first: usize,
+        dots: &mut [i64],
+        stride: usize,
+        j0: usize,
+    ) {
+        let Job { t, sums, xs, col_off } = job;
+        let Values::I8 { q, .. } = &t.values else { unreachable!() };
+        let words = super::super::mask_words(t.cols);
+        let dense = t.pattern == Pattern::Dense;
+        // Every token's planes are equally wide: one base pointer per token, limbs at l·width.
+        let width = xs[0].width;
+        let base: [*const u8; NT] = std::array::from_fn(|j| xs[j].planes[col_off..].as_ptr());
+        // SAFETY (the loop): a row's kept values start at row_start[r]; an expand-load reads
+        // exactly as many bytes as its mask has bits, a masked load none past the tile's columns,
+        // and the planes hold 64-column steps up to the tile's end (all checked by tile_dots).
+        let mut p: [*const i8; R] = std::array::from_fn(|i| unsafe { q.as_ptr().add(t.row_start[r + i]) });
+        let mut acc = [[[_mm512_setzero_si512(); 4]; NT]; R];
+        // Short rows back to back are too short a stream for the hardware prefetcher: ask for the
+        // bytes a few rows ahead (a prefetch never faults), and for the masks of the rows after.
+        if !dense {
+            _mm_prefetch::<_MM_HINT_T0>(t.mask.as_ptr().wrapping_add((r + R) * words + 8).cast());
+        }
+        for (w, c) in (0..t.cols).step_by(64).enumerate() {
+            for &pi in &p {
+                _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(AHEAD).cast());
             }
-            *o = finish(dot, x, scale[r]);
+            let tail = if t.cols - c >= 64 { u64::MAX } else { (1u64 << (t.cols - c)) - 1 };
+            let wv: [__m512i; R] = std::array::from_fn(|i| {
+                let keep = if dense { tail } else { t.mask[(r + i) * words + w] };
+                let v = unsafe {
+                    if dense {
+                        _mm512_maskz_loadu_epi8(keep, p[i].cast())
+                    } else {
+                        _mm512_maskz_expandloadu_epi8(keep, p[i].cast())
+                    }
+                };
+                p[i] = p[i].wrapping_add(keep.count_ones() as usize);
+                v
+            });
+            for j in 0..NT {
+                for l in 0..4 {
+                    let xv = unsafe { _mm512_loadu_si512(base[j].add(l * width + c).cast()) };
+                    for i in 0..R {
+                        acc[i][j][l] = _mm512_dpbusd_epi32(acc[i][j][l], xv, wv[i]);
+                    }
+                }
+            }
+        }
+        for i in 0..R {
+            let off = -i64::from(sums[r + i]) * OFFSET;
+            for j in 0..NT {
+                dots[(r + i - first) * stride + j0 + j] = off + combine(&acc[i][j]);
+            }
         }
     }
 }

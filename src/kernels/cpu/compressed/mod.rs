@@ -9,21 +9,37 @@
 //! representations side by side are several tiles: q|k|v stacked into one matrix, FFN rows split into
 //! heavy hitters and the rest.
 //!
-//! **Product.** `y = [S | U] · [x ; V·x]`: `V·x` first, then one pass over the extended input. The
-//! input is copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each
-//! rounded up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same
-//! width (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
-//! every token, so prefill reuses each expanded block for all tokens from cache. Decode (up to
-//! `FUSED_MAX_TOKENS` tokens) skips the panel: each chunk is decoded and expanded in registers and
-//! fma'd straight into the accumulators (`fused`), streaming the compressed bytes once.
+//! **Product.** `y = [S | U] · [x ; V·x]`: `V·x` first (V is a matrix of its own, with its own
+//! arithmetic), then one pass over the extended input. Each matrix runs one of two arithmetics,
+//! chosen by its tiles and the CPU alone, never by the batch ([`Arith`]):
 //!
-//! **Arithmetic, bit for bit.** Every `(row, token)` result is the same f32 operations whatever the
+//! - **Exact integers** ([`limbs`]), when every tile is int8 and the CPU has AVX-512 VNNI and VBMI2:
+//!   each token is rounded once to 31-bit integers in four byte limbs (`x` and `V·x` each with its
+//!   own step), every tile row's `Σ q·x̂` is summed exactly in integers (`vpdpbusd` on the stored
+//!   values, `vpexpandb` putting a sparse row's kept values back at their columns), and a row's
+//!   result is `Σ_tiles (Σ q·x̂) · s · scale[row]` in f64, tiles in column order, rounded to f32 once.
+//!   The compressed bytes are read once per call and no float work is done per weight, which is
+//!   what lets fewer bytes decode faster. Rows go a block at a time, up to four tokens per pass
+//!   over a block (each block's bytes stay in cache for every token of a prefill).
+//! - **f32**, for matrices with int4 or f16 tiles and on CPUs without VNNI / VBMI2: the input is
+//!   copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each rounded
+//!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width
+//!   (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
+//!   every token, so prefill reuses each expanded block for all tokens from cache. Decode (up to
+//!   `FUSED_MAX_TOKENS` tokens) skips the panel: each chunk is decoded and expanded in registers
+//!   and fma'd straight into the accumulators (`fused`), streaming the compressed bytes once.
+//!
+//! **Exactness, bit for bit.** Integer sums do not depend on their order, so the integer
+//! arithmetic gives the same bits on every thread split, block and batch, and its SIMD rows equal
+//! its scalar reference. In f32 every `(row, token)` result is the same operations whatever the
 //! ISA, the thread, the block or the batch: 16 lanes, lane `l` accumulating
 //! `acc[l] = fma(w[16c + l], x[16c + l], acc[l])` over the 16-wide chunks `c` in order, then the
-//! tree `acc[l] += acc[l + h]` for `h = 8, 4, 2, 1`. AVX-512 runs it in one register, AVX2 in two.
-//! So a sequence's logits are the same alone or batched, and the SIMD paths equal the scalar
-//! reference exactly. Against the f64 product with the reconstructed dense weight the error is f32
-//! rounding (≈1e-6 of `Σ|w·x|`).
+//! tree `acc[l] += acc[l + h]` for `h = 8, 4, 2, 1`; AVX-512 runs it in one register, AVX2 in two,
+//! and both equal the scalar reference. So a sequence's logits are the same alone or batched.
+//! Against the f64 product with the reconstructed dense weight the error is f32 rounding (≈1e-6 of
+//! `Σ|w·x|`) in f32, and the activations' rounding (≤ 2⁻³¹ of `max|x|` per term) plus one f32
+//! rounding in integers. A token holding a NaN or an infinity gives NaN in every row under the
+//! integer arithmetic.
 
 #[macro_use]
 mod fused;
@@ -37,6 +53,7 @@ mod tile;
 
 pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
 
+use limbs::Limbs;
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
 
@@ -86,6 +103,35 @@ impl Isa {
     }
 }
 
+/// Which arithmetic a matrix of int8 tiles runs (see the module docs); matrices with other tiles
+/// always run f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arith {
+    /// The f32 panels and fused decode, on the given [`Isa`].
+    F32,
+    /// Exact integers, the scalar reference.
+    IntScalar,
+    /// Exact integers, AVX-512 VNNI + VBMI2.
+    IntSimd,
+}
+
+impl Arith {
+    /// What [`CMatrix::matmul`] runs on this CPU: the integer SIMD path when it has AVX-512 VNNI and
+    /// VBMI2 (and `SLATE_SIMD=avx2` does not cap it), else f32.
+    pub fn best() -> Arith {
+        if Isa::best() == Isa::Avx512 && limbs::simd_available() {
+            Arith::IntSimd
+        } else {
+            Arith::F32
+        }
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn available(self) -> bool {
+        self != Arith::IntSimd || limbs::simd_available()
+    }
+}
+
 /// POPCNT, which the SIMD paths count mask bits with (every AVX2 CPU has it).
 fn popcnt() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -116,6 +162,10 @@ pub struct CMatrix {
     /// Whether every tile starts on a [`LANES`] boundary of the padded layout and ends on one or
     /// at the end of S or U: the condition of the fused decode path.
     fusable: bool,
+    /// Whether every tile is int8 and narrow enough for the exact integer arithmetic
+    /// ([`limbs::fits`]), and `Σ q` of each tile's rows for it (empty for the other tiles).
+    int_ok: bool,
+    int_sums: Vec<Vec<i32>>,
 }
 
 #[derive(Clone, Debug)]
@@ -127,19 +177,37 @@ struct Band {
     fused_end: usize,
 }
 
-/// Per-call buffers of the calling thread: the padded input, and for rank > 0 `V·x` and V's own
-/// padded input. Taken out for the call (see `quant`'s `ACT`).
+/// Per-call buffers of the calling thread: the padded input, for rank > 0 `V·x` and V's own padded
+/// input, and the tokens' limbs (of `x`, and of `V·x`). Taken out for the call (see `quant`'s `ACT`).
 #[derive(Default)]
 struct Bufs {
     xin: Vec<f32>,
     t: Vec<f32>,
     xin_v: Vec<f32>,
+    lx: Vec<Limbs>,
+    lu: Vec<Limbs>,
 }
 
 thread_local! {
     static BUFS: Cell<Bufs> = Cell::new(Bufs::default());
     /// The expanded row block of the thread that works on it.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The integer arithmetic's row block of the thread that works on it: f64 sums per
+    /// `(row, token)` and one tile's exact dots.
+    static INT_BLOCK: RefCell<(Vec<f64>, Vec<i64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Rows per block of the integer arithmetic: their bytes stay in L1 while every token passes.
+const INT_BLOCK_ROWS: usize = 32;
+
+/// `xs[t]` = token `t` of `x` (`n` rows of `width`) as limbs; `xs` grows to `n` and is not shrunk.
+fn quantize_tokens(xs: &mut Vec<Limbs>, x: &[f32], width: usize, n: usize) {
+    if xs.len() < n {
+        xs.resize_with(n, Limbs::default);
+    }
+    for (l, row) in xs.iter_mut().zip(x.chunks_exact(width)).take(n) {
+        l.quantize(row);
+    }
 }
 
 impl CMatrix {
@@ -187,8 +255,25 @@ impl CMatrix {
             }
         }
         let (kp, rp) = (cols.next_multiple_of(LANES), rank.next_multiple_of(LANES));
-        let mut m =
-            CMatrix { rows, cols, rank, v: v.map(Box::new), tiles, kp, rp, bands: Vec::new(), fusable: true };
+        let live = |t: &Tile| t.rows > 0 && t.cols > 0;
+        let int_ok = tiles.iter().all(|t| !live(t) || limbs::fits(t));
+        let int_sums = tiles
+            .iter()
+            .map(|t| if int_ok { limbs::row_sums(t).unwrap_or_default() } else { Vec::new() })
+            .collect();
+        let mut m = CMatrix {
+            rows,
+            cols,
+            rank,
+            v: v.map(Box::new),
+            tiles,
+            kp,
+            rp,
+            bands: Vec::new(),
+            fusable: true,
+            int_ok,
+            int_sums,
+        };
         m.bands = m.bands();
         m.fusable = m.tiles.iter().all(|t| {
             let end = t.col0 + t.cols;
@@ -326,59 +411,177 @@ impl CMatrix {
         out
     }
 
+    /// Whether the matrix runs the exact integer arithmetic when [`Arith::best`] is integer (every
+    /// tile int8).
+    pub fn integer(&self) -> bool {
+        self.int_ok
+    }
+
     /// `y = x·Wᵀ` for `n` tokens (`x`: `n × cols`, `out`: `n × rows`, row-major), on rayon's pool.
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        self.matmul_split(Isa::best(), Split::Rayon, x, n, out);
+        self.matmul_split(Isa::best(), Arith::best(), Split::Rayon, x, n, out);
     }
 
     /// [`CMatrix::matmul`] with the chunks spread over `team` (same bits).
     pub fn matmul_team(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32]) {
-        self.matmul_split(Isa::best(), Split::Team(team), x, n, out);
+        self.matmul_split(Isa::best(), Arith::best(), Split::Team(team), x, n, out);
     }
 
-    /// [`CMatrix::matmul`] on the calling thread with the given path (for tests and benchmarks).
+    /// [`CMatrix::matmul`] on the calling thread in f32 on the given path (for tests and
+    /// benchmarks).
     ///
     /// # Panics
     /// When this CPU cannot run `isa`.
     pub fn matmul_with(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
-        assert!(isa.available(), "matmul_with: this CPU cannot run {isa:?}");
-        self.matmul_split(isa, Split::Serial, x, n, out);
+        self.matmul_arith(isa, Arith::F32, x, n, out);
     }
 
-    fn matmul_split(&self, isa: Isa, split: Split, x: &[f32], n: usize, out: &mut [f32]) {
+    /// [`CMatrix::matmul`] on the calling thread with the given arithmetic for int8 matrices (this
+    /// one and V) and `isa` for f32 ones (for tests and benchmarks).
+    ///
+    /// # Panics
+    /// When this CPU cannot run `isa` or `arith`.
+    pub fn matmul_arith(&self, isa: Isa, arith: Arith, x: &[f32], n: usize, out: &mut [f32]) {
+        assert!(isa.available(), "matmul: this CPU cannot run {isa:?}");
+        assert!(arith.available(), "matmul: this CPU cannot run {arith:?}");
+        self.matmul_split(isa, arith, Split::Serial, x, n, out);
+    }
+
+    /// `Some(simd)` when this matrix runs integers under `arith`.
+    fn int_route(&self, arith: Arith) -> Option<bool> {
+        match arith {
+            _ if !self.int_ok => None,
+            Arith::F32 => None,
+            Arith::IntScalar => Some(false),
+            Arith::IntSimd => Some(true),
+        }
+    }
+
+    fn matmul_split(&self, isa: Isa, arith: Arith, split: Split, x: &[f32], n: usize, out: &mut [f32]) {
         assert!(x.len() >= n * self.cols, "matmul: x has {} < {n}×{} floats", x.len(), self.cols);
         assert!(out.len() >= n * self.rows, "matmul: out has {} < {n}×{} floats", out.len(), self.rows);
         if n == 0 || self.rows == 0 {
             return;
         }
+        let x = &x[..n * self.cols];
         let mut bufs = BUFS.with(Cell::take);
-        self.fill_input(isa, split, &x[..n * self.cols], n, &mut bufs);
-        self.rows_product(isa, split, &bufs.xin, n, out);
+        let mut x_quantized = false;
+        if let Some(v) = &self.v {
+            bufs.t.clear();
+            bufs.t.resize(n * self.rank, 0.0);
+            if let Some(simd) = v.int_route(arith) {
+                quantize_tokens(&mut bufs.lx, x, self.cols, n);
+                x_quantized = true;
+                v.int_product(simd, split, &bufs.lx[..n], &[], n, &mut bufs.t);
+            } else {
+                let wv = v.padded_width();
+                bufs.xin_v.clear();
+                bufs.xin_v.resize(n * wv, 0.0);
+                for (dst, src) in bufs.xin_v.chunks_exact_mut(wv).zip(x.chunks_exact(self.cols)) {
+                    dst[..self.cols].copy_from_slice(src);
+                }
+                v.rows_product(isa, split, &bufs.xin_v, n, &mut bufs.t);
+            }
+        }
+        if let Some(simd) = self.int_route(arith) {
+            if !x_quantized {
+                quantize_tokens(&mut bufs.lx, x, self.cols, n);
+            }
+            if self.rank > 0 {
+                quantize_tokens(&mut bufs.lu, &bufs.t, self.rank, n);
+            }
+            let lu = if self.rank > 0 { &bufs.lu[..n] } else { &[][..] };
+            self.int_product(simd, split, &bufs.lx[..n], lu, n, out);
+        } else {
+            self.fill_input(x, n, &mut bufs);
+            self.rows_product(isa, split, &bufs.xin, n, out);
+        }
         BUFS.with(|c| c.set(bufs));
     }
 
-    /// `bufs.xin = [x ; V·x]` padded, `n × padded_width`.
-    fn fill_input(&self, isa: Isa, split: Split, x: &[f32], n: usize, bufs: &mut Bufs) {
+    /// `bufs.xin = [x ; bufs.t]` padded, `n × padded_width`.
+    fn fill_input(&self, x: &[f32], n: usize, bufs: &mut Bufs) {
         let (w, cols) = (self.padded_width(), self.cols);
         bufs.xin.clear();
         bufs.xin.resize(n * w, 0.0);
         for (dst, src) in bufs.xin.chunks_exact_mut(w).zip(x.chunks_exact(cols)) {
             dst[..cols].copy_from_slice(src);
         }
-        if let Some(v) = &self.v {
-            let wv = v.padded_width();
-            bufs.xin_v.clear();
-            bufs.xin_v.resize(n * wv, 0.0);
-            for (dst, src) in bufs.xin_v.chunks_exact_mut(wv).zip(x.chunks_exact(cols)) {
-                dst[..cols].copy_from_slice(src);
-            }
-            bufs.t.clear();
-            bufs.t.resize(n * self.rank, 0.0);
-            v.rows_product(isa, split, &bufs.xin_v, n, &mut bufs.t);
+        if self.rank > 0 {
             for (dst, t) in bufs.xin.chunks_exact_mut(w).zip(bufs.t.chunks_exact(self.rank)) {
                 dst[self.kp..self.kp + self.rank].copy_from_slice(t);
             }
         }
+    }
+
+    /// The integer arithmetic for every row (`lx`: the tokens' limbs, `lu`: those of `V·x`), split
+    /// over `split`.
+    fn int_product(&self, simd: bool, split: Split, lx: &[Limbs], lu: &[Limbs], n: usize, out: &mut [f32]) {
+        let quads = self.rows.div_ceil(4);
+        let out = OutPtr(out.as_mut_ptr());
+        let macs = n * self.rows * self.padded_width();
+        split.ranges(quads, macs, &|qs| {
+            let rows = qs.start * 4..(qs.end * 4).min(self.rows);
+            // SAFETY: `out` holds n·rows floats (asserted by the caller) and this chunk writes only
+            // rows `rows` of each token, which no other chunk touches.
+            unsafe { self.int_rows(simd, rows, lx, lu, n, out.get()) };
+        });
+    }
+
+    /// Rows `rows` of every token by the integer arithmetic: per block of rows, each tile of the
+    /// band in column order adds `dot · (s · scale[row])` in f64, up to four tokens per pass.
+    ///
+    /// # Safety
+    /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone.
+    unsafe fn int_rows(
+        &self,
+        simd: bool,
+        rows: Range<usize>,
+        lx: &[Limbs],
+        lu: &[Limbs],
+        n: usize,
+        out: *mut f32,
+    ) {
+        INT_BLOCK.with(|b| {
+            let (acc, dots) = &mut *b.borrow_mut();
+            for band in &self.bands {
+                let (a, b) = (rows.start.max(band.rows.start), rows.end.min(band.rows.end));
+                let mut r = a;
+                while r < b {
+                    let e = (r + INT_BLOCK_ROWS).min(b);
+                    let nr = e - r;
+                    acc.clear();
+                    acc.resize(nr * n, 0.0);
+                    for &ti in &band.tiles {
+                        let t = &self.tiles[ti];
+                        let Values::I8 { scale, .. } = &t.values else { unreachable!("int_ok: int8 tiles") };
+                        let (xs, off) =
+                            if t.col0 < self.cols { (lx, t.col0) } else { (lu, t.col0 - self.cols) };
+                        let tr = r - t.row0..e - t.row0;
+                        for t0 in (0..n).step_by(limbs::MAX_TOKENS) {
+                            let xs = &xs[t0..(t0 + limbs::MAX_TOKENS).min(n)];
+                            let nt = xs.len();
+                            dots.clear();
+                            dots.resize(nr * nt, 0);
+                            limbs::tile_dots(simd, t, &self.int_sums[ti], tr.clone(), xs, off, dots);
+                            for (i, d) in dots.chunks_exact(nt).enumerate() {
+                                let sigma = f64::from(scale[tr.start + i]);
+                                for (j, (&d, x)) in d.iter().zip(xs).enumerate() {
+                                    acc[i * n + t0 + j] += d as f64 * (x.scale() * sigma);
+                                }
+                            }
+                        }
+                    }
+                    for (i, row) in acc.chunks_exact(n).enumerate() {
+                        for (tok, &y) in row.iter().enumerate() {
+                            // SAFETY: the caller's contract (row r + i < rows.end, token < n).
+                            unsafe { *out.add(tok * self.rows + r + i) = y as f32 };
+                        }
+                    }
+                    r = e;
+                }
+            }
+        });
     }
 
     /// `out[t·rows + r] = dot(expanded row r, xin[t])` for every row, split over `split`.

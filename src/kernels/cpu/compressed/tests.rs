@@ -212,20 +212,32 @@ fn simd_expansion_equals_scalar_bit_for_bit() {
 #[test]
 fn every_isa_equals_scalar_and_batched_equals_alone() {
     let isas = simd_isas();
+    let int_simd = require_isa("avx512vnni+vbmi2");
     let mut rng = TestRng::new(7);
     for_each_matrix(|m, what| {
         for n in [1, 2, 3, 4, 5, 8, 33] {
             let x = rng.vec(n * m.cols, 1.0);
-            let mut want = vec![0f32; n * m.rows];
-            m.matmul_with(Isa::Scalar, &x, n, &mut want);
+            // f32: every ISA equals the scalar reference.
+            let mut want_f32 = vec![0f32; n * m.rows];
+            m.matmul_with(Isa::Scalar, &x, n, &mut want_f32);
             for &isa in &isas {
                 let mut got = vec![f32::NAN; n * m.rows];
                 m.matmul_with(isa, &x, n, &mut got);
-                assert_eq!(bits(&got), bits(&want), "{what}, n = {n}: {isa:?} vs scalar");
+                assert_eq!(bits(&got), bits(&want_f32), "{what}, n = {n}: {isa:?} vs scalar");
             }
+            // Integers (this matrix and V where int8): the SIMD rows equal the scalar reference.
+            let mut want_int = vec![0f32; n * m.rows];
+            m.matmul_arith(Isa::Scalar, Arith::IntScalar, &x, n, &mut want_int);
+            if int_simd {
+                let mut got = vec![f32::NAN; n * m.rows];
+                m.matmul_arith(Isa::best(), Arith::IntSimd, &x, n, &mut got);
+                assert_eq!(bits(&got), bits(&want_int), "{what}, n = {n}: integer SIMD vs scalar");
+            }
+            // What `matmul` runs here, on the pool and one token at a time.
+            let want = if Arith::best() == Arith::F32 { &want_f32 } else { &want_int };
             let mut pooled = vec![f32::NAN; n * m.rows];
             m.matmul(&x, n, &mut pooled);
-            assert_eq!(bits(&pooled), bits(&want), "{what}, n = {n}: matmul on the pool vs scalar");
+            assert_eq!(bits(&pooled), bits(want), "{what}, n = {n}: matmul on the pool vs scalar");
             for t in 0..n {
                 let mut one = vec![f32::NAN; m.rows];
                 m.matmul(&x[t * m.cols..(t + 1) * m.cols], 1, &mut one);
@@ -266,10 +278,14 @@ fn product_matches_the_reconstructed_weight_in_f64() {
     for_each_matrix(|m, what| {
         let dense = m.to_dense();
         let (u, v) = low_rank_parts(m);
-        for n in [1, 3, 8] {
-            let x = rng.vec(n * m.cols, 1.0);
+        for (n, arith) in [(1, Arith::F32), (3, Arith::F32), (1, Arith::IntScalar), (8, Arith::IntScalar)] {
+            let mut x = rng.vec(n * m.cols, 1.0);
+            // An outlier, so the integers' rounding step is coarse against most activations.
+            if m.cols > 1 {
+                x[rng.below(m.cols)] = 30.0;
+            }
             let mut y = vec![0f32; n * m.rows];
-            m.matmul(&x, n, &mut y);
+            m.matmul_arith(Isa::Scalar, arith, &x, n, &mut y);
             for t in 0..n {
                 let x = &x[t * m.cols..(t + 1) * m.cols];
                 // V·x magnitudes bound the f32 rounding of the low-rank intermediate.
@@ -283,7 +299,7 @@ fn product_matches_the_reconstructed_weight_in_f64() {
                     let got = y[t * m.rows + r] as f64;
                     assert!(
                         (got - reference).abs() <= 1e-5 * mag,
-                        "{what}, token {t} row {r}: {got} vs {reference} (Σ|w·x| {mag})"
+                        "{what}, {arith:?}, token {t} row {r}: {got} vs {reference} (Σ|w·x| {mag})"
                     );
                 }
             }
@@ -317,9 +333,10 @@ fn generated_matrices_cover_what_the_kernels_branch_on() {
     // The generators must actually produce empty rows, ragged int4 tails and every representation,
     // or the tests above would pass without exercising them.
     let (mut empty_rows, mut odd_i4, mut reps) = (0, 0, std::collections::HashSet::new());
-    let mut fusable = [0usize; 2];
+    let (mut fusable, mut integer) = ([0usize; 2], [0usize; 2]);
     for_each_matrix(|m, _| {
         fusable[m.fusable as usize] += 1;
+        integer[m.integer() as usize] += 1;
         for t in m.tiles() {
             reps.insert((t.pattern().name(), t.values().value_type()));
             empty_rows += (0..t.rows).filter(|&r| t.row_kept(r) == 0 && t.cols > 0).count();
@@ -331,6 +348,8 @@ fn generated_matrices_cover_what_the_kernels_branch_on() {
     assert!(empty_rows > 0 && odd_i4 > 0, "empty rows {empty_rows}, ragged int4 rows {odd_i4}");
     // Both the fused decode path and the panel path (tiles off the 16-column grid) must be taken.
     assert!(fusable[0] > 0 && fusable[1] > 0, "[not fusable, fusable] matrices: {fusable:?}");
+    // Both the integer and the f32 arithmetic must be taken.
+    assert!(integer[0] > 0 && integer[1] > 0, "[f32, integer] matrices: {integer:?}");
     assert_eq!(reps.len(), PATTERNS.len() * TYPES.len(), "representations generated: {reps:?}");
 }
 
@@ -425,81 +444,126 @@ fn timings() {
     }
 }
 
-/// The exact integer path of `limbs`: the SIMD rows equal the scalar reference bit for bit, on every
-/// pattern, ragged widths, empty rows and tiles that start mid-token.
+/// The exact integer dots of `limbs`: the SIMD rows equal the scalar reference, for one to four
+/// tokens, on every pattern, ragged widths, empty rows and tiles that start mid-token; and they
+/// are `Σ q·x̂` within the activations' rounding of the f64 product.
 #[test]
-fn limb_rows_equal_the_reference_and_the_f64_product_within_the_rounding() {
-    use super::limbs::{row_sums, rows_i8, rows_i8_reference, Limbs};
+fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
+    use super::limbs::{row_sums, tile_dots, Limbs};
     let simd = require_isa("avx512vnni+vbmi2");
     let mut rng = TestRng::new(21);
-    let mut x = Limbs::default();
     for cols in [1, 5, 63, 64, 65, 200, 576] {
         for pattern in PATTERNS {
             let p = fit(pattern, cols);
             for col0 in [0, 3, 64] {
                 let rows = 7;
                 let t = random_tile(&mut rng, (0, rows), (col0, cols), p, ValueType::I8);
-                // Activations with an outlier, so the rounding step is coarse against most values.
-                let mut xs = rng.vec(col0 + cols, 1.0);
-                xs[rng.below(col0 + cols)] = 40.0;
-                assert!(x.quantize(&xs));
-                let mut want = vec![0f32; rows];
-                rows_i8_reference(&t, 0..rows, &x, &mut want).unwrap();
-                // Against the f64 product: within the activations' rounding plus the final f32 rounding.
-                let (Values::I8 { q, scale }, words) = (&t.values, mask_words(cols)) else { unreachable!() };
-                for r in 0..rows {
-                    let mut k = t.row_start[r];
-                    let (mut exact, mut abs_q) = (0f64, 0f64);
-                    for c in 0..cols {
-                        if p == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1 {
-                            exact += f64::from(q[k]) * f64::from(scale[r]) * f64::from(xs[col0 + c]);
-                            abs_q += f64::from(q[k]).abs();
-                            k += 1;
+                let sums = row_sums(&t).unwrap();
+                let xs: Vec<Vec<f32>> = (0..4)
+                    .map(|_| {
+                        // Activations with an outlier, so the step is coarse against most values.
+                        let mut v = rng.vec(col0 + cols, 1.0);
+                        v[rng.below(col0 + cols)] = 40.0;
+                        v
+                    })
+                    .collect();
+                let limbs: Vec<Limbs> = xs
+                    .iter()
+                    .map(|v| {
+                        let mut l = Limbs::default();
+                        assert!(l.quantize(v));
+                        l
+                    })
+                    .collect();
+                let mut want = vec![0i64; rows * 4];
+                tile_dots(false, &t, &sums, 0..rows, &limbs, col0, &mut want);
+                let (Values::I8 { q, .. }, words) = (&t.values, mask_words(cols)) else { unreachable!() };
+                for (j, (x, l)) in xs.iter().zip(&limbs).enumerate() {
+                    for r in 0..rows {
+                        let mut k = t.row_start[r];
+                        let (mut exact, mut abs_q, mut mag) = (0f64, 0f64, 0f64);
+                        for c in 0..cols {
+                            if p == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1 {
+                                exact += f64::from(q[k]) * f64::from(x[col0 + c]);
+                                abs_q += f64::from(q[k]).abs();
+                                mag += (f64::from(q[k]) * f64::from(x[col0 + c])).abs();
+                                k += 1;
+                            }
                         }
+                        // The activations' rounding, plus f64 rounding of the sums.
+                        let got = want[r * 4 + j] as f64 * l.scale();
+                        let bound = 0.5 * l.scale() * abs_q * (1.0 + 1e-9) + 1e-12 * mag + 1e-30;
+                        let err = (got - exact).abs();
+                        assert!(err <= bound, "{cols} cols, {p:?}, row {r}: error {err:e} > {bound:e}");
                     }
-                    let bound =
-                        0.5 * x.scale() * f64::from(scale[r].abs()) * abs_q + exact.abs() * 1.2e-7 + 1e-30;
-                    let err = (f64::from(want[r]) - exact).abs();
-                    assert!(err <= bound, "{cols} cols, {p:?}, row {r}: error {err:e} > {bound:e}");
                 }
                 if simd {
-                    let mut got = vec![0f32; rows];
-                    rows_i8(&t, &row_sums(&t).unwrap(), 0..rows, &x, &mut got).unwrap();
-                    assert_eq!(bits(&got), bits(&want), "{cols} cols, {p:?}, col0 {col0}");
-                    // A sub-range of rows alone gives the same bits.
-                    let mut part = vec![0f32; 3];
-                    rows_i8(&t, &row_sums(&t).unwrap(), 2..5, &x, &mut part).unwrap();
-                    assert_eq!(bits(&part), bits(&want[2..5]));
+                    for nt in 1..=4 {
+                        let mut got = vec![0i64; rows * nt];
+                        tile_dots(true, &t, &sums, 0..rows, &limbs[..nt], col0, &mut got);
+                        let want_nt: Vec<i64> = (0..rows)
+                            .flat_map(|r| (0..nt).map(move |j| (r, j)))
+                            .map(|(r, j)| want[r * 4 + j])
+                            .collect();
+                        assert_eq!(got, want_nt, "{cols} cols, {p:?}, col0 {col0}, {nt} tokens");
+                    }
+                    // A sub-range of rows alone gives the same integers.
+                    let mut part = vec![0i64; 3];
+                    tile_dots(true, &t, &sums, 2..5, &limbs[..1], col0, &mut part);
+                    assert_eq!(part, [want[2 * 4], want[3 * 4], want[4 * 4]]);
                 }
             }
         }
     }
-    // What the integers cannot stand for is refused, not rounded.
+    let mut x = Limbs::default();
+    // What the integers cannot stand for is refused and made NaN, not rounded.
     assert!(!x.quantize(&[1.0, f32::NAN]));
+    assert!(x.scale().is_nan());
     assert!(!x.quantize(&[f32::INFINITY]));
     // All zeros: every product is exactly zero.
     assert!(x.quantize(&[0.0; 70]));
     let t = random_tile(&mut rng, (0, 2), (0, 70), Pattern::Dense, ValueType::I8);
-    let mut out = [1f32; 2];
-    rows_i8_reference(&t, 0..2, &x, &mut out).unwrap();
-    assert_eq!(out, [0.0; 2]);
+    let mut out = [1i64; 2];
+    tile_dots(false, &t, &row_sums(&t).unwrap(), 0..2, std::slice::from_ref(&x), 0, &mut out);
+    assert_eq!(out, [0; 2]);
 }
 
-/// The exact integer rows (`limbs`) beside today's decode path on the same tiles: one token, one
-/// thread, the fastest tenth of 400 calls. `SLATE_TIMING_ROWS` sets the rows (e.g. 16384 for a
-/// matrix far larger than the caches).
+/// A token with a NaN gives NaN in every row under the integer arithmetic, and the other tokens of
+/// its batch are what they are alone.
+#[test]
+fn a_non_finite_token_is_nan_and_leaves_its_batch_alone() {
+    let mut rng = TestRng::new(31);
+    let t = random_tile(&mut rng, (0, 9), (0, 100), Pattern::NM { n: 2, m: 4 }, ValueType::I8);
+    let m = CMatrix::new(9, 100, None, vec![t]).unwrap();
+    let mut x = rng.vec(300, 1.0);
+    x[150] = f32::NAN;
+    for arith in [Arith::IntScalar, Arith::best()] {
+        let mut y = vec![0f32; 27];
+        m.matmul_arith(Isa::Scalar, arith, &x, 3, &mut y);
+        assert!(y[9..18].iter().all(|v| v.is_nan()), "{arith:?}: {:?}", &y[9..18]);
+        for tok in [0, 2] {
+            let mut one = vec![0f32; 9];
+            m.matmul_arith(Isa::Scalar, arith, &x[tok * 100..(tok + 1) * 100], 1, &mut one);
+            assert_eq!(bits(&one), bits(&y[tok * 9..(tok + 1) * 9]), "{arith:?}, token {tok}");
+        }
+    }
+}
+
+/// The exact integer arithmetic beside the f32 one on the same matrix: one token, one thread, the
+/// fastest tenth of 400 calls. `SLATE_TIMING_ROWS` sets the rows (e.g. 131072 for a matrix far
+/// larger than the caches):
+/// `cargo test --release --lib kernels::cpu::compressed::tests::limb_timings -- --ignored --nocapture`.
 #[test]
 #[ignore = "timing, not a check"]
 fn limb_timings() {
-    use super::limbs::{row_sums, rows_i8, simd_available, Limbs};
-    if !simd_available() {
+    if !super::limbs::simd_available() {
         eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI2");
         return;
     }
     let mut rng = TestRng::new(8);
     let rows = std::env::var("SLATE_TIMING_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
     let cols = 576;
-    println!("{rows}×{cols}, 1 token, 1 thread; fused f32 path ({:?}) vs exact integer rows", Isa::best());
+    println!("{rows}×{cols}, 1 thread; f32 arithmetic ({:?}) vs exact integers", Isa::best());
     for (name, pattern, density) in [
         ("dense int8", Pattern::Dense, 100),
         ("2:4 int8", Pattern::NM { n: 2, m: 4 }, 50),
@@ -532,11 +596,7 @@ fn limb_timings() {
             .collect();
         let values = random_values(&mut rng, &kept, ValueType::I8);
         let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
-        let sums = row_sums(&tile).unwrap();
-        let m = CMatrix::new(rows, cols, None, vec![tile.clone()]).unwrap();
-        let xs: Vec<f32> = (0..cols).map(|_| rng.f32(-1.0, 1.0)).collect();
-        let mut out = vec![0.0f32; rows];
-        let mut limbs = Limbs::default();
+        let m = CMatrix::new(rows, cols, None, vec![tile]).unwrap();
         let time = |f: &mut dyn FnMut()| {
             let mut t: Vec<f64> = (0..400)
                 .map(|_| {
@@ -548,24 +608,25 @@ fn limb_timings() {
             t.sort_by(f64::total_cmp);
             t[t.len() / 10]
         };
-        let (mut fused, mut exact) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            fused.push(time(&mut || m.matmul_with(Isa::best(), &xs, 1, &mut out)));
-            exact.push(time(&mut || {
-                assert!(limbs.quantize(&xs));
-                rows_i8(&tile, &sums, 0..rows, &limbs, &mut out).unwrap();
-            }));
+        for n in [1, 4, 64] {
+            let xs: Vec<f32> = (0..n * cols).map(|_| rng.f32(-1.0, 1.0)).collect();
+            let mut out = vec![0.0f32; n * rows];
+            let (mut float, mut exact) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                float.push(time(&mut || m.matmul_arith(Isa::best(), Arith::F32, &xs, n, &mut out)));
+                exact.push(time(&mut || m.matmul_arith(Isa::best(), Arith::IntSimd, &xs, n, &mut out)));
+            }
+            float.sort_by(f64::total_cmp);
+            exact.sort_by(f64::total_cmp);
+            let (f, e) = (float[1], exact[1]);
+            println!(
+                "{name:>10}, {n:>2} tokens: f32 {:8.1} µs, integers {:8.1} µs ({:.2}×), {:.2} GB/s of {} bytes",
+                f * 1e6,
+                e * 1e6,
+                f / e,
+                m.bytes() as f64 / e / 1e9,
+                m.bytes()
+            );
         }
-        fused.sort_by(f64::total_cmp);
-        exact.sort_by(f64::total_cmp);
-        let (f, e) = (fused[1], exact[1]);
-        println!(
-            "{name:>10}: fused f32 {:7.1} µs, exact integer {:7.1} µs ({:.2}×), {:.2} GB/s of {} bytes",
-            f * 1e6,
-            e * 1e6,
-            f / e,
-            m.bytes() as f64 / e / 1e9,
-            m.bytes()
-        );
     }
 }
