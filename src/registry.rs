@@ -1,8 +1,11 @@
 //! Models by name: their kind, weights version, load state and the handle requests go to.
 //! Readiness = every configured model loaded and warmed, and none faulted since; published on a
 //! `watch` channel that also drives `grpc.health.v1`. A model whose threads die at run time is marked
-//! failed at once (see [`crate::serving::fault`]).
+//! failed at once (see [`crate::serving::fault`]). Each model is placed on its device when the
+//! registry is made ([`crate::backend::device`]): a model that cannot run where its config says
+//! refuses the start.
 
+use crate::backend::device::{self, DeviceError, Placement};
 use crate::config::{Config, ModelConfig, ModelKind};
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -34,10 +37,15 @@ pub struct ModelInfo {
     /// An SLM's weight bytes and representations, once loaded.
     pub weights: Option<crate::slm::scheduler::WeightsInfo>,
     pub status: ModelState,
+    /// The device it runs on ("cpu").
+    pub device: &'static str,
+    /// Why `device = "auto"` did not put it on a GPU.
+    pub device_fallback: Option<String>,
 }
 
 struct Entry {
     config: ModelConfig,
+    placement: Placement,
     state: RwLock<ModelState>,
     ranker: OnceLock<RankerHandle>,
     slm: OnceLock<SlmHandle>,
@@ -59,12 +67,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(config: &Config) -> Arc<Self> {
+    /// The registry of `config`'s models, each placed on its device (GPUs probed once), none loaded
+    /// yet; the first model that cannot run on its configured device is an error.
+    pub fn new(config: &Config) -> Result<Arc<Self>, DeviceError> {
+        let placements =
+            device::place_all(config.models.iter().map(|m| (m.name.as_str(), m.kind, m.device_text())))?;
         let entries = config
             .models
             .iter()
-            .map(|m| Entry {
+            .zip(placements)
+            .map(|(m, placement)| Entry {
                 config: m.clone(),
+                placement,
                 state: RwLock::new(ModelState::Loading),
                 ranker: OnceLock::new(),
                 slm: OnceLock::new(),
@@ -76,7 +90,7 @@ impl Registry {
             metrics::model_ready(&m.name, false);
         }
         let (ready_tx, _) = watch::channel(entries.is_empty());
-        Arc::new(Registry { entries, ready_tx })
+        Ok(Arc::new(Registry { entries, ready_tx }))
     }
 
     /// Loads and warms every model on its own thread (never tokio's); readiness flips when all are done.
@@ -191,6 +205,8 @@ impl Registry {
                     .or_else(|| e.tabular.get().map(|b| b.model().version.clone())),
                 weights: e.slm.get().map(|h| h.weights().clone()),
                 status: e.state.read().expect("registry lock poisoned").clone(),
+                device: e.placement.device.as_str(),
+                device_fallback: e.placement.fallback.clone(),
             })
             .collect()
     }

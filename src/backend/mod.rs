@@ -5,9 +5,13 @@
 //! the compute. Model code holds an `Arc<dyn RankerBackend>` / `Box<dyn SlmBackend>` and the opaque
 //! handles a backend hands out (encoded histories, KV storage, per-thread workspaces), so a new backend
 //! (a GPU, another weight format) plugs in here without touching model or scheduler code.
-//! `cpu` is the backend today; it runs on `kernels::cpu`.
+//! `cpu` is the backend today; it runs on `kernels::cpu`. `device` places each model at start (its
+//! config's `device` key); `cuda` (feature `cuda`) holds the GPU probe, and no CUDA backend yet.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
 pub mod ranker;
 pub mod slm;
 

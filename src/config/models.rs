@@ -1,5 +1,6 @@
 //! The `[[models]]` entries of the config: each model's kind, path and the settings of its family.
 
+use crate::backend::device::DeviceSpec;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -44,6 +45,12 @@ pub struct ModelConfig {
     /// Model folder (ranker: config.json + model.safetensors), GGUF file or compressed folder (slm),
     /// or model file (trees). Relative paths are from the working directory.
     pub path: PathBuf,
+    /// Where the model computes (`ranker` and `slm`; the tabular kinds run on the CPU only): "cpu"
+    /// (the default), "cuda" (GPU 0), "cuda:N" (GPU N) or "auto" (GPU 0 when a CUDA backend can use
+    /// it, else the CPU, logged). As written; validation checks it (naming the model) and
+    /// [`ModelConfig::device`] parses it. See [`crate::backend::device`].
+    #[serde(default = "default_device", rename = "device")]
+    device_text: String,
     /// Settings for `kind = "ranker"`.
     #[serde(default)]
     pub ranker: RankerSettings,
@@ -53,6 +60,22 @@ pub struct ModelConfig {
     /// Settings for the tabular kinds (`trees`, `additive`, `soft_trees`).
     #[serde(default)]
     pub trees: TreesSettings,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+impl ModelConfig {
+    /// The `device` key, parsed (see [`DeviceSpec::parse`]; a validated config always parses).
+    pub fn device(&self) -> Result<DeviceSpec, String> {
+        DeviceSpec::parse(&self.device_text)
+    }
+
+    /// The `device` key as written.
+    pub fn device_text(&self) -> &str {
+        &self.device_text
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

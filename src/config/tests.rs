@@ -280,3 +280,67 @@ fn tls_files_are_a_table() {
     let e = err("[server.tls]\ncert_file = \"c.pem\"\n");
     assert!(e.contains("key_file"), "{e}");
 }
+
+#[test]
+fn device_takes_cpu_cuda_cuda_n_or_auto() {
+    use crate::backend::device::DeviceSpec;
+    let model = |kind: &str, device: &str| {
+        format!("[[models]]\nname = \"m1\"\nkind = \"{kind}\"\npath = \"Cargo.toml\"\n{device}\n")
+    };
+    let device =
+        |kind: &str, line: &str| Config::parse(&model(kind, line), "c.toml").unwrap().models[0].device();
+    for kind in ["ranker", "slm"] {
+        assert_eq!(device(kind, ""), Ok(DeviceSpec::Cpu), "left out: the CPU");
+        for (text, spec) in [
+            ("cpu", DeviceSpec::Cpu),
+            ("cuda", DeviceSpec::Cuda(0)),
+            ("cuda:0", DeviceSpec::Cuda(0)),
+            ("cuda:3", DeviceSpec::Cuda(3)),
+            ("auto", DeviceSpec::Auto),
+        ] {
+            assert_eq!(device(kind, &format!("device = \"{text}\"")), Ok(spec), "{kind} {text}");
+        }
+    }
+    // Errors name the key, the model and the value.
+    for (bad, says) in [
+        ("gpu", "\"gpu\" is not a device: expected \"cpu\", \"cuda\", \"cuda:N\""),
+        ("cuda:x", "N in \"cuda:N\" must be a GPU index (0, 1, …), got \"x\""),
+        ("cuda:-1", "got \"-1\""),
+        ("cuda:", "got \"\""),
+        ("CUDA", "\"CUDA\" is not a device"),
+        ("cpu:0", "\"cpu:0\" is not a device"),
+        ("cuda:4294967296", "GPU index 4294967296 is out of range"),
+    ] {
+        let e = err(&model("slm", &format!("device = \"{bad}\"")));
+        assert!(e.starts_with("cfg.toml: models[0].device: model 'm1': "), "{e}");
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let e = err(&model("ranker", "device = 0"));
+    assert!(e.contains("device"), "{e}");
+    // The tabular kinds run on the CPU only.
+    for kind in ["trees", "additive", "soft_trees"] {
+        assert_eq!(device(kind, "device = \"cpu\""), Ok(DeviceSpec::Cpu));
+        for spec in ["cuda", "auto"] {
+            let e = err(&model(kind, &format!("device = \"{spec}\"")));
+            assert_eq!(
+                e,
+                format!(
+                    "cfg.toml: models[0].device: model 'm1': {kind} models run on the CPU only; set \
+                     device = \"cpu\" or leave it out"
+                )
+            );
+        }
+    }
+}
+
+#[test]
+fn the_default_configs_commented_device_keys_belong_to_their_models() {
+    use crate::backend::device::DeviceSpec;
+    let text = std::fs::read_to_string("config/default.toml").unwrap();
+    assert_eq!(text.matches("\n# device = \"cpu\"\n").count(), 2, "the ranker's and the SLM's");
+    let c =
+        Config::parse(&text.replace("\n# device = \"cpu\"\n", "\ndevice = \"auto\"\n"), "d.toml").unwrap();
+    let devices: Vec<_> = c.models.iter().map(|m| (m.name.as_str(), m.device().unwrap())).collect();
+    assert_eq!(devices[..2], [("demo-ranker", DeviceSpec::Auto), ("smollm2-135m", DeviceSpec::Auto)]);
+    assert!(devices[2..].iter().all(|(_, d)| *d == DeviceSpec::Cpu), "{devices:?}");
+}

@@ -2,8 +2,10 @@
 //! reported as `key: problem` (the caller prefixes the file).
 
 use super::{
-    Config, Limits, ModelConfig, Priorities, RankerSettings, ServerConfig, SlmSettings, TreesSettings,
+    Config, Limits, ModelConfig, ModelKind, Priorities, RankerSettings, ServerConfig, SlmSettings,
+    TreesSettings,
 };
+use crate::backend::device::DeviceSpec;
 use std::collections::HashSet;
 
 /// Checks every section; the first error found wins.
@@ -103,7 +105,7 @@ fn priorities(p: &Priorities) -> Result<(), String> {
     Ok(())
 }
 
-/// `models[i]`: its name (unique among `seen`), its path, and both families' settings (a model's
+/// `models[i]`: its name (unique among `seen`), its path, its device, and both families' settings (a model's
 /// table for the other family keeps its defaults, which are valid).
 fn model<'a>(i: usize, m: &'a ModelConfig, seen: &mut HashSet<&'a str>) -> Result<(), String> {
     if m.name.is_empty() {
@@ -117,6 +119,14 @@ fn model<'a>(i: usize, m: &'a ModelConfig, seen: &mut HashSet<&'a str>) -> Resul
     }
     if !m.path.exists() {
         return Err(format!("models[{i}].path: no such file '{}'", m.path.display()));
+    }
+    let device = m.device().map_err(|e| format!("models[{i}].device: model '{}': {e}", m.name))?;
+    if device != DeviceSpec::Cpu && !matches!(m.kind, ModelKind::Ranker | ModelKind::Slm) {
+        return Err(format!(
+            "models[{i}].device: model '{}': {} models run on the CPU only; set device = \"cpu\" or leave it out",
+            m.name,
+            m.kind.as_str()
+        ));
     }
     ranker(i, &m.ranker)?;
     slm(i, &m.slm)?;

@@ -73,7 +73,8 @@ fn rank_json(resp: &RankResponse) -> Result<Response, Error> {
     Ok(([(header::CONTENT_TYPE, "application/json")], buf).into_response())
 }
 
-/// `GET /v1/models`: every configured model with its kind, weights version and load status.
+/// `GET /v1/models`: every configured model with its kind, weights version, load status and device
+/// (with why `auto` fell back to the CPU, when it did).
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let data: Vec<serde_json::Value> = state
         .registry
@@ -91,9 +92,13 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
                 "kind": m.kind,
                 "version": m.version,
                 "status": status,
+                "device": m.device,
             });
             if let Some(error) = error {
                 v["error"] = error.into();
+            }
+            if let Some(why) = m.device_fallback {
+                v["device_fallback"] = why.into();
             }
             if let Some(w) = m.weights {
                 v["weight_bytes"] = w.bytes.into();

@@ -506,7 +506,7 @@ mod tests {
     async fn panics_become_a_json_500_and_auth_comes_first() {
         use tower::ServiceExt as _;
         let config = crate::config::Config::parse("[auth]\napi_keys = [\"k\"]\n", "t.toml").unwrap();
-        let state = AppState::new(config.clone(), crate::registry::Registry::new(&config));
+        let state = AppState::new(config.clone(), crate::registry::Registry::new(&config).unwrap());
         let app = axum::Router::new()
             .route("/v1/rank", axum::routing::get(|| async { panic!("boom") as &'static str }))
             .layer(FrontLayer::new(state));

@@ -176,6 +176,9 @@ pub enum ServeError {
     NoApiKeys,
     #[error("{0}")]
     MemoryBudget(String),
+    /// A model cannot run on the device its config names (`models[].device`).
+    #[error(transparent)]
+    Device(#[from] crate::backend::device::DeviceError),
 }
 
 /// A server whose listeners are bound (and whose models are loading), not yet serving.
@@ -217,7 +220,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 impl Server {
     /// Binds both listeners (port 0 picks a free port; the bound addresses are logged as
     /// `http listening on ADDR` / `grpc listening on ADDR`), then starts loading the models, so
-    /// readiness answers 503 until they are warm.
+    /// readiness answers 503 until they are warm. Before any listener, each model is placed on its
+    /// configured device; one that cannot run there is [`ServeError::Device`].
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         let keys = auth::ApiKeys::from_config(&config.auth);
         if !keys.enabled() {
@@ -227,6 +231,12 @@ impl Server {
             tracing::warn!("auth is off: no API key is configured, every client is served (set auth.required = true to refuse this)");
         }
         memory_check(&config)?;
+        // The recorder before the registry: loader threads report readiness as soon as they finish.
+        crate::metrics::install();
+        register_metrics(&config);
+        // Every model placed on its device before a listener opens: one that cannot run where its
+        // config says refuses the start.
+        let registry = Registry::new(&config)?;
         let tls = match &config.server.tls {
             None => None,
             Some(files) => Some((
@@ -249,10 +259,6 @@ impl Server {
         tracing::info!(tls = with_tls, "grpc listening on {grpc_addr}");
 
         crate::compute::configure(config.server.compute_nice);
-        // The recorder before the registry: loader threads report readiness as soon as they finish.
-        crate::metrics::install();
-        register_metrics(&config);
-        let registry = Registry::new(&config);
         registry.spawn_loading(&config);
         let state = AppState::new(config, registry);
         Ok(Server { state, http, grpc, http_addr, grpc_addr, tls })

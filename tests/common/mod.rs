@@ -1,7 +1,8 @@
 //! Shared helpers for end-to-end tests: start the real `slate` binary on free ports with a temporary
 //! config, learn the bound addresses from its log, and talk to it; find what tests need from outside
 //! the repository (the SLM file, the project's Python, tools), failing loudly when it is missing;
-//! `queries` reads the metric names the deployment artifacts query.
+//! `queries` reads the metric names the deployment artifacts query; `gpu` gives GPU tests a GPU or
+//! skips them, loudly.
 //!
 //! ```ignore
 //! mod common;
@@ -11,6 +12,7 @@
 //! ```
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod gpu;
 pub mod queries;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -365,11 +367,18 @@ pub fn run_to_exit(config_toml: &str) -> Output {
     child.wait_with_output().expect("collect output")
 }
 
+/// Test-side variables for a test executable run away from its build (scripts/device-check.sh's
+/// folder on a GPU machine): the `slate` binary to start instead of cargo's, and the folder that
+/// relative model paths resolve against instead of the crate root.
+const TEST_BIN: &str = "SLATE_TEST_BIN";
+const TEST_ROOT: &str = "SLATE_TEST_ROOT";
+
 fn serve_command(config: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty());
+    let mut cmd = Command::new(var(TEST_BIN).unwrap_or_else(|| BIN.into()));
     cmd.arg("serve").arg("--config").arg(config);
     // Relative model paths in configs resolve against the crate root, like `cargo run`.
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.current_dir(var(TEST_ROOT).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()));
     for k in SCRUBBED_ENV {
         cmd.env_remove(k);
     }
