@@ -43,6 +43,7 @@
 
 #[macro_use]
 mod fused;
+mod integer;
 pub mod limbs;
 mod scalar;
 mod simd;
@@ -53,6 +54,7 @@ mod tile;
 
 pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
 
+use integer::quantize_tokens;
 use limbs::Limbs;
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
@@ -192,22 +194,6 @@ thread_local! {
     static BUFS: Cell<Bufs> = Cell::new(Bufs::default());
     /// The expanded row block of the thread that works on it.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The integer arithmetic's row block of the thread that works on it: f64 sums per
-    /// `(row, token)` and one tile's exact dots.
-    static INT_BLOCK: RefCell<(Vec<f64>, Vec<i64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Rows per block of the integer arithmetic: their bytes stay in L1 while every token passes.
-const INT_BLOCK_ROWS: usize = 32;
-
-/// `xs[t]` = token `t` of `x` (`n` rows of `width`) as limbs; `xs` grows to `n` and is not shrunk.
-fn quantize_tokens(xs: &mut Vec<Limbs>, x: &[f32], width: usize, n: usize) {
-    if xs.len() < n {
-        xs.resize_with(n, Limbs::default);
-    }
-    for (l, row) in xs.iter_mut().zip(x.chunks_exact(width)).take(n) {
-        l.quantize(row);
-    }
 }
 
 impl CMatrix {
@@ -447,16 +433,6 @@ impl CMatrix {
         self.matmul_split(isa, arith, Split::Serial, x, n, out);
     }
 
-    /// `Some(simd)` when this matrix runs integers under `arith`.
-    fn int_route(&self, arith: Arith) -> Option<bool> {
-        match arith {
-            _ if !self.int_ok => None,
-            Arith::F32 => None,
-            Arith::IntScalar => Some(false),
-            Arith::IntSimd => Some(true),
-        }
-    }
-
     fn matmul_split(&self, isa: Isa, arith: Arith, split: Split, x: &[f32], n: usize, out: &mut [f32]) {
         assert!(x.len() >= n * self.cols, "matmul: x has {} < {n}×{} floats", x.len(), self.cols);
         assert!(out.len() >= n * self.rows, "matmul: out has {} < {n}×{} floats", out.len(), self.rows);
@@ -514,86 +490,26 @@ impl CMatrix {
         }
     }
 
-    /// The integer arithmetic for every row (`lx`: the tokens' limbs, `lu`: those of `V·x`), split
-    /// over `split`.
-    fn int_product(&self, simd: bool, split: Split, lx: &[Limbs], lu: &[Limbs], n: usize, out: &mut [f32]) {
-        let quads = self.rows.div_ceil(4);
-        let out = OutPtr(out.as_mut_ptr());
-        let macs = n * self.rows * self.padded_width();
-        split.ranges(quads, macs, &|qs| {
-            let rows = qs.start * 4..(qs.end * 4).min(self.rows);
-            // SAFETY: `out` holds n·rows floats (asserted by the caller) and this chunk writes only
-            // rows `rows` of each token, which no other chunk touches.
-            unsafe { self.int_rows(simd, rows, lx, lu, n, out.get()) };
-        });
-    }
-
-    /// Rows `rows` of every token by the integer arithmetic: per block of rows, each tile of the
-    /// band in column order adds `dot · (s · scale[row])` in f64, up to four tokens per pass.
-    ///
-    /// # Safety
-    /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone.
-    unsafe fn int_rows(
-        &self,
-        simd: bool,
-        rows: Range<usize>,
-        lx: &[Limbs],
-        lu: &[Limbs],
-        n: usize,
-        out: *mut f32,
-    ) {
-        INT_BLOCK.with(|b| {
-            let (acc, dots) = &mut *b.borrow_mut();
-            for band in &self.bands {
-                let (a, b) = (rows.start.max(band.rows.start), rows.end.min(band.rows.end));
-                let mut r = a;
-                while r < b {
-                    let e = (r + INT_BLOCK_ROWS).min(b);
-                    let nr = e - r;
-                    acc.clear();
-                    acc.resize(nr * n, 0.0);
-                    for &ti in &band.tiles {
-                        let t = &self.tiles[ti];
-                        let Values::I8 { scale, .. } = &t.values else { unreachable!("int_ok: int8 tiles") };
-                        let (xs, off) =
-                            if t.col0 < self.cols { (lx, t.col0) } else { (lu, t.col0 - self.cols) };
-                        let tr = r - t.row0..e - t.row0;
-                        for t0 in (0..n).step_by(limbs::MAX_TOKENS) {
-                            let xs = &xs[t0..(t0 + limbs::MAX_TOKENS).min(n)];
-                            let nt = xs.len();
-                            dots.clear();
-                            dots.resize(nr * nt, 0);
-                            limbs::tile_dots(simd, t, &self.int_sums[ti], tr.clone(), xs, off, dots);
-                            for (i, d) in dots.chunks_exact(nt).enumerate() {
-                                let sigma = f64::from(scale[tr.start + i]);
-                                for (j, (&d, x)) in d.iter().zip(xs).enumerate() {
-                                    acc[i * n + t0 + j] += d as f64 * (x.scale() * sigma);
-                                }
-                            }
-                        }
-                    }
-                    for (i, row) in acc.chunks_exact(n).enumerate() {
-                        for (tok, &y) in row.iter().enumerate() {
-                            // SAFETY: the caller's contract (row r + i < rows.end, token < n).
-                            unsafe { *out.add(tok * self.rows + r + i) = y as f32 };
-                        }
-                    }
-                    r = e;
-                }
-            }
-        });
-    }
-
     /// `out[t·rows + r] = dot(expanded row r, xin[t])` for every row, split over `split`.
     fn rows_product(&self, isa: Isa, split: Split, xin: &[f32], n: usize, out: &mut [f32]) {
-        let quads = self.rows.div_ceil(4);
+        // SAFETY: split_rows hands each chunk rows of `out` (n × rows floats) no other chunk writes.
+        self.split_rows(split, n, out, &|rows, out| unsafe { self.rows_range(isa, rows, xin, n, out) });
+    }
+
+    /// Runs `f(rows, out)` over the rows in chunks of whole quads, split over `split`: `out` holds
+    /// `n × self.rows` floats (asserted by the caller) and each chunk may write rows `rows` of each
+    /// token, which no other chunk touches.
+    fn split_rows(
+        &self,
+        split: Split,
+        n: usize,
+        out: &mut [f32],
+        f: &(dyn Fn(Range<usize>, *mut f32) + Sync),
+    ) {
         let out = OutPtr(out.as_mut_ptr());
         let macs = n * self.rows * self.padded_width();
-        split.ranges(quads, macs, &|qs| {
-            let rows = qs.start * 4..(qs.end * 4).min(self.rows);
-            // SAFETY: `out` holds n·rows floats (asserted by the caller) and this chunk writes only
-            // rows `rows` of each token, which no other chunk touches.
-            unsafe { self.rows_range(isa, rows, xin, n, out.get()) };
+        split.ranges(self.rows.div_ceil(4), macs, &|qs| {
+            f(qs.start * 4..(qs.end * 4).min(self.rows), out.get())
         });
     }
 
