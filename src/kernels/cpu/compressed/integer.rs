@@ -2,15 +2,25 @@
 //! the tokens as limbs, and the rows a block at a time over [`limbs::tile_dots`].
 
 use super::limbs::{self, Limbs};
-use super::{Arith, CMatrix, Values};
+use super::{Arith, CMatrix, Pattern, Values};
 use crate::kernels::cpu::quant::Split;
 use std::cell::RefCell;
 use std::ops::Range;
 
 thread_local! {
-    /// The integer arithmetic's row block of the thread that works on it: f64 sums per
-    /// `(row, token)` and one tile's exact dots.
-    static INT_BLOCK: RefCell<(Vec<f64>, Vec<i64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The integer arithmetic's row block of the thread that works on it.
+    static INT_BLOCK: RefCell<IntBlock> = const {
+        RefCell::new(IntBlock { acc: Vec::new(), dots: Vec::new(), panels: Vec::new() })
+    };
+}
+
+/// Scratch of [`CMatrix::int_rows`], reused: f64 sums per `(row, token)` of one pass over a block,
+/// one tile's exact dots, and per tile of the band its rows expanded for many tokens (with the
+/// stride, `None` when the tile is read as stored).
+struct IntBlock {
+    acc: Vec<f64>,
+    dots: Vec<i64>,
+    panels: Vec<(Vec<i8>, Option<usize>)>,
 }
 
 /// Rows per block of the integer arithmetic: their bytes stay in L1 while every token passes.
@@ -52,8 +62,8 @@ impl CMatrix {
         self.split_rows(split, n, out, &|rows, out| unsafe { self.int_rows(simd, rows, lx, lu, n, out) });
     }
 
-    /// Rows `rows` of every token by the integer arithmetic: per block of rows, each tile of the
-    /// band in column order adds `dot · (s · scale[row])` in f64, up to four tokens per pass.
+    /// Rows `rows` of every token by the integer arithmetic: per block of rows and up to four
+    /// tokens, each tile of the band in column order adds `dot · (s · scale[row])` in f64.
     ///
     /// # Safety
     /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone.
@@ -67,39 +77,73 @@ impl CMatrix {
         out: *mut f32,
     ) {
         INT_BLOCK.with(|b| {
-            let (acc, dots) = &mut *b.borrow_mut();
+            let IntBlock { acc, dots, panels } = &mut *b.borrow_mut();
             for band in &self.bands {
                 let (a, b) = (rows.start.max(band.rows.start), rows.end.min(band.rows.end));
+                // One tile (most bands): each dot goes straight to its output, `0 + dot · (s · scale)`
+                // as the general sum would give it.
+                let single = band.tiles.len() == 1;
+                if panels.len() < band.tiles.len() {
+                    panels.resize_with(band.tiles.len(), || (Vec::new(), None));
+                }
                 let mut r = a;
                 while r < b {
                     let e = (r + INT_BLOCK_ROWS).min(b);
                     let nr = e - r;
-                    acc.clear();
-                    acc.resize(nr * n, 0.0);
-                    for &ti in &band.tiles {
+                    // More tokens than one pass takes: each masked tile's rows are expanded once for
+                    // all passes (the same integers as expanding them in every pass).
+                    for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter_mut()) {
                         let t = &self.tiles[ti];
-                        let Values::I8 { scale, .. } = &t.values else { unreachable!("int_ok: int8 tiles") };
-                        let (xs, off) =
-                            if t.col0 < self.cols { (lx, t.col0) } else { (lu, t.col0 - self.cols) };
-                        let tr = r - t.row0..e - t.row0;
-                        for t0 in (0..n).step_by(limbs::MAX_TOKENS) {
-                            let xs = &xs[t0..(t0 + limbs::MAX_TOKENS).min(n)];
-                            let nt = xs.len();
-                            dots.clear();
+                        let expand = simd && n > limbs::MAX_TOKENS && t.pattern() != Pattern::Dense;
+                        *stride = expand.then(|| limbs::expand_panel(t, r - t.row0..e - t.row0, panel));
+                    }
+                    for t0 in (0..n).step_by(limbs::MAX_TOKENS) {
+                        let nt = (n - t0).min(limbs::MAX_TOKENS);
+                        if dots.len() < nr * nt {
                             dots.resize(nr * nt, 0);
-                            limbs::tile_dots(simd, t, &self.int_sums[ti], tr.clone(), xs, off, dots);
+                        }
+                        let dots = &mut dots[..nr * nt];
+                        if !single {
+                            acc.clear();
+                            acc.resize(nr * nt, 0.0);
+                        }
+                        // Tiles in column order: each (row, token) sums them in the same order.
+                        for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter()) {
+                            let t = &self.tiles[ti];
+                            let Values::I8 { scale, .. } = &t.values else {
+                                unreachable!("int_ok: int8 tiles")
+                            };
+                            let (xs, off) =
+                                if t.col0 < self.cols { (lx, t.col0) } else { (lu, t.col0 - self.cols) };
+                            let xs = &xs[t0..t0 + nt];
+                            let tr = r - t.row0..e - t.row0;
+                            let sums = &self.int_sums[ti];
+                            match *stride {
+                                Some(st) => {
+                                    limbs::tile_dots_expanded(t, sums, tr.clone(), (panel, st), xs, off, dots)
+                                }
+                                None => limbs::tile_dots(simd, t, sums, tr.clone(), xs, off, dots),
+                            }
                             for (i, d) in dots.chunks_exact(nt).enumerate() {
                                 let sigma = f64::from(scale[tr.start + i]);
                                 for (j, (&d, x)) in d.iter().zip(xs).enumerate() {
-                                    acc[i * n + t0 + j] += d as f64 * (x.scale() * sigma);
+                                    let y = d as f64 * (x.scale() * sigma);
+                                    if single {
+                                        // SAFETY: the caller's contract (row r + i < rows.end, token < n).
+                                        unsafe { *out.add((t0 + j) * self.rows + r + i) = (0.0 + y) as f32 };
+                                    } else {
+                                        acc[i * nt + j] += y;
+                                    }
                                 }
                             }
                         }
-                    }
-                    for (i, row) in acc.chunks_exact(n).enumerate() {
-                        for (tok, &y) in row.iter().enumerate() {
-                            // SAFETY: the caller's contract (row r + i < rows.end, token < n).
-                            unsafe { *out.add(tok * self.rows + r + i) = y as f32 };
+                        if !single {
+                            for (i, row) in acc.chunks_exact(nt).enumerate() {
+                                for (j, &y) in row.iter().enumerate() {
+                                    // SAFETY: the caller's contract (row r + i < rows.end, token < n).
+                                    unsafe { *out.add((t0 + j) * self.rows + r + i) = y as f32 };
+                                }
+                            }
                         }
                     }
                     r = e;

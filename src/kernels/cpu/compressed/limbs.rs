@@ -11,7 +11,9 @@
 //! ([`tile_dots`]): `vpdpbusd` multiplies 64 unsigned limb bytes by 64 int8 weights into 16 i32
 //! lanes per instruction, and a masked row's kept values are put back at their columns by
 //! `vpexpandb` (the tile's mask as it is stored), so a 64-column step is one expand and four dot
-//! products per token whatever the pattern, with no float work per weight. Integer sums do not
+//! products per token whatever the pattern, with no float work per weight. When more tokens come
+//! than one pass takes (a prefill), a block of a masked tile's rows is expanded once into a dense
+//! panel ([`expand_panel`]) that every pass reads ([`tile_dots_expanded`]). Integer sums do not
 //! depend on their order, so the SIMD rows equal the scalar reference, and every tiling and batch
 //! gives the same integers.
 //!
@@ -48,12 +50,22 @@ impl Limbs {
     /// which no integer stands for: the limbs are then all zero with a NaN step, so every product
     /// with them is NaN.
     pub fn quantize(&mut self, x: &[f32]) -> bool {
-        let mut m = 0f32;
-        let mut finite = true;
-        for &v in x {
-            finite &= v.is_finite();
-            m = m.max(v.abs());
-        }
+        self.quantize_with(simd_available(), x)
+    }
+
+    /// [`Limbs::quantize`] by the AVX-512 path (`simd`) or the scalar reference: the same limbs
+    /// and step either way.
+    ///
+    /// # Panics
+    /// When `simd` is asked of a CPU without [`simd_available`].
+    pub fn quantize_with(&mut self, simd: bool, x: &[f32]) -> bool {
+        assert!(!simd || simd_available(), "quantize: this CPU lacks the SIMD path");
+        let (m, finite) = match simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has the features (asserted).
+            true => unsafe { avx512::max_abs(x) },
+            _ => x.iter().fold((0f32, true), |(m, fin), &v| (m.max(v.abs()), fin && v.is_finite())),
+        };
         self.width = x.len().next_multiple_of(64) + 64;
         self.planes.clear();
         self.planes.resize(4 * self.width, 0);
@@ -69,16 +81,20 @@ impl Limbs {
         let (p0, rest) = self.planes.split_at_mut(w);
         let (p1, rest) = rest.split_at_mut(w);
         let (p2, p3) = rest.split_at_mut(w);
+        let mut planes = [p0, p1, p2, p3];
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has the features (asserted); every plane holds more than x.len() bytes.
+            unsafe {
+                avx512::planes(x, inv, planes)
+            };
+            return true;
+        }
         for (c, &v) in x.iter().enumerate() {
-            // Round half away from zero (|y| ≤ 2³⁰ − 1, so adding ½ is exact); the clamp only
-            // catches the last ulp of `inv`.
-            let y = f64::from(v) * inv;
-            let q = ((y + 0.5f64.copysign(y)) as i64).clamp(1 - OFFSET, OFFSET - 1);
-            let u = (q + OFFSET) as u32;
-            p0[c] = u as u8;
-            p1[c] = (u >> 8) as u8;
-            p2[c] = (u >> 16) as u8;
-            p3[c] = (u >> 24) as u8;
+            let u = (round(f64::from(v) * inv) + OFFSET) as u32;
+            for (l, p) in planes.iter_mut().enumerate() {
+                p[c] = (u >> (8 * l)) as u8;
+            }
         }
         true
     }
@@ -100,6 +116,12 @@ impl Limbs {
     }
 }
 
+/// `y` rounded half away from zero into `[1 − 2³⁰, 2³⁰ − 1]` (`|y| ≤ 2³⁰ − 1`, so adding ½ is exact;
+/// the clamp only catches the last ulp of the step's inverse).
+fn round(y: f64) -> i64 {
+    ((y + 0.5f64.copysign(y)) as i64).clamp(1 - OFFSET, OFFSET - 1)
+}
+
 /// `Σ q` of every row of an int8 tile (what the offset correction needs; precomputed once per
 /// tile). `None` for tiles of other value types.
 pub fn row_sums(t: &Tile) -> Option<Vec<i32>> {
@@ -112,14 +134,17 @@ pub fn fits(t: &Tile) -> bool {
     matches!(t.values, Values::I8 { .. }) && t.cols <= MAX_COLS
 }
 
-/// Whether this CPU runs [`tile_dots`]'s SIMD path: AVX-512 F, BW, VNNI and VBMI2.
+/// Whether this CPU runs the SIMD paths of [`tile_dots`] and [`Limbs::quantize`]: AVX-512 F, BW,
+/// VL, VNNI and VBMI2 (and BMI2).
 pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         crate::kernels::cpu::simd::cpu_has_avx512_vnni()
             && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512vbmi2")
             && std::is_x86_feature_detected!("popcnt")
+            && std::is_x86_feature_detected!("bmi2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -146,6 +171,22 @@ pub fn tile_dots(
     col_off: usize,
     dots: &mut [i64],
 ) {
+    check(t, sums, &rows, xs, col_off, dots);
+    if !simd {
+        reference(Job { t, sums, xs, col_off, panel: None }, rows, dots);
+        return;
+    }
+    assert!(simd_available(), "tile_dots: this CPU lacks AVX-512 VNNI / VBMI2");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features are present (asserted); the tile's arrays are consistent (checked at
+    // construction); every plane covers columns col_off .. reach (asserted by check).
+    unsafe {
+        avx512::dots(Job { t, sums, xs, col_off, panel: None }, rows, dots)
+    };
+}
+
+/// [`tile_dots`]'s argument checks (see its panics).
+fn check(t: &Tile, sums: &[i32], rows: &Range<usize>, xs: &[Limbs], col_off: usize, dots: &[i64]) {
     assert!(fits(t), "tile_dots: the tile is not int8 or wider than {MAX_COLS}");
     assert_eq!(sums.len(), t.rows, "tile_dots: row sums of another tile");
     assert!((1..=MAX_TOKENS).contains(&xs.len()), "tile_dots: {} tokens", xs.len());
@@ -154,31 +195,83 @@ pub fn tile_dots(
     assert!(xs[0].width >= reach, "tile_dots: the tokens' planes end before column {reach}");
     assert!(rows.start <= rows.end && rows.end <= t.rows, "tile_dots: rows {rows:?} of {}", t.rows);
     assert!(dots.len() >= rows.len() * xs.len(), "tile_dots: {} dots for {rows:?}", dots.len());
-    if !simd {
-        reference(Job { t, sums, xs, col_off }, rows, dots);
-        return;
+}
+
+/// Tile rows `rows` of a masked int8 tile with every kept value put back at its column, zeros
+/// elsewhere, into `panel` (grown as needed): row `rows.start + i` at `i · stride`, `stride` the
+/// tile's width rounded up to 64, which is returned. What [`tile_dots_expanded`] reads, so that a
+/// block of rows is expanded once for every token of a prefill rather than once per pass.
+///
+/// # Panics
+/// When the tile does not [`fits`], is dense, `rows` is outside it, or the CPU lacks
+/// [`simd_available`].
+pub fn expand_panel(t: &Tile, rows: Range<usize>, panel: &mut Vec<i8>) -> usize {
+    assert!(fits(t) && t.pattern != Pattern::Dense, "expand_panel: a masked int8 tile only");
+    assert!(rows.start <= rows.end && rows.end <= t.rows, "expand_panel: rows {rows:?} of {}", t.rows);
+    assert!(simd_available(), "expand_panel: this CPU lacks AVX-512 VNNI / VBMI2");
+    let stride = t.cols.next_multiple_of(64);
+    let len = rows.len() * stride;
+    if panel.len() < len {
+        panel.resize(len, 0);
     }
-    assert!(simd_available(), "tile_dots: this CPU lacks AVX-512 VNNI / VBMI2");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the features are present (asserted); the tile's arrays are consistent (checked at
-    // construction); every plane covers columns col_off .. reach (asserted above).
+    // SAFETY: the features are present and the panel holds rows.len() × stride bytes (above); the
+    // tile's arrays are consistent (checked at construction).
     unsafe {
-        avx512::dots(Job { t, sums, xs, col_off }, rows, dots)
+        avx512::expand_panel(t, rows, &mut panel[..len], stride)
+    };
+    stride
+}
+
+/// [`tile_dots`] on the SIMD path for rows `rows` of `t` as [`expand_panel`] wrote them into
+/// `panel` (`stride` per row, the first being `rows.start`): the same integers.
+///
+/// # Panics
+/// As [`tile_dots`], and when the panel is shorter than `rows.len() × stride` or `stride` is not
+/// the one [`expand_panel`] returned for `t`.
+pub fn tile_dots_expanded(
+    t: &Tile,
+    sums: &[i32],
+    rows: Range<usize>,
+    (panel, stride): (&[i8], usize),
+    xs: &[Limbs],
+    col_off: usize,
+    dots: &mut [i64],
+) {
+    assert_eq!(stride, t.cols.next_multiple_of(64), "tile_dots_expanded: stride of another tile");
+    assert!(panel.len() >= rows.len() * stride, "tile_dots_expanded: short panel");
+    check(t, sums, &rows, xs, col_off, dots);
+    assert!(simd_available(), "tile_dots_expanded: this CPU lacks AVX-512 VNNI / VBMI2");
+    let panel = Some(Panel { q: panel, stride, first: rows.start });
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in tile_dots; the panel holds every row of `rows` (asserted).
+    unsafe {
+        avx512::dots(Job { t, sums, xs, col_off, panel }, rows, dots)
     };
 }
 
-/// A [`tile_dots`] call's tile, its row sums, tokens and first column (checked there).
+/// A [`tile_dots`] call's tile, its row sums, tokens and first column (checked there), and the
+/// rows already expanded ([`expand_panel`]) when the call reads those instead of the tile's values.
 #[derive(Clone, Copy)]
 struct Job<'a> {
     t: &'a Tile,
     sums: &'a [i32],
     xs: &'a [Limbs],
     col_off: usize,
+    panel: Option<Panel<'a>>,
+}
+
+/// Tile rows `first ..` expanded to dense int8, `stride` bytes per row.
+#[derive(Clone, Copy)]
+struct Panel<'a> {
+    q: &'a [i8],
+    stride: usize,
+    first: usize,
 }
 
 /// The scalar reference of [`tile_dots`].
 fn reference(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
-    let Job { t, sums, xs, col_off } = job;
+    let Job { t, sums, xs, col_off, .. } = job;
     let Values::I8 { q, .. } = &t.values else { unreachable!("checked by tile_dots") };
     let words = super::mask_words(t.cols);
     let nt = xs.len();
@@ -207,6 +300,101 @@ mod avx512 {
     /// Bytes of a row's values prefetched ahead of where the row reads.
     const AHEAD: usize = 2048;
 
+    /// `(max |x|, every x finite)`, as the scalar fold computes them (a maximum does not depend on
+    /// its order).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_abs(x: &[f32]) -> (f32, bool) {
+        let (mut m, mut bad) = (_mm512_setzero_ps(), 0u16);
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        for c in (0..x.len()).step_by(16) {
+            let k = lanes(x.len() - c);
+            // SAFETY: the mask keeps the load inside `x`.
+            let a = _mm512_abs_ps(unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(c)) });
+            bad |= !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, inf);
+            m = _mm512_max_ps(m, a);
+        }
+        (_mm512_reduce_max_ps(m), bad == 0)
+    }
+
+    /// The mask of the first `min(n, 16)` lanes.
+    #[inline]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// Columns `0 .. x.len()` of the four planes: `round(x·inv) + 2³⁰` split into bytes, exactly
+    /// as [`super::round`] and the scalar loop do (f64 product, ½ added with `y`'s sign, truncated,
+    /// clamped).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VL; every plane holds at least `x.len()` bytes; `x` is finite.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn planes(x: &[f32], inv: f64, mut planes: [&mut [u8]; 4]) {
+        assert!(planes.iter().all(|p| p.len() >= x.len()), "planes: shorter than the token");
+        let (inv, half, sign) = (_mm512_set1_pd(inv), _mm512_set1_pd(0.5), _mm512_set1_pd(-0.0));
+        let (lo, hi) = (_mm512_set1_epi32(1 - OFFSET as i32), _mm512_set1_epi32(OFFSET as i32 - 1));
+        let offset = _mm512_set1_epi32(OFFSET as i32);
+        let round = |d: __m512d| {
+            let y = _mm512_mul_pd(d, inv);
+            let h = _mm512_castsi512_pd(_mm512_or_si512(
+                _mm512_castpd_si512(half),
+                _mm512_and_si512(_mm512_castpd_si512(y), _mm512_castpd_si512(sign)),
+            ));
+            // |y + ½| < 2³¹: the truncation to i32 is the scalar `as i64`.
+            _mm512_cvttpd_epi32(_mm512_add_pd(y, h))
+        };
+        for c in (0..x.len()).step_by(16) {
+            let k = lanes(x.len() - c);
+            // SAFETY: the mask keeps the load inside `x`.
+            let v = unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(c)) };
+            let a = round(_mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+            let b =
+                round(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))));
+            let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+            let u = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), offset);
+            for (l, p) in planes.iter_mut().enumerate() {
+                let bytes = _mm512_cvtepi32_epi8(_mm512_srlv_epi32(u, _mm512_set1_epi32(8 * l as i32)));
+                // SAFETY: the mask keeps the store inside the plane (at least x.len() bytes).
+                unsafe { _mm_mask_storeu_epi8(p.as_mut_ptr().add(c).cast(), k, bytes) };
+            }
+        }
+    }
+
+    /// See [`super::expand_panel`]: rows `rows` of a masked tile into `panel`, `stride` per row.
+    ///
+    /// # Safety
+    /// The CPU has the features; `panel` holds `rows.len() × stride` bytes, `stride` ≥ the tile's
+    /// width rounded up to 64; the tile is int8 and masked, its arrays consistent.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2,popcnt,bmi2")]
+    pub(super) unsafe fn expand_panel(t: &Tile, rows: Range<usize>, panel: &mut [i8], stride: usize) {
+        let Values::I8 { q, .. } = &t.values else { unreachable!() };
+        let words = super::super::mask_words(t.cols);
+        for (i, r) in rows.enumerate() {
+            let mut p = t.row_start[r];
+            for (w, c) in (0..t.cols).step_by(64).enumerate() {
+                let keep = t.mask[r * words + w];
+                let n = keep.count_ones();
+                // SAFETY: the masked load reads the row's next n kept values; the store lands in
+                // row i of the panel, whose stride covers every 64-column step.
+                unsafe {
+                    let v = _mm512_maskz_expand_epi8(
+                        keep,
+                        _mm512_maskz_loadu_epi8(_bzhi_u64(u64::MAX, n), q.as_ptr().add(p).cast()),
+                    );
+                    _mm512_storeu_si512(panel.as_mut_ptr().add(i * stride + c).cast(), v);
+                }
+                p += n as usize;
+            }
+        }
+    }
+
     /// The four lane sums of `a` (one vector per limb) as `Σₗ 2⁸ˡ·Σ aₗ`, by one transposing
     /// reduction instead of four.
     #[inline]
@@ -229,7 +417,7 @@ mod avx512 {
 
     /// # Safety
     /// See [`tile_dots`] (its checks hold; the CPU has the features).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt,bmi2")]
     pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
         let nt = job.xs.len();
         // Register tiles of rows × tokens × 4 limbs (at most 24 accumulators), chosen so that every
@@ -257,7 +445,7 @@ mod avx512 {
     ///
     /// # Safety
     /// As [`dots`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt,bmi2")]
     unsafe fn tiles<const R: usize, const NT: usize>(
         job: Job<'_>,
         rows: Range<usize>,
@@ -285,7 +473,7 @@ mod avx512 {
     // Rows, tokens and limbs index one register-resident accumulator array; iterators would hide that.
     #[allow(clippy::needless_range_loop)]
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2,popcnt,bmi2")]
     unsafe fn block<const R: usize, const NT: usize>(
         job: Job<'_>,
         r: usize,
@@ -294,17 +482,23 @@ mod avx512 {
         stride: usize,
         j0: usize,
     ) {
-        let Job { t, sums, xs, col_off } = job;
+        let Job { t, sums, xs, col_off, panel } = job;
         let Values::I8 { q, .. } = &t.values else { unreachable!() };
         let words = super::super::mask_words(t.cols);
-        let dense = t.pattern == Pattern::Dense;
+        // Expanded rows read as a dense tile's.
+        let dense = t.pattern == Pattern::Dense || panel.is_some();
         // Every token's planes are equally wide: one base pointer per token, limbs at l·width.
         let width = xs[0].width;
         let base: [*const u8; NT] = std::array::from_fn(|j| xs[j].planes[col_off..].as_ptr());
-        // SAFETY (the loop): a row's kept values start at row_start[r]; an expand-load reads
-        // exactly as many bytes as its mask has bits, a masked load none past the tile's columns,
+        // SAFETY (the loop): a row's kept values start at row_start[r]; a sparse step's load reads
+        // exactly as many bytes as its mask has bits, a dense step's none past the tile's columns,
         // and the planes hold 64-column steps up to the tile's end (all checked by tile_dots).
-        let mut p: [*const i8; R] = std::array::from_fn(|i| unsafe { q.as_ptr().add(t.row_start[r + i]) });
+        let mut p: [*const i8; R] = std::array::from_fn(|i| unsafe {
+            match panel {
+                Some(pn) => pn.q.as_ptr().add((r + i - pn.first) * pn.stride),
+                None => q.as_ptr().add(t.row_start[r + i]),
+            }
+        });
         let mut acc = [[[_mm512_setzero_si512(); 4]; NT]; R];
         // Short rows back to back are too short a stream for the hardware prefetcher: ask for the
         // bytes a few rows ahead (a prefetch never faults), and for the masks of the rows after.
@@ -316,18 +510,24 @@ mod avx512 {
                 _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(AHEAD).cast());
             }
             let tail = if t.cols - c >= 64 { u64::MAX } else { (1u64 << (t.cols - c)) - 1 };
-            let wv: [__m512i; R] = std::array::from_fn(|i| {
+            // A plain loop, not `array::from_fn`: a closure is not inlined across the
+            // target-feature boundary and would return every vector through memory.
+            let mut wv = [_mm512_setzero_si512(); R];
+            for i in 0..R {
                 let keep = if dense { tail } else { t.mask[(r + i) * words + w] };
-                let v = unsafe {
+                // An expand from a register: the expand-load form is about twice as slow on the
+                // CPUs measured. The load takes exactly the row's next `popcount(keep)` bytes, so
+                // it never reads past the values.
+                wv[i] = unsafe {
                     if dense {
                         _mm512_maskz_loadu_epi8(keep, p[i].cast())
                     } else {
-                        _mm512_maskz_expandloadu_epi8(keep, p[i].cast())
+                        let bytes = _bzhi_u64(u64::MAX, keep.count_ones());
+                        _mm512_maskz_expand_epi8(keep, _mm512_maskz_loadu_epi8(bytes, p[i].cast()))
                     }
                 };
                 p[i] = p[i].wrapping_add(keep.count_ones() as usize);
-                v
-            });
+            }
             for j in 0..NT {
                 for l in 0..4 {
                     let xv = unsafe { _mm512_loadu_si512(base[j].add(l * width + c).cast()) };

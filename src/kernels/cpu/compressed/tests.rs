@@ -449,7 +449,7 @@ fn timings() {
 /// are `Σ q·x̂` within the activations' rounding of the f64 product.
 #[test]
 fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
-    use super::limbs::{row_sums, tile_dots, Limbs};
+    use super::limbs::{expand_panel, row_sums, tile_dots, tile_dots_expanded, Limbs};
     let simd = require_isa("avx512vnni+vbmi2");
     let mut rng = TestRng::new(21);
     for cols in [1, 5, 63, 64, 65, 200, 576] {
@@ -511,6 +511,32 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                     let mut part = vec![0i64; 3];
                     tile_dots(true, &t, &sums, 2..5, &limbs[..1], col0, &mut part);
                     assert_eq!(part, [want[2 * 4], want[3 * 4], want[4 * 4]]);
+                    // And so do rows expanded once into a panel (what a prefill reads).
+                    if p != Pattern::Dense {
+                        let mut panel = vec![7i8; 3];
+                        for range in [0..rows, 2..5] {
+                            let stride = expand_panel(&t, range.clone(), &mut panel);
+                            for nt in 1..=4 {
+                                let mut got = vec![0i64; range.len() * nt];
+                                let src = (&panel[..], stride);
+                                tile_dots_expanded(
+                                    &t,
+                                    &sums,
+                                    range.clone(),
+                                    src,
+                                    &limbs[..nt],
+                                    col0,
+                                    &mut got,
+                                );
+                                let want = &want;
+                                let want_nt: Vec<i64> = range
+                                    .clone()
+                                    .flat_map(|r| (0..nt).map(move |j| want[r * 4 + j]))
+                                    .collect();
+                                assert_eq!(got, want_nt, "panel: {cols} cols, {p:?}, col0 {col0}, {range:?}");
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -627,6 +653,56 @@ fn limb_timings() {
                 m.bytes() as f64 / e / 1e9,
                 m.bytes()
             );
+        }
+    }
+}
+
+#[test]
+fn limb_quantization_simd_equals_scalar() {
+    use super::limbs::Limbs;
+    if !require_isa("avx512vnni+vbmi2") {
+        return;
+    }
+    let mut rng = TestRng::new(33);
+    let same = |a: &Limbs, b: &Limbs, what: &str| {
+        assert_eq!(a.width(), b.width(), "{what}");
+        assert_eq!(a.scale().to_bits(), b.scale().to_bits(), "{what}");
+        for c in 0..a.width() {
+            assert_eq!(a.value(c), b.value(c), "{what}, column {c}");
+        }
+    };
+    let (mut s, mut v) = (Limbs::default(), Limbs::default());
+    for len in [0, 1, 15, 16, 17, 63, 64, 65, 576, 1000] {
+        for case in 0..4 {
+            let mut x: Vec<f32> =
+                (0..len).map(|_| rng.f32(-1.0, 1.0) * 10f32.powi(rng.below(7) as i32 - 3)).collect();
+            if len > 2 {
+                match case {
+                    // Values that land exactly on a half step of the rounding, both signs.
+                    1 => {
+                        x[0] = 1.0;
+                        for (i, y) in x.iter_mut().enumerate().skip(1) {
+                            *y = (i as f32 + 0.5) / (1u32 << 30) as f32 * if i % 2 == 0 { 1.0 } else { -1.0 };
+                        }
+                    }
+                    2 => {
+                        x[1] = -0.0;
+                        x[2] = f32::MIN_POSITIVE / 4.0;
+                    }
+                    3 => x[len / 2] = -3e38,
+                    _ => {}
+                }
+            }
+            assert_eq!(s.quantize_with(false, &x), v.quantize_with(true, &x));
+            same(&s, &v, &format!("{len} values, case {case}"));
+        }
+        if len > 0 {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = vec![0.5f32; len];
+                x[len - 1] = bad;
+                assert!(!s.quantize_with(false, &x) && !v.quantize_with(true, &x));
+                same(&s, &v, &format!("{len} values ending in {bad}"));
+            }
         }
     }
 }
