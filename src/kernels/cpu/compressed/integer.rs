@@ -24,7 +24,7 @@ struct IntBlock {
 }
 
 /// Rows per block of the integer arithmetic: their bytes stay in L1 while every token passes.
-const INT_BLOCK_ROWS: usize = 32;
+const INT_BLOCK_ROWS: usize = 24;
 
 /// `xs[t]` = token `t` of `x` (`n` rows of `width`) as limbs; `xs` grows to `n` and is not shrunk.
 pub(super) fn quantize_tokens(xs: &mut Vec<Limbs>, x: &[f32], width: usize, n: usize) {
