@@ -1,14 +1,17 @@
 //! The exact integer arithmetic of [`CMatrix`] (see the module docs there): which matrices take it,
 //! the tokens as limbs, and the rows a block at a time over [`limbs::tile_dots`].
 
-use super::limbs::{self, Limbs};
+use super::limbs::{self, LaneLimbs, Limbs};
 use super::{Arith, CMatrix, Pattern, Values};
 use crate::kernels::cpu::quant::Split;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::Range;
 
 thread_local! {
     /// The integer arithmetic's row block of the thread that works on it.
+    /// The tokens of a call across the lanes (of `x`, of `V·x`), built once per call by the
+    /// calling thread (see `int_product`).
+    static LANES: Cell<(LaneLimbs, LaneLimbs)> = Cell::new(Default::default());
     static INT_BLOCK: RefCell<IntBlock> = const {
         RefCell::new(IntBlock { acc: Vec::new(), dots: Vec::new(), panels: Vec::new() })
     };
@@ -58,8 +61,125 @@ impl CMatrix {
         n: usize,
         out: &mut [f32],
     ) {
+        // Enough tokens for whole vectors of them: the tokens across the lanes (`lane_dots`), when
+        // every tile starts on a 4-column group.
+        let lanes_ok = simd
+            && n >= limbs::LANE_TOKENS
+            && self.tiles.iter().all(|t| {
+                let off = if t.col0 < self.cols { t.col0 } else { t.col0 - self.cols };
+                off.is_multiple_of(4)
+            });
+        let mut lanes = LANES.with(Cell::take);
+        if lanes_ok {
+            lanes.0.fill(lx);
+            lanes.1.fill(lu);
+        }
+        let ls = lanes_ok.then_some((&lanes.0, &lanes.1));
         // SAFETY: split_rows hands each chunk rows of `out` (n × rows floats) no other chunk writes.
-        self.split_rows(split, n, out, &|rows, out| unsafe { self.int_rows(simd, rows, lx, lu, n, out) });
+        self.split_rows(split, n, out, &|rows, out| unsafe {
+            match ls {
+                Some(ls) => self.lane_rows(ls, rows, lx, lu, n, out),
+                None => self.int_rows(simd, rows, lx, lu, n, out),
+            }
+        });
+        LANES.with(|c| c.set(lanes));
+    }
+
+    /// [`CMatrix::int_rows`] with the tokens across the lanes, 16 at a time ([`limbs::lane_dots`]
+    /// on every tile's rows copied or expanded once per block): the same integers, summed and
+    /// rounded the same way.
+    ///
+    /// # Safety
+    /// As [`CMatrix::int_rows`]; every tile starts on a 4-column group of its tokens.
+    unsafe fn lane_rows(
+        &self,
+        (tx, tu): (&LaneLimbs, &LaneLimbs),
+        rows: Range<usize>,
+        lx: &[Limbs],
+        lu: &[Limbs],
+        n: usize,
+        out: *mut f32,
+    ) {
+        const LT: usize = limbs::LANE_TOKENS;
+        INT_BLOCK.with(|b| {
+            let IntBlock { acc, dots, panels } = &mut *b.borrow_mut();
+            for band in &self.bands {
+                let (a, b) = (rows.start.max(band.rows.start), rows.end.min(band.rows.end));
+                let single = band.tiles.len() == 1;
+                if panels.len() < band.tiles.len() {
+                    panels.resize_with(band.tiles.len(), || (Vec::new(), None));
+                }
+                let mut r = a;
+                while r < b {
+                    let e = (r + INT_BLOCK_ROWS).min(b);
+                    let nr = e - r;
+                    for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter_mut()) {
+                        let t = &self.tiles[ti];
+                        let tr = r - t.row0..e - t.row0;
+                        *stride = Some(if t.pattern() == Pattern::Dense {
+                            limbs::copy_panel(t, tr, panel)
+                        } else {
+                            limbs::expand_panel(t, tr, panel)
+                        });
+                    }
+                    if dots.len() < nr * LT {
+                        dots.resize(nr * LT, 0);
+                    }
+                    for blk in 0..tx.blocks() {
+                        let t0 = blk * LT;
+                        let nt = (n - t0).min(LT);
+                        if !single {
+                            acc.clear();
+                            acc.resize(nr * nt, 0.0);
+                        }
+                        for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter()) {
+                            let t = &self.tiles[ti];
+                            let Values::I8 { scale, .. } = &t.values else {
+                                unreachable!("int_ok: int8 tiles")
+                            };
+                            let (xs, lanes, off) = if t.col0 < self.cols {
+                                (lx, tx, t.col0)
+                            } else {
+                                (lu, tu, t.col0 - self.cols)
+                            };
+                            let tr = r - t.row0..e - t.row0;
+                            let st = stride.expect("set above");
+                            let sums = &self.int_sums[ti][tr.clone()];
+                            limbs::lane_dots(
+                                (panel, st, nr),
+                                t.cols,
+                                sums,
+                                lanes,
+                                blk,
+                                off,
+                                &mut dots[..nr * LT],
+                            );
+                            for i in 0..nr {
+                                let sigma = f64::from(scale[tr.start + i]);
+                                for (j, x) in xs[t0..t0 + nt].iter().enumerate() {
+                                    let y = dots[i * LT + j] as f64 * (x.scale() * sigma);
+                                    if single {
+                                        // SAFETY: the caller's contract (row r + i < rows.end, token < n).
+                                        unsafe { *out.add((t0 + j) * self.rows + r + i) = (0.0 + y) as f32 };
+                                    } else {
+                                        acc[i * nt + j] += y;
+                                    }
+                                }
+                            }
+                        }
+                        if !single {
+                            for (i, row) in acc.chunks_exact(nt).enumerate() {
+                                for (j, &y) in row.iter().enumerate() {
+                                    // SAFETY: the caller's contract (row r + i < rows.end, token < n).
+                                    unsafe { *out.add((t0 + j) * self.rows + r + i) = y as f32 };
+                                }
+                            }
+                        }
+                    }
+                    r = e;
+                }
+            }
+        });
     }
 
     /// Rows `rows` of every token by the integer arithmetic: per block of rows and up to four

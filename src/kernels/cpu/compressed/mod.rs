@@ -21,7 +21,8 @@
 //!   The compressed bytes are read once per call and no float work is done per weight, which is
 //!   what lets fewer bytes decode faster. Rows go a block at a time, up to four tokens per pass
 //!   over a block (each block's bytes stay in cache for every token of a prefill, a masked tile's
-//!   block expanded once into a dense panel for all of them).
+//!   block expanded once into a dense panel for all of them), or from 16 tokens on, 16 tokens at a
+//!   time across the vector lanes.
 //! - **f32**, for matrices with int4 or f16 tiles and on CPUs without VNNI / VBMI2: the input is
 //!   copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each rounded
 //!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width

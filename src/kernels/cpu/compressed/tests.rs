@@ -706,3 +706,69 @@ fn limb_quantization_simd_equals_scalar() {
         }
     }
 }
+
+#[test]
+fn lane_dots_equal_the_reference() {
+    use super::limbs::{
+        copy_panel, expand_panel, lane_dots, row_sums, tile_dots, LaneLimbs, Limbs, LANE_TOKENS,
+    };
+    if !require_isa("avx512vnni+vbmi2") {
+        return;
+    }
+    let mut rng = TestRng::new(41);
+    for cols in [1, 5, 63, 64, 65, 200, 576] {
+        for pattern in PATTERNS {
+            let p = fit(pattern, cols);
+            for col0 in [0, 4, 64] {
+                let rows = 7;
+                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, ValueType::I8);
+                let sums = row_sums(&t).unwrap();
+                for n in [1, 16, 17, 33] {
+                    let xs: Vec<Limbs> = (0..n)
+                        .map(|_| {
+                            let mut v = rng.vec(col0 + cols, 1.0);
+                            v[rng.below(col0 + cols)] = 40.0;
+                            let mut l = Limbs::default();
+                            assert!(l.quantize(&v));
+                            l
+                        })
+                        .collect();
+                    let mut lanes = LaneLimbs::default();
+                    lanes.fill(&xs);
+                    let mut panel = Vec::new();
+                    for range in [0..rows, 2..5] {
+                        let stride = if p == Pattern::Dense {
+                            copy_panel(&t, range.clone(), &mut panel)
+                        } else {
+                            expand_panel(&t, range.clone(), &mut panel)
+                        };
+                        for b in 0..lanes.blocks() {
+                            let mut got = vec![0i64; range.len() * LANE_TOKENS];
+                            let sums_r = &sums[range.clone()];
+                            lane_dots((&panel, stride, range.len()), cols, sums_r, &lanes, b, col0, &mut got);
+                            for (j, x) in xs.iter().enumerate().skip(b * LANE_TOKENS).take(LANE_TOKENS) {
+                                let mut want = vec![0i64; range.len()];
+                                tile_dots(
+                                    false,
+                                    &t,
+                                    &sums,
+                                    range.clone(),
+                                    std::slice::from_ref(x),
+                                    col0,
+                                    &mut want,
+                                );
+                                for (i, &w) in want.iter().enumerate() {
+                                    assert_eq!(
+                                        got[i * LANE_TOKENS + j - b * LANE_TOKENS],
+                                        w,
+                                        "{cols} cols, {p:?}, col0 {col0}, {n} tokens, {range:?}, row {i}, token {j}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
