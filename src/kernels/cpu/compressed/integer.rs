@@ -1,5 +1,6 @@
 //! The exact integer arithmetic of [`CMatrix`] (see the module docs there): which matrices take it,
-//! the tokens as limbs, and the rows a block at a time over [`limbs::tile_dots`].
+//! the tokens as limbs, and the rows a block at a time over [`limbs::tile_dots`] (or, from 16
+//! tokens on, [`limbs::lane_dots`]).
 
 use super::limbs::{self, LaneLimbs, Limbs};
 use super::{Arith, CMatrix, Pattern, Values};
@@ -8,10 +9,10 @@ use std::cell::{Cell, RefCell};
 use std::ops::Range;
 
 thread_local! {
-    /// The integer arithmetic's row block of the thread that works on it.
     /// The tokens of a call across the lanes (of `x`, of `V·x`), built once per call by the
     /// calling thread (see `int_product`).
     static LANES: Cell<(LaneLimbs, LaneLimbs)> = Cell::new(Default::default());
+    /// The integer arithmetic's row block of the thread that works on it.
     static INT_BLOCK: RefCell<IntBlock> = const {
         RefCell::new(IntBlock { acc: Vec::new(), dots: Vec::new(), panels: Vec::new() })
     };
