@@ -77,126 +77,31 @@ impl CMatrix {
         }
         let ls = lanes_ok.then_some((&lanes.0, &lanes.1));
         // SAFETY: split_rows hands each chunk rows of `out` (n × rows floats) no other chunk writes.
-        self.split_rows(split, n, out, &|rows, out| unsafe {
-            match ls {
-                Some(ls) => self.lane_rows(ls, rows, lx, lu, n, out),
-                None => self.int_rows(simd, rows, lx, lu, n, out),
-            }
-        });
+        self.split_rows(split, n, out, &|rows, out| unsafe { self.int_rows(simd, ls, rows, lx, lu, n, out) });
         LANES.with(|c| c.set(lanes));
     }
 
-    /// [`CMatrix::int_rows`] with the tokens across the lanes, 16 at a time ([`limbs::lane_dots`]
-    /// on every tile's rows copied or expanded once per block): the same integers, summed and
-    /// rounded the same way.
+    /// Rows `rows` of every token by the integer arithmetic: per block of rows and pass of tokens
+    /// (up to four by [`limbs::tile_dots`], or 16 across the lanes by [`limbs::lane_dots`] when
+    /// `lanes` holds the call's tokens so), each tile of the band in column order adds
+    /// `dot · (s · scale[row])` in f64. A tile's rows are expanded (or, for the lanes, copied) once
+    /// per block when more tokens come than one pass takes: the same integers either way.
     ///
     /// # Safety
-    /// As [`CMatrix::int_rows`]; every tile starts on a 4-column group of its tokens.
-    unsafe fn lane_rows(
-        &self,
-        (tx, tu): (&LaneLimbs, &LaneLimbs),
-        rows: Range<usize>,
-        lx: &[Limbs],
-        lu: &[Limbs],
-        n: usize,
-        out: *mut f32,
-    ) {
-        const LT: usize = limbs::LANE_TOKENS;
-        INT_BLOCK.with(|b| {
-            let IntBlock { acc, dots, panels } = &mut *b.borrow_mut();
-            for band in &self.bands {
-                let (a, b) = (rows.start.max(band.rows.start), rows.end.min(band.rows.end));
-                let single = band.tiles.len() == 1;
-                if panels.len() < band.tiles.len() {
-                    panels.resize_with(band.tiles.len(), || (Vec::new(), None));
-                }
-                let mut r = a;
-                while r < b {
-                    let e = (r + INT_BLOCK_ROWS).min(b);
-                    let nr = e - r;
-                    for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter_mut()) {
-                        let t = &self.tiles[ti];
-                        let tr = r - t.row0..e - t.row0;
-                        *stride = Some(if t.pattern() == Pattern::Dense {
-                            limbs::copy_panel(t, tr, panel)
-                        } else {
-                            limbs::expand_panel(t, tr, panel)
-                        });
-                    }
-                    if dots.len() < nr * LT {
-                        dots.resize(nr * LT, 0);
-                    }
-                    for blk in 0..tx.blocks() {
-                        let t0 = blk * LT;
-                        let nt = (n - t0).min(LT);
-                        if !single {
-                            acc.clear();
-                            acc.resize(nr * nt, 0.0);
-                        }
-                        for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter()) {
-                            let t = &self.tiles[ti];
-                            let Values::I8 { scale, .. } = &t.values else {
-                                unreachable!("int_ok: int8 tiles")
-                            };
-                            let (xs, lanes, off) = if t.col0 < self.cols {
-                                (lx, tx, t.col0)
-                            } else {
-                                (lu, tu, t.col0 - self.cols)
-                            };
-                            let tr = r - t.row0..e - t.row0;
-                            let st = stride.expect("set above");
-                            let sums = &self.int_sums[ti][tr.clone()];
-                            limbs::lane_dots(
-                                (panel, st, nr),
-                                t.cols,
-                                sums,
-                                lanes,
-                                blk,
-                                off,
-                                &mut dots[..nr * LT],
-                            );
-                            for i in 0..nr {
-                                let sigma = f64::from(scale[tr.start + i]);
-                                for (j, x) in xs[t0..t0 + nt].iter().enumerate() {
-                                    let y = dots[i * LT + j] as f64 * (x.scale() * sigma);
-                                    if single {
-                                        // SAFETY: the caller's contract (row r + i < rows.end, token < n).
-                                        unsafe { *out.add((t0 + j) * self.rows + r + i) = (0.0 + y) as f32 };
-                                    } else {
-                                        acc[i * nt + j] += y;
-                                    }
-                                }
-                            }
-                        }
-                        if !single {
-                            for (i, row) in acc.chunks_exact(nt).enumerate() {
-                                for (j, &y) in row.iter().enumerate() {
-                                    // SAFETY: the caller's contract (row r + i < rows.end, token < n).
-                                    unsafe { *out.add((t0 + j) * self.rows + r + i) = y as f32 };
-                                }
-                            }
-                        }
-                    }
-                    r = e;
-                }
-            }
-        });
-    }
-
-    /// Rows `rows` of every token by the integer arithmetic: per block of rows and up to four
-    /// tokens, each tile of the band in column order adds `dot · (s · scale[row])` in f64.
-    ///
-    /// # Safety
-    /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone.
+    /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone; with `lanes`,
+    /// every tile starts on a 4-column group of its tokens.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn int_rows(
         &self,
         simd: bool,
+        lanes: Option<(&LaneLimbs, &LaneLimbs)>,
         rows: Range<usize>,
         lx: &[Limbs],
         lu: &[Limbs],
         n: usize,
         out: *mut f32,
     ) {
+        let step = if lanes.is_some() { limbs::LANE_TOKENS } else { limbs::MAX_TOKENS };
         INT_BLOCK.with(|b| {
             let IntBlock { acc, dots, panels } = &mut *b.borrow_mut();
             for band in &self.bands {
@@ -211,19 +116,26 @@ impl CMatrix {
                 while r < b {
                     let e = (r + INT_BLOCK_ROWS).min(b);
                     let nr = e - r;
-                    // More tokens than one pass takes: each masked tile's rows are expanded once for
-                    // all passes (the same integers as expanding them in every pass).
                     for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter_mut()) {
                         let t = &self.tiles[ti];
-                        let expand = simd && n > limbs::MAX_TOKENS && t.pattern() != Pattern::Dense;
-                        *stride = expand.then(|| limbs::expand_panel(t, r - t.row0..e - t.row0, panel));
+                        let tr = r - t.row0..e - t.row0;
+                        let dense = t.pattern() == Pattern::Dense;
+                        *stride = if lanes.is_some() && dense {
+                            Some(limbs::copy_panel(t, tr, panel))
+                        } else if simd && n > limbs::MAX_TOKENS && !dense {
+                            Some(limbs::expand_panel(t, tr, panel))
+                        } else {
+                            None
+                        };
                     }
-                    for t0 in (0..n).step_by(limbs::MAX_TOKENS) {
-                        let nt = (n - t0).min(limbs::MAX_TOKENS);
-                        if dots.len() < nr * nt {
-                            dots.resize(nr * nt, 0);
+                    for t0 in (0..n).step_by(step) {
+                        let nt = (n - t0).min(step);
+                        // Row i's dot with token t0 + j is dots[i·per_row + j].
+                        let per_row = if lanes.is_some() { step } else { nt };
+                        if dots.len() < nr * per_row {
+                            dots.resize(nr * per_row, 0);
                         }
-                        let dots = &mut dots[..nr * nt];
+                        let dots = &mut dots[..nr * per_row];
                         if !single {
                             acc.clear();
                             acc.resize(nr * nt, 0.0);
@@ -234,19 +146,25 @@ impl CMatrix {
                             let Values::I8 { scale, .. } = &t.values else {
                                 unreachable!("int_ok: int8 tiles")
                             };
-                            let (xs, off) =
-                                if t.col0 < self.cols { (lx, t.col0) } else { (lu, t.col0 - self.cols) };
+                            let u = t.col0 >= self.cols;
+                            let (xs, off) = if u { (lu, t.col0 - self.cols) } else { (lx, t.col0) };
                             let xs = &xs[t0..t0 + nt];
                             let tr = r - t.row0..e - t.row0;
                             let sums = &self.int_sums[ti];
-                            match *stride {
-                                Some(st) => {
+                            match (lanes, *stride) {
+                                (Some((tx, tu)), Some(st)) => {
+                                    let tokens = if u { tu } else { tx };
+                                    let src = (&panel[..], st, nr);
+                                    limbs::lane_dots(src, t.cols, &sums[tr], tokens, t0 / step, off, dots)
+                                }
+                                (Some(_), None) => unreachable!("every tile has a panel with the lanes"),
+                                (None, Some(st)) => {
                                     limbs::tile_dots_expanded(t, sums, tr.clone(), (panel, st), xs, off, dots)
                                 }
-                                None => limbs::tile_dots(simd, t, sums, tr.clone(), xs, off, dots),
+                                (None, None) => limbs::tile_dots(simd, t, sums, tr.clone(), xs, off, dots),
                             }
-                            for (i, d) in dots.chunks_exact(nt).enumerate() {
-                                let sigma = f64::from(scale[tr.start + i]);
+                            for (i, d) in dots.chunks_exact(per_row).enumerate() {
+                                let sigma = f64::from(scale[r - t.row0 + i]);
                                 for (j, (&d, x)) in d.iter().zip(xs).enumerate() {
                                     let y = d as f64 * (x.scale() * sigma);
                                     if single {
