@@ -6,10 +6,14 @@
 # (`--rounds 1`), so a slow minute of a shared machine lands on every row alike; each figure is the
 # median over the passes, and each ratio to dense int8 the median of the per-pass ratios.
 #
-#     [ROUNDS=N] scripts/bench-compressed.sh [OUT_DIR]   (default bench-out/compressed; folders are reused)
+#     [ROUNDS=N] scripts/bench-compressed.sh [OUT_DIR] [ROW-FILTER]
+#
+# OUT_DIR defaults to bench-out/compressed; finished folders are reused. ROW-FILTER (a grep -E pattern
+# on the row name) runs only the matching rows, and dense int8, which every ratio is to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-bench-out/compressed}"
+FILTER="${2:-.}"
 ROUNDS="${ROUNDS:-5}"
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
 SLATE=target/release/slate
@@ -30,6 +34,14 @@ VARIANTS=(
     "90% unstructured int8|--method magnitude --sparsity 0.9 --values int8"
     "FFSplit 10% int8 + 2:4 int4|--method magnitude --pattern 2:4 --values int4 --ffsplit-heavy 0.1"
 )
+ALL=("${VARIANTS[@]}")
+VARIANTS=()
+for v in "${ALL[@]}"; do
+    name="${v%%|*}"
+    if [ "$name" = "dense int8" ] || echo "$name" | grep -Eq "$FILTER"; then
+        VARIANTS+=("$v")
+    fi
+done
 
 slug() { echo "$1" | tr -c 'A-Za-z0-9\n' '-'; }
 

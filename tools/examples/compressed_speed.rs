@@ -78,13 +78,13 @@ fn tile(
         },
         Kind::F16 => Values::F16 { v: (0..total).map(|_| f16::from_f32(rng.f32())).collect() },
         Kind::I4 => {
-            let (mut q, mut scale) = (Vec::new(), Vec::new());
+            let (mut q, mut mul) = (Vec::new(), Vec::new());
             for &k in &kept {
                 let codes: Vec<u8> = (0..k).map(|_| rng.below(16) as u8).collect();
                 q.extend(codes.chunks(2).map(|p| p[0] | p.get(1).copied().unwrap_or(8) << 4));
-                scale.extend((0..k.div_ceil(INT4_GROUP)).map(|_| f16::from_f32(0.05)));
+                mul.extend((0..k.div_ceil(INT4_GROUP)).map(|_| 1 + rng.below(16) as u8));
             }
-            Values::I4 { q, scale }
+            Values::I4 { q, mul, scale: (0..rows).map(|_| 0.005).collect() }
         }
     };
     Tile::new((row0, rows), (col0, cols), pattern, mask, values).expect("valid tile")

@@ -110,11 +110,12 @@ fn encode_tiles(prefix: &str, tiles: &[Tile], out: &mut Vec<OwnedTensor>) {
                     vec![scale.len()],
                 );
             }
-            Values::I4 { q, scale } => {
+            Values::I4 { q, mul, scale } => {
                 push("values", Dtype::U8, q.clone(), vec![q.len()]);
+                push("muls", Dtype::U8, mul.clone(), vec![mul.len()]);
                 push(
                     "scales",
-                    Dtype::F16,
+                    Dtype::F32,
                     scale.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     vec![scale.len()],
                 );
@@ -267,18 +268,21 @@ fn read_tile(p: &str, tm: &TileMeta, st: &SafeTensors, used: &mut BTreeSet<Strin
     if !fits {
         return Err(format!("{values_name}: {codes} elements for {kept} kept entries"));
     }
-    let scales = tensor(st, &scales_name, if vt == ValueType::I8 { Dtype::F32 } else { Dtype::F16 }, used)?;
+    let scales = tensor(st, &scales_name, Dtype::F32, used)?;
     let data = values.data();
     let values = match vt {
         ValueType::I8 => {
             let s = need(scales, &scales_name)?;
-            let scale =
-                s.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4"))).collect();
-            Values::I8 { q: data.iter().map(|&b| b as i8).collect(), scale }
+            Values::I8 { q: data.iter().map(|&b| b as i8).collect(), scale: f32s(s.data()) }
         }
         ValueType::I4 => {
             let s = need(scales, &scales_name)?;
-            Values::I4 { q: data.to_vec(), scale: f16s(s.data()) }
+            let muls_name = format!("{p}.muls");
+            let muls = need(tensor(st, &muls_name, Dtype::U8, used)?, &muls_name)?;
+            if muls.shape().len() != 1 {
+                return Err(format!("{muls_name}: shape {:?} is not one-dimensional", muls.shape()));
+            }
+            Values::I4 { q: data.to_vec(), mul: muls.data().to_vec(), scale: f32s(s.data()) }
         }
         ValueType::F16 if scales.is_some() => {
             return Err(format!("{scales_name}: f16 values have no scales"))
@@ -286,6 +290,10 @@ fn read_tile(p: &str, tm: &TileMeta, st: &SafeTensors, used: &mut BTreeSet<Strin
         ValueType::F16 => Values::F16 { v: f16s(data) },
     };
     Tile::new((tm.row0, tm.rows), (tm.col0, tm.cols), pattern, mask, values)
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
 }
 
 fn f16s(b: &[u8]) -> Vec<f16> {

@@ -71,16 +71,15 @@ fn tile(rows: (usize, usize), cols: (usize, usize), pattern: Pattern, vt: &str, 
             scale: (0..rows.1).map(|_| 0.01 + rng.next().abs() * 0.01).collect(),
         },
         "int4" => {
-            let mut q = Vec::new();
-            let mut scale = Vec::new();
+            let (mut q, mut mul) = (Vec::new(), Vec::new());
             for &k in &counts {
                 for j in 0..k.div_ceil(2) {
                     let hi = if 2 * j + 1 < k { (rng.next().abs() * 15.0) as u8 } else { 8 };
                     q.push((rng.next().abs() * 15.0) as u8 | hi << 4);
                 }
-                (0..k.div_ceil(INT4_GROUP)).for_each(|_| scale.push(f16::from_f32(0.02)));
+                (0..k.div_ceil(INT4_GROUP)).for_each(|_| mul.push(1 + (rng.next().abs() * 15.0) as u8));
             }
-            Values::I4 { q, scale }
+            Values::I4 { q, mul, scale: (0..rows.1).map(|_| 0.002).collect() }
         }
         _ => Values::F16 { v: (0..total).map(|_| f16::from_f32(rng.next() * 0.3)).collect() },
     };
@@ -318,9 +317,10 @@ fn bad_masks_and_values_name_the_tile() {
     });
     expect(&e, &["blk.0.attn_output.weight.v tile 0", "not finite"]);
     let e = open_edited("padding", &|t, _| {
-        // attn_v is dense int4, 16 codes a row: no padding, so break the codes' count instead.
-        find(t, "blk.0.attn_v.weight.t0.scales").data.truncate(2);
-        find(t, "blk.0.attn_v.weight.t0.scales").shape[0] = 1;
+        // attn_v is dense int4, 16 codes a row: no padding, so break the multipliers' count instead.
+        let m = find(t, "blk.0.attn_v.weight.t0.muls");
+        m.data.pop();
+        m.shape[0] -= 1;
     });
     expect(&e, &["blk.0.attn_v.weight tile 0", "int4"]);
 }

@@ -1,9 +1,11 @@
 //! From a dense f32 block to compressed tiles: which entries a row keeps (all, the `n` largest |w| of
 //! each `m`-group, or the largest fraction of the row) and how the kept values are stored (int8 per
-//! row, int4 per group of 32, f16).
+//! row, int4 with a scale per row and a multiplier per group of 32, f16).
 
 use half::f16;
-use slate::kernels::cpu::compressed::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
+use slate::kernels::cpu::compressed::{
+    mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP, INT4_MAX_MUL,
+};
 use std::ops::Range;
 
 /// Which entries of each row are kept.
@@ -115,27 +117,62 @@ pub fn quantize(rows: &[Vec<f32>], vt: ValueType) -> Values {
             Values::I8 { q, scale }
         }
         ValueType::I4 => {
-            let (mut q, mut scale) = (Vec::new(), Vec::new());
+            let (mut q, mut mul, mut scale) = (Vec::new(), Vec::new(), Vec::with_capacity(rows.len()));
             for row in rows {
+                // One scale per row (a code of ±7 at the largest multiplier reaches max|row|), then
+                // per group the multiplier next above or below its ideal step with the smaller
+                // squared error.
+                let top = row.iter().fold(0f32, |a, x| a.max(x.abs()));
+                let s = top / (7.0 * f32::from(INT4_MAX_MUL));
+                scale.push(s);
                 let mut codes = Vec::with_capacity(row.len());
                 for g in row.chunks(INT4_GROUP) {
-                    let s = f16::from_f32(g.iter().fold(0f32, |a, x| a.max(x.abs())) / 7.0);
-                    scale.push(s);
-                    let s = s.to_f32();
-                    codes.extend(g.iter().map(|&x| {
-                        if s == 0.0 {
-                            8u8
-                        } else {
-                            ((x / s).round() + 8.0).clamp(0.0, 15.0) as u8
-                        }
-                    }));
+                    let (m, c) = i4_group(g, s);
+                    mul.push(m);
+                    codes.extend(c);
                 }
                 // Low nibble first; an odd row's last high nibble is the padding 8.
                 q.extend(codes.chunks(2).map(|p| p[0] | p.get(1).copied().unwrap_or(8) << 4));
             }
-            Values::I4 { q, scale }
+            Values::I4 { q, mul, scale }
         }
         ValueType::F16 => Values::F16 { v: rows.iter().flatten().map(|&x| f16::from_f32(x)).collect() },
+    }
+}
+
+/// One int4 group of a row with scale `s`: its multiplier and codes. The multiplier is the one of
+/// `floor` / `ceil` of the ideal `max|g| / (7·s)` (within 1 ..= 16) whose codes, each
+/// `round(w / (mul·s)) + 8` clamped to 0 ..= 15, leave the smaller squared error; 0 for a group
+/// of zeros (or a zero row).
+fn i4_group(g: &[f32], s: f32) -> (u8, Vec<u8>) {
+    let top = g.iter().fold(0f32, |a, x| a.max(x.abs()));
+    if s == 0.0 || top == 0.0 {
+        return (0, vec![8; g.len()]);
+    }
+    let ideal = (top / (7.0 * s)).clamp(1.0, f32::from(INT4_MAX_MUL));
+    let encode = |m: u8| -> (f64, Vec<u8>) {
+        let step = f32::from(m) * s;
+        let codes: Vec<u8> = g.iter().map(|&x| ((x / step).round() + 8.0).clamp(0.0, 15.0) as u8).collect();
+        let err = g
+            .iter()
+            .zip(&codes)
+            .map(|(&x, &c)| {
+                let back = ((i32::from(c) - 8) * i32::from(m)) as f32 * s;
+                f64::from(x - back).powi(2)
+            })
+            .sum();
+        (err, codes)
+    };
+    let (lo, hi) = (ideal.floor() as u8, ideal.ceil() as u8);
+    let (e_hi, c_hi) = encode(hi);
+    if lo == hi {
+        return (hi, c_hi);
+    }
+    let (e_lo, c_lo) = encode(lo);
+    if e_lo < e_hi {
+        (lo, c_lo)
+    } else {
+        (hi, c_hi)
     }
 }
 

@@ -135,24 +135,24 @@ macro_rules! fused_kernels {
                             |i, pos| v[i].wrapping_add(pos + AHEAD / 2).cast(),
                         )
                     },
-                    Values::I4 { q, scale } => unsafe {
+                    Values::I4 { q, mul, scale } => unsafe {
                         let b: [*const u8; 4] = std::array::from_fn(|i| q.as_ptr().add(row(i, &t.i4_byte)));
-                        let g: [*const u16; 4] =
-                            std::array::from_fn(|i| scale.as_ptr().add(row(i, &t.i4_scale)).cast());
+                        let g: [*const u8; 4] = std::array::from_fn(|i| mul.as_ptr().add(row(i, &t.i4_mul)));
+                        let sc: [f32; 4] = std::array::from_fn(|i| scale[tr0 + i.min(R - 1)]);
                         // Each row's current group (its index, and its table of the 16 values a code
                         // can take), kept across chunks: a group spans two chunks or more.
-                        let (mut tab, mut tg) = ([i4_table(0); 4], [usize::MAX; 4]);
+                        let (mut tab, mut tg) = ([i4_table(0, 0.0); 4], [usize::MAX; 4]);
                         pass::<R, T>(t, tr0, &xs, &mut acc, true, |i, pos, k| {
                             let grp = pos / INT4_GROUP;
                             if tg[i] != grp {
-                                (tab[i], tg[i]) = (i4_table(*g[i].add(grp)), grp);
+                                (tab[i], tg[i]) = (i4_table(*g[i].add(grp), sc[i]), grp);
                             }
                             let codes = super::codes16(b[i].add(pos / 2), pos % 2 == 1);
                             let v = i4_lookup(codes, tab[i]);
                             let split = INT4_GROUP - pos % INT4_GROUP;
                             if split < k {
                                 // The chunk's kept values reach the next group (which then exists).
-                                (tab[i], tg[i]) = (i4_table(*g[i].add(grp + 1)), grp + 1);
+                                (tab[i], tg[i]) = (i4_table(*g[i].add(grp + 1), sc[i]), grp + 1);
                                 blend_at(v, i4_lookup(codes, tab[i]), split)
                             } else {
                                 v

@@ -2,7 +2,7 @@
 //! the tokens as limbs, and the rows a block at a time over [`limbs::tile_dots`] (or, from 16
 //! tokens on, [`limbs::lane_dots`]).
 
-use super::limbs::{self, LaneLimbs, Limbs};
+use super::limbs::{self, IntValues, LaneLimbs, Limbs};
 use super::{Arith, CMatrix, Pattern, Values};
 use crate::kernels::cpu::quant::Split;
 use std::cell::{Cell, RefCell};
@@ -14,17 +14,18 @@ thread_local! {
     static LANES: Cell<(LaneLimbs, LaneLimbs)> = Cell::new(Default::default());
     /// The integer arithmetic's row block of the thread that works on it.
     static INT_BLOCK: RefCell<IntBlock> = const {
-        RefCell::new(IntBlock { acc: Vec::new(), dots: Vec::new(), panels: Vec::new() })
+        RefCell::new(IntBlock { acc: Vec::new(), dots: Vec::new(), panels: Vec::new(), codes: Vec::new() })
     };
 }
 
 /// Scratch of [`CMatrix::int_rows`], reused: f64 sums per `(row, token)` of one pass over a block,
 /// one tile's exact dots, and per tile of the band its rows expanded for many tokens (with the
-/// stride, `None` when the tile is read as stored).
+/// stride, `None` when the tile is read as stored) and an int4 tile's rows decoded to int8 codes.
 struct IntBlock {
     acc: Vec<f64>,
     dots: Vec<i64>,
     panels: Vec<(Vec<i8>, Option<usize>)>,
+    codes: Vec<Vec<i8>>,
 }
 
 /// Rows per block of the integer arithmetic: their bytes stay in L1 while every token passes.
@@ -103,7 +104,7 @@ impl CMatrix {
     ) {
         let step = if lanes.is_some() { limbs::LANE_TOKENS } else { limbs::MAX_TOKENS };
         INT_BLOCK.with(|b| {
-            let IntBlock { acc, dots, panels } = &mut *b.borrow_mut();
+            let IntBlock { acc, dots, panels, codes } = &mut *b.borrow_mut();
             for band in &self.bands {
                 let (a, b) = (rows.start.max(band.rows.start), rows.end.min(band.rows.end));
                 // One tile (most bands): each dot goes straight to its output, `0 + dot · (s · scale)`
@@ -111,19 +112,26 @@ impl CMatrix {
                 let single = band.tiles.len() == 1;
                 if panels.len() < band.tiles.len() {
                     panels.resize_with(band.tiles.len(), || (Vec::new(), None));
+                    codes.resize_with(band.tiles.len(), Vec::new);
                 }
                 let mut r = a;
                 while r < b {
                     let e = (r + INT_BLOCK_ROWS).min(b);
                     let nr = e - r;
-                    for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter_mut()) {
+                    for ((&ti, (panel, stride)), codes) in
+                        band.tiles.iter().zip(panels.iter_mut()).zip(codes.iter_mut())
+                    {
                         let t = &self.tiles[ti];
                         let tr = r - t.row0..e - t.row0;
+                        if matches!(t.values, Values::I4 { .. }) {
+                            limbs::decode_i4(simd, t, tr.clone(), codes);
+                        }
+                        let vals = IntValues::of(t, codes, tr.clone());
                         let dense = t.pattern() == Pattern::Dense;
                         *stride = if lanes.is_some() && dense {
-                            Some(limbs::copy_panel(t, tr, panel))
+                            Some(limbs::copy_panel(t, vals, tr, panel))
                         } else if simd && n > limbs::MAX_TOKENS && !dense {
-                            Some(limbs::expand_panel(t, tr, panel))
+                            Some(limbs::expand_panel(t, vals, tr, panel))
                         } else {
                             None
                         };
@@ -141,15 +149,18 @@ impl CMatrix {
                             acc.resize(nr * nt, 0.0);
                         }
                         // Tiles in column order: each (row, token) sums them in the same order.
-                        for (&ti, (panel, stride)) in band.tiles.iter().zip(panels.iter()) {
+                        for ((&ti, (panel, stride)), codes) in
+                            band.tiles.iter().zip(panels.iter()).zip(codes.iter())
+                        {
                             let t = &self.tiles[ti];
-                            let Values::I8 { scale, .. } = &t.values else {
-                                unreachable!("int_ok: int8 tiles")
+                            let (Values::I8 { scale, .. } | Values::I4 { scale, .. }) = &t.values else {
+                                unreachable!("int_ok: int8 and int4 tiles")
                             };
                             let u = t.col0 >= self.cols;
                             let (xs, off) = if u { (lu, t.col0 - self.cols) } else { (lx, t.col0) };
                             let xs = &xs[t0..t0 + nt];
                             let tr = r - t.row0..e - t.row0;
+                            let vals = IntValues::of(t, codes, tr.clone());
                             let sums = &self.int_sums[ti];
                             match (lanes, *stride) {
                                 (Some((tx, tu)), Some(st)) => {
@@ -158,10 +169,19 @@ impl CMatrix {
                                     limbs::lane_dots(src, t.cols, &sums[tr], tokens, t0 / step, off, dots)
                                 }
                                 (Some(_), None) => unreachable!("every tile has a panel with the lanes"),
-                                (None, Some(st)) => {
-                                    limbs::tile_dots_expanded(t, sums, tr.clone(), (panel, st), xs, off, dots)
+                                (None, Some(st)) => limbs::tile_dots_expanded(
+                                    t,
+                                    vals,
+                                    sums,
+                                    tr.clone(),
+                                    (panel, st),
+                                    xs,
+                                    off,
+                                    dots,
+                                ),
+                                (None, None) => {
+                                    limbs::tile_dots(simd, t, vals, sums, tr.clone(), xs, off, dots)
                                 }
-                                (None, None) => limbs::tile_dots(simd, t, sums, tr.clone(), xs, off, dots),
                             }
                             for (i, d) in dots.chunks_exact(per_row).enumerate() {
                                 let sigma = f64::from(scale[r - t.row0 + i]);

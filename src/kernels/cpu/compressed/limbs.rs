@@ -1,11 +1,17 @@
-//! Exact integer products of int8 tiles: the arithmetic [`super::CMatrix`] runs for matrices whose
-//! tiles are all int8, on CPUs with AVX-512 VNNI and VBMI2 (the module docs there say when).
+//! Exact integer products of int8 and int4 tiles: the arithmetic [`super::CMatrix`] runs for
+//! matrices whose tiles are all int8 or int4, on CPUs with AVX-512 VNNI, VBMI and VBMI2 (the module
+//! docs there say when).
 //!
 //! **Activations.** A token `x` is scaled once, `s = max|x| / (2³⁰ − 1)`, and rounded to integers
 //! `x̂ = round(x · (2³⁰ − 1) / max|x|)`, `|x̂| ≤ 2³⁰ − 1` (rounding ≤ 2⁻³¹ of `max|x|`, finer than
 //! f32's own 2⁻²⁴ of each value). `u = x̂ + 2³⁰` is then split into four byte planes `b₀ … b₃`
 //! ([`Limbs`]). A token holding a NaN or an infinity has no integers; its limbs say so and every
 //! product with it is NaN.
+//!
+//! **Weights.** An int8 tile's codes are read as stored. An int4 tile's value is
+//! `((code − 8) · mul[group]) · scale[row]` with `mul ≤ 16`, so its integer part is an int8 code
+//! too: a block of an int4 tile's rows is decoded to those int8 codes once ([`decode_i4`], a
+//! `vpermb` lookup in the group multipliers' tables) and read like an int8 tile's ([`IntValues`]).
 //!
 //! **Product.** For an int8 row `q`, `Σ q·x̂ = Σₗ 2⁸ˡ·Σ q·bₗ − 2³⁰·Σ q`, every term an exact integer
 //! ([`tile_dots`]): `vpdpbusd` multiplies 64 unsigned limb bytes by 64 int8 weights into 16 i32
@@ -24,7 +30,7 @@
 
 use std::ops::Range;
 
-use super::tile::{Pattern, Tile, Values};
+use super::tile::{Pattern, Tile, Values, INT4_GROUP, INT4_MAX_MUL};
 
 mod lanes;
 pub use lanes::{lane_dots, LaneLimbs, LANE_TOKENS};
@@ -127,41 +133,135 @@ fn round(y: f64) -> i64 {
     ((y + 0.5f64.copysign(y)) as i64).clamp(1 - OFFSET, OFFSET - 1)
 }
 
-/// Rows `rows` of a dense int8 tile copied into `panel` at `stride` (the width rounded up to 64)
-/// with zeros past the width: what [`lane_dots`] reads. Returns the stride.
-pub fn copy_panel(t: &Tile, rows: Range<usize>, panel: &mut Vec<i8>) -> usize {
-    assert!(fits(t) && t.pattern == Pattern::Dense, "copy_panel: a dense int8 tile only");
+/// Rows `rows` of a dense tile (values `vals`) copied into `panel` at `stride` (the width rounded
+/// up to 64) with zeros past the width: what [`lane_dots`] reads. Returns the stride.
+///
+/// # Panics
+/// When the tile does not [`fits`] or is masked, `rows` is outside it, or `vals` does not hold them.
+pub fn copy_panel(t: &Tile, vals: IntValues<'_>, rows: Range<usize>, panel: &mut Vec<i8>) -> usize {
+    assert!(fits(t) && t.pattern == Pattern::Dense, "copy_panel: a dense int8 / int4 tile only");
     assert!(rows.start <= rows.end && rows.end <= t.rows, "copy_panel: rows {rows:?} of {}", t.rows);
-    let Values::I8 { q, .. } = &t.values else { unreachable!() };
+    vals.check(t, &rows);
     let stride = t.cols.next_multiple_of(64);
     panel.clear();
     panel.resize(rows.len() * stride, 0);
     for (i, r) in rows.enumerate() {
-        panel[i * stride..i * stride + t.cols].copy_from_slice(&q[r * t.cols..(r + 1) * t.cols]);
+        let q = &vals.q[r * t.cols - vals.first..][..t.cols];
+        panel[i * stride..i * stride + t.cols].copy_from_slice(q);
     }
     stride
 }
 
-/// `Σ q` of every row of an int8 tile (what the offset correction needs; precomputed once per
-/// tile). `None` for tiles of other value types.
+/// `Σ q` of every row of an int8 or int4 tile (its int8 codes; what the offset correction needs,
+/// precomputed once per tile). `None` for tiles of other value types.
 pub fn row_sums(t: &Tile) -> Option<Vec<i32>> {
-    let Values::I8 { q, .. } = &t.values else { return None };
-    Some(t.row_start.windows(2).map(|w| q[w[0]..w[1]].iter().map(|&v| i32::from(v)).sum()).collect())
+    match &t.values {
+        Values::I8 { q, .. } => {
+            Some(t.row_start.windows(2).map(|w| q[w[0]..w[1]].iter().map(|&v| i32::from(v)).sum()).collect())
+        }
+        Values::I4 { .. } => {
+            Some((0..t.rows).map(|r| (0..t.row_kept(r)).map(|j| i32::from(t.i4_code(r, j))).sum()).collect())
+        }
+        Values::F16 { .. } => None,
+    }
 }
 
-/// Whether [`tile_dots`] takes `t`: int8 values, at most [`MAX_COLS`] wide.
+/// Whether [`tile_dots`] takes `t`: int8 or int4 values, at most [`MAX_COLS`] wide.
 pub fn fits(t: &Tile) -> bool {
-    matches!(t.values, Values::I8 { .. }) && t.cols <= MAX_COLS
+    matches!(t.values, Values::I8 { .. } | Values::I4 { .. }) && t.cols <= MAX_COLS
 }
 
-/// Whether this CPU runs the SIMD paths of [`tile_dots`] and [`Limbs::quantize`]: AVX-512 F, BW,
-/// VL, VNNI and VBMI2 (and BMI2).
+/// The int8 codes the integer arithmetic reads for some rows of a tile that [`fits`]: kept value
+/// `j` of the tile (counting every row's, as [`Tile`]'s `row_start` does) is `q[j − first]`.
+/// An int8 tile's are its own codes ([`IntValues::of`]); an int4 tile's are decoded a block of rows
+/// at a time ([`decode_i4`]).
+#[derive(Clone, Copy, Debug)]
+pub struct IntValues<'a> {
+    q: &'a [i8],
+    first: usize,
+}
+
+impl<'a> IntValues<'a> {
+    /// An int8 tile's codes as stored, or the codes of an int4 tile's rows from `rows.start` on that
+    /// [`decode_i4`] wrote into `decoded`.
+    ///
+    /// # Panics
+    /// When the tile does not [`fits`].
+    pub fn of(t: &'a Tile, decoded: &'a [i8], rows: Range<usize>) -> IntValues<'a> {
+        match &t.values {
+            Values::I8 { q, .. } => IntValues { q, first: 0 },
+            Values::I4 { .. } => IntValues { q: decoded, first: t.row_start[rows.start.min(t.rows)] },
+            Values::F16 { .. } => panic!("IntValues: an f16 tile has no integer codes"),
+        }
+    }
+
+    /// Asserts that `self` holds every kept value of `rows`.
+    fn check(&self, t: &Tile, rows: &Range<usize>) {
+        let (a, b) = (t.row_start[rows.start.min(t.rows)], t.row_start[rows.end.min(t.rows)]);
+        assert!(
+            rows.is_empty() || (self.first <= a && b - self.first <= self.q.len()),
+            "IntValues: codes {}..{} do not hold rows {rows:?}",
+            self.first,
+            self.first + self.q.len()
+        );
+    }
+}
+
+/// Rows `rows` of an int4 tile as int8 codes `(code − 8) · mul[group]`, back to back into `out`
+/// (resized to their kept values and 64 bytes more, whose contents are unspecified): what
+/// [`IntValues::of`] then reads. With `simd` the AVX-512 path decodes (a `vpermb` lookup per 64
+/// codes in the two groups' 16-entry tables), else the scalar reference; both write the same codes.
+///
+/// # Panics
+/// When the tile is not int4, `rows` is outside it, or `simd` is asked of a CPU without it.
+pub fn decode_i4(simd: bool, t: &Tile, rows: Range<usize>, out: &mut Vec<i8>) {
+    assert!(matches!(t.values, Values::I4 { .. }), "decode_i4: an int4 tile only");
+    assert!(rows.start <= rows.end && rows.end <= t.rows, "decode_i4: rows {rows:?} of {}", t.rows);
+    let first = t.row_start[rows.start];
+    // The SIMD path stores whole vectors: a row's last one runs into the next row (decoded after
+    // it) or the 64 spare bytes.
+    out.resize(t.row_start[rows.end] - first + 64, 0);
+    if !simd {
+        for r in rows {
+            let o = &mut out[t.row_start[r] - first..t.row_start[r + 1] - first];
+            o.iter_mut().enumerate().for_each(|(j, o)| *o = t.i4_code(r, j));
+        }
+        return;
+    }
+    assert!(simd_available(), "decode_i4: this CPU lacks AVX-512 VBMI");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features are present; `out` holds every kept value of `rows` (above), and the
+    // tile's arrays are consistent (checked at construction).
+    unsafe {
+        avx512::decode_i4(t, rows, out)
+    };
+}
+
+/// Row `m` holds `(c − 8) · m` for the codes `c = 0 ..= 15`: an int4 group's int8 codes by its
+/// multiplier.
+const I4_TABLES: [[i8; 16]; INT4_MAX_MUL as usize + 1] = {
+    let mut t = [[0i8; 16]; INT4_MAX_MUL as usize + 1];
+    let mut m = 0;
+    while m <= INT4_MAX_MUL as usize {
+        let mut c = 0;
+        while c < 16 {
+            t[m][c] = ((c as i32 - 8) * m as i32) as i8;
+            c += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
+/// Whether this CPU runs the SIMD paths of [`tile_dots`], [`decode_i4`] and [`Limbs::quantize`]:
+/// AVX-512 F, BW, VL, VNNI, VBMI and VBMI2 (and BMI2).
 pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         crate::kernels::cpu::simd::cpu_has_avx512_vnni()
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vbmi")
             && std::is_x86_feature_detected!("avx512vbmi2")
             && std::is_x86_feature_detected!("popcnt")
             && std::is_x86_feature_detected!("bmi2")
@@ -175,16 +275,18 @@ pub fn simd_available() -> bool {
 /// The exact `Σ q·x̂` of tile rows `rows` (tile-relative) with each token of `xs`, whose column
 /// `col_off` is the tile's first: `dots[i·xs.len() + j]` for row `rows.start + i` and token `j`.
 /// With `simd` the AVX-512 path runs, else the scalar reference; both give the same integers.
-/// `sums` is [`row_sums`] of the tile. A token that is not finite gives an arbitrary integer (its
-/// NaN step makes the product NaN).
+/// `vals` holds the rows' int8 codes ([`IntValues`]), `sums` is [`row_sums`] of the tile. A token
+/// that is not finite gives an arbitrary integer (its NaN step makes the product NaN).
 ///
 /// # Panics
-/// When the tile does not [`fits`], `sums` is another tile's, `xs` holds no or more than
+/// When the tile does not [`fits`], `vals` does not hold `rows`, `sums` is another tile's, `xs` holds no or more than
 /// [`MAX_TOKENS`] tokens or tokens of different widths, the planes do not reach `col_off` + the tile's width rounded up to
 /// 64, `rows` is outside the tile, `dots` is short, or `simd` is asked of a CPU without it.
+#[allow(clippy::too_many_arguments)]
 pub fn tile_dots(
     simd: bool,
     t: &Tile,
+    vals: IntValues<'_>,
     sums: &[i32],
     rows: Range<usize>,
     xs: &[Limbs],
@@ -192,8 +294,9 @@ pub fn tile_dots(
     dots: &mut [i64],
 ) {
     check(t, sums, &rows, xs, col_off, dots);
+    vals.check(t, &rows);
     if !simd {
-        reference(Job { t, sums, xs, col_off, panel: None }, rows, dots);
+        reference(Job { t, vals, sums, xs, col_off, panel: None }, rows, dots);
         return;
     }
     assert!(simd_available(), "tile_dots: this CPU lacks AVX-512 VNNI / VBMI2");
@@ -201,13 +304,13 @@ pub fn tile_dots(
     // SAFETY: the features are present (asserted); the tile's arrays are consistent (checked at
     // construction); every plane covers columns col_off .. reach (asserted by check).
     unsafe {
-        avx512::dots(Job { t, sums, xs, col_off, panel: None }, rows, dots)
+        avx512::dots(Job { t, vals, sums, xs, col_off, panel: None }, rows, dots)
     };
 }
 
 /// [`tile_dots`]'s argument checks (see its panics).
 fn check(t: &Tile, sums: &[i32], rows: &Range<usize>, xs: &[Limbs], col_off: usize, dots: &[i64]) {
-    assert!(fits(t), "tile_dots: the tile is not int8 or wider than {MAX_COLS}");
+    assert!(fits(t), "tile_dots: the tile is not int8 / int4 or wider than {MAX_COLS}");
     assert_eq!(sums.len(), t.rows, "tile_dots: row sums of another tile");
     assert!((1..=MAX_TOKENS).contains(&xs.len()), "tile_dots: {} tokens", xs.len());
     let reach = col_off + t.cols.next_multiple_of(64);
@@ -217,17 +320,18 @@ fn check(t: &Tile, sums: &[i32], rows: &Range<usize>, xs: &[Limbs], col_off: usi
     assert!(dots.len() >= rows.len() * xs.len(), "tile_dots: {} dots for {rows:?}", dots.len());
 }
 
-/// Tile rows `rows` of a masked int8 tile with every kept value put back at its column, zeros
-/// elsewhere, into `panel` (grown as needed): row `rows.start + i` at `i · stride`, `stride` the
-/// tile's width rounded up to 64, which is returned. What [`tile_dots_expanded`] reads, so that a
-/// block of rows is expanded once for every token of a prefill rather than once per pass.
+/// Tile rows `rows` of a masked tile (codes `vals`) with every kept value put back at its column,
+/// zeros elsewhere, into `panel` (grown as needed): row `rows.start + i` at `i · stride`, `stride`
+/// the tile's width rounded up to 64, which is returned. What [`tile_dots_expanded`] reads, so that
+/// a block of rows is expanded once for every token of a prefill rather than once per pass.
 ///
 /// # Panics
-/// When the tile does not [`fits`], is dense, `rows` is outside it, or the CPU lacks
-/// [`simd_available`].
-pub fn expand_panel(t: &Tile, rows: Range<usize>, panel: &mut Vec<i8>) -> usize {
-    assert!(fits(t) && t.pattern != Pattern::Dense, "expand_panel: a masked int8 tile only");
+/// When the tile does not [`fits`], is dense, `rows` is outside it or `vals` does not hold them, or
+/// the CPU lacks [`simd_available`].
+pub fn expand_panel(t: &Tile, vals: IntValues<'_>, rows: Range<usize>, panel: &mut Vec<i8>) -> usize {
+    assert!(fits(t) && t.pattern != Pattern::Dense, "expand_panel: a masked int8 / int4 tile only");
     assert!(rows.start <= rows.end && rows.end <= t.rows, "expand_panel: rows {rows:?} of {}", t.rows);
+    vals.check(t, &rows);
     assert!(simd_available(), "expand_panel: this CPU lacks AVX-512 VNNI / VBMI2");
     let stride = t.cols.next_multiple_of(64);
     let len = rows.len() * stride;
@@ -238,7 +342,7 @@ pub fn expand_panel(t: &Tile, rows: Range<usize>, panel: &mut Vec<i8>) -> usize 
     // SAFETY: the features are present and the panel holds rows.len() × stride bytes (above); the
     // tile's arrays are consistent (checked at construction).
     unsafe {
-        avx512::expand_panel(t, rows, &mut panel[..len], stride)
+        avx512::expand_panel(t, vals, rows, &mut panel[..len], stride)
     };
     stride
 }
@@ -249,8 +353,10 @@ pub fn expand_panel(t: &Tile, rows: Range<usize>, panel: &mut Vec<i8>) -> usize 
 /// # Panics
 /// As [`tile_dots`], and when the panel is shorter than `rows.len() × stride` or `stride` is not
 /// the one [`expand_panel`] returned for `t`.
+#[allow(clippy::too_many_arguments)] // the tile, its values and the panel are separate borrows
 pub fn tile_dots_expanded(
     t: &Tile,
+    vals: IntValues<'_>,
     sums: &[i32],
     rows: Range<usize>,
     (panel, stride): (&[i8], usize),
@@ -266,7 +372,7 @@ pub fn tile_dots_expanded(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in tile_dots; the panel holds every row of `rows` (asserted).
     unsafe {
-        avx512::dots(Job { t, sums, xs, col_off, panel }, rows, dots)
+        avx512::dots(Job { t, vals, sums, xs, col_off, panel }, rows, dots)
     };
 }
 
@@ -275,6 +381,7 @@ pub fn tile_dots_expanded(
 #[derive(Clone, Copy)]
 struct Job<'a> {
     t: &'a Tile,
+    vals: IntValues<'a>,
     sums: &'a [i32],
     xs: &'a [Limbs],
     col_off: usize,
@@ -291,8 +398,7 @@ struct Panel<'a> {
 
 /// The scalar reference of [`tile_dots`].
 fn reference(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
-    let Job { t, sums, xs, col_off, .. } = job;
-    let Values::I8 { q, .. } = &t.values else { unreachable!("checked by tile_dots") };
+    let Job { t, vals, sums, xs, col_off, .. } = job;
     let words = super::mask_words(t.cols);
     let nt = xs.len();
     for (i, r) in rows.enumerate() {
@@ -303,7 +409,7 @@ fn reference(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
             for c in 0..t.cols {
                 let kept = t.pattern == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1;
                 if kept {
-                    dot += i64::from(q[k]) * (x.value(col_off + c) + OFFSET);
+                    dot += i64::from(vals.q[k - vals.first]) * (x.value(col_off + c) + OFFSET);
                     k += 1;
                 }
             }
@@ -391,13 +497,18 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU has the features; `panel` holds `rows.len() × stride` bytes, `stride` ≥ the tile's
-    /// width rounded up to 64; the tile is int8 and masked, its arrays consistent.
+    /// width rounded up to 64; the tile is masked, its arrays consistent, `vals` holds `rows`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2,popcnt,bmi2")]
-    pub(super) unsafe fn expand_panel(t: &Tile, rows: Range<usize>, panel: &mut [i8], stride: usize) {
-        let Values::I8 { q, .. } = &t.values else { unreachable!() };
+    pub(super) unsafe fn expand_panel(
+        t: &Tile,
+        vals: IntValues<'_>,
+        rows: Range<usize>,
+        panel: &mut [i8],
+        stride: usize,
+    ) {
         let words = super::super::mask_words(t.cols);
         for (i, r) in rows.enumerate() {
-            let mut p = t.row_start[r];
+            let mut p = t.row_start[r] - vals.first;
             for (w, c) in (0..t.cols).step_by(64).enumerate() {
                 let keep = t.mask[r * words + w];
                 let n = keep.count_ones();
@@ -406,11 +517,70 @@ mod avx512 {
                 unsafe {
                     let v = _mm512_maskz_expand_epi8(
                         keep,
-                        _mm512_maskz_loadu_epi8(_bzhi_u64(u64::MAX, n), q.as_ptr().add(p).cast()),
+                        _mm512_maskz_loadu_epi8(_bzhi_u64(u64::MAX, n), vals.q.as_ptr().add(p).cast()),
                     );
                     _mm512_storeu_si512(panel.as_mut_ptr().add(i * stride + c).cast(), v);
                 }
                 p += n as usize;
+            }
+        }
+    }
+
+    /// See [`super::decode_i4`]: rows `rows` of an int4 tile into `out`, 64 codes (two groups) a
+    /// step.
+    ///
+    /// # Safety
+    /// The CPU has the features; the tile is int4, its arrays consistent; `out` holds every kept
+    /// value of `rows` and 64 bytes more.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,bmi2")]
+    pub(super) unsafe fn decode_i4(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
+        let Values::I4 { q, mul, .. } = &t.values else { unreachable!() };
+        let first = t.row_start[rows.start];
+        // Lanes 32..64 look up the second group's table, in bytes 16..32 of the tables' vector.
+        let second =
+            _mm512_mask_blend_epi8(0xFFFF_FFFF_0000_0000, _mm512_setzero_si512(), _mm512_set1_epi8(16));
+        let nib = _mm512_set1_epi16(0x0F);
+        let high = _mm512_set1_epi16(0x0F00);
+        let tables = I4_TABLES.as_ptr();
+        for r in rows {
+            let (s, e) = (t.row_start[r], t.row_start[r + 1]);
+            let k = e - s;
+            // SAFETY (the row): the row's code bytes b .. b + ceil(k/2) and group multipliers
+            // m .. m + ceil(k/32) lie in the arrays (checked at construction, multipliers ≤ 16 so
+            // every table row exists); `out` holds codes s − first .. e − first and 64 bytes more.
+            unsafe {
+                let (mut src, mut mp) = (q.as_ptr().add(t.i4_byte[r]), mul.as_ptr().add(t.i4_mul[r]));
+                let mut dst = out.as_mut_ptr().add(s - first);
+                let mut left = k;
+                while left > 0 {
+                    let n = left.min(64);
+                    let bytes = if n == 64 {
+                        _mm256_loadu_si256(src.cast())
+                    } else {
+                        _mm256_maskz_loadu_epi8(_bzhi_u32(u32::MAX, n.div_ceil(2) as u32), src.cast())
+                    };
+                    // Byte i's nibbles into bytes 2i (low) and 2i + 1 (high).
+                    let w = _mm512_cvtepu8_epi16(bytes);
+                    let codes = _mm512_or_si512(
+                        _mm512_and_si512(w, nib),
+                        _mm512_and_si512(_mm512_slli_epi16(w, 4), high),
+                    );
+                    let t0 = _mm_loadu_si128(tables.add(usize::from(*mp)).cast());
+                    let t1 = if n > INT4_GROUP {
+                        _mm_loadu_si128(tables.add(usize::from(*mp.add(1))).cast())
+                    } else {
+                        t0
+                    };
+                    let tab = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(t0), t1);
+                    let v = _mm512_permutexvar_epi8(_mm512_or_si512(codes, second), tab);
+                    // A whole vector, not a masked store (several times slower on some CPUs): the
+                    // bytes past the row are the next row's, rewritten when it is decoded, or spare.
+                    _mm512_storeu_si512(dst.cast(), v);
+                    src = src.add(32.min(n.div_ceil(2)));
+                    mp = mp.add(2.min(n.div_ceil(INT4_GROUP)));
+                    dst = dst.add(n);
+                    left -= n;
+                }
             }
         }
     }
@@ -502,21 +672,21 @@ mod avx512 {
         stride: usize,
         j0: usize,
     ) {
-        let Job { t, sums, xs, col_off, panel } = job;
-        let Values::I8 { q, .. } = &t.values else { unreachable!() };
+        let Job { t, vals, sums, xs, col_off, panel } = job;
         let words = super::super::mask_words(t.cols);
         // Expanded rows read as a dense tile's.
         let dense = t.pattern == Pattern::Dense || panel.is_some();
         // Every token's planes are equally wide: one base pointer per token, limbs at l·width.
         let width = xs[0].width;
         let base: [*const u8; NT] = std::array::from_fn(|j| xs[j].planes[col_off..].as_ptr());
-        // SAFETY (the loop): a row's kept values start at row_start[r]; a sparse step's load reads
+        // SAFETY (the loop): a row's kept values start at row_start[r] − vals.first of vals.q (which
+        // holds them, checked by tile_dots); a sparse step's load reads
         // exactly as many bytes as its mask has bits, a dense step's none past the tile's columns,
         // and the planes hold 64-column steps up to the tile's end (all checked by tile_dots).
         let mut p: [*const i8; R] = std::array::from_fn(|i| unsafe {
             match panel {
                 Some(pn) => pn.q.as_ptr().add((r + i - pn.first) * pn.stride),
-                None => q.as_ptr().add(t.row_start[r + i]),
+                None => vals.q.as_ptr().add(t.row_start[r + i] - vals.first),
             }
         });
         let mut acc = [[[_mm512_setzero_si512(); 4]; NT]; R];

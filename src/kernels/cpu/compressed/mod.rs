@@ -5,7 +5,8 @@
 //! **Layout.** A [`CMatrix`] of `rows × cols` with rank `r` is a set of non-overlapping [`Tile`]s over
 //! the `rows × (cols + r)` area `[S | U]`; what no tile covers is zero. Each tile keeps a pattern of
 //! entries (all, N:M, or any, by a bit mask) and their values (int8 with a scale per row, int4 with a
-//! scale per 32 kept values, or f16). `V` (`r × cols`) is itself a `CMatrix` of rank 0. Several
+//! scale per row and a multiplier ≤ 16 per 32 kept values — whose integer part is an int8 code — or
+//! f16). `V` (`r × cols`) is itself a `CMatrix` of rank 0. Several
 //! representations side by side are several tiles: q|k|v stacked into one matrix, FFN rows split into
 //! heavy hitters and the rest.
 //!
@@ -13,7 +14,8 @@
 //! arithmetic), then one pass over the extended input. Each matrix runs one of two arithmetics,
 //! chosen by its tiles and the CPU alone, never by the batch ([`Arith`]):
 //!
-//! - **Exact integers** ([`limbs`]), when every tile is int8 and the CPU has AVX-512 VNNI and VBMI2:
+//! - **Exact integers** ([`limbs`]), when every tile is int8 or int4 and the CPU has AVX-512 VNNI,
+//!   VBMI and VBMI2 (an int4 tile's rows decoded to their int8 codes a block at a time):
 //!   each token is rounded once to 31-bit integers in four byte limbs (`x` and `V·x` each with its
 //!   own step), every tile row's `Σ q·x̂` is summed exactly in integers (`vpdpbusd` on the stored
 //!   values, `vpexpandb` putting a sparse row's kept values back at their columns), and a row's
@@ -23,7 +25,7 @@
 //!   over a block (each block's bytes stay in cache for every token of a prefill, a masked tile's
 //!   block expanded once into a dense panel for all of them), or from 16 tokens on, 16 tokens at a
 //!   time across the vector lanes.
-//! - **f32**, for matrices with int4 or f16 tiles and on CPUs without VNNI / VBMI2: the input is
+//! - **f32**, for matrices with f16 tiles and on CPUs without VNNI / VBMI / VBMI2: the input is
 //!   copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each rounded
 //!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width
 //!   (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
@@ -54,7 +56,7 @@ mod stack;
 mod tests;
 mod tile;
 
-pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP};
+pub use tile::{mask_words, Pattern, Tile, ValueType, Values, INT4_GROUP, INT4_MAX_MUL};
 
 use integer::quantize_tokens;
 use limbs::Limbs;
@@ -107,7 +109,7 @@ impl Isa {
     }
 }
 
-/// Which arithmetic a matrix of int8 tiles runs (see the module docs); matrices with other tiles
+/// Which arithmetic a matrix of int8 and int4 tiles runs (see the module docs); matrices with f16 tiles
 /// always run f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arith {
@@ -115,13 +117,13 @@ pub enum Arith {
     F32,
     /// Exact integers, the scalar reference.
     IntScalar,
-    /// Exact integers, AVX-512 VNNI + VBMI2.
+    /// Exact integers, AVX-512 VNNI + VBMI + VBMI2.
     IntSimd,
 }
 
 impl Arith {
     /// What [`CMatrix::matmul`] runs on this CPU: the integer SIMD path when it has AVX-512 VNNI and
-    /// VBMI2 (and `SLATE_SIMD=avx2` does not cap it), else f32.
+    /// VBMI + VBMI2 (and `SLATE_SIMD=avx2` does not cap it), else f32.
     pub fn best() -> Arith {
         if Isa::best() == Isa::Avx512 && limbs::simd_available() {
             Arith::IntSimd

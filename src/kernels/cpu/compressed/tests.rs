@@ -64,15 +64,17 @@ fn random_values(rng: &mut TestRng, kept: &[usize], vt: ValueType) -> Values {
             Values::F16 { v: (0..kept.iter().sum()).map(|_| f16::from_f32(rng.f32(-2.0, 2.0))).collect() }
         }
         ValueType::I4 => {
-            let (mut q, mut scale) = (Vec::new(), Vec::new());
+            let (mut q, mut mul) = (Vec::new(), Vec::new());
             for &k in kept {
                 let codes: Vec<u8> = (0..k).map(|_| rng.below(16) as u8).collect();
                 for pair in codes.chunks(2) {
                     q.push(pair[0] | pair.get(1).copied().unwrap_or(8) << 4);
                 }
-                scale.extend((0..k.div_ceil(INT4_GROUP)).map(|_| f16::from_f32(rng.f32(-0.2, 0.2))));
+                mul.extend(
+                    (0..k.div_ceil(INT4_GROUP)).map(|_| rng.below(usize::from(INT4_MAX_MUL) + 1) as u8),
+                );
             }
-            Values::I4 { q, scale }
+            Values::I4 { q, mul, scale: kept.iter().map(|_| rng.f32(-0.02, 0.02)).collect() }
         }
     }
 }
@@ -157,7 +159,7 @@ fn random_matrix(
         CMatrix::new(rank, cols, None, vec![t]).expect("generated V is valid")
     });
     if rank > 0 {
-        let vt = [ValueType::I8, ValueType::F16][rng.below(2)];
+        let vt = TYPES[rng.below(3)];
         tiles.push(random_tile(rng, (0, rows), (cols, rank), Pattern::Dense, vt));
     }
     CMatrix::new(rows, cols, v, tiles).expect("generated matrix is valid")
@@ -212,7 +214,7 @@ fn simd_expansion_equals_scalar_bit_for_bit() {
 #[test]
 fn every_isa_equals_scalar_and_batched_equals_alone() {
     let isas = simd_isas();
-    let int_simd = require_isa("avx512vnni+vbmi2");
+    let int_simd = require_isa("avx512vnni+vbmi+vbmi2");
     let mut rng = TestRng::new(7);
     for_each_matrix(|m, what| {
         for n in [1, 2, 3, 4, 5, 8, 33] {
@@ -333,10 +335,17 @@ fn generated_matrices_cover_what_the_kernels_branch_on() {
     // The generators must actually produce empty rows, ragged int4 tails and every representation,
     // or the tests above would pass without exercising them.
     let (mut empty_rows, mut odd_i4, mut reps) = (0, 0, std::collections::HashSet::new());
-    let (mut fusable, mut integer) = ([0usize; 2], [0usize; 2]);
+    let (mut fusable, mut integer, mut int_i4) = ([0usize; 2], [0usize; 2], [0usize; 2]);
     for_each_matrix(|m, _| {
         fusable[m.fusable as usize] += 1;
         integer[m.integer() as usize] += 1;
+        if m.integer() {
+            // Integer matrices with int4 tiles, with and without int8 tiles beside them.
+            let has = |vt| m.tiles().iter().any(|t| t.values().value_type() == vt);
+            if has(ValueType::I4) {
+                int_i4[has(ValueType::I8) as usize] += 1;
+            }
+        }
         for t in m.tiles() {
             reps.insert((t.pattern().name(), t.values().value_type()));
             empty_rows += (0..t.rows).filter(|&r| t.row_kept(r) == 0 && t.cols > 0).count();
@@ -350,6 +359,10 @@ fn generated_matrices_cover_what_the_kernels_branch_on() {
     assert!(fusable[0] > 0 && fusable[1] > 0, "[not fusable, fusable] matrices: {fusable:?}");
     // Both the integer and the f32 arithmetic must be taken.
     assert!(integer[0] > 0 && integer[1] > 0, "[f32, integer] matrices: {integer:?}");
+    assert!(
+        int_i4[0] > 0 && int_i4[1] > 0,
+        "integer matrices with int4 tiles [alone, beside int8]: {int_i4:?}"
+    );
     assert_eq!(reps.len(), PATTERNS.len() * TYPES.len(), "representations generated: {reps:?}");
 }
 
@@ -444,21 +457,53 @@ fn timings() {
     }
 }
 
+/// The int8 codes the integer arithmetic multiplies tile row `r` by (an int4 tile's decoded).
+fn int_codes(t: &Tile, r: usize) -> Vec<i8> {
+    match t.values() {
+        Values::I8 { q, .. } => q[t.row_start[r]..t.row_start[r + 1]].to_vec(),
+        Values::I4 { .. } => (0..t.row_kept(r)).map(|j| t.i4_code(r, j)).collect(),
+        Values::F16 { .. } => unreachable!("no integer codes"),
+    }
+}
+
+/// A tile's rows `rows` decoded for the integer arithmetic (empty for int8 tiles, which are read
+/// as stored); with `simd`, also checks the SIMD decode against the scalar one.
+fn decoded(simd: bool, t: &Tile, rows: std::ops::Range<usize>) -> Vec<i8> {
+    use super::limbs::decode_i4;
+    let mut want = Vec::new();
+    if matches!(t.values(), Values::I4 { .. }) {
+        decode_i4(false, t, rows.clone(), &mut want);
+        let len = want.len() - 64;
+        if simd {
+            let mut got = vec![5i8; 3];
+            decode_i4(true, t, rows.clone(), &mut got);
+            assert_eq!(got[..len], want[..len], "int4 decode of rows {rows:?}");
+        }
+        // Only the rows' codes are read: spoil the spare bytes.
+        want[len..].fill(99);
+    }
+    want
+}
+
 /// The exact integer dots of `limbs`: the SIMD rows equal the scalar reference, for one to four
-/// tokens, on every pattern, ragged widths, empty rows and tiles that start mid-token; and they
-/// are `Σ q·x̂` within the activations' rounding of the f64 product.
+/// tokens, on every pattern, int8 and int4 tiles, ragged widths, empty rows and tiles that start
+/// mid-token; and they are `Σ q·x̂` within the activations' rounding of the f64 product.
 #[test]
 fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
-    use super::limbs::{expand_panel, row_sums, tile_dots, tile_dots_expanded, Limbs};
-    let simd = require_isa("avx512vnni+vbmi2");
+    use super::limbs::{expand_panel, row_sums, tile_dots, tile_dots_expanded, IntValues, Limbs};
+    let simd = require_isa("avx512vnni+vbmi+vbmi2");
     let mut rng = TestRng::new(21);
     for cols in [1, 5, 63, 64, 65, 200, 576] {
-        for pattern in PATTERNS {
+        for (pattern, vt) in PATTERNS.into_iter().flat_map(|p| [(p, ValueType::I8), (p, ValueType::I4)]) {
             let p = fit(pattern, cols);
             for col0 in [0, 3, 64] {
                 let rows = 7;
-                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, ValueType::I8);
+                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, vt);
                 let sums = row_sums(&t).unwrap();
+                let dec = decoded(simd, &t, 0..rows);
+                let vals = IntValues::of(&t, &dec, 0..rows);
+                let dec_part = decoded(simd, &t, 2..5);
+                let part_vals = IntValues::of(&t, &dec_part, 2..5);
                 let xs: Vec<Vec<f32>> = (0..4)
                     .map(|_| {
                         // Activations with an outlier, so the step is coarse against most values.
@@ -476,11 +521,12 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                     })
                     .collect();
                 let mut want = vec![0i64; rows * 4];
-                tile_dots(false, &t, &sums, 0..rows, &limbs, col0, &mut want);
-                let (Values::I8 { q, .. }, words) = (&t.values, mask_words(cols)) else { unreachable!() };
+                tile_dots(false, &t, vals, &sums, 0..rows, &limbs, col0, &mut want);
+                let words = mask_words(cols);
                 for (j, (x, l)) in xs.iter().zip(&limbs).enumerate() {
                     for r in 0..rows {
-                        let mut k = t.row_start[r];
+                        let q = int_codes(&t, r);
+                        let mut k = 0;
                         let (mut exact, mut abs_q, mut mag) = (0f64, 0f64, 0f64);
                         for c in 0..cols {
                             if p == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1 {
@@ -494,33 +540,37 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                         let got = want[r * 4 + j] as f64 * l.scale();
                         let bound = 0.5 * l.scale() * abs_q * (1.0 + 1e-9) + 1e-12 * mag + 1e-30;
                         let err = (got - exact).abs();
-                        assert!(err <= bound, "{cols} cols, {p:?}, row {r}: error {err:e} > {bound:e}");
+                        assert!(
+                            err <= bound,
+                            "{cols} cols, {p:?} {vt:?}, row {r}: error {err:e} > {bound:e}"
+                        );
                     }
                 }
                 if simd {
                     for nt in 1..=4 {
                         let mut got = vec![0i64; rows * nt];
-                        tile_dots(true, &t, &sums, 0..rows, &limbs[..nt], col0, &mut got);
+                        tile_dots(true, &t, vals, &sums, 0..rows, &limbs[..nt], col0, &mut got);
                         let want_nt: Vec<i64> = (0..rows)
                             .flat_map(|r| (0..nt).map(move |j| (r, j)))
                             .map(|(r, j)| want[r * 4 + j])
                             .collect();
-                        assert_eq!(got, want_nt, "{cols} cols, {p:?}, col0 {col0}, {nt} tokens");
+                        assert_eq!(got, want_nt, "{cols} cols, {p:?} {vt:?}, col0 {col0}, {nt} tokens");
                     }
-                    // A sub-range of rows alone gives the same integers.
+                    // A sub-range of rows alone (an int4 tile's decoded alone) gives the same integers.
                     let mut part = vec![0i64; 3];
-                    tile_dots(true, &t, &sums, 2..5, &limbs[..1], col0, &mut part);
+                    tile_dots(true, &t, part_vals, &sums, 2..5, &limbs[..1], col0, &mut part);
                     assert_eq!(part, [want[2 * 4], want[3 * 4], want[4 * 4]]);
                     // And so do rows expanded once into a panel (what a prefill reads).
                     if p != Pattern::Dense {
                         let mut panel = vec![7i8; 3];
-                        for range in [0..rows, 2..5] {
-                            let stride = expand_panel(&t, range.clone(), &mut panel);
+                        for (range, v) in [(0..rows, vals), (2..5, part_vals)] {
+                            let stride = expand_panel(&t, v, range.clone(), &mut panel);
                             for nt in 1..=4 {
                                 let mut got = vec![0i64; range.len() * nt];
                                 let src = (&panel[..], stride);
                                 tile_dots_expanded(
                                     &t,
+                                    v,
                                     &sums,
                                     range.clone(),
                                     src,
@@ -533,7 +583,10 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                                     .clone()
                                     .flat_map(|r| (0..nt).map(move |j| want[r * 4 + j]))
                                     .collect();
-                                assert_eq!(got, want_nt, "panel: {cols} cols, {p:?}, col0 {col0}, {range:?}");
+                                assert_eq!(
+                                    got, want_nt,
+                                    "panel: {cols} cols, {p:?} {vt:?}, col0 {col0}, {range:?}"
+                                );
                             }
                         }
                     }
@@ -550,7 +603,8 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
     assert!(x.quantize(&[0.0; 70]));
     let t = random_tile(&mut rng, (0, 2), (0, 70), Pattern::Dense, ValueType::I8);
     let mut out = [1i64; 2];
-    tile_dots(false, &t, &row_sums(&t).unwrap(), 0..2, std::slice::from_ref(&x), 0, &mut out);
+    let vals = IntValues::of(&t, &[], 0..2);
+    tile_dots(false, &t, vals, &row_sums(&t).unwrap(), 0..2, std::slice::from_ref(&x), 0, &mut out);
     assert_eq!(out, [0; 2]);
 }
 
@@ -583,19 +637,21 @@ fn a_non_finite_token_is_nan_and_leaves_its_batch_alone() {
 #[ignore = "timing, not a check"]
 fn limb_timings() {
     if !super::limbs::simd_available() {
-        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI2");
+        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI + VBMI2");
         return;
     }
     let mut rng = TestRng::new(8);
     let rows = std::env::var("SLATE_TIMING_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
     let cols = 576;
     println!("{rows}×{cols}, 1 thread; f32 arithmetic ({:?}) vs exact integers", Isa::best());
-    for (name, pattern, density) in [
-        ("dense int8", Pattern::Dense, 100),
-        ("2:4 int8", Pattern::NM { n: 2, m: 4 }, 50),
-        ("50% int8", Pattern::Unstructured, 50),
-        ("70% int8", Pattern::Unstructured, 30),
-        ("90% int8", Pattern::Unstructured, 10),
+    for (name, pattern, density, vt) in [
+        ("dense int8", Pattern::Dense, 100, ValueType::I8),
+        ("dense int4", Pattern::Dense, 100, ValueType::I4),
+        ("2:4 int8", Pattern::NM { n: 2, m: 4 }, 50, ValueType::I8),
+        ("2:4 int4", Pattern::NM { n: 2, m: 4 }, 50, ValueType::I4),
+        ("50% int8", Pattern::Unstructured, 50, ValueType::I8),
+        ("70% int8", Pattern::Unstructured, 30, ValueType::I8),
+        ("90% int8", Pattern::Unstructured, 10, ValueType::I8),
     ] {
         let words = mask_words(cols);
         let mut mask = vec![0u64; if pattern == Pattern::Dense { 0 } else { rows * words }];
@@ -620,7 +676,7 @@ fn limb_timings() {
                 _ => mask[r * words..(r + 1) * words].iter().map(|w| w.count_ones() as usize).sum(),
             })
             .collect();
-        let values = random_values(&mut rng, &kept, ValueType::I8);
+        let values = random_values(&mut rng, &kept, vt);
         let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
         let m = CMatrix::new(rows, cols, None, vec![tile]).unwrap();
         let time = |f: &mut dyn FnMut()| {
@@ -660,7 +716,7 @@ fn limb_timings() {
 #[test]
 fn limb_quantization_simd_equals_scalar() {
     use super::limbs::Limbs;
-    if !require_isa("avx512vnni+vbmi2") {
+    if !require_isa("avx512vnni+vbmi+vbmi2") {
         return;
     }
     let mut rng = TestRng::new(33);
@@ -710,18 +766,18 @@ fn limb_quantization_simd_equals_scalar() {
 #[test]
 fn lane_dots_equal_the_reference() {
     use super::limbs::{
-        copy_panel, expand_panel, lane_dots, row_sums, tile_dots, LaneLimbs, Limbs, LANE_TOKENS,
+        copy_panel, expand_panel, lane_dots, row_sums, tile_dots, IntValues, LaneLimbs, Limbs, LANE_TOKENS,
     };
-    if !require_isa("avx512vnni+vbmi2") {
+    if !require_isa("avx512vnni+vbmi+vbmi2") {
         return;
     }
     let mut rng = TestRng::new(41);
     for cols in [1, 5, 63, 64, 65, 200, 576] {
-        for pattern in PATTERNS {
+        for (pattern, vt) in PATTERNS.into_iter().flat_map(|p| [(p, ValueType::I8), (p, ValueType::I4)]) {
             let p = fit(pattern, cols);
             for col0 in [0, 4, 64] {
                 let rows = 7;
-                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, ValueType::I8);
+                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, vt);
                 let sums = row_sums(&t).unwrap();
                 for n in [1, 16, 17, 33] {
                     let xs: Vec<Limbs> = (0..n)
@@ -737,10 +793,12 @@ fn lane_dots_equal_the_reference() {
                     lanes.fill(&xs);
                     let mut panel = Vec::new();
                     for range in [0..rows, 2..5] {
+                        let dec = decoded(true, &t, range.clone());
+                        let vals = IntValues::of(&t, &dec, range.clone());
                         let stride = if p == Pattern::Dense {
-                            copy_panel(&t, range.clone(), &mut panel)
+                            copy_panel(&t, vals, range.clone(), &mut panel)
                         } else {
-                            expand_panel(&t, range.clone(), &mut panel)
+                            expand_panel(&t, vals, range.clone(), &mut panel)
                         };
                         for b in 0..lanes.blocks() {
                             let mut got = vec![0i64; range.len() * LANE_TOKENS];
@@ -751,6 +809,7 @@ fn lane_dots_equal_the_reference() {
                                 tile_dots(
                                     false,
                                     &t,
+                                    vals,
                                     &sums,
                                     range.clone(),
                                     std::slice::from_ref(x),
@@ -761,7 +820,7 @@ fn lane_dots_equal_the_reference() {
                                     assert_eq!(
                                         got[i * LANE_TOKENS + j - b * LANE_TOKENS],
                                         w,
-                                        "{cols} cols, {p:?}, col0 {col0}, {n} tokens, {range:?}, row {i}, token {j}"
+                                        "{cols} cols, {p:?} {vt:?}, col0 {col0}, {n} tokens, {range:?}, row {i}, token {j}"
                                     );
                                 }
                             }

@@ -3,17 +3,22 @@
 
 use half::f16;
 
-/// Kept values per int4 scale group (consecutive kept values of one row; a row's last group may be
-/// shorter).
+/// Kept values per int4 multiplier group (consecutive kept values of one row; a row's last group
+/// may be shorter).
 pub const INT4_GROUP: usize = 32;
+
+/// The largest int4 group multiplier: `(code − 8) · mul` then always fits in an int8
+/// (−128 ..= 112), which lets int4 tiles run the int8 arithmetic.
+pub const INT4_MAX_MUL: u8 = 16;
 
 /// How a tile's kept values are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ValueType {
     /// int8 codes, one f32 scale per tile row: `w = q · scale[row]`.
     I8,
-    /// 4-bit codes, one f16 scale per group of [`INT4_GROUP`] kept values of a row:
-    /// `w = (code − 8) · scale[group]`.
+    /// 4-bit codes, one f32 scale per tile row and one multiplier (0 ..= [`INT4_MAX_MUL`]) per
+    /// group of [`INT4_GROUP`] kept values of a row: `w = ((code − 8) · mul[group]) · scale[row]`,
+    /// the integer product an int8 code.
     I4,
     /// IEEE half precision.
     F16,
@@ -46,9 +51,9 @@ pub enum Values {
     /// `q` has one code per kept value; `scale` one per tile row.
     I8 { q: Vec<i8>, scale: Vec<f32> },
     /// Row `r`'s codes take `ceil(count(r)/2)` bytes (low nibble first; an odd row's last high nibble
-    /// is padding and must be 8), rows back to back; `scale` holds `ceil(count(r)/32)` per row, rows
-    /// back to back.
-    I4 { q: Vec<u8>, scale: Vec<f16> },
+    /// is padding and must be 8), rows back to back; `mul` holds `ceil(count(r)/32)` group
+    /// multipliers per row, rows back to back; `scale` one per tile row.
+    I4 { q: Vec<u8>, mul: Vec<u8>, scale: Vec<f32> },
     /// One half-precision value per kept value.
     F16 { v: Vec<f16> },
 }
@@ -66,7 +71,7 @@ impl Values {
     pub fn bytes(&self) -> usize {
         match self {
             Values::I8 { q, scale } => q.len() + 4 * scale.len(),
-            Values::I4 { q, scale } => q.len() + 2 * scale.len(),
+            Values::I4 { q, mul, scale } => q.len() + mul.len() + 4 * scale.len(),
             Values::F16 { v } => 2 * v.len(),
         }
     }
@@ -114,9 +119,10 @@ pub struct Tile {
     pub(super) values: Values,
     /// `rows + 1` offsets: row `r`'s kept values are `row_start[r] .. row_start[r + 1]`.
     pub(super) row_start: Vec<usize>,
-    /// int4 only (else empty), `rows + 1` each: where row `r`'s code bytes and scales begin.
+    /// int4 only (else empty), `rows + 1` each: where row `r`'s code bytes and group multipliers
+    /// begin.
     pub(super) i4_byte: Vec<usize>,
-    pub(super) i4_scale: Vec<usize>,
+    pub(super) i4_mul: Vec<usize>,
     /// The leading rows whose values (or int4 code bytes) end at least 16 before the array's end:
     /// the fused decode path reads 16 at a time from any kept position of them.
     pub(super) fused_rows: usize,
@@ -190,7 +196,7 @@ impl Tile {
             }
         }
         let total = row_start[rows];
-        let (mut i4_byte, mut i4_scale) = (Vec::new(), Vec::new());
+        let (mut i4_byte, mut i4_mul) = (Vec::new(), Vec::new());
         match &values {
             Values::I8 { q, scale } => {
                 if q.len() != total || scale.len() != rows {
@@ -208,21 +214,28 @@ impl Tile {
                 }
                 finite(v.iter().map(|x| x.to_f32()), "f16 value")?;
             }
-            Values::I4 { q, scale } => {
+            Values::I4 { q, mul, scale } => {
                 i4_byte.push(0usize);
-                i4_scale.push(0usize);
+                i4_mul.push(0usize);
                 for r in 0..rows {
                     let k = row_start[r + 1] - row_start[r];
                     i4_byte.push(i4_byte[r] + k.div_ceil(2));
-                    i4_scale.push(i4_scale[r] + k.div_ceil(INT4_GROUP));
+                    i4_mul.push(i4_mul[r] + k.div_ceil(INT4_GROUP));
                 }
-                if q.len() != i4_byte[rows] || scale.len() != i4_scale[rows] {
+                if q.len() != i4_byte[rows] || mul.len() != i4_mul[rows] || scale.len() != rows {
                     return Err(format!(
-                        "int4 values: {} code bytes and {} scales, expected {} and {}",
+                        "int4 values: {} code bytes, {} group multipliers and {} scales, expected {}, {} and {rows}",
                         q.len(),
+                        mul.len(),
                         scale.len(),
                         i4_byte[rows],
-                        i4_scale[rows]
+                        i4_mul[rows]
+                    ));
+                }
+                if let Some(g) = mul.iter().position(|&m| m > INT4_MAX_MUL) {
+                    return Err(format!(
+                        "int4 values: group multiplier {g} is {}, above {INT4_MAX_MUL}",
+                        mul[g]
                     ));
                 }
                 for r in 0..rows {
@@ -231,7 +244,7 @@ impl Tile {
                         return Err(format!("int4 values: row {r}'s padding nibble is not 8"));
                     }
                 }
-                finite(scale.iter().map(|x| x.to_f32()), "int4 scale")?;
+                finite(scale.iter().copied(), "int4 scale")?;
             }
         }
         let (ends, len) = match &values {
@@ -240,7 +253,7 @@ impl Tile {
             Values::I4 { q, .. } => (&i4_byte[1..], q.len()),
         };
         let fused_rows = ends.partition_point(|&e| e + 16 <= len);
-        Ok(Tile { row0, rows, col0, cols, pattern, mask, values, row_start, i4_byte, i4_scale, fused_rows })
+        Ok(Tile { row0, rows, col0, cols, pattern, mask, values, row_start, i4_byte, i4_mul, fused_rows })
     }
 
     pub fn rows(&self) -> (usize, usize) {
@@ -301,15 +314,26 @@ impl Tile {
                 }
             }
             Values::F16 { v } => out.iter_mut().zip(&v[s..s + k]).for_each(|(o, x)| *o = x.to_f32()),
-            Values::I4 { q, scale } => {
-                let (b, g) = (self.i4_byte[r], self.i4_scale[r]);
+            Values::I4 { scale, .. } => {
                 for (j, o) in out.iter_mut().enumerate() {
-                    let byte = q[b + j / 2];
-                    let code = if j % 2 == 0 { byte & 15 } else { byte >> 4 };
-                    *o = (code as i32 - 8) as f32 * scale[g + j / INT4_GROUP].to_f32();
+                    *o = self.i4_code(r, j) as f32 * scale[r];
                 }
             }
         }
+    }
+}
+
+impl Tile {
+    /// Kept value `j` of tile row `r` of an int4 tile as its int8 code `(code − 8) · mul[group]`.
+    ///
+    /// # Panics
+    /// When the tile is not int4 or `j` is past the row's kept values.
+    pub fn i4_code(&self, r: usize, j: usize) -> i8 {
+        let Values::I4 { q, mul, .. } = &self.values else { panic!("i4_code: not an int4 tile") };
+        assert!(j < self.row_kept(r), "i4_code: value {j} of a row of {}", self.row_kept(r));
+        let byte = q[self.i4_byte[r] + j / 2];
+        let code = if j.is_multiple_of(2) { byte & 15 } else { byte >> 4 };
+        ((code as i32 - 8) * i32::from(mul[self.i4_mul[r] + j / INT4_GROUP])) as i8
     }
 }
 

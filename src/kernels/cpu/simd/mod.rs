@@ -210,7 +210,7 @@ pub(crate) fn require_isa(isa: &str) -> bool {
         "avx2+fma+f16c" => has_avx2_fma_f16c(),
         "avx512f" => cpu_has_avx512(),
         "avx512vnni" => cpu_has_avx512_vnni(),
-        "avx512vnni+vbmi2" => crate::kernels::cpu::compressed::limbs::simd_available(),
+        "avx512vnni+vbmi+vbmi2" => crate::kernels::cpu::compressed::limbs::simd_available(),
         _ => panic!("require_isa: unknown ISA {isa:?}"),
     };
     if !has {

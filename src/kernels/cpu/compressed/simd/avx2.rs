@@ -77,13 +77,13 @@ unsafe fn decode_f16(p: *const u16) -> V16 {
 /// `p .. p + 16` is readable.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-unsafe fn decode_i4(p: *const u8, s: f32) -> (V16, V16) {
+unsafe fn decode_i4(p: *const u8, mul: u8, s: f32) -> (V16, V16) {
     // SAFETY: the caller's contract.
     let (a, b) = unsafe { super::nibbles(p) };
-    let s = _mm256_set1_ps(s);
+    let (m, s) = (_mm256_set1_epi32(i32::from(mul)), _mm256_set1_ps(s));
     let f = |c: __m128i| {
         let i = _mm256_sub_epi32(_mm256_cvtepu8_epi32(c), _mm256_set1_epi32(8));
-        _mm256_mul_ps(_mm256_cvtepi32_ps(i), s)
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(i, m)), s)
     };
     let g = |c: __m128i| V16(f(c), f(_mm_srli_si128(c, 8)));
     (g(a), g(b))
@@ -128,14 +128,14 @@ fn expand_v(v: V16, bits: u32) -> V16 {
     }
 }
 
-/// An int4 group's scale (an f16's bits) in every lane; [`i4_lookup`] decodes by arithmetic.
+/// An int4 group's multiplier (as f32) and its row's scale, each in every lane; [`i4_lookup`]
+/// decodes by arithmetic.
 type I4Tab = V16;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-fn i4_table(h: u16) -> I4Tab {
-    let s = _mm256_cvtph_ps(_mm_set1_epi16(h as i16));
-    V16(s, s)
+fn i4_table(mul: u8, s: f32) -> I4Tab {
+    V16(_mm256_set1_ps(f32::from(mul)), _mm256_set1_ps(s))
 }
 
 /// `a`'s lanes below `split` (< 16), `b`'s from it.
@@ -154,15 +154,15 @@ fn blend_at(a: V16, b: V16, split: usize) -> V16 {
     )
 }
 
-/// 16 int4 codes (one per byte) as `(code − 8) · s`.
+/// 16 int4 codes (one per byte) as `((code − 8) · mul) · s` (`(code − 8) · mul` exact in f32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-fn i4_lookup(c: __m128i, s: I4Tab) -> V16 {
-    let f = |c: __m128i, s: __m256| {
+fn i4_lookup(c: __m128i, t: I4Tab) -> V16 {
+    let f = |c: __m128i| {
         let i = _mm256_sub_epi32(_mm256_cvtepu8_epi32(c), _mm256_set1_epi32(8));
-        _mm256_mul_ps(_mm256_cvtepi32_ps(i), s)
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(i), t.0), t.1)
     };
-    V16(f(c, s.0), f(_mm_srli_si128(c, 8), s.1))
+    V16(f(c), f(_mm_srli_si128(c, 8)))
 }
 
 compressed_kernels!("avx2,fma,f16c,popcnt", 2, 2);

@@ -74,12 +74,13 @@ unsafe fn decode_f16(p: *const u16) -> V16 {
 /// `p .. p + 16` is readable.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
-unsafe fn decode_i4(p: *const u8, s: f32) -> (V16, V16) {
+unsafe fn decode_i4(p: *const u8, mul: u8, s: f32) -> (V16, V16) {
     // SAFETY: the caller's contract.
     let (a, b) = unsafe { super::nibbles(p) };
     let f = |c: __m128i| {
         let i = _mm512_sub_epi32(_mm512_cvtepu8_epi32(c), _mm512_set1_epi32(8));
-        _mm512_mul_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(s))
+        let q = _mm512_mullo_epi32(i, _mm512_set1_epi32(i32::from(mul)));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(s))
     };
     (f(a), f(b))
 }
@@ -102,20 +103,21 @@ fn expand_v(v: V16, bits: u32) -> V16 {
     _mm512_maskz_expand_ps(bits as __mmask16, v)
 }
 
-/// An int4 group's table: lane `c` holds `(c − 8) · s` for the scale `s` (an f16's bits).
+/// An int4 group's table: lane `c` holds `((c − 8) · mul) · s` for the group multiplier `mul` and
+/// the row's scale `s`.
 type I4Tab = V16;
 
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
-fn i4_table(h: u16) -> I4Tab {
-    let s = _mm512_cvtph_ps(_mm256_set1_epi16(h as i16));
+fn i4_table(mul: u8, s: f32) -> I4Tab {
     let c = _mm512_setr_ps(
         -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,
     );
-    _mm512_mul_ps(c, s)
+    // (c − 8) · mul is a small integer, exact in f32: one rounding, as `Tile::row_values`.
+    _mm512_mul_ps(_mm512_mul_ps(c, _mm512_set1_ps(f32::from(mul))), _mm512_set1_ps(s))
 }
 
-/// 16 int4 codes (one per byte) as `(code − 8) · s`: their entries of `t` (the same products).
+/// 16 int4 codes (one per byte) as their entries of `t` (the same products).
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,popcnt")]
 fn i4_lookup(c: __m128i, t: I4Tab) -> V16 {

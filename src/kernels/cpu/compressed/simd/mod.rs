@@ -157,21 +157,17 @@ macro_rules! compressed_kernels {
                         unsafe { *out.add(jj) = x.to_f32() };
                     }
                 }
-                Values::I4 { q, scale } => {
-                    let (b, g) = (t.i4_byte[r], t.i4_scale[r]);
-                    let (q, scale) = (&q[b..b + k.div_ceil(2)], &scale[g..g + k.div_ceil(INT4_GROUP)]);
+                Values::I4 { q, mul, scale } => {
+                    let (b, g, sc) = (t.i4_byte[r], t.i4_mul[r], scale[r]);
+                    let (q, mul) = (&q[b..b + k.div_ceil(2)], &mul[g..g + k.div_ceil(INT4_GROUP)]);
                     while j + INT4_GROUP <= k {
-                        let sc = scale[j / INT4_GROUP].to_f32();
-                        let (lo, hi) = unsafe { decode_i4(q.as_ptr().add(j / 2), sc) };
+                        let (lo, hi) = unsafe { decode_i4(q.as_ptr().add(j / 2), mul[j / INT4_GROUP], sc) };
                         unsafe { store(out.add(j), lo) };
                         unsafe { store(out.add(j + 16), hi) };
                         j += INT4_GROUP;
                     }
                     for jj in j..k {
-                        let byte = q[jj / 2];
-                        let code = if jj % 2 == 0 { byte & 15 } else { byte >> 4 };
-                        let v = (code as i32 - 8) as f32 * scale[jj / INT4_GROUP].to_f32();
-                        unsafe { *out.add(jj) = v };
+                        unsafe { *out.add(jj) = t.i4_code(r, jj) as f32 * sc };
                     }
                 }
             }
