@@ -11,7 +11,7 @@
 //! **Weights.** An int8 tile's codes are read as stored. An int4 tile's value is
 //! `((code − 8) · mul[group]) · scale[row]` with `mul ≤ 16`, so its integer part is an int8 code
 //! too: a block of an int4 tile's rows is decoded to those int8 codes once ([`decode_i4`], a
-//! `vpermb` lookup in the group multipliers' tables) and read like an int8 tile's ([`IntValues`]).
+//! `vpshufb` lookup in the group multipliers' tables) and read like an int8 tile's ([`IntValues`]).
 //!
 //! **Product.** For an int8 row `q`, `Σ q·x̂ = Σₗ 2⁸ˡ·Σ q·bₗ − 2³⁰·Σ q`, every term an exact integer
 //! ([`tile_dots`]): `vpdpbusd` multiplies 64 unsigned limb bytes by 64 int8 weights into 16 i32
@@ -209,7 +209,7 @@ impl<'a> IntValues<'a> {
 
 /// Rows `rows` of an int4 tile as int8 codes `(code − 8) · mul[group]`, back to back into `out`
 /// (resized to their kept values and 64 bytes more, whose contents are unspecified): what
-/// [`IntValues::of`] then reads. With `simd` the AVX-512 path decodes (a `vpermb` lookup per 64
+/// [`IntValues::of`] then reads. With `simd` the AVX-512 path decodes (a `vpshufb` lookup per 64
 /// codes in the two groups' 16-entry tables), else the scalar reference; both write the same codes.
 ///
 /// # Panics
@@ -527,7 +527,9 @@ mod avx512 {
     }
 
     /// See [`super::decode_i4`]: rows `rows` of an int4 tile into `out`, 64 codes (two groups) a
-    /// step.
+    /// step: each 4 bytes of codes widened to a 64-bit lane, `vpmultishiftqb` puts code `i` at
+    /// byte `i` of its lane, and `vpshufb` looks each up in its group's table (the first group's in
+    /// the vector's low 256 bits, the second's in the high).
     ///
     /// # Safety
     /// The CPU has the features; the tile is int4, its arrays consistent; `out` holds every kept
@@ -536,11 +538,9 @@ mod avx512 {
     pub(super) unsafe fn decode_i4(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
         let Values::I4 { q, mul, .. } = &t.values else { unreachable!() };
         let first = t.row_start[rows.start];
-        // Lanes 32..64 look up the second group's table, in bytes 16..32 of the tables' vector.
-        let second =
-            _mm512_mask_blend_epi8(0xFFFF_FFFF_0000_0000, _mm512_setzero_si512(), _mm512_set1_epi8(16));
-        let nib = _mm512_set1_epi16(0x0F);
-        let high = _mm512_set1_epi16(0x0F00);
+        // Byte j of each 64-bit lane takes bits 4j .. 4j + 8 of it: code j in its low nibble.
+        let shifts = _mm512_set1_epi64(0x1C18_1410_0C08_0400);
+        let nib = _mm512_set1_epi8(0x0F);
         let tables = I4_TABLES.as_ptr();
         for r in rows {
             let (s, e) = (t.row_start[r], t.row_start[r + 1]);
@@ -559,23 +559,20 @@ mod avx512 {
                     } else {
                         _mm256_maskz_loadu_epi8(_bzhi_u32(u32::MAX, n.div_ceil(2) as u32), src.cast())
                     };
-                    // Byte i's nibbles into bytes 2i (low) and 2i + 1 (high).
-                    let w = _mm512_cvtepu8_epi16(bytes);
-                    let codes = _mm512_or_si512(
-                        _mm512_and_si512(w, nib),
-                        _mm512_and_si512(_mm512_slli_epi16(w, 4), high),
+                    let codes = _mm512_and_si512(
+                        _mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)),
+                        nib,
                     );
-                    let t0 = _mm_loadu_si128(tables.add(usize::from(*mp)).cast());
-                    let t1 = if n > INT4_GROUP {
-                        _mm_loadu_si128(tables.add(usize::from(*mp.add(1))).cast())
+                    let t0 = _mm512_broadcast_i32x4(_mm_loadu_si128(tables.add(usize::from(*mp)).cast()));
+                    let tab = if n > INT4_GROUP {
+                        let t1 = _mm_loadu_si128(tables.add(usize::from(*mp.add(1))).cast());
+                        _mm512_mask_broadcast_i32x4(t0, 0xFF00, t1)
                     } else {
                         t0
                     };
-                    let tab = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(t0), t1);
-                    let v = _mm512_permutexvar_epi8(_mm512_or_si512(codes, second), tab);
                     // A whole vector, not a masked store (several times slower on some CPUs): the
                     // bytes past the row are the next row's, rewritten when it is decoded, or spare.
-                    _mm512_storeu_si512(dst.cast(), v);
+                    _mm512_storeu_si512(dst.cast(), _mm512_shuffle_epi8(tab, codes));
                     src = src.add(32.min(n.div_ceil(2)));
                     mp = mp.add(2.min(n.div_ceil(INT4_GROUP)));
                     dst = dst.add(n);

@@ -643,6 +643,12 @@ fn limb_timings() {
     let mut rng = TestRng::new(8);
     let rows = std::env::var("SLATE_TIMING_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
     let cols = 576;
+    // SLATE_TIMING_CASE picks one case by name, SLATE_TIMING_TOKENS the token counts (`1,4`).
+    let only = std::env::var("SLATE_TIMING_CASE").ok();
+    let tokens: Vec<usize> = std::env::var("SLATE_TIMING_TOKENS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 64]);
     println!("{rows}×{cols}, 1 thread; f32 arithmetic ({:?}) vs exact integers", Isa::best());
     for (name, pattern, density, vt) in [
         ("dense int8", Pattern::Dense, 100, ValueType::I8),
@@ -653,6 +659,9 @@ fn limb_timings() {
         ("70% int8", Pattern::Unstructured, 30, ValueType::I8),
         ("90% int8", Pattern::Unstructured, 10, ValueType::I8),
     ] {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let words = mask_words(cols);
         let mut mask = vec![0u64; if pattern == Pattern::Dense { 0 } else { rows * words }];
         if pattern != Pattern::Dense {
@@ -690,7 +699,7 @@ fn limb_timings() {
             t.sort_by(f64::total_cmp);
             t[t.len() / 10]
         };
-        for n in [1, 4, 64] {
+        for &n in &tokens {
             let xs: Vec<f32> = (0..n * cols).map(|_| rng.f32(-1.0, 1.0)).collect();
             let mut out = vec![0.0f32; n * rows];
             let (mut float, mut exact) = (Vec::new(), Vec::new());
