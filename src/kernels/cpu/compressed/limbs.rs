@@ -30,9 +30,11 @@
 
 use std::ops::Range;
 
-use super::tile::{Pattern, Tile, Values, INT4_GROUP, INT4_MAX_MUL};
+use super::tile::{Pattern, Tile, Values};
 
+mod int4;
 mod lanes;
+pub use int4::{decode_i4, IntValues};
 pub use lanes::{lane_dots, LaneLimbs, LANE_TOKENS};
 
 /// Widest tile row the integer sums take (see the module docs).
@@ -170,88 +172,6 @@ pub fn row_sums(t: &Tile) -> Option<Vec<i32>> {
 pub fn fits(t: &Tile) -> bool {
     matches!(t.values, Values::I8 { .. } | Values::I4 { .. }) && t.cols <= MAX_COLS
 }
-
-/// The int8 codes the integer arithmetic reads for some rows of a tile that [`fits`]: kept value
-/// `j` of the tile (counting every row's, as [`Tile`]'s `row_start` does) is `q[j − first]`.
-/// An int8 tile's are its own codes ([`IntValues::of`]); an int4 tile's are decoded a block of rows
-/// at a time ([`decode_i4`]).
-#[derive(Clone, Copy, Debug)]
-pub struct IntValues<'a> {
-    q: &'a [i8],
-    first: usize,
-}
-
-impl<'a> IntValues<'a> {
-    /// An int8 tile's codes as stored, or the codes of an int4 tile's rows from `rows.start` on that
-    /// [`decode_i4`] wrote into `decoded`.
-    ///
-    /// # Panics
-    /// When the tile does not [`fits`].
-    pub fn of(t: &'a Tile, decoded: &'a [i8], rows: Range<usize>) -> IntValues<'a> {
-        match &t.values {
-            Values::I8 { q, .. } => IntValues { q, first: 0 },
-            Values::I4 { .. } => IntValues { q: decoded, first: t.row_start[rows.start.min(t.rows)] },
-            Values::F16 { .. } => panic!("IntValues: an f16 tile has no integer codes"),
-        }
-    }
-
-    /// Asserts that `self` holds every kept value of `rows`.
-    fn check(&self, t: &Tile, rows: &Range<usize>) {
-        let (a, b) = (t.row_start[rows.start.min(t.rows)], t.row_start[rows.end.min(t.rows)]);
-        assert!(
-            rows.is_empty() || (self.first <= a && b - self.first <= self.q.len()),
-            "IntValues: codes {}..{} do not hold rows {rows:?}",
-            self.first,
-            self.first + self.q.len()
-        );
-    }
-}
-
-/// Rows `rows` of an int4 tile as int8 codes `(code − 8) · mul[group]`, back to back into `out`
-/// (resized to their kept values and 64 bytes more, whose contents are unspecified): what
-/// [`IntValues::of`] then reads. With `simd` the AVX-512 path decodes (a `vpshufb` lookup per 64
-/// codes in the two groups' 16-entry tables), else the scalar reference; both write the same codes.
-///
-/// # Panics
-/// When the tile is not int4, `rows` is outside it, or `simd` is asked of a CPU without it.
-pub fn decode_i4(simd: bool, t: &Tile, rows: Range<usize>, out: &mut Vec<i8>) {
-    assert!(matches!(t.values, Values::I4 { .. }), "decode_i4: an int4 tile only");
-    assert!(rows.start <= rows.end && rows.end <= t.rows, "decode_i4: rows {rows:?} of {}", t.rows);
-    let first = t.row_start[rows.start];
-    // The SIMD path stores whole vectors: a row's last one runs into the next row (decoded after
-    // it) or the 64 spare bytes.
-    out.resize(t.row_start[rows.end] - first + 64, 0);
-    if !simd {
-        for r in rows {
-            let o = &mut out[t.row_start[r] - first..t.row_start[r + 1] - first];
-            o.iter_mut().enumerate().for_each(|(j, o)| *o = t.i4_code(r, j));
-        }
-        return;
-    }
-    assert!(simd_available(), "decode_i4: this CPU lacks AVX-512 VBMI");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the features are present; `out` holds every kept value of `rows` (above), and the
-    // tile's arrays are consistent (checked at construction).
-    unsafe {
-        avx512::decode_i4(t, rows, out)
-    };
-}
-
-/// Row `m` holds `(c − 8) · m` for the codes `c = 0 ..= 15`: an int4 group's int8 codes by its
-/// multiplier.
-const I4_TABLES: [[i8; 16]; INT4_MAX_MUL as usize + 1] = {
-    let mut t = [[0i8; 16]; INT4_MAX_MUL as usize + 1];
-    let mut m = 0;
-    while m <= INT4_MAX_MUL as usize {
-        let mut c = 0;
-        while c < 16 {
-            t[m][c] = ((c as i32 - 8) * m as i32) as i8;
-            c += 1;
-        }
-        m += 1;
-    }
-    t
-};
 
 /// Whether this CPU runs the SIMD paths of [`tile_dots`], [`decode_i4`] and [`Limbs::quantize`]:
 /// AVX-512 F, BW, VL, VNNI, VBMI and VBMI2 (and BMI2).
@@ -522,62 +442,6 @@ mod avx512 {
                     _mm512_storeu_si512(panel.as_mut_ptr().add(i * stride + c).cast(), v);
                 }
                 p += n as usize;
-            }
-        }
-    }
-
-    /// See [`super::decode_i4`]: rows `rows` of an int4 tile into `out`, 64 codes (two groups) a
-    /// step: each 4 bytes of codes widened to a 64-bit lane, `vpmultishiftqb` puts code `i` at
-    /// byte `i` of its lane, and `vpshufb` looks each up in its group's table (the first group's in
-    /// the vector's low 256 bits, the second's in the high).
-    ///
-    /// # Safety
-    /// The CPU has the features; the tile is int4, its arrays consistent; `out` holds every kept
-    /// value of `rows` and 64 bytes more.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,bmi2")]
-    pub(super) unsafe fn decode_i4(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
-        let Values::I4 { q, mul, .. } = &t.values else { unreachable!() };
-        let first = t.row_start[rows.start];
-        // Byte j of each 64-bit lane takes bits 4j .. 4j + 8 of it: code j in its low nibble.
-        let shifts = _mm512_set1_epi64(0x1C18_1410_0C08_0400);
-        let nib = _mm512_set1_epi8(0x0F);
-        let tables = I4_TABLES.as_ptr();
-        for r in rows {
-            let (s, e) = (t.row_start[r], t.row_start[r + 1]);
-            let k = e - s;
-            // SAFETY (the row): the row's code bytes b .. b + ceil(k/2) and group multipliers
-            // m .. m + ceil(k/32) lie in the arrays (checked at construction, multipliers ≤ 16 so
-            // every table row exists); `out` holds codes s − first .. e − first and 64 bytes more.
-            unsafe {
-                let (mut src, mut mp) = (q.as_ptr().add(t.i4_byte[r]), mul.as_ptr().add(t.i4_mul[r]));
-                let mut dst = out.as_mut_ptr().add(s - first);
-                let mut left = k;
-                while left > 0 {
-                    let n = left.min(64);
-                    let bytes = if n == 64 {
-                        _mm256_loadu_si256(src.cast())
-                    } else {
-                        _mm256_maskz_loadu_epi8(_bzhi_u32(u32::MAX, n.div_ceil(2) as u32), src.cast())
-                    };
-                    let codes = _mm512_and_si512(
-                        _mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)),
-                        nib,
-                    );
-                    let t0 = _mm512_broadcast_i32x4(_mm_loadu_si128(tables.add(usize::from(*mp)).cast()));
-                    let tab = if n > INT4_GROUP {
-                        let t1 = _mm_loadu_si128(tables.add(usize::from(*mp.add(1))).cast());
-                        _mm512_mask_broadcast_i32x4(t0, 0xFF00, t1)
-                    } else {
-                        t0
-                    };
-                    // A whole vector, not a masked store (several times slower on some CPUs): the
-                    // bytes past the row are the next row's, rewritten when it is decoded, or spare.
-                    _mm512_storeu_si512(dst.cast(), _mm512_shuffle_epi8(tab, codes));
-                    src = src.add(32.min(n.div_ceil(2)));
-                    mp = mp.add(2.min(n.div_ceil(INT4_GROUP)));
-                    dst = dst.add(n);
-                    left -= n;
-                }
             }
         }
     }
