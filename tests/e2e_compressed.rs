@@ -6,7 +6,9 @@
 //! greedy completions equal as JSON and SSE, `max_tokens` held, chat completions, tokenize (same ids
 //! as the source GGUF's tokenizer); 4 identical concurrent requests (continuous batching) equal one
 //! alone; `/v1/score` equal to gRPC `Score`; gRPC `GenerateStream` equal to `Generate` and to HTTP;
-//! `/metrics` with smol-24's series. One compression and one server for all of it: the phases below
+//! `/metrics` with smol-24's series. A 2:4 int4 folder of the same model, "smol-24-int4", is served
+//! beside them (its own arithmetic: int4 codes decoded to int8): its representation and bytes, JSON =
+//! SSE, and four concurrent requests equal to one alone. One server for all of it: the phases below
 //! run in order in one test.
 
 mod common;
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 const MODEL: &str = "smol-24";
 const BROKEN: &str = "broken";
+const INT4: &str = "smol-24-int4";
 const PROMPT: &str = "The capital of France is";
 
 /// `slate compress`'s options, parsed as the command line parses them.
@@ -29,13 +32,11 @@ struct Cli {
     args: slate_tools::compress::CompressArgs,
 }
 
-/// Compresses SmolLM2 (2:4, int8) into `dir/smol-24` and copies it to `dir/broken` with
-/// model.safetensors truncated to half its length. Returns both folders.
-fn compress_folders(dir: &Path) -> (PathBuf, PathBuf) {
+/// Compresses SmolLM2 by 2:4 magnitude pruning with `values` (int8, int4) into `out`.
+fn compress(out: &Path, values: &str) {
     use clap::Parser;
-    let (good, broken) = (dir.join(MODEL), dir.join(BROKEN));
     let source = common::smollm2();
-    let (source_arg, out_arg) = (source.to_str().expect("UTF-8 path"), good.to_str().expect("UTF-8 path"));
+    let (source_arg, out_arg) = (source.to_str().expect("UTF-8 path"), out.to_str().expect("UTF-8 path"));
     let cli = Cli::parse_from([
         "compress",
         "--model",
@@ -45,13 +46,22 @@ fn compress_folders(dir: &Path) -> (PathBuf, PathBuf) {
         "--pattern",
         "2:4",
         "--values",
-        "int8",
+        values,
         "--out",
         out_arg,
     ]);
     let started = Instant::now();
     slate_tools::compress::run(&cli.args).expect("slate compress");
-    eprintln!("compress (2:4 int8) of SmolLM2-135M took {:.1?}", started.elapsed());
+    eprintln!("compress (2:4 {values}) of SmolLM2-135M took {:.1?}", started.elapsed());
+}
+
+/// Compresses SmolLM2 (2:4, int8) into `dir/smol-24` and copies it to `dir/broken` with
+/// model.safetensors truncated to half its length; and (2:4, int4) into `dir/smol-24-int4`.
+/// Returns the three folders.
+fn compress_folders(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (good, broken, int4) = (dir.join(MODEL), dir.join(BROKEN), dir.join(INT4));
+    compress(&good, "int8");
+    compress(&int4, "int4");
 
     std::fs::create_dir(&broken).expect("create the broken folder");
     for entry in std::fs::read_dir(&good).expect("read the compressed folder") {
@@ -64,11 +74,11 @@ fn compress_folders(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("open the broken copy's model.safetensors");
     let len = weights.metadata().expect("metadata").len();
     weights.set_len(len / 2).expect("truncate");
-    (good, broken)
+    (good, broken, int4)
 }
 
-fn config(good: &Path, broken: &Path) -> String {
-    [(MODEL, good), (BROKEN, broken)]
+fn config(good: &Path, broken: &Path, int4: &Path) -> String {
+    [(MODEL, good), (BROKEN, broken), (INT4, int4)]
         .iter()
         .map(|(name, path)| {
             format!("[[models]]\nname = \"{name}\"\nkind = \"slm\"\npath = \"{}\"\n", path.display())
@@ -116,14 +126,15 @@ async fn wait_loaded(s: &Slate) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressed_folder_is_served_next_to_a_broken_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (good, broken) = tokio::task::block_in_place(|| compress_folders(dir.path()));
+    let (good, broken, int4) = tokio::task::block_in_place(|| compress_folders(dir.path()));
     let gguf_bytes = std::fs::metadata(common::smollm2()).expect("GGUF size").len();
 
-    let s = Slate::start(&config(&good, &broken));
+    let s = Slate::start(&config(&good, &broken, &int4));
     let models = wait_loaded(&s).await;
     models_and_health(&s, &models, gguf_bytes).await;
     openai_http(&s).await;
     four_at_once_equal_one_alone(&s).await;
+    int4_folder(&s, &models).await;
     score_and_grpc(&s).await;
     metrics(&s).await;
 }
@@ -207,6 +218,40 @@ async fn openai_http(s: &Slate) {
     let want = tok.encode_prompt(text, true).expect("encode");
     assert_eq!(t["tokens"], json!(want), "{t}");
     assert_eq!(t["count"], want.len());
+}
+
+/// The 2:4 int4 folder: ready, its representation, fewer bytes than the int8 one; greedy JSON = SSE
+/// with max_tokens held; 4 identical greedy requests at once give the text of one alone.
+async fn int4_folder(s: &Slate, models: &Value) {
+    let find = |name: &str| {
+        models["data"].as_array().unwrap().iter().find(|m| m["id"] == name).cloned().expect(name)
+    };
+    let (m, int8) = (find(INT4), find(MODEL));
+    assert_eq!(m["status"], "ready", "{m}");
+    let repr = m["representation"].as_str().unwrap_or_default();
+    assert!(repr.contains("2:4 int4"), "representation {repr:?}: {m}");
+    let (bytes, int8_bytes) =
+        (m["weight_bytes"].as_u64().unwrap_or(0), int8["weight_bytes"].as_u64().unwrap_or(0));
+    assert!(bytes > 0 && bytes < int8_bytes, "int4 {bytes} bytes, int8 {int8_bytes}: {m}");
+
+    let req = completion(INT4, PROMPT, 12);
+    let (status, c) = s.post_json("/v1/completions", &req).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["usage"]["completion_tokens"], 12, "{c}");
+    let text = c["choices"][0]["text"].as_str().expect("text");
+    let events = post_stream(s, "/v1/completions", &req).await;
+    let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    assert_eq!(streamed, text);
+
+    let req = completion(INT4, "Once upon a time, in a small village,", 24);
+    let (_, alone) = s.post_json("/v1/completions", &req).await;
+    let alone = alone["choices"][0]["text"].clone();
+    assert!(alone.is_string(), "{alone}");
+    let together = futures::future::join_all((0..4).map(|_| s.post_json("/v1/completions", &req))).await;
+    for (status, r) in together {
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["choices"][0]["text"], alone);
+    }
 }
 
 /// Continuous batching: 4 identical greedy requests at once give the text of one alone, and some
