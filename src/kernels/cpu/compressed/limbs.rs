@@ -21,7 +21,9 @@
 //! than one pass takes (a prefill), a block of a masked tile's rows is expanded once into a dense
 //! panel ([`expand_panel`]) that every pass reads ([`tile_dots_expanded`]); from 16 tokens on, the
 //! tokens go across the lanes instead ([`LaneLimbs`], [`lane_dots`]): four weights of a row
-//! broadcast against 16 tokens' limb bytes, with no reduction across lanes. Integer sums do not
+//! broadcast against 16 tokens' limb bytes, with no reduction across lanes. A narrow dense tile (a
+//! low-rank part's `U`) goes with its rows across the lanes instead ([`RowLanes`], [`row_dots`]):
+//! 16 rows' weights against one token's limb bytes broadcast. Integer sums do not
 //! depend on their order, so the SIMD rows equal the scalar reference, and every tiling and batch
 //! gives the same integers.
 //!
@@ -34,8 +36,10 @@ use super::tile::{Pattern, Tile, Values};
 
 mod int4;
 mod lanes;
+mod rows;
 pub use int4::{decode_i4, IntValues};
 pub use lanes::{lane_dots, LaneLimbs, LANE_TOKENS};
+pub use rows::{row_dots, RowLanes, LANE_ROWS};
 
 /// Widest tile row the integer sums take (see the module docs).
 pub const MAX_COLS: usize = 65_536;
@@ -174,12 +178,13 @@ pub fn fits(t: &Tile) -> bool {
 }
 
 /// Whether this CPU runs the SIMD paths of [`tile_dots`], [`decode_i4`] and [`Limbs::quantize`]:
-/// AVX-512 F, BW, VL, VNNI, VBMI and VBMI2 (and BMI2).
+/// AVX-512 F, BW, DQ, VL, VNNI, VBMI and VBMI2 (and BMI2).
 pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         crate::kernels::cpu::simd::cpu_has_avx512_vnni()
             && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
             && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512vbmi")
             && std::is_x86_feature_detected!("avx512vbmi2")

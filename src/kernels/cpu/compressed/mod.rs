@@ -24,7 +24,10 @@
 //!   what lets fewer bytes decode faster. Rows go a block at a time, up to four tokens per pass
 //!   over a block (each block's bytes stay in cache for every token of a prefill, a masked tile's
 //!   block expanded once into a dense panel for all of them), or from 16 tokens on, 16 tokens at a
-//!   time across the vector lanes.
+//!   time across the vector lanes. With a low-rank part and fewer than 16 tokens, `V·x` and S's
+//!   rows go in one split over the threads, each row's sum over S's tiles kept in f64, and then
+//!   U's rows (`rank` columns, too narrow for a reduction per row to pay) 16 at a time across the
+//!   lanes ([`limbs::RowLanes`], a copy of U's codes laid out so) finish them.
 //! - **f32**, for matrices with f16 tiles and on CPUs without VNNI / VBMI / VBMI2: the input is
 //!   copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each rounded
 //!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width
@@ -172,6 +175,9 @@ pub struct CMatrix {
     /// ([`limbs::fits`]), and `Σ q` of each tile's rows for it (empty for the other tiles).
     int_ok: bool,
     int_sums: Vec<Vec<i32>>,
+    /// Per tile, for the dense int8 tiles of `U` under the integer arithmetic, their codes with the
+    /// rows across the lanes ([`limbs::RowLanes`]), which decode reads instead of the rows.
+    row_lanes: Vec<Option<limbs::RowLanes>>,
 }
 
 #[derive(Clone, Debug)]
@@ -192,6 +198,8 @@ struct Bufs {
     xin_v: Vec<f32>,
     lx: Vec<Limbs>,
     lu: Vec<Limbs>,
+    /// Per `(token, row)`, the f64 sum of S's tiles awaiting U's (the integer arithmetic's decode).
+    partial: Vec<f64>,
 }
 
 thread_local! {
@@ -251,6 +259,10 @@ impl CMatrix {
             .iter()
             .map(|t| if int_ok { limbs::row_sums(t).unwrap_or_default() } else { Vec::new() })
             .collect();
+        let row_lanes = tiles
+            .iter()
+            .map(|t| if int_ok && t.col0 >= cols { limbs::RowLanes::of(t) } else { None })
+            .collect();
         let mut m = CMatrix {
             rows,
             cols,
@@ -263,6 +275,7 @@ impl CMatrix {
             fusable: true,
             int_ok,
             int_sums,
+            row_lanes,
         };
         m.bands = m.bands();
         m.fusable = m.tiles.iter().all(|t| {
@@ -445,6 +458,26 @@ impl CMatrix {
         }
         let x = &x[..n * self.cols];
         let mut bufs = BUFS.with(Cell::take);
+        let int = self.int_route(arith);
+        let v_int = self.v.as_ref().is_some_and(|v| v.int_route(arith).is_some());
+        if let (Some(simd), true) = (int, v_int && n < limbs::LANE_TOKENS) {
+            // V·x and S's rows in one split over the threads (V's rows are its first units, so
+            // its bytes are read while S's stream rather than before them, with no thread
+            // idle), then U's rows across the lanes. Each row's f64 sum runs over its tiles in
+            // the same order as below, so the bits are the same.
+            quantize_tokens(&mut bufs.lx, x, self.cols, n);
+            bufs.partial.clear();
+            bufs.partial.resize(n * self.rows, 0.0);
+            bufs.t.clear();
+            bufs.t.resize(n * self.rank, 0.0);
+            let (stash, t) = (bufs.partial.as_mut_ptr(), bufs.t.as_mut_ptr());
+            self.int_s_and_v(simd, split, &bufs.lx[..n], n, stash, t);
+            quantize_tokens(&mut bufs.lu, &bufs.t, self.rank, n);
+            let finish = integer::Sink::Finish(bufs.partial.as_ptr(), out.as_mut_ptr());
+            self.int_product(simd, split, integer::Part::U, &[], &bufs.lu[..n], n, finish);
+            BUFS.with(|c| c.set(bufs));
+            return;
+        }
         let mut x_quantized = false;
         if let Some(v) = &self.v {
             bufs.t.clear();
@@ -452,7 +485,8 @@ impl CMatrix {
             if let Some(simd) = v.int_route(arith) {
                 quantize_tokens(&mut bufs.lx, x, self.cols, n);
                 x_quantized = true;
-                v.int_product(simd, split, &bufs.lx[..n], &[], n, &mut bufs.t);
+                let sink = integer::Sink::Out(bufs.t.as_mut_ptr());
+                v.int_product(simd, split, integer::Part::All, &bufs.lx[..n], &[], n, sink);
             } else {
                 let wv = v.padded_width();
                 bufs.xin_v.clear();
@@ -463,7 +497,7 @@ impl CMatrix {
                 v.rows_product(isa, split, &bufs.xin_v, n, &mut bufs.t);
             }
         }
-        if let Some(simd) = self.int_route(arith) {
+        if let Some(simd) = int {
             if !x_quantized {
                 quantize_tokens(&mut bufs.lx, x, self.cols, n);
             }
@@ -471,7 +505,8 @@ impl CMatrix {
                 quantize_tokens(&mut bufs.lu, &bufs.t, self.rank, n);
             }
             let lu = if self.rank > 0 { &bufs.lu[..n] } else { &[][..] };
-            self.int_product(simd, split, &bufs.lx[..n], lu, n, out);
+            let sink = integer::Sink::Out(out.as_mut_ptr());
+            self.int_product(simd, split, integer::Part::All, &bufs.lx[..n], lu, n, sink);
         } else {
             self.fill_input(x, n, &mut bufs);
             self.rows_product(isa, split, &bufs.xin, n, out);
@@ -512,9 +547,17 @@ impl CMatrix {
     ) {
         let out = OutPtr(out.as_mut_ptr());
         let macs = n * self.rows * self.padded_width();
-        split.ranges(self.rows.div_ceil(4), macs, &|qs| {
-            f(qs.start * 4..(qs.end * 4).min(self.rows), out.get())
-        });
+        self.split_units(split, 4, macs, &|rows| f(rows, out.get()));
+    }
+
+    /// Runs `f(rows)` over the rows in chunks of whole `unit`s (the last one short), split over
+    /// `split` when the `macs` are worth it.
+    fn split_units(&self, split: Split, unit: usize, macs: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        split.ranges(
+            self.rows.div_ceil(unit),
+            macs,
+            &|us| f(us.start * unit..(us.end * unit).min(self.rows)),
+        );
     }
 
     /// # Safety

@@ -687,10 +687,32 @@ fn limb_timings() {
             .collect();
         let values = random_values(&mut rng, &kept, vt);
         let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
-        let m = CMatrix::new(rows, cols, None, vec![tile]).unwrap();
-        let time = |f: &mut dyn FnMut()| {
+        // SLATE_TIMING_RANK adds a dense int8 low-rank part U·V of that rank.
+        let rank = std::env::var("SLATE_TIMING_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let (v, tiles) = if rank == 0 {
+            (None, vec![tile])
+        } else {
+            let dense = |rng: &mut TestRng, r: usize, c: usize, c0: usize| {
+                let values = random_values(rng, &vec![c; r], ValueType::I8);
+                Tile::new((0, r), (c0, c), Pattern::Dense, Vec::new(), values).unwrap()
+            };
+            let v = CMatrix::new(rank, cols, None, vec![dense(&mut rng, rank, cols, 0)]).unwrap();
+            (Some(v), vec![tile, dense(&mut rng, rows, rank, cols)])
+        };
+        let m = CMatrix::new(rows, cols, v, tiles).unwrap();
+        let cold = std::env::var_os("SLATE_TIMING_COLD").is_some();
+        let mut junk = vec![1u8; if cold { 64 << 20 } else { 0 }];
+        let mut time = |f: &mut dyn FnMut()| {
             let mut t: Vec<f64> = (0..400)
-                .map(|_| {
+                .map(|i| {
+                    if cold {
+                        junk[i % 64] += 1;
+                        let mut a = 0u64;
+                        for c in junk.chunks(64) {
+                            a = a.wrapping_add(u64::from(c[0]));
+                        }
+                        std::hint::black_box(a);
+                    }
                     let s = std::time::Instant::now();
                     f();
                     s.elapsed().as_secs_f64()
@@ -838,5 +860,52 @@ fn lane_dots_equal_the_reference() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn row_dots_equal_the_reference() {
+    use super::limbs::{row_dots, row_sums, tile_dots, IntValues, Limbs, RowLanes};
+    let simd = require_isa("avx512vnni+vbmi+vbmi2");
+    let mut rng = TestRng::new(43);
+    for rows in [1, 15, 16, 17, 40, 50] {
+        for cols in [1, 3, 4, 5, 63, 64, 65, 100] {
+            for col0 in [0, 4, 64] {
+                let t = random_tile(&mut rng, (0, rows), (col0, cols), Pattern::Dense, ValueType::I8);
+                let rl = RowLanes::of(&t).expect("a dense int8 tile");
+                let sums = row_sums(&t).unwrap();
+                let vals = IntValues::of(&t, &[], 0..rows);
+                for n in 1..=4 {
+                    let xs: Vec<Limbs> = (0..n)
+                        .map(|_| {
+                            let mut v = rng.vec(col0 + cols, 1.0);
+                            v[rng.below(col0 + cols)] = -40.0;
+                            let mut l = Limbs::default();
+                            assert!(l.quantize(&v));
+                            l
+                        })
+                        .collect();
+                    for range in [0..rows, rows / 3..rows - rows / 4, rows / 2..rows / 2] {
+                        let mut want = vec![0i64; range.len() * n];
+                        tile_dots(false, &t, vals, &sums, range.clone(), &xs, col0, &mut want);
+                        for s in [false, true].into_iter().filter(|&s| !s || simd) {
+                            let mut got = vec![i64::MIN; range.len() * n];
+                            row_dots(s, &rl, &sums, range.clone(), &xs, col0, &mut got);
+                            assert_eq!(
+                                got, want,
+                                "{rows}×{cols} at {col0}, {n} tokens, rows {range:?}, simd {s}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Only dense int8 tiles have rows across the lanes.
+    for (p, vt) in [(Pattern::NM { n: 2, m: 4 }, ValueType::I8), (Pattern::Dense, ValueType::I4)] {
+        assert!(RowLanes::of(&random_tile(&mut rng, (0, 4), (0, 8), p, vt)).is_none(), "{p:?} {vt:?}");
+    }
+    if !simd {
+        eprintln!("SKIPPED (SIMD half): this CPU has no AVX-512 VNNI + VBMI + VBMI2");
     }
 }
