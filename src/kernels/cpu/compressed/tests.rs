@@ -629,15 +629,16 @@ fn a_non_finite_token_is_nan_and_leaves_its_batch_alone() {
     }
 }
 
-/// The exact integer arithmetic beside the f32 one on the same matrix: one token, one thread, the
-/// fastest tenth of 400 calls. `SLATE_TIMING_ROWS` sets the rows (e.g. 131072 for a matrix far
-/// larger than the caches):
+/// The exact integer arithmetic beside the f32 one on the same matrix: one thread, the fastest
+/// tenth of 400 calls. `SLATE_TIMING_ROWS` sets the rows (e.g. 131072 for a matrix far larger than
+/// the caches), `SLATE_TIMING_RANK` adds a dense int8 low-rank part, `SLATE_TIMING_COLD` (any
+/// value) reads 64 MiB of other memory before each call:
 /// `cargo test --release --lib kernels::cpu::compressed::tests::limb_timings -- --ignored --nocapture`.
 #[test]
 #[ignore = "timing, not a check"]
 fn limb_timings() {
     if !super::limbs::simd_available() {
-        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI + VBMI2");
+        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI + VBMI2 + DQ");
         return;
     }
     let mut rng = TestRng::new(8);
@@ -687,7 +688,6 @@ fn limb_timings() {
             .collect();
         let values = random_values(&mut rng, &kept, vt);
         let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
-        // SLATE_TIMING_RANK adds a dense int8 low-rank part U·V of that rank.
         let rank = std::env::var("SLATE_TIMING_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         let (v, tiles) = if rank == 0 {
             (None, vec![tile])
