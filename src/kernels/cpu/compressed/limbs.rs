@@ -1,5 +1,5 @@
 //! Exact integer products of int8 and int4 tiles: the arithmetic [`super::CMatrix`] runs for
-//! matrices whose tiles are all int8 or int4, on CPUs with AVX-512 VNNI, VBMI and VBMI2 (the module
+//! matrices whose tiles are all int8 or int4, on CPUs with AVX-512 VNNI, VBMI, VBMI2 and DQ (the module
 //! docs there say when).
 //!
 //! **Activations.** A token `x` is scaled once, `s = max|x| / (2³⁰ − 1)`, and rounded to integers

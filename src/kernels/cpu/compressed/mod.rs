@@ -15,7 +15,7 @@
 //! chosen by its tiles and the CPU alone, never by the batch ([`Arith`]):
 //!
 //! - **Exact integers** ([`limbs`]), when every tile is int8 or int4 and the CPU has AVX-512 VNNI,
-//!   VBMI and VBMI2 (an int4 tile's rows decoded to their int8 codes a block at a time):
+//!   VBMI, VBMI2 and DQ (an int4 tile's rows decoded to their int8 codes a block at a time):
 //!   each token is rounded once to 31-bit integers in four byte limbs (`x` and `V·x` each with its
 //!   own step), every tile row's `Σ q·x̂` is summed exactly in integers (`vpdpbusd` on the stored
 //!   values, `vpexpandb` putting a sparse row's kept values back at their columns), and a row's
@@ -28,7 +28,7 @@
 //!   rows go in one split over the threads, each row's sum over S's tiles kept in f64, and then
 //!   U's rows (`rank` columns, too narrow for a reduction per row to pay) 16 at a time across the
 //!   lanes ([`limbs::RowLanes`], a copy of U's codes laid out so) finish them.
-//! - **f32**, for matrices with f16 tiles and on CPUs without VNNI / VBMI / VBMI2: the input is
+//! - **f32**, for matrices with f16 tiles and on CPUs without VNNI / VBMI / VBMI2 / DQ: the input is
 //!   copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each rounded
 //!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width
 //!   (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
@@ -120,13 +120,13 @@ pub enum Arith {
     F32,
     /// Exact integers, the scalar reference.
     IntScalar,
-    /// Exact integers, AVX-512 VNNI + VBMI + VBMI2.
+    /// Exact integers, AVX-512 VNNI + VBMI + VBMI2 + DQ.
     IntSimd,
 }
 
 impl Arith {
     /// What [`CMatrix::matmul`] runs on this CPU: the integer SIMD path when it has AVX-512 VNNI and
-    /// VBMI + VBMI2 (and `SLATE_SIMD=avx2` does not cap it), else f32.
+    /// VBMI + VBMI2 + DQ (and `SLATE_SIMD=avx2` does not cap it), else f32.
     pub fn best() -> Arith {
         if Isa::best() == Isa::Avx512 && limbs::simd_available() {
             Arith::IntSimd

@@ -906,6 +906,6 @@ fn row_dots_equal_the_reference() {
         assert!(RowLanes::of(&random_tile(&mut rng, (0, 4), (0, 8), p, vt)).is_none(), "{p:?} {vt:?}");
     }
     if !simd {
-        eprintln!("SKIPPED (SIMD half): this CPU has no AVX-512 VNNI + VBMI + VBMI2");
+        eprintln!("SKIPPED (SIMD half): this CPU has no AVX-512 VNNI + VBMI + VBMI2 + DQ");
     }
 }
