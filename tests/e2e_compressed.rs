@@ -243,29 +243,26 @@ async fn int4_folder(s: &Slate, models: &Value) {
     let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
     assert_eq!(streamed, text);
 
-    let req = completion(INT4, "Once upon a time, in a small village,", 24);
+    four_equal_one(s, INT4).await;
+}
+
+/// 4 identical greedy requests to `model` at once give the text of one alone.
+async fn four_equal_one(s: &Slate, model: &str) {
+    let req = completion(model, "Once upon a time, in a small village,", 24);
     let (_, alone) = s.post_json("/v1/completions", &req).await;
     let alone = alone["choices"][0]["text"].clone();
-    assert!(alone.is_string(), "{alone}");
+    assert!(alone.is_string(), "{model}: {alone}");
     let together = futures::future::join_all((0..4).map(|_| s.post_json("/v1/completions", &req))).await;
     for (status, r) in together {
-        assert_eq!(status, 200, "{r}");
-        assert_eq!(r["choices"][0]["text"], alone);
+        assert_eq!(status, 200, "{model}: {r}");
+        assert_eq!(r["choices"][0]["text"], alone, "{model}");
     }
 }
 
 /// Continuous batching: 4 identical greedy requests at once give the text of one alone, and some
 /// decode step held more than one sequence.
 async fn four_at_once_equal_one_alone(s: &Slate) {
-    let req = completion(MODEL, "Once upon a time, in a small village,", 24);
-    let (_, alone) = s.post_json("/v1/completions", &req).await;
-    let alone = alone["choices"][0]["text"].clone();
-    assert!(alone.is_string(), "{alone}");
-    let together = futures::future::join_all((0..4).map(|_| s.post_json("/v1/completions", &req))).await;
-    for (status, r) in together {
-        assert_eq!(status, 200, "{r}");
-        assert_eq!(r["choices"][0]["text"], alone);
-    }
+    four_equal_one(s, MODEL).await;
     // Every step holds at least one sequence: a sum above the count means one held more.
     let text = scrape(s).await;
     let series =

@@ -51,6 +51,8 @@
 #[macro_use]
 mod fused;
 mod integer;
+#[cfg(test)]
+mod limb_tests;
 pub mod limbs;
 mod scalar;
 mod simd;

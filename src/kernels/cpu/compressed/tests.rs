@@ -54,7 +54,7 @@ fn random_mask(rng: &mut TestRng, rows: usize, cols: usize, pattern: Pattern) ->
 }
 
 /// Random values for the kept counts `kept` (per row) of type `vt`.
-fn random_values(rng: &mut TestRng, kept: &[usize], vt: ValueType) -> Values {
+pub(super) fn random_values(rng: &mut TestRng, kept: &[usize], vt: ValueType) -> Values {
     match vt {
         ValueType::I8 => Values::I8 {
             q: (0..kept.iter().sum()).map(|_| rng.below(255) as i8).collect(),
@@ -80,7 +80,7 @@ fn random_values(rng: &mut TestRng, kept: &[usize], vt: ValueType) -> Values {
 }
 
 /// A random tile of `pattern` and `vt` at `(row0, col0)`.
-fn random_tile(
+pub(super) fn random_tile(
     rng: &mut TestRng,
     (row0, rows): (usize, usize),
     (col0, cols): (usize, usize),
@@ -88,6 +88,18 @@ fn random_tile(
     vt: ValueType,
 ) -> Tile {
     let mask = random_mask(rng, rows, cols, pattern);
+    masked_tile(rng, (row0, rows), (col0, cols), pattern, mask, vt)
+}
+
+/// A tile of `pattern` keeping what `mask` says (empty for dense), with random `vt` values.
+pub(super) fn masked_tile(
+    rng: &mut TestRng,
+    (row0, rows): (usize, usize),
+    (col0, cols): (usize, usize),
+    pattern: Pattern,
+    mask: Vec<u64>,
+    vt: ValueType,
+) -> Tile {
     let words = mask_words(cols);
     let kept: Vec<usize> = (0..rows)
         .map(|r| match pattern {
@@ -99,12 +111,12 @@ fn random_tile(
     Tile::new((row0, rows), (col0, cols), pattern, mask, values).expect("generated tile is valid")
 }
 
-const PATTERNS: [Pattern; 4] =
+pub(super) const PATTERNS: [Pattern; 4] =
     [Pattern::Dense, Pattern::NM { n: 2, m: 4 }, Pattern::NM { n: 4, m: 8 }, Pattern::Unstructured];
 const TYPES: [ValueType; 3] = [ValueType::I8, ValueType::I4, ValueType::F16];
 
 /// A pattern that fits a tile `cols` wide (N:M needs a multiple of m).
-fn fit(p: Pattern, cols: usize) -> Pattern {
+pub(super) fn fit(p: Pattern, cols: usize) -> Pattern {
     match p {
         Pattern::NM { m, .. } if !cols.is_multiple_of(m) => Pattern::Unstructured,
         p => p,
@@ -191,7 +203,7 @@ fn for_each_matrix(mut f: impl FnMut(&CMatrix, &str)) {
     }
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
+pub(super) fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
@@ -420,14 +432,7 @@ fn timings() {
                 mask
             }
         };
-        let kept: Vec<usize> = (0..rows)
-            .map(|r| match pattern {
-                Pattern::Dense => cols,
-                _ => mask[r * words..(r + 1) * words].iter().map(|w| w.count_ones() as usize).sum(),
-            })
-            .collect();
-        let values = random_values(&mut rng, &kept, vt);
-        let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
+        let tile = masked_tile(&mut rng, (0, rows), (0, cols), pattern, mask, vt);
         let m = CMatrix::new(rows, cols, None, vec![tile]).unwrap();
         let x: Vec<f32> = (0..cols).map(|_| rng.f32(-1.0, 1.0)).collect();
         let mut out = vec![0.0f32; rows];
@@ -454,458 +459,5 @@ fn timings() {
                 m.bytes()
             );
         }
-    }
-}
-
-/// The int8 codes the integer arithmetic multiplies tile row `r` by (an int4 tile's decoded).
-fn int_codes(t: &Tile, r: usize) -> Vec<i8> {
-    match t.values() {
-        Values::I8 { q, .. } => q[t.row_start[r]..t.row_start[r + 1]].to_vec(),
-        Values::I4 { .. } => (0..t.row_kept(r)).map(|j| t.i4_code(r, j)).collect(),
-        Values::F16 { .. } => unreachable!("no integer codes"),
-    }
-}
-
-/// A tile's rows `rows` decoded for the integer arithmetic (empty for int8 tiles, which are read
-/// as stored); with `simd`, also checks the SIMD decode against the scalar one.
-fn decoded(simd: bool, t: &Tile, rows: std::ops::Range<usize>) -> Vec<i8> {
-    use super::limbs::decode_i4;
-    let mut want = Vec::new();
-    if matches!(t.values(), Values::I4 { .. }) {
-        decode_i4(false, t, rows.clone(), &mut want);
-        let len = want.len() - 64;
-        if simd {
-            let mut got = vec![5i8; 3];
-            decode_i4(true, t, rows.clone(), &mut got);
-            assert_eq!(got[..len], want[..len], "int4 decode of rows {rows:?}");
-        }
-        // Only the rows' codes are read: spoil the spare bytes.
-        want[len..].fill(99);
-    }
-    want
-}
-
-/// The exact integer dots of `limbs`: the SIMD rows equal the scalar reference, for one to four
-/// tokens, on every pattern, int8 and int4 tiles, ragged widths, empty rows and tiles that start
-/// mid-token; and they are `Σ q·x̂` within the activations' rounding of the f64 product.
-#[test]
-fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
-    use super::limbs::{expand_panel, row_sums, tile_dots, tile_dots_expanded, IntValues, Limbs};
-    let simd = require_isa("avx512vnni+vbmi+vbmi2");
-    let mut rng = TestRng::new(21);
-    for cols in [1, 5, 63, 64, 65, 200, 576] {
-        for (pattern, vt) in PATTERNS.into_iter().flat_map(|p| [(p, ValueType::I8), (p, ValueType::I4)]) {
-            let p = fit(pattern, cols);
-            for col0 in [0, 3, 64] {
-                let rows = 7;
-                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, vt);
-                let sums = row_sums(&t).unwrap();
-                let dec = decoded(simd, &t, 0..rows);
-                let vals = IntValues::of(&t, &dec, 0..rows);
-                let dec_part = decoded(simd, &t, 2..5);
-                let part_vals = IntValues::of(&t, &dec_part, 2..5);
-                let xs: Vec<Vec<f32>> = (0..4)
-                    .map(|_| {
-                        // Activations with an outlier, so the step is coarse against most values.
-                        let mut v = rng.vec(col0 + cols, 1.0);
-                        v[rng.below(col0 + cols)] = 40.0;
-                        v
-                    })
-                    .collect();
-                let limbs: Vec<Limbs> = xs
-                    .iter()
-                    .map(|v| {
-                        let mut l = Limbs::default();
-                        assert!(l.quantize(v));
-                        l
-                    })
-                    .collect();
-                let mut want = vec![0i64; rows * 4];
-                tile_dots(false, &t, vals, &sums, 0..rows, &limbs, col0, &mut want);
-                let words = mask_words(cols);
-                for (j, (x, l)) in xs.iter().zip(&limbs).enumerate() {
-                    for r in 0..rows {
-                        let q = int_codes(&t, r);
-                        let mut k = 0;
-                        let (mut exact, mut abs_q, mut mag) = (0f64, 0f64, 0f64);
-                        for c in 0..cols {
-                            if p == Pattern::Dense || (t.mask[r * words + c / 64] >> (c % 64)) & 1 == 1 {
-                                exact += f64::from(q[k]) * f64::from(x[col0 + c]);
-                                abs_q += f64::from(q[k]).abs();
-                                mag += (f64::from(q[k]) * f64::from(x[col0 + c])).abs();
-                                k += 1;
-                            }
-                        }
-                        // The activations' rounding, plus f64 rounding of the sums.
-                        let got = want[r * 4 + j] as f64 * l.scale();
-                        let bound = 0.5 * l.scale() * abs_q * (1.0 + 1e-9) + 1e-12 * mag + 1e-30;
-                        let err = (got - exact).abs();
-                        assert!(
-                            err <= bound,
-                            "{cols} cols, {p:?} {vt:?}, row {r}: error {err:e} > {bound:e}"
-                        );
-                    }
-                }
-                if simd {
-                    for nt in 1..=4 {
-                        let mut got = vec![0i64; rows * nt];
-                        tile_dots(true, &t, vals, &sums, 0..rows, &limbs[..nt], col0, &mut got);
-                        let want_nt: Vec<i64> = (0..rows)
-                            .flat_map(|r| (0..nt).map(move |j| (r, j)))
-                            .map(|(r, j)| want[r * 4 + j])
-                            .collect();
-                        assert_eq!(got, want_nt, "{cols} cols, {p:?} {vt:?}, col0 {col0}, {nt} tokens");
-                    }
-                    // A sub-range of rows alone (an int4 tile's decoded alone) gives the same integers.
-                    let mut part = vec![0i64; 3];
-                    tile_dots(true, &t, part_vals, &sums, 2..5, &limbs[..1], col0, &mut part);
-                    assert_eq!(part, [want[2 * 4], want[3 * 4], want[4 * 4]]);
-                    // And so do rows expanded once into a panel (what a prefill reads).
-                    if p != Pattern::Dense {
-                        let mut panel = vec![7i8; 3];
-                        for (range, v) in [(0..rows, vals), (2..5, part_vals)] {
-                            let stride = expand_panel(&t, v, range.clone(), &mut panel);
-                            for nt in 1..=4 {
-                                let mut got = vec![0i64; range.len() * nt];
-                                let src = (&panel[..], stride);
-                                tile_dots_expanded(
-                                    &t,
-                                    v,
-                                    &sums,
-                                    range.clone(),
-                                    src,
-                                    &limbs[..nt],
-                                    col0,
-                                    &mut got,
-                                );
-                                let want = &want;
-                                let want_nt: Vec<i64> = range
-                                    .clone()
-                                    .flat_map(|r| (0..nt).map(move |j| want[r * 4 + j]))
-                                    .collect();
-                                assert_eq!(
-                                    got, want_nt,
-                                    "panel: {cols} cols, {p:?} {vt:?}, col0 {col0}, {range:?}"
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let mut x = Limbs::default();
-    // What the integers cannot stand for is refused and made NaN, not rounded.
-    assert!(!x.quantize(&[1.0, f32::NAN]));
-    assert!(x.scale().is_nan());
-    assert!(!x.quantize(&[f32::INFINITY]));
-    // All zeros: every product is exactly zero.
-    assert!(x.quantize(&[0.0; 70]));
-    let t = random_tile(&mut rng, (0, 2), (0, 70), Pattern::Dense, ValueType::I8);
-    let mut out = [1i64; 2];
-    let vals = IntValues::of(&t, &[], 0..2);
-    tile_dots(false, &t, vals, &row_sums(&t).unwrap(), 0..2, std::slice::from_ref(&x), 0, &mut out);
-    assert_eq!(out, [0; 2]);
-}
-
-/// A token with a NaN gives NaN in every row under the integer arithmetic, and the other tokens of
-/// its batch are what they are alone.
-#[test]
-fn a_non_finite_token_is_nan_and_leaves_its_batch_alone() {
-    let mut rng = TestRng::new(31);
-    let t = random_tile(&mut rng, (0, 9), (0, 100), Pattern::NM { n: 2, m: 4 }, ValueType::I8);
-    let m = CMatrix::new(9, 100, None, vec![t]).unwrap();
-    let mut x = rng.vec(300, 1.0);
-    x[150] = f32::NAN;
-    for arith in [Arith::IntScalar, Arith::best()] {
-        let mut y = vec![0f32; 27];
-        m.matmul_arith(Isa::Scalar, arith, &x, 3, &mut y);
-        assert!(y[9..18].iter().all(|v| v.is_nan()), "{arith:?}: {:?}", &y[9..18]);
-        for tok in [0, 2] {
-            let mut one = vec![0f32; 9];
-            m.matmul_arith(Isa::Scalar, arith, &x[tok * 100..(tok + 1) * 100], 1, &mut one);
-            assert_eq!(bits(&one), bits(&y[tok * 9..(tok + 1) * 9]), "{arith:?}, token {tok}");
-        }
-    }
-}
-
-/// The exact integer arithmetic beside the f32 one on the same matrix: one thread, the fastest
-/// tenth of 400 calls. `SLATE_TIMING_ROWS` sets the rows (e.g. 131072 for a matrix far larger than
-/// the caches), `SLATE_TIMING_RANK` adds a dense int8 low-rank part, `SLATE_TIMING_COLD` (any
-/// value) reads 64 MiB of other memory before each call:
-/// `cargo test --release --lib kernels::cpu::compressed::tests::limb_timings -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing, not a check"]
-fn limb_timings() {
-    if !super::limbs::simd_available() {
-        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI + VBMI2 + DQ");
-        return;
-    }
-    let mut rng = TestRng::new(8);
-    let rows = std::env::var("SLATE_TIMING_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
-    let cols = 576;
-    // SLATE_TIMING_CASE picks one case by name, SLATE_TIMING_TOKENS the token counts (`1,4`).
-    let only = std::env::var("SLATE_TIMING_CASE").ok();
-    let tokens: Vec<usize> = std::env::var("SLATE_TIMING_TOKENS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 4, 64]);
-    println!("{rows}×{cols}, 1 thread; f32 arithmetic ({:?}) vs exact integers", Isa::best());
-    for (name, pattern, density, vt) in [
-        ("dense int8", Pattern::Dense, 100, ValueType::I8),
-        ("dense int4", Pattern::Dense, 100, ValueType::I4),
-        ("2:4 int8", Pattern::NM { n: 2, m: 4 }, 50, ValueType::I8),
-        ("2:4 int4", Pattern::NM { n: 2, m: 4 }, 50, ValueType::I4),
-        ("50% int8", Pattern::Unstructured, 50, ValueType::I8),
-        ("70% int8", Pattern::Unstructured, 30, ValueType::I8),
-        ("90% int8", Pattern::Unstructured, 10, ValueType::I8),
-    ] {
-        if only.as_deref().is_some_and(|o| o != name) {
-            continue;
-        }
-        let words = mask_words(cols);
-        let mut mask = vec![0u64; if pattern == Pattern::Dense { 0 } else { rows * words }];
-        if pattern != Pattern::Dense {
-            for r in 0..rows {
-                for g in (0..cols).step_by(4) {
-                    for c in g..g + 4 {
-                        let keep = match pattern {
-                            Pattern::NM { .. } => c - g == (r + g / 4) % 4 || c - g == (r + g / 4 + 1) % 4,
-                            _ => rng.below(100) < density,
-                        };
-                        if keep {
-                            mask[r * words + c / 64] |= 1 << (c % 64);
-                        }
-                    }
-                }
-            }
-        }
-        let kept: Vec<usize> = (0..rows)
-            .map(|r| match pattern {
-                Pattern::Dense => cols,
-                _ => mask[r * words..(r + 1) * words].iter().map(|w| w.count_ones() as usize).sum(),
-            })
-            .collect();
-        let values = random_values(&mut rng, &kept, vt);
-        let tile = Tile::new((0, rows), (0, cols), pattern, mask, values).unwrap();
-        let rank = std::env::var("SLATE_TIMING_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let (v, tiles) = if rank == 0 {
-            (None, vec![tile])
-        } else {
-            let dense = |rng: &mut TestRng, r: usize, c: usize, c0: usize| {
-                let values = random_values(rng, &vec![c; r], ValueType::I8);
-                Tile::new((0, r), (c0, c), Pattern::Dense, Vec::new(), values).unwrap()
-            };
-            let v = CMatrix::new(rank, cols, None, vec![dense(&mut rng, rank, cols, 0)]).unwrap();
-            (Some(v), vec![tile, dense(&mut rng, rows, rank, cols)])
-        };
-        let m = CMatrix::new(rows, cols, v, tiles).unwrap();
-        let cold = std::env::var_os("SLATE_TIMING_COLD").is_some();
-        let mut junk = vec![1u8; if cold { 64 << 20 } else { 0 }];
-        let mut time = |f: &mut dyn FnMut()| {
-            let mut t: Vec<f64> = (0..400)
-                .map(|i| {
-                    if cold {
-                        junk[i % 64] += 1;
-                        let mut a = 0u64;
-                        for c in junk.chunks(64) {
-                            a = a.wrapping_add(u64::from(c[0]));
-                        }
-                        std::hint::black_box(a);
-                    }
-                    let s = std::time::Instant::now();
-                    f();
-                    s.elapsed().as_secs_f64()
-                })
-                .collect();
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 10]
-        };
-        for &n in &tokens {
-            let xs: Vec<f32> = (0..n * cols).map(|_| rng.f32(-1.0, 1.0)).collect();
-            let mut out = vec![0.0f32; n * rows];
-            let (mut float, mut exact) = (Vec::new(), Vec::new());
-            for _ in 0..3 {
-                float.push(time(&mut || m.matmul_arith(Isa::best(), Arith::F32, &xs, n, &mut out)));
-                exact.push(time(&mut || m.matmul_arith(Isa::best(), Arith::IntSimd, &xs, n, &mut out)));
-            }
-            float.sort_by(f64::total_cmp);
-            exact.sort_by(f64::total_cmp);
-            let (f, e) = (float[1], exact[1]);
-            println!(
-                "{name:>10}, {n:>2} tokens: f32 {:8.1} µs, integers {:8.1} µs ({:.2}×), {:.2} GB/s of {} bytes",
-                f * 1e6,
-                e * 1e6,
-                f / e,
-                m.bytes() as f64 / e / 1e9,
-                m.bytes()
-            );
-        }
-    }
-}
-
-#[test]
-fn limb_quantization_simd_equals_scalar() {
-    use super::limbs::Limbs;
-    if !require_isa("avx512vnni+vbmi+vbmi2") {
-        return;
-    }
-    let mut rng = TestRng::new(33);
-    let same = |a: &Limbs, b: &Limbs, what: &str| {
-        assert_eq!(a.width(), b.width(), "{what}");
-        assert_eq!(a.scale().to_bits(), b.scale().to_bits(), "{what}");
-        for c in 0..a.width() {
-            assert_eq!(a.value(c), b.value(c), "{what}, column {c}");
-        }
-    };
-    let (mut s, mut v) = (Limbs::default(), Limbs::default());
-    for len in [0, 1, 15, 16, 17, 63, 64, 65, 576, 1000] {
-        for case in 0..4 {
-            let mut x: Vec<f32> =
-                (0..len).map(|_| rng.f32(-1.0, 1.0) * 10f32.powi(rng.below(7) as i32 - 3)).collect();
-            if len > 2 {
-                match case {
-                    // Values that land exactly on a half step of the rounding, both signs.
-                    1 => {
-                        x[0] = 1.0;
-                        for (i, y) in x.iter_mut().enumerate().skip(1) {
-                            *y = (i as f32 + 0.5) / (1u32 << 30) as f32 * if i % 2 == 0 { 1.0 } else { -1.0 };
-                        }
-                    }
-                    2 => {
-                        x[1] = -0.0;
-                        x[2] = f32::MIN_POSITIVE / 4.0;
-                    }
-                    3 => x[len / 2] = -3e38,
-                    _ => {}
-                }
-            }
-            assert_eq!(s.quantize_with(false, &x), v.quantize_with(true, &x));
-            same(&s, &v, &format!("{len} values, case {case}"));
-        }
-        if len > 0 {
-            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                let mut x = vec![0.5f32; len];
-                x[len - 1] = bad;
-                assert!(!s.quantize_with(false, &x) && !v.quantize_with(true, &x));
-                same(&s, &v, &format!("{len} values ending in {bad}"));
-            }
-        }
-    }
-}
-
-#[test]
-fn lane_dots_equal_the_reference() {
-    use super::limbs::{
-        copy_panel, expand_panel, lane_dots, row_sums, tile_dots, IntValues, LaneLimbs, Limbs, LANE_TOKENS,
-    };
-    if !require_isa("avx512vnni+vbmi+vbmi2") {
-        return;
-    }
-    let mut rng = TestRng::new(41);
-    for cols in [1, 5, 63, 64, 65, 200, 576] {
-        for (pattern, vt) in PATTERNS.into_iter().flat_map(|p| [(p, ValueType::I8), (p, ValueType::I4)]) {
-            let p = fit(pattern, cols);
-            for col0 in [0, 4, 64] {
-                let rows = 7;
-                let t = random_tile(&mut rng, (0, rows), (col0, cols), p, vt);
-                let sums = row_sums(&t).unwrap();
-                for n in [1, 16, 17, 33] {
-                    let xs: Vec<Limbs> = (0..n)
-                        .map(|_| {
-                            let mut v = rng.vec(col0 + cols, 1.0);
-                            v[rng.below(col0 + cols)] = 40.0;
-                            let mut l = Limbs::default();
-                            assert!(l.quantize(&v));
-                            l
-                        })
-                        .collect();
-                    let mut lanes = LaneLimbs::default();
-                    lanes.fill(&xs);
-                    let mut panel = Vec::new();
-                    for range in [0..rows, 2..5] {
-                        let dec = decoded(true, &t, range.clone());
-                        let vals = IntValues::of(&t, &dec, range.clone());
-                        let stride = if p == Pattern::Dense {
-                            copy_panel(&t, vals, range.clone(), &mut panel)
-                        } else {
-                            expand_panel(&t, vals, range.clone(), &mut panel)
-                        };
-                        for b in 0..lanes.blocks() {
-                            let mut got = vec![0i64; range.len() * LANE_TOKENS];
-                            let sums_r = &sums[range.clone()];
-                            lane_dots((&panel, stride, range.len()), cols, sums_r, &lanes, b, col0, &mut got);
-                            for (j, x) in xs.iter().enumerate().skip(b * LANE_TOKENS).take(LANE_TOKENS) {
-                                let mut want = vec![0i64; range.len()];
-                                tile_dots(
-                                    false,
-                                    &t,
-                                    vals,
-                                    &sums,
-                                    range.clone(),
-                                    std::slice::from_ref(x),
-                                    col0,
-                                    &mut want,
-                                );
-                                for (i, &w) in want.iter().enumerate() {
-                                    assert_eq!(
-                                        got[i * LANE_TOKENS + j - b * LANE_TOKENS],
-                                        w,
-                                        "{cols} cols, {p:?} {vt:?}, col0 {col0}, {n} tokens, {range:?}, row {i}, token {j}"
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[test]
-fn row_dots_equal_the_reference() {
-    use super::limbs::{row_dots, row_sums, tile_dots, IntValues, Limbs, RowLanes};
-    let simd = require_isa("avx512vnni+vbmi+vbmi2");
-    let mut rng = TestRng::new(43);
-    for rows in [1, 15, 16, 17, 40, 50] {
-        for cols in [1, 3, 4, 5, 63, 64, 65, 100] {
-            for col0 in [0, 4, 64] {
-                let t = random_tile(&mut rng, (0, rows), (col0, cols), Pattern::Dense, ValueType::I8);
-                let rl = RowLanes::of(&t).expect("a dense int8 tile");
-                let sums = row_sums(&t).unwrap();
-                let vals = IntValues::of(&t, &[], 0..rows);
-                for n in 1..=4 {
-                    let xs: Vec<Limbs> = (0..n)
-                        .map(|_| {
-                            let mut v = rng.vec(col0 + cols, 1.0);
-                            v[rng.below(col0 + cols)] = -40.0;
-                            let mut l = Limbs::default();
-                            assert!(l.quantize(&v));
-                            l
-                        })
-                        .collect();
-                    for range in [0..rows, rows / 3..rows - rows / 4, rows / 2..rows / 2] {
-                        let mut want = vec![0i64; range.len() * n];
-                        tile_dots(false, &t, vals, &sums, range.clone(), &xs, col0, &mut want);
-                        for s in [false, true].into_iter().filter(|&s| !s || simd) {
-                            let mut got = vec![i64::MIN; range.len() * n];
-                            row_dots(s, &rl, &sums, range.clone(), &xs, col0, &mut got);
-                            assert_eq!(
-                                got, want,
-                                "{rows}×{cols} at {col0}, {n} tokens, rows {range:?}, simd {s}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-    // Only dense int8 tiles have rows across the lanes.
-    for (p, vt) in [(Pattern::NM { n: 2, m: 4 }, ValueType::I8), (Pattern::Dense, ValueType::I4)] {
-        assert!(RowLanes::of(&random_tile(&mut rng, (0, 4), (0, 8), p, vt)).is_none(), "{p:?} {vt:?}");
-    }
-    if !simd {
-        eprintln!("SKIPPED (SIMD half): this CPU has no AVX-512 VNNI + VBMI + VBMI2 + DQ");
     }
 }
