@@ -7,7 +7,8 @@
 //! as the source GGUF's tokenizer); 4 identical concurrent requests (continuous batching) equal one
 //! alone; `/v1/score` equal to gRPC `Score`; gRPC `GenerateStream` equal to `Generate` and to HTTP;
 //! `/metrics` with smol-24's series. A 2:4 int4 folder of the same model, "smol-24-int4", is served
-//! beside them (its own arithmetic: int4 codes decoded to int8): its representation and bytes, JSON =
+//! beside them (its own arithmetic: int4 codes decoded to int8), and a 2:4 int8 + rank 8 folder,
+//! "smol-24-r8" (S·x + U·(V·x) in one pass over x): each with its representation and bytes, JSON =
 //! SSE, and four concurrent requests equal to one alone. One server for all of it: the phases below
 //! run in order in one test.
 
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 const MODEL: &str = "smol-24";
 const BROKEN: &str = "broken";
 const INT4: &str = "smol-24-int4";
+const RANK: &str = "smol-24-r8";
 const PROMPT: &str = "The capital of France is";
 
 /// `slate compress`'s options, parsed as the command line parses them.
@@ -32,12 +34,13 @@ struct Cli {
     args: slate_tools::compress::CompressArgs,
 }
 
-/// Compresses SmolLM2 by 2:4 magnitude pruning with `values` (int8, int4) into `out`.
-fn compress(out: &Path, values: &str) {
+/// Compresses SmolLM2 by 2:4 magnitude pruning with `values` (int8, int4) into `out`, with `extra`
+/// options after the others (e.g. `--rank 8`).
+fn compress(out: &Path, values: &str, extra: &[&str]) {
     use clap::Parser;
     let source = common::smollm2();
     let (source_arg, out_arg) = (source.to_str().expect("UTF-8 path"), out.to_str().expect("UTF-8 path"));
-    let cli = Cli::parse_from([
+    let args = [
         "compress",
         "--model",
         source_arg,
@@ -49,19 +52,21 @@ fn compress(out: &Path, values: &str) {
         values,
         "--out",
         out_arg,
-    ]);
+    ];
+    let cli = Cli::parse_from(args.iter().chain(extra));
     let started = Instant::now();
     slate_tools::compress::run(&cli.args).expect("slate compress");
-    eprintln!("compress (2:4 {values}) of SmolLM2-135M took {:.1?}", started.elapsed());
+    eprintln!("compress (2:4 {values} {extra:?}) of SmolLM2-135M took {:.1?}", started.elapsed());
 }
 
 /// Compresses SmolLM2 (2:4, int8) into `dir/smol-24` and copies it to `dir/broken` with
-/// model.safetensors truncated to half its length; and (2:4, int4) into `dir/smol-24-int4`.
-/// Returns the three folders.
-fn compress_folders(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let (good, broken, int4) = (dir.join(MODEL), dir.join(BROKEN), dir.join(INT4));
-    compress(&good, "int8");
-    compress(&int4, "int4");
+/// model.safetensors truncated to half its length; (2:4, int4) into `dir/smol-24-int4`; and (2:4,
+/// int8, rank 8 int8 factors) into `dir/smol-24-r8`. Returns the folders in that order.
+fn compress_folders(dir: &Path) -> [PathBuf; 4] {
+    let [good, broken, int4, rank] = [MODEL, BROKEN, INT4, RANK].map(|name| dir.join(name));
+    compress(&good, "int8", &[]);
+    compress(&int4, "int4", &[]);
+    compress(&rank, "int8", &["--rank", "8"]);
 
     std::fs::create_dir(&broken).expect("create the broken folder");
     for entry in std::fs::read_dir(&good).expect("read the compressed folder") {
@@ -74,12 +79,13 @@ fn compress_folders(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .expect("open the broken copy's model.safetensors");
     let len = weights.metadata().expect("metadata").len();
     weights.set_len(len / 2).expect("truncate");
-    (good, broken, int4)
+    [good, broken, int4, rank]
 }
 
-fn config(good: &Path, broken: &Path, int4: &Path) -> String {
-    [(MODEL, good), (BROKEN, broken), (INT4, int4)]
+fn config(folders: &[PathBuf; 4]) -> String {
+    [MODEL, BROKEN, INT4, RANK]
         .iter()
+        .zip(folders)
         .map(|(name, path)| {
             format!("[[models]]\nname = \"{name}\"\nkind = \"slm\"\npath = \"{}\"\n", path.display())
         })
@@ -126,32 +132,30 @@ async fn wait_loaded(s: &Slate) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressed_folder_is_served_next_to_a_broken_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (good, broken, int4) = tokio::task::block_in_place(|| compress_folders(dir.path()));
+    let folders = tokio::task::block_in_place(|| compress_folders(dir.path()));
     let gguf_bytes = std::fs::metadata(common::smollm2()).expect("GGUF size").len();
 
-    let s = Slate::start(&config(&good, &broken, &int4));
+    let s = Slate::start(&config(&folders));
     let models = wait_loaded(&s).await;
     models_and_health(&s, &models, gguf_bytes).await;
     openai_http(&s).await;
     four_at_once_equal_one_alone(&s).await;
     int4_folder(&s, &models).await;
+    rank_folder(&s, &models).await;
     score_and_grpc(&s).await;
     metrics(&s).await;
 }
 
 /// smol-24 ready with its representation and size; broken failed, naming the file, and not ready.
 async fn models_and_health(s: &Slate, models: &Value, gguf_bytes: u64) {
-    let find = |name: &str| {
-        models["data"].as_array().unwrap().iter().find(|m| m["id"] == name).cloned().expect(name)
-    };
-    let m = find(MODEL);
+    let m = find(models, MODEL);
     assert_eq!((m["kind"].as_str(), m["status"].as_str()), (Some("slm"), Some("ready")), "{m}");
     let repr = m["representation"].as_str().unwrap_or_default();
     assert!(repr.contains("2:4 int8"), "representation {repr:?}: {m}");
     let bytes = m["weight_bytes"].as_u64().unwrap_or(0);
     assert!(bytes > 0 && bytes < gguf_bytes, "weight_bytes {bytes}, GGUF {gguf_bytes} bytes: {m}");
 
-    let b = find(BROKEN);
+    let b = find(models, BROKEN);
     assert_eq!(b["status"], "failed", "{b}");
     let error = b["error"].as_str().unwrap_or_default();
     assert!(error.contains("model.safetensors"), "the error does not name the file: {b}");
@@ -220,30 +224,56 @@ async fn openai_http(s: &Slate) {
     assert_eq!(t["count"], want.len());
 }
 
-/// The 2:4 int4 folder: ready, its representation, fewer bytes than the int8 one; greedy JSON = SSE
-/// with max_tokens held; 4 identical greedy requests at once give the text of one alone.
+/// The 2:4 int4 folder: ready, its representation, fewer bytes than the int8 one; served as
+/// [`another_folder`] checks.
 async fn int4_folder(s: &Slate, models: &Value) {
-    let find = |name: &str| {
-        models["data"].as_array().unwrap().iter().find(|m| m["id"] == name).cloned().expect(name)
-    };
-    let (m, int8) = (find(INT4), find(MODEL));
-    assert_eq!(m["status"], "ready", "{m}");
-    let repr = m["representation"].as_str().unwrap_or_default();
-    assert!(repr.contains("2:4 int4"), "representation {repr:?}: {m}");
-    let (bytes, int8_bytes) =
-        (m["weight_bytes"].as_u64().unwrap_or(0), int8["weight_bytes"].as_u64().unwrap_or(0));
-    assert!(bytes > 0 && bytes < int8_bytes, "int4 {bytes} bytes, int8 {int8_bytes}: {m}");
+    let (bytes, int8_bytes) = (weight_bytes(models, INT4), weight_bytes(models, MODEL));
+    assert!(bytes > 0 && bytes < int8_bytes, "int4 {bytes} bytes, int8 {int8_bytes}");
+    another_folder(s, models, INT4, "2:4 int4").await;
+}
 
-    let req = completion(INT4, PROMPT, 12);
+/// The 2:4 int8 + rank 8 folder: ready, its representation, more bytes than 2:4 int8 alone (U and
+/// V) and fewer than the GGUF; served as [`another_folder`] checks.
+async fn rank_folder(s: &Slate, models: &Value) {
+    let (bytes, int8_bytes) = (weight_bytes(models, RANK), weight_bytes(models, MODEL));
+    assert!(bytes > int8_bytes, "rank 8 {bytes} bytes, 2:4 int8 alone {int8_bytes}");
+    another_folder(s, models, RANK, "2:4 int8 + rank 8").await;
+}
+
+/// `name`'s entry in the `/v1/models` listing.
+fn find(models: &Value, name: &str) -> Value {
+    models["data"].as_array().unwrap().iter().find(|m| m["id"] == name).cloned().expect(name)
+}
+
+/// `name`'s `weight_bytes` in the `/v1/models` listing (0 when absent).
+fn weight_bytes(models: &Value, name: &str) -> u64 {
+    find(models, name)["weight_bytes"].as_u64().unwrap_or(0)
+}
+
+/// `model` is ready and its representation names `repr`; greedy JSON = SSE with max_tokens held; a
+/// chat completion answers; 4 identical greedy requests at once give the text of one alone.
+async fn another_folder(s: &Slate, models: &Value, model: &str, repr: &str) {
+    let m = find(models, model);
+    assert_eq!(m["status"], "ready", "{m}");
+    let representation = m["representation"].as_str().unwrap_or_default();
+    assert!(representation.contains(repr), "representation {representation:?}, want {repr:?}: {m}");
+
+    let req = completion(model, PROMPT, 12);
     let (status, c) = s.post_json("/v1/completions", &req).await;
     assert_eq!(status, 200, "{c}");
     assert_eq!(c["usage"]["completion_tokens"], 12, "{c}");
     let text = c["choices"][0]["text"].as_str().expect("text");
     let events = post_stream(s, "/v1/completions", &req).await;
     let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
-    assert_eq!(streamed, text);
+    assert_eq!(streamed, text, "{model}");
 
-    four_equal_one(s, INT4).await;
+    let chat = json!({"model": model, "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": "Name a colour."}]});
+    let (status, c) = s.post_json("/v1/chat/completions", &chat).await;
+    assert_eq!(status, 200, "{model}: {c}");
+    assert!(c["choices"][0]["message"]["content"].is_string(), "{model}: {c}");
+
+    four_equal_one(s, model).await;
 }
 
 /// 4 identical greedy requests to `model` at once give the text of one alone.
