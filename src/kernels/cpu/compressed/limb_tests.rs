@@ -34,6 +34,39 @@ fn decoded(simd: bool, t: &Tile, rows: std::ops::Range<usize>) -> Vec<i8> {
     want
 }
 
+/// Rows made of whole int4 groups (every row's kept count a multiple of 32: exact 2:4 rows a
+/// multiple of 64 wide, dense rows a multiple of 32), which the SIMD path decodes as one stream of
+/// groups: the same codes as the scalar decode for every run of rows, odd and even group counts.
+#[test]
+fn int4_decode_of_whole_groups_equals_the_reference() {
+    if !require_isa("avx512vnni+vbmi+vbmi2") {
+        return;
+    }
+    let mut rng = TestRng::new(23);
+    let nm = Pattern::NM { n: 2, m: 4 };
+    for (pattern, cols) in [(Pattern::Dense, 32), (Pattern::Dense, 96), (nm, 64), (nm, 576)] {
+        let rows = 9;
+        let words = mask_words(cols);
+        let mut mask = vec![0u64; if pattern == Pattern::Dense { 0 } else { rows * words }];
+        for r in 0..mask.len() / words.max(1) {
+            for g in (0..cols).step_by(4) {
+                // Two of every four columns, at random.
+                let a = rng.below(4);
+                let b = (a + 1 + rng.below(3)) % 4;
+                for c in [g + a, g + b] {
+                    mask[r * words + c / 64] |= 1 << (c % 64);
+                }
+            }
+        }
+        let t = masked_tile(&mut rng, (0, rows), (0, cols), pattern, mask, ValueType::I4);
+        assert!((0..rows).all(|r| t.row_kept(r).is_multiple_of(32)), "{cols} cols: not whole groups");
+        for run in [0..rows, 0..1, 2..5, 3..7, 8..9, 4..4] {
+            // Checks the SIMD decode against the scalar one.
+            decoded(true, &t, run);
+        }
+    }
+}
+
 /// The exact integer dots of `limbs`: the SIMD rows equal the scalar reference, for one to four
 /// tokens, on every pattern, int8 and int4 tiles, ragged widths, empty rows and tiles that start
 /// mid-token; and they are `Σ q·x̂` within the activations' rounding of the f64 product.

