@@ -233,7 +233,7 @@ async fn int4_folder(s: &Slate, models: &Value) {
 }
 
 /// The 2:4 int8 + rank 8 folder: ready, its representation, more bytes than 2:4 int8 alone (U and
-/// V) and fewer than the GGUF; served as [`another_folder`] checks.
+/// V); served as [`another_folder`] checks.
 async fn rank_folder(s: &Slate, models: &Value) {
     let (bytes, int8_bytes) = (weight_bytes(models, RANK), weight_bytes(models, MODEL));
     assert!(bytes > int8_bytes, "rank 8 {bytes} bytes, 2:4 int8 alone {int8_bytes}");
