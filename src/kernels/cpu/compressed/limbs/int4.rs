@@ -93,10 +93,36 @@ const I4_TABLES: [[i8; 16]; INT4_MAX_MUL as usize + 1] = {
     t
 };
 
+/// 64 codes (32 bytes, low nibble first) as int8 codes: each 4 bytes widened to a 64-bit lane,
+/// `vpmultishiftqb` puts code `i` at byte `i` of its lane (bits 4i .. 4i + 8, masked to the low
+/// nibble), and `vpshufb` looks each up in `tab` (the first group's table in the low 256 bits, the
+/// second's in the high).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn lookup(bytes: __m256i, tab: __m512i) -> __m512i {
+    let shifts = _mm512_set1_epi64(0x1C18_1410_0C08_0400);
+    let codes = _mm512_and_si512(
+        _mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)),
+        _mm512_set1_epi8(0x0F),
+    );
+    _mm512_shuffle_epi8(tab, codes)
+}
+
+/// The table of the group whose multiplier is at `mp`.
+///
+/// # Safety
+/// `mp` points at a multiplier of a checked int4 tile (≤ [`INT4_MAX_MUL`], so its table exists).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn table(mp: *const u8) -> __m128i {
+    // SAFETY: the caller's contract; every row of I4_TABLES is 16 bytes.
+    unsafe { _mm_loadu_si128(I4_TABLES.as_ptr().add(usize::from(*mp)).cast()) }
+}
+
 /// See [`decode_i4`]: rows `rows` of an int4 tile into `out`, 64 codes (two groups) a
-/// step: each 4 bytes of codes widened to a 64-bit lane, `vpmultishiftqb` puts code `i` at
-/// byte `i` of its lane, and `vpshufb` looks each up in its group's table (the first group's in
-/// the vector's low 256 bits, the second's in the high). When every row holds whole groups the
+/// step ([`lookup`]). When every row holds whole groups the
 /// rows go as one stream of groups (no per-row steps: 52 → 42 µs for a 1536 × 576 2:4 int4
 /// product of one token in L2), and as many bytes after them (the next block's) are prefetched
 /// into L2 on the way (SmolLM2 2:4 int4 decode, `slate bench slm --forward-only`, alternating
@@ -110,10 +136,6 @@ const I4_TABLES: [[i8; 16]; INT4_MAX_MUL as usize + 1] = {
 unsafe fn avx512_decode(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
     let Values::I4 { q, mul, .. } = &t.values else { unreachable!() };
     let first = t.row_start[rows.start];
-    // Byte j of each 64-bit lane takes bits 4j .. 4j + 8 of it: code j in its low nibble.
-    let shifts = _mm512_set1_epi64(0x1C18_1410_0C08_0400);
-    let nib = _mm512_set1_epi8(0x0F);
-    let tables = I4_TABLES.as_ptr();
     if rows.clone().all(|r| t.row_kept(r).is_multiple_of(INT4_GROUP)) {
         // Whole groups in every row (a 2:4 tile whose width is a multiple of 64, a dense tile a
         // multiple of 32 wide): the rows' code bytes, multipliers and codes each lie back to back,
@@ -125,7 +147,6 @@ unsafe fn avx512_decode(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
         unsafe {
             let (src, mp) = (q.as_ptr().add(t.i4_byte[rows.start]), mul.as_ptr().add(t.i4_mul[rows.start]));
             let dst = out.as_mut_ptr();
-            let table = |g: usize| _mm_loadu_si128(tables.add(usize::from(*mp.add(g))).cast());
             let mut g = 0;
             while g + 2 <= groups {
                 if g.is_multiple_of(4) {
@@ -135,20 +156,20 @@ unsafe fn avx512_decode(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
                     _mm_prefetch::<_MM_HINT_T1>(src.wrapping_add(16 * (g + groups)).cast());
                 }
                 let bytes = _mm256_loadu_si256(src.add(16 * g).cast());
-                let codes =
-                    _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)), nib);
-                let tab = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(table(g)), 0xFF00, table(g + 1));
-                _mm512_storeu_si512(dst.add(32 * g).cast(), _mm512_shuffle_epi8(tab, codes));
+                let tab = _mm512_mask_broadcast_i32x4(
+                    _mm512_broadcast_i32x4(table(mp.add(g))),
+                    0xFF00,
+                    table(mp.add(g + 1)),
+                );
+                _mm512_storeu_si512(dst.add(32 * g).cast(), lookup(bytes, tab));
                 g += 2;
             }
             if g < groups {
                 // The last group alone: its 16 bytes (no read past the array), 32 bytes stored
                 // past the codes into the spare ones.
                 let bytes = _mm256_zextsi128_si256(_mm_loadu_si128(src.add(16 * g).cast()));
-                let codes =
-                    _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)), nib);
-                let tab = _mm512_broadcast_i32x4(table(g));
-                _mm512_storeu_si512(dst.add(32 * g).cast(), _mm512_shuffle_epi8(tab, codes));
+                let tab = _mm512_broadcast_i32x4(table(mp.add(g)));
+                _mm512_storeu_si512(dst.add(32 * g).cast(), lookup(bytes, tab));
             }
         }
         return;
@@ -170,18 +191,15 @@ unsafe fn avx512_decode(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
                 } else {
                     _mm256_maskz_loadu_epi8(_bzhi_u32(u32::MAX, n.div_ceil(2) as u32), src.cast())
                 };
-                let codes =
-                    _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu32_epi64(bytes)), nib);
-                let t0 = _mm512_broadcast_i32x4(_mm_loadu_si128(tables.add(usize::from(*mp)).cast()));
+                let t0 = _mm512_broadcast_i32x4(table(mp));
                 let tab = if n > INT4_GROUP {
-                    let t1 = _mm_loadu_si128(tables.add(usize::from(*mp.add(1))).cast());
-                    _mm512_mask_broadcast_i32x4(t0, 0xFF00, t1)
+                    _mm512_mask_broadcast_i32x4(t0, 0xFF00, table(mp.add(1)))
                 } else {
                     t0
                 };
                 // A whole vector, not a masked store (several times slower on some CPUs): the
                 // bytes past the row are the next row's, rewritten when it is decoded, or spare.
-                _mm512_storeu_si512(dst.cast(), _mm512_shuffle_epi8(tab, codes));
+                _mm512_storeu_si512(dst.cast(), lookup(bytes, tab));
                 src = src.add(32.min(n.div_ceil(2)));
                 mp = mp.add(2.min(n.div_ceil(INT4_GROUP)));
                 dst = dst.add(n);
