@@ -27,5 +27,12 @@ pub fn kernel_isa() -> String {
     } else {
         "scalar"
     };
-    format!("kernels: f32 {f32_path}, quantized dot products {int_path}")
+    use slate::kernels::cpu::compressed::Arith;
+    let compressed = match Arith::best() {
+        Arith::IntSimd => "exact integers AVX-512 VNNI",
+        Arith::IntAvx2 => "exact integers AVX2 (int8 matrices with a masked tile; the others f32)",
+        Arith::IntScalar => "exact integers scalar",
+        Arith::F32 => "f32",
+    };
+    format!("kernels: f32 {f32_path}, quantized dot products {int_path}, compressed matrices {compressed}")
 }

@@ -2,7 +2,7 @@
 //! the tokens as limbs, and the rows a block at a time over [`limbs::tile_dots`] (or, from 16
 //! tokens on, [`limbs::lane_dots`]).
 
-use super::limbs::{self, IntValues, LaneLimbs, Limbs};
+use super::limbs::{self, IntValues, Ints, LaneLimbs, Limbs};
 use super::{Arith, CMatrix, Pattern, Values};
 use crate::kernels::cpu::quant::Split;
 use std::cell::{Cell, RefCell};
@@ -76,25 +76,57 @@ unsafe impl Send for Sink {}
 // SAFETY: as above.
 unsafe impl Sync for Sink {}
 
-/// `xs[t]` = token `t` of `x` (`n` rows of `width`) as limbs; `xs` grows to `n` and is not shrunk.
-pub(super) fn quantize_tokens(xs: &mut Vec<Limbs>, x: &[f32], width: usize, n: usize) {
+/// `xs[t]` = token `t` of `x` (`n` rows of `width`) as limbs for `ints` (by its own quantization:
+/// all but AVX-512's also write the words [`Ints::Avx2`] reads),
+/// with the words gathered for 2:4 rows ([`Limbs::gather_pairs`]) when `pairs` and AVX2 runs a pass
+/// of few tokens; `xs` grows to `n` and is not shrunk.
+pub(super) fn quantize_tokens(
+    ints: Ints,
+    pairs: bool,
+    xs: &mut Vec<Limbs>,
+    x: &[f32],
+    width: usize,
+    n: usize,
+) {
     if xs.len() < n {
         xs.resize_with(n, Limbs::default);
     }
+    let gather = pairs && ints == Ints::Avx2 && n <= limbs::MAX_TOKENS;
     for (l, row) in xs.iter_mut().zip(x.chunks_exact(width)).take(n) {
-        l.quantize(row);
+        if l.quantize_with(ints, row) && gather {
+            l.gather_pairs();
+        }
     }
 }
 
 impl CMatrix {
-    /// `Some(simd)` when this matrix runs integers under `arith`.
-    pub(super) fn int_route(&self, arith: Arith) -> Option<bool> {
+    /// `Some(ints)` when this matrix (its own tiles) runs integers under `arith`, on that code.
+    /// AVX2 takes int8 tiles only (an int4 tile's decoding to codes is AVX-512's).
+    pub(super) fn int_route(&self, arith: Arith) -> Option<Ints> {
         match arith {
             _ if !self.int_ok => None,
             Arith::F32 => None,
-            Arith::IntScalar => Some(false),
-            Arith::IntSimd => Some(true),
+            Arith::IntScalar => Some(Ints::Scalar),
+            Arith::IntAvx2 if self.tiles.iter().any(|t| matches!(t.values, Values::I4 { .. })) => None,
+            Arith::IntAvx2 => Some(Ints::Avx2),
+            Arith::IntSimd => Some(Ints::Avx512),
         }
+    }
+
+    /// The routes of S (this matrix's tiles) and of `V` under `arith` ([`CMatrix::int_route`]). On
+    /// AVX2 a matrix runs integers whole or not at all: both when every tile, V's included, is
+    /// int8 and some tile of S is masked, else neither. A dense matrix keeps f32 there: without
+    /// VNNI each integer multiply-add costs two (the activations' two halves), so from five tokens
+    /// on (several streams, prefill) f32 is faster, and its single-token gain is smaller than the
+    /// masked rows' (which f32 cannot skip: its canonical order runs over every column).
+    pub(super) fn routes(&self, arith: Arith) -> (Option<Ints>, Option<Ints>) {
+        let s = self.int_route(arith);
+        let v = self.v.as_ref().and_then(|v| v.int_route(arith));
+        let masked = self.tiles.iter().any(|t| t.pattern != Pattern::Dense && t.col0 < self.cols);
+        if arith == Arith::IntAvx2 && (s.is_none() || (self.v.is_some() && v.is_none()) || !masked) {
+            return (None, None);
+        }
+        (s, v)
     }
 
     /// The integer arithmetic for every row over the tiles of `part` (`lx`: the tokens' limbs, `lu`:
@@ -103,7 +135,7 @@ impl CMatrix {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn int_product(
         &self,
-        simd: bool,
+        ints: Ints,
         split: Split,
         part: Part,
         lx: &[Limbs],
@@ -113,7 +145,7 @@ impl CMatrix {
     ) {
         // Enough tokens for whole vectors of them: the tokens across the lanes (`lane_dots`), when
         // every tile starts on a 4-column group.
-        let lanes_ok = simd
+        let lanes_ok = ints == Ints::Avx512
             && n >= limbs::LANE_TOKENS
             && self.tiles.iter().all(|t| {
                 let off = if t.col0 < self.cols { t.col0 } else { t.col0 - self.cols };
@@ -131,7 +163,7 @@ impl CMatrix {
         // SAFETY: split_units hands each chunk rows of the sink (n × rows values) no other chunk
         // writes.
         self.split_units(split, unit, n * self.rows * self.padded_width(), &|rows| unsafe {
-            self.int_rows(simd, ls, part, rows, lx, lu, n, sink)
+            self.int_rows(ints, ls, part, rows, lx, lu, n, sink)
         });
         LANES.with(|c| c.set(lanes));
     }
@@ -141,7 +173,7 @@ impl CMatrix {
     /// [`limbs::LANE_TOKENS`] tokens (`lx`).
     pub(super) fn int_s_and_v(
         &self,
-        simd: bool,
+        ints: Ints,
         split: Split,
         lx: &[Limbs],
         n: usize,
@@ -157,12 +189,12 @@ impl CMatrix {
             if us.start < vq {
                 let rows = us.start * 4..(us.end.min(vq) * 4).min(v.rows);
                 // SAFETY: `t` holds n × v.rows values (the caller's), these rows ours alone.
-                unsafe { v.int_rows(simd, None, Part::All, rows, lx, &[], n, t) };
+                unsafe { v.int_rows(ints, None, Part::All, rows, lx, &[], n, t) };
             }
             if us.end > vq {
                 let rows = (us.start.max(vq) - vq) * 4..((us.end - vq) * 4).min(self.rows);
                 // SAFETY: `stash` holds n × rows values (the caller's), these rows ours alone.
-                unsafe { self.int_rows(simd, None, Part::S, rows, lx, &[], n, stash) };
+                unsafe { self.int_rows(ints, None, Part::S, rows, lx, &[], n, stash) };
             }
         });
     }
@@ -179,7 +211,7 @@ impl CMatrix {
     #[allow(clippy::too_many_arguments)]
     unsafe fn int_rows(
         &self,
-        simd: bool,
+        ints: Ints,
         lanes: Option<(&LaneLimbs, &LaneLimbs)>,
         part: Part,
         rows: Range<usize>,
@@ -218,13 +250,13 @@ impl CMatrix {
                         let t = &self.tiles[ti];
                         let tr = r - t.row0..e - t.row0;
                         if matches!(t.values, Values::I4 { .. }) {
-                            limbs::decode_i4(simd, t, tr.clone(), codes);
+                            limbs::decode_i4(ints == Ints::Avx512, t, tr.clone(), codes);
                         }
                         let vals = IntValues::of(t, codes, tr.clone());
                         let dense = t.pattern() == Pattern::Dense;
                         *stride = if lanes.is_some() && dense {
                             Some(limbs::copy_panel(t, vals, tr, panel))
-                        } else if simd && n > limbs::MAX_TOKENS && !dense {
+                        } else if ints != Ints::Scalar && n > limbs::MAX_TOKENS && !dense {
                             Some(limbs::expand_panel(t, vals, tr, panel))
                         } else {
                             None
@@ -263,9 +295,9 @@ impl CMatrix {
                             let vals = IntValues::of(t, codes, tr.clone());
                             let sums = &self.int_sums[ti];
                             match (lanes, *stride) {
-                                (None, None) if self.row_lanes[ti].is_some() => {
+                                (None, None) if self.row_lanes[ti].is_some() && ints != Ints::Avx2 => {
                                     let rl = self.row_lanes[ti].as_ref().expect("checked");
-                                    limbs::row_dots(simd, rl, sums, tr.clone(), xs, off, dots)
+                                    limbs::row_dots(ints == Ints::Avx512, rl, sums, tr.clone(), xs, off, dots)
                                 }
                                 (Some((tx, tu)), Some(st)) => {
                                     let tokens = if u { tu } else { tx };
@@ -274,6 +306,7 @@ impl CMatrix {
                                 }
                                 (Some(_), None) => unreachable!("every tile has a panel with the lanes"),
                                 (None, Some(st)) => limbs::tile_dots_expanded(
+                                    ints,
                                     t,
                                     vals,
                                     sums,
@@ -284,10 +317,10 @@ impl CMatrix {
                                     dots,
                                 ),
                                 (None, None) => {
-                                    limbs::tile_dots(simd, t, vals, sums, tr.clone(), xs, off, dots)
+                                    limbs::tile_dots(ints, t, vals, sums, tr.clone(), xs, off, dots)
                                 }
                             }
-                            if single && per_row == 1 && simd {
+                            if single && per_row == 1 && ints == Ints::Avx512 {
                                 let sc = &scale[r - t.row0..e - t.row0];
                                 let at = t0 * self.rows + r;
                                 // SAFETY: the caller's contract (rows r .. e < rows.end, token t0 < n);

@@ -34,6 +34,22 @@ fn decoded(simd: bool, t: &Tile, rows: std::ops::Range<usize>) -> Vec<i8> {
     want
 }
 
+/// A 2:4 mask of `rows × cols` (a multiple of 4) keeping two of every four columns, at random.
+fn two_of_four(rng: &mut TestRng, rows: usize, cols: usize) -> Vec<u64> {
+    let words = mask_words(cols);
+    let mut mask = vec![0u64; rows * words];
+    for r in 0..rows {
+        for g in (0..cols).step_by(4) {
+            let a = rng.below(4);
+            let b = (a + 1 + rng.below(3)) % 4;
+            for c in [g + a, g + b] {
+                mask[r * words + c / 64] |= 1 << (c % 64);
+            }
+        }
+    }
+    mask
+}
+
 /// Rows made of whole int4 groups (every row's kept count a multiple of 32: exact 2:4 rows a
 /// multiple of 64 wide, dense rows a multiple of 32), which the SIMD path decodes as one stream of
 /// groups: the same codes as the scalar decode for every run of rows, odd and even group counts.
@@ -46,18 +62,7 @@ fn int4_decode_of_whole_groups_equals_the_reference() {
     let nm = Pattern::NM { n: 2, m: 4 };
     for (pattern, cols) in [(Pattern::Dense, 32), (Pattern::Dense, 96), (nm, 64), (nm, 576)] {
         let rows = 9;
-        let words = mask_words(cols);
-        let mut mask = vec![0u64; if pattern == Pattern::Dense { 0 } else { rows * words }];
-        for r in 0..mask.len() / words.max(1) {
-            for g in (0..cols).step_by(4) {
-                // Two of every four columns, at random.
-                let a = rng.below(4);
-                let b = (a + 1 + rng.below(3)) % 4;
-                for c in [g + a, g + b] {
-                    mask[r * words + c / 64] |= 1 << (c % 64);
-                }
-            }
-        }
+        let mask = if pattern == Pattern::Dense { Vec::new() } else { two_of_four(&mut rng, rows, cols) };
         let t = masked_tile(&mut rng, (0, rows), (0, cols), pattern, mask, ValueType::I4);
         assert!((0..rows).all(|r| t.row_kept(r).is_multiple_of(32)), "{cols} cols: not whole groups");
         for run in [0..rows, 0..1, 2..5, 3..7, 8..9, 4..4] {
@@ -72,8 +77,14 @@ fn int4_decode_of_whole_groups_equals_the_reference() {
 /// mid-token; and they are `Σ q·x̂` within the activations' rounding of the f64 product.
 #[test]
 fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
-    use super::limbs::{expand_panel, row_sums, tile_dots, tile_dots_expanded, IntValues, Limbs};
+    use super::limbs::{expand_panel, row_sums, tile_dots, tile_dots_expanded, IntValues, Ints, Limbs};
     let simd = require_isa("avx512vnni+vbmi+vbmi2");
+    // Every SIMD code this CPU runs, each against the scalar reference.
+    let codes: Vec<Ints> = [(Ints::Avx2, "avx2"), (Ints::Avx512, "avx512vnni+vbmi+vbmi2")]
+        .into_iter()
+        .filter(|&(_, isa)| require_isa(isa))
+        .map(|(ints, _)| ints)
+        .collect();
     let mut rng = TestRng::new(21);
     for cols in [1, 5, 63, 64, 65, 200, 576] {
         for (pattern, vt) in PATTERNS.into_iter().flat_map(|p| [(p, ValueType::I8), (p, ValueType::I4)]) {
@@ -94,16 +105,18 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                         v
                     })
                     .collect();
+                // The scalar quantization: the same limbs as the AVX-512 one (tested below), and the
+                // words AVX2 reads.
                 let limbs: Vec<Limbs> = xs
                     .iter()
                     .map(|v| {
                         let mut l = Limbs::default();
-                        assert!(l.quantize(v));
+                        assert!(l.quantize_with(Ints::Scalar, v));
                         l
                     })
                     .collect();
                 let mut want = vec![0i64; rows * 4];
-                tile_dots(false, &t, vals, &sums, 0..rows, &limbs, col0, &mut want);
+                tile_dots(Ints::Scalar, &t, vals, &sums, 0..rows, &limbs, col0, &mut want);
                 let words = mask_words(cols);
                 for (j, (x, l)) in xs.iter().zip(&limbs).enumerate() {
                     for r in 0..rows {
@@ -128,20 +141,23 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                         );
                     }
                 }
-                if simd {
+                for &ints in &codes {
                     for nt in 1..=4 {
                         let mut got = vec![0i64; rows * nt];
-                        tile_dots(true, &t, vals, &sums, 0..rows, &limbs[..nt], col0, &mut got);
+                        tile_dots(ints, &t, vals, &sums, 0..rows, &limbs[..nt], col0, &mut got);
                         let want_nt: Vec<i64> = (0..rows)
                             .flat_map(|r| (0..nt).map(move |j| (r, j)))
                             .map(|(r, j)| want[r * 4 + j])
                             .collect();
-                        assert_eq!(got, want_nt, "{cols} cols, {p:?} {vt:?}, col0 {col0}, {nt} tokens");
+                        assert_eq!(
+                            got, want_nt,
+                            "{ints:?}: {cols} cols, {p:?} {vt:?}, col0 {col0}, {nt} tokens"
+                        );
                     }
                     // A sub-range of rows alone (an int4 tile's decoded alone) gives the same integers.
                     let mut part = vec![0i64; 3];
-                    tile_dots(true, &t, part_vals, &sums, 2..5, &limbs[..1], col0, &mut part);
-                    assert_eq!(part, [want[2 * 4], want[3 * 4], want[4 * 4]]);
+                    tile_dots(ints, &t, part_vals, &sums, 2..5, &limbs[..1], col0, &mut part);
+                    assert_eq!(part, [want[2 * 4], want[3 * 4], want[4 * 4]], "{ints:?}");
                     // And so do rows expanded once into a panel (what a prefill reads).
                     if p != Pattern::Dense {
                         let mut panel = vec![7i8; 3];
@@ -151,6 +167,7 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                                 let mut got = vec![0i64; range.len() * nt];
                                 let src = (&panel[..], stride);
                                 tile_dots_expanded(
+                                    ints,
                                     &t,
                                     v,
                                     &sums,
@@ -167,7 +184,7 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
                                     .collect();
                                 assert_eq!(
                                     got, want_nt,
-                                    "panel: {cols} cols, {p:?} {vt:?}, col0 {col0}, {range:?}"
+                                    "{ints:?} panel: {cols} cols, {p:?} {vt:?}, col0 {col0}, {range:?}"
                                 );
                             }
                         }
@@ -186,7 +203,7 @@ fn limb_dots_equal_the_reference_and_the_f64_product_within_the_rounding() {
     let t = random_tile(&mut rng, (0, 2), (0, 70), Pattern::Dense, ValueType::I8);
     let mut out = [1i64; 2];
     let vals = IntValues::of(&t, &[], 0..2);
-    tile_dots(false, &t, vals, &row_sums(&t).unwrap(), 0..2, std::slice::from_ref(&x), 0, &mut out);
+    tile_dots(Ints::Scalar, &t, vals, &row_sums(&t).unwrap(), 0..2, std::slice::from_ref(&x), 0, &mut out);
     assert_eq!(out, [0; 2]);
 }
 
@@ -219,8 +236,8 @@ fn a_non_finite_token_is_nan_and_leaves_its_batch_alone() {
 #[test]
 #[ignore = "timing, not a check"]
 fn limb_timings() {
-    if !super::limbs::simd_available() {
-        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI + VBMI + VBMI2 + DQ");
+    if Arith::best() == Arith::F32 {
+        eprintln!("SKIPPED: this CPU runs no integer SIMD (AVX2 or AVX-512 VNNI + VBMI + VBMI2 + DQ)");
         return;
     }
     let mut rng = TestRng::new(8);
@@ -232,7 +249,11 @@ fn limb_timings() {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 64]);
-    println!("{rows}×{cols}, 1 thread; f32 arithmetic ({:?}) vs exact integers", Isa::best());
+    println!(
+        "{rows}×{cols}, 1 thread; f32 arithmetic ({:?}) vs exact integers ({:?})",
+        Isa::best(),
+        Arith::best()
+    );
     for (name, pattern, density, vt) in [
         ("dense int8", Pattern::Dense, 100, ValueType::I8),
         ("dense int4", Pattern::Dense, 100, ValueType::I4),
@@ -302,7 +323,7 @@ fn limb_timings() {
             let (mut float, mut exact) = (Vec::new(), Vec::new());
             for _ in 0..3 {
                 float.push(time(&mut || m.matmul_arith(Isa::best(), Arith::F32, &xs, n, &mut out)));
-                exact.push(time(&mut || m.matmul_arith(Isa::best(), Arith::IntSimd, &xs, n, &mut out)));
+                exact.push(time(&mut || m.matmul_arith(Isa::best(), Arith::best(), &xs, n, &mut out)));
             }
             float.sort_by(f64::total_cmp);
             exact.sort_by(f64::total_cmp);
@@ -321,16 +342,29 @@ fn limb_timings() {
 
 #[test]
 fn limb_quantization_simd_equals_scalar() {
-    use super::limbs::Limbs;
-    if !require_isa("avx512vnni+vbmi+vbmi2") {
-        return;
-    }
+    use super::limbs::{Ints, Limbs};
+    let codes: Vec<Ints> = [(Ints::Avx2, "avx2"), (Ints::Avx512, "avx512vnni+vbmi+vbmi2")]
+        .into_iter()
+        .filter(|&(_, isa)| require_isa(isa))
+        .map(|(ints, _)| ints)
+        .collect();
     let mut rng = TestRng::new(33);
+    // The same limbs and step, and where both have them the same 16-bit words (each `x̂`'s halves;
+    // zero past the token, where the limbs are zero bytes).
     let same = |a: &Limbs, b: &Limbs, what: &str| {
         assert_eq!(a.width(), b.width(), "{what}");
         assert_eq!(a.scale().to_bits(), b.scale().to_bits(), "{what}");
         for c in 0..a.width() {
             assert_eq!(a.value(c), b.value(c), "{what}, column {c}");
+            let (lo, hi) = a.halves(c).expect("the scalar quantization writes words");
+            if a.value(c) == -(1 << 30) {
+                assert_eq!((lo, hi), (0, 0), "{what}, column {c}");
+                continue;
+            }
+            assert_eq!(i64::from(lo) + (i64::from(hi) << 15), a.value(c), "{what}, column {c}");
+            if let Some(h) = b.halves(c) {
+                assert_eq!(h, (lo, hi), "{what}, column {c}");
+            }
         }
     };
     let (mut s, mut v) = (Limbs::default(), Limbs::default());
@@ -355,15 +389,19 @@ fn limb_quantization_simd_equals_scalar() {
                     _ => {}
                 }
             }
-            assert_eq!(s.quantize_with(false, &x), v.quantize_with(true, &x));
-            same(&s, &v, &format!("{len} values, case {case}"));
+            for &ints in &codes {
+                assert_eq!(s.quantize_with(Ints::Scalar, &x), v.quantize_with(ints, &x));
+                same(&s, &v, &format!("{ints:?}: {len} values, case {case}"));
+            }
         }
         if len > 0 {
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 let mut x = vec![0.5f32; len];
                 x[len - 1] = bad;
-                assert!(!s.quantize_with(false, &x) && !v.quantize_with(true, &x));
-                same(&s, &v, &format!("{len} values ending in {bad}"));
+                for &ints in &codes {
+                    assert!(!s.quantize_with(Ints::Scalar, &x) && !v.quantize_with(ints, &x));
+                    same(&s, &v, &format!("{ints:?}: {len} values ending in {bad}"));
+                }
             }
         }
     }
@@ -372,7 +410,8 @@ fn limb_quantization_simd_equals_scalar() {
 #[test]
 fn lane_dots_equal_the_reference() {
     use super::limbs::{
-        copy_panel, expand_panel, lane_dots, row_sums, tile_dots, IntValues, LaneLimbs, Limbs, LANE_TOKENS,
+        copy_panel, expand_panel, lane_dots, row_sums, tile_dots, IntValues, Ints, LaneLimbs, Limbs,
+        LANE_TOKENS,
     };
     if !require_isa("avx512vnni+vbmi+vbmi2") {
         return;
@@ -413,7 +452,7 @@ fn lane_dots_equal_the_reference() {
                             for (j, x) in xs.iter().enumerate().skip(b * LANE_TOKENS).take(LANE_TOKENS) {
                                 let mut want = vec![0i64; range.len()];
                                 tile_dots(
-                                    false,
+                                    Ints::Scalar,
                                     &t,
                                     vals,
                                     &sums,
@@ -440,7 +479,7 @@ fn lane_dots_equal_the_reference() {
 
 #[test]
 fn row_dots_equal_the_reference() {
-    use super::limbs::{row_dots, row_sums, tile_dots, IntValues, Limbs, RowLanes};
+    use super::limbs::{row_dots, row_sums, tile_dots, IntValues, Ints, Limbs, RowLanes};
     let simd = require_isa("avx512vnni+vbmi+vbmi2");
     let mut rng = TestRng::new(43);
     for rows in [1, 15, 16, 17, 40, 50] {
@@ -462,7 +501,7 @@ fn row_dots_equal_the_reference() {
                         .collect();
                     for range in [0..rows, rows / 3..rows - rows / 4, rows / 2..rows / 2] {
                         let mut want = vec![0i64; range.len() * n];
-                        tile_dots(false, &t, vals, &sums, range.clone(), &xs, col0, &mut want);
+                        tile_dots(Ints::Scalar, &t, vals, &sums, range.clone(), &xs, col0, &mut want);
                         for s in [false, true].into_iter().filter(|&s| !s || simd) {
                             let mut got = vec![i64::MIN; range.len() * n];
                             row_dots(s, &rl, &sums, range.clone(), &xs, col0, &mut got);
@@ -482,5 +521,59 @@ fn row_dots_equal_the_reference() {
     }
     if !simd {
         eprintln!("SKIPPED (SIMD half): this CPU has no AVX-512 VNNI + VBMI + VBMI2 + DQ");
+    }
+}
+
+/// 2:4 rows that keep two of every four columns, which AVX2 multiplies by the tokens' words gathered
+/// at each block's pattern instead of expanding them: the same integers as the scalar reference, for
+/// one to four tokens, int8 and int4 codes, tiles that start at a multiple of 8, widths past the
+/// i32 lanes' flush, sub-ranges of rows; and a tile with one group keeping less (expanded instead).
+#[test]
+fn avx2_two_of_four_rows_equal_the_reference() {
+    use super::limbs::{row_sums, tile_dots, IntValues, Ints, Limbs};
+    if !require_isa("avx2") {
+        return;
+    }
+    let mut rng = TestRng::new(41);
+    let nm = Pattern::NM { n: 2, m: 4 };
+    for (cols, col0, short) in
+        [(32, 0, false), (64, 8, false), (576, 0, false), (4160, 64, false), (576, 0, true)]
+    {
+        for vt in [ValueType::I8, ValueType::I4] {
+            let rows = 9;
+            let words = mask_words(cols);
+            let mut mask = two_of_four(&mut rng, rows, cols);
+            if short {
+                // Row 4's last group keeps one column.
+                let c = (mask[4 * words + (cols - 1) / 64] >> ((cols - 4) % 64)).trailing_zeros() as usize;
+                mask[4 * words + (cols - 4 + c) / 64] &= !(1 << ((cols - 4 + c) % 64));
+            }
+            let t = masked_tile(&mut rng, (0, rows), (col0, cols), nm, mask, vt);
+            let sums = row_sums(&t).unwrap();
+            let dec = decoded(false, &t, 0..rows);
+            let vals = IntValues::of(&t, &dec, 0..rows);
+            let limbs: Vec<Limbs> = (0..4)
+                .map(|_| {
+                    let mut v = rng.vec(col0 + cols, 1.0);
+                    v[rng.below(col0 + cols)] = -40.0;
+                    let mut l = Limbs::default();
+                    assert!(l.quantize_with(Ints::Scalar, &v));
+                    l.gather_pairs();
+                    l
+                })
+                .collect();
+            for nt in 1..=4 {
+                let (mut want, mut got) = (vec![0i64; rows * nt], vec![1i64; rows * nt]);
+                tile_dots(Ints::Scalar, &t, vals, &sums, 0..rows, &limbs[..nt], col0, &mut want);
+                tile_dots(Ints::Avx2, &t, vals, &sums, 0..rows, &limbs[..nt], col0, &mut got);
+                assert_eq!(got, want, "{cols} cols from {col0}, {vt:?}, {nt} tokens, short {short}");
+            }
+            let dec = decoded(false, &t, 3..8);
+            let vals = IntValues::of(&t, &dec, 3..8);
+            let (mut want, mut got) = (vec![0i64; 5], vec![1i64; 5]);
+            tile_dots(Ints::Scalar, &t, vals, &sums, 3..8, &limbs[..1], col0, &mut want);
+            tile_dots(Ints::Avx2, &t, vals, &sums, 3..8, &limbs[..1], col0, &mut got);
+            assert_eq!(got, want, "rows 3..8: {cols} cols from {col0}, {vt:?}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Exact integer products of int8 and int4 tiles: the arithmetic [`super::CMatrix`] runs for
-//! matrices whose tiles are all int8 or int4, on CPUs with AVX-512 VNNI, VBMI, VBMI2 and DQ (the module
-//! docs there say when).
+//! matrices whose tiles are all int8 or int4, on CPUs with AVX-512 VNNI, VBMI, VBMI2 and DQ, or all
+//! int8 on CPUs with AVX2 (the module docs there say when; [`Ints`] names the code, `avx2.rs` the
+//! AVX2 one, which reads each activation as two 16-bit words instead of the four byte limbs below).
 //!
 //! **Activations.** A token `x` is scaled once, `s = max|x| / (2³⁰ − 1)`, and rounded to integers
 //! `x̂ = round(x · (2³⁰ − 1) / max|x|)`, `|x̂| ≤ 2³⁰ − 1` (rounding ≤ 2⁻³¹ of `max|x|`, finer than
@@ -34,6 +35,8 @@ use std::ops::Range;
 
 use super::tile::{Pattern, Tile, Values};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod int4;
 mod lanes;
 mod rows;
@@ -50,6 +53,29 @@ pub const MAX_TOKENS: usize = 4;
 /// `2³⁰`: the offset that makes every rounded activation a non-negative 31-bit integer.
 const OFFSET: i64 = 1 << 30;
 
+/// Which code computes the exact integer sums ([`tile_dots`]): all give the same integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ints {
+    /// The scalar reference.
+    Scalar,
+    /// AVX2: each activation as two 16-bit halves ([`Limbs`]' words), `vpmaddwd` against the
+    /// codes widened to 16 bits ([`avx2_available`]).
+    Avx2,
+    /// AVX-512 VNNI: the four byte limbs, `vpdpbusd` ([`simd_available`]).
+    Avx512,
+}
+
+impl Ints {
+    /// Whether this CPU runs `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Ints::Scalar => true,
+            Ints::Avx2 => avx2_available(),
+            Ints::Avx512 => simd_available(),
+        }
+    }
+}
+
 /// One token's activations as four byte planes (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct Limbs {
@@ -58,6 +84,13 @@ pub struct Limbs {
     width: usize,
     /// Plane `l` is `planes[l·width .. (l + 1)·width]`.
     planes: Vec<u8>,
+    /// `x̂ = lo + 2¹⁵·hi` with `lo ∈ [0, 2¹⁵)` and `hi ∈ [−2¹⁵, 2¹⁵)`: `lo` at `words[..width]`,
+    /// `hi` at `words[width..]`, what [`Ints::Avx2`] reads. Written by the scalar quantization
+    /// only (empty after the AVX-512 one).
+    words: Vec<i16>,
+    /// For 2:4 rows on AVX2, the words gathered at each pattern of each 8-column block
+    /// ([`Limbs::gather_pairs`]); empty until asked for.
+    pairs: Vec<u8>,
     /// `s`: one step of `x̂` in units of `x`; NaN when the token is not finite.
     scale: f64,
 }
@@ -67,25 +100,35 @@ impl Limbs {
     /// which no integer stands for: the limbs are then all zero with a NaN step, so every product
     /// with them is NaN.
     pub fn quantize(&mut self, x: &[f32]) -> bool {
-        self.quantize_with(simd_available(), x)
+        let ints = if simd_available() { Ints::Avx512 } else { Ints::Scalar };
+        self.quantize_with(ints, x)
     }
 
-    /// [`Limbs::quantize`] by the AVX-512 path (`simd`) or the scalar reference: the same limbs
-    /// and step either way.
+    /// [`Limbs::quantize`] for `ints`: by its code (AVX2, AVX-512, or the scalar reference), the
+    /// same limbs and step whichever; all but the AVX-512 one also write the 16-bit words
+    /// [`Ints::Avx2`] reads.
     ///
     /// # Panics
-    /// When `simd` is asked of a CPU without [`simd_available`].
-    pub fn quantize_with(&mut self, simd: bool, x: &[f32]) -> bool {
-        assert!(!simd || simd_available(), "quantize: this CPU lacks the SIMD path");
-        let (m, finite) = match simd {
+    /// When `ints` is asked of a CPU without it.
+    pub fn quantize_with(&mut self, ints: Ints, x: &[f32]) -> bool {
+        assert!(ints.available(), "quantize: this CPU cannot run {ints:?}");
+        let (m, finite) = match ints {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has the features (asserted).
-            true => unsafe { avx512::max_abs(x) },
+            Ints::Avx512 => unsafe { avx512::max_abs(x) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Ints::Avx2 => unsafe { avx2::max_abs(x) },
             _ => x.iter().fold((0f32, true), |(m, fin), &v| (m.max(v.abs()), fin && v.is_finite())),
         };
         self.width = x.len().next_multiple_of(64) + 64;
         self.planes.clear();
         self.planes.resize(4 * self.width, 0);
+        self.words.clear();
+        self.pairs.clear();
+        if ints != Ints::Avx512 {
+            self.words.resize(2 * self.width, 0);
+        }
         if !finite {
             self.scale = f64::NAN;
             return false;
@@ -99,21 +142,52 @@ impl Limbs {
         let (p1, rest) = rest.split_at_mut(w);
         let (p2, p3) = rest.split_at_mut(w);
         let mut planes = [p0, p1, p2, p3];
-        if simd {
+        let split = w.min(self.words.len());
+        let (lo, hi) = self.words.split_at_mut(split);
+        let done = match ints {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has the features (asserted); every plane holds more than x.len() bytes.
-            unsafe {
-                avx512::planes(x, inv, planes)
-            };
-            return true;
-        }
-        for (c, &v) in x.iter().enumerate() {
-            let u = (round(f64::from(v) * inv) + OFFSET) as u32;
+            Ints::Avx512 => {
+                // SAFETY: the CPU has the features (asserted); every plane holds more than x.len() bytes.
+                unsafe { avx512::planes(x, inv, planes) };
+                return true;
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; the words hold as many as the planes. Returns the columns done.
+            Ints::Avx2 => unsafe { avx2::planes(x, inv, &mut planes, lo, hi) },
+            _ => 0,
+        };
+        for (c, &v) in x.iter().enumerate().skip(done) {
+            let q = round(f64::from(v) * inv);
+            let u = (q + OFFSET) as u32;
             for (l, p) in planes.iter_mut().enumerate() {
                 p[c] = (u >> (8 * l)) as u8;
             }
+            // |q| < 2³⁰: both halves fit in i16.
+            (lo[c], hi[c]) = ((q & 0x7fff) as i16, (q >> 15) as i16);
         }
         true
+    }
+
+    /// Column `c`'s 16-bit words `(lo, hi)`, when the limbs have them.
+    pub fn halves(&self, c: usize) -> Option<(i16, i16)> {
+        (!self.words.is_empty()).then(|| (self.words[c], self.words[self.width + c]))
+    }
+
+    /// Gathers the words at every pattern of 2:4 of every 8-column block, which [`Ints::Avx2`]
+    /// then multiplies 2:4 rows that keep two of every four columns by (without it, such rows are
+    /// expanded like any other masked row: the same integers).
+    ///
+    /// # Panics
+    /// When the CPU lacks [`avx2_available`] or the limbs have no words (the AVX-512 quantization).
+    pub fn gather_pairs(&mut self) {
+        assert!(avx2_available(), "gather_pairs: this CPU lacks AVX2");
+        assert_eq!(self.words.len(), 2 * self.width, "gather_pairs: limbs without words");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (lo, hi) = self.words.split_at(self.width);
+            // SAFETY: the CPU has AVX2 (asserted); both halves hold `width` words, a multiple of 64.
+            unsafe { avx2::build_pairs(lo, hi, self.width, &mut self.pairs) };
+        }
     }
 
     /// `x̂` of column `c`.
@@ -197,19 +271,33 @@ pub fn simd_available() -> bool {
     }
 }
 
+/// Whether this CPU runs [`Ints::Avx2`]: AVX2 and POPCNT.
+pub fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The exact `Σ q·x̂` of tile rows `rows` (tile-relative) with each token of `xs`, whose column
 /// `col_off` is the tile's first: `dots[i·xs.len() + j]` for row `rows.start + i` and token `j`.
-/// With `simd` the AVX-512 path runs, else the scalar reference; both give the same integers.
+/// `ints` picks the code; all give the same integers ([`Ints::Avx2`] reads the words of the
+/// scalar quantization, [`Limbs::quantize_with`]).
 /// `vals` holds the rows' int8 codes ([`IntValues`]), `sums` is [`row_sums`] of the tile. A token
 /// that is not finite gives an arbitrary integer (its NaN step makes the product NaN).
 ///
 /// # Panics
 /// When the tile does not [`fits`], `vals` does not hold `rows`, `sums` is another tile's, `xs` holds no or more than
 /// [`MAX_TOKENS`] tokens or tokens of different widths, the planes do not reach `col_off` + the tile's width rounded up to
-/// 64, `rows` is outside the tile, `dots` is short, or `simd` is asked of a CPU without it.
+/// 64, `rows` is outside the tile, `dots` is short, `ints` is asked of a CPU without it, or
+/// [`Ints::Avx2`] of tokens without words.
 #[allow(clippy::too_many_arguments)]
 pub fn tile_dots(
-    simd: bool,
+    ints: Ints,
     t: &Tile,
     vals: IntValues<'_>,
     sums: &[i32],
@@ -220,17 +308,28 @@ pub fn tile_dots(
 ) {
     check(t, sums, &rows, xs, col_off, dots);
     vals.check(t, &rows);
-    if !simd {
-        reference(Job { t, vals, sums, xs, col_off, panel: None }, rows, dots);
-        return;
+    simd_dots(ints, Job { t, vals, sums, xs, col_off, panel: None }, rows, dots);
+}
+
+/// `job` on `ints`' code (its arguments checked by the caller).
+fn simd_dots(ints: Ints, job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
+    assert!(ints.available(), "tile_dots: this CPU cannot run {ints:?}");
+    match ints {
+        Ints::Scalar => reference(job, rows, dots),
+        #[cfg(target_arch = "x86_64")]
+        Ints::Avx2 => {
+            assert!(job.xs.iter().all(|x| x.words.len() == 2 * x.width), "tile_dots: tokens without words");
+            // SAFETY: the features are present (asserted); the tile's arrays are consistent
+            // (checked at construction); every token's words cover columns col_off .. reach
+            // (asserted by check, and above).
+            unsafe { avx2::dots(job, rows, dots) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for the planes.
+        Ints::Avx512 => unsafe { avx512::dots(job, rows, dots) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("{ints:?} on a CPU without it"),
     }
-    assert!(simd_available(), "tile_dots: this CPU lacks AVX-512 VNNI / VBMI2");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the features are present (asserted); the tile's arrays are consistent (checked at
-    // construction); every plane covers columns col_off .. reach (asserted by check).
-    unsafe {
-        avx512::dots(Job { t, vals, sums, xs, col_off, panel: None }, rows, dots)
-    };
 }
 
 /// [`tile_dots`]'s argument checks (see its panics).
@@ -251,23 +350,29 @@ fn check(t: &Tile, sums: &[i32], rows: &Range<usize>, xs: &[Limbs], col_off: usi
 /// a block of rows is expanded once for every token of a prefill rather than once per pass.
 ///
 /// # Panics
-/// When the tile does not [`fits`], is dense, `rows` is outside it or `vals` does not hold them, or
-/// the CPU lacks [`simd_available`].
+/// When the tile does not [`fits`], is dense, or `rows` is outside it or `vals` does not hold them,
+/// or the CPU lacks AVX2.
 pub fn expand_panel(t: &Tile, vals: IntValues<'_>, rows: Range<usize>, panel: &mut Vec<i8>) -> usize {
     assert!(fits(t) && t.pattern != Pattern::Dense, "expand_panel: a masked int8 / int4 tile only");
     assert!(rows.start <= rows.end && rows.end <= t.rows, "expand_panel: rows {rows:?} of {}", t.rows);
     vals.check(t, &rows);
-    assert!(simd_available(), "expand_panel: this CPU lacks AVX-512 VNNI / VBMI2");
     let stride = t.cols.next_multiple_of(64);
     let len = rows.len() * stride;
     if panel.len() < len {
         panel.resize(len, 0);
     }
+    let panel = &mut panel[..len];
+    assert!(avx2_available(), "expand_panel: this CPU lacks AVX2");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the features are present and the panel holds rows.len() × stride bytes (above); the
-    // tile's arrays are consistent (checked at construction).
+    // SAFETY: the features are present (asserted) and the panel holds rows.len() × stride bytes
+    // (above), stride a multiple of 64 ≥ cols; the tile's arrays are consistent (checked at
+    // construction).
     unsafe {
-        avx512::expand_panel(t, vals, rows, &mut panel[..len], stride)
+        if simd_available() {
+            avx512::expand_panel(t, vals, rows, panel, stride)
+        } else {
+            avx2::expand_panel(t, vals, rows, panel, stride)
+        }
     };
     stride
 }
@@ -277,9 +382,11 @@ pub fn expand_panel(t: &Tile, vals: IntValues<'_>, rows: Range<usize>, panel: &m
 ///
 /// # Panics
 /// As [`tile_dots`], and when the panel is shorter than `rows.len() × stride` or `stride` is not
-/// the one [`expand_panel`] returned for `t`.
+/// the one [`expand_panel`] returned for `t`, or `ints` is the scalar reference (which reads the
+/// tile itself: [`tile_dots`]).
 #[allow(clippy::too_many_arguments)] // the tile, its values and the panel are separate borrows
 pub fn tile_dots_expanded(
+    ints: Ints,
     t: &Tile,
     vals: IntValues<'_>,
     sums: &[i32],
@@ -292,13 +399,10 @@ pub fn tile_dots_expanded(
     assert_eq!(stride, t.cols.next_multiple_of(64), "tile_dots_expanded: stride of another tile");
     assert!(panel.len() >= rows.len() * stride, "tile_dots_expanded: short panel");
     check(t, sums, &rows, xs, col_off, dots);
-    assert!(simd_available(), "tile_dots_expanded: this CPU lacks AVX-512 VNNI / VBMI2");
+    assert!(ints != Ints::Scalar, "tile_dots_expanded: a SIMD path");
     let panel = Some(Panel { q: panel, stride, first: rows.start });
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in tile_dots; the panel holds every row of `rows` (asserted).
-    unsafe {
-        avx512::dots(Job { t, vals, sums, xs, col_off, panel }, rows, dots)
-    };
+    // The panel holds every row of `rows` (asserted).
+    simd_dots(ints, Job { t, vals, sums, xs, col_off, panel }, rows, dots);
 }
 
 /// A [`tile_dots`] call's tile, its row sums, tokens and first column (checked there), and the

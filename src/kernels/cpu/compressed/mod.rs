@@ -15,7 +15,12 @@
 //! chosen by its tiles and the CPU alone, never by the batch ([`Arith`]):
 //!
 //! - **Exact integers** ([`limbs`]), when every tile is int8 or int4 and the CPU has AVX-512 VNNI,
-//!   VBMI, VBMI2 and DQ (an int4 tile's rows decoded to their int8 codes a block at a time):
+//!   VBMI, VBMI2 and DQ (an int4 tile's rows decoded to their int8 codes a block at a time), or
+//!   when every tile, V's included, is int8, some tile of S is masked and the CPU has AVX2
+//!   ([`Arith::IntAvx2`]; dense matrices keep f32 there, `CMatrix::routes` says why: each token's
+//!   integers as two 16-bit words and `vpmaddwd` instead of the byte limbs and `vpdpbusd`, a 2:4 row
+//!   that keeps two of every four columns multiplied at its kept columns only; the same integers,
+//!   so the same bits as AVX-512). On AVX-512:
 //!   each token is rounded once to 31-bit integers in four byte limbs (`x` and `V·x` each with its
 //!   own step), every tile row's `Σ q·x̂` is summed exactly in integers (`vpdpbusd` on the stored
 //!   values, `vpexpandb` putting a sparse row's kept values back at their columns), and a row's
@@ -27,8 +32,10 @@
 //!   time across the vector lanes. With a low-rank part and fewer than 16 tokens, `V·x` and S's
 //!   rows go in one split over the threads, each row's sum over S's tiles kept in f64, and then
 //!   U's rows (`rank` columns, too narrow for a reduction per row to pay) 16 at a time across the
-//!   lanes ([`limbs::RowLanes`], a copy of U's codes laid out so) finish them.
-//! - **f32**, for matrices with f16 tiles and on CPUs without VNNI / VBMI / VBMI2 / DQ: the input is
+//!   lanes ([`limbs::RowLanes`], a copy of U's codes laid out so) finish them. AVX2 takes up to
+//!   four tokens per pass throughout, U's rows like any others.
+//! - **f32**, for matrices with f16 tiles, on AVX2 for dense matrices and those with int4 tiles, and
+//!   on CPUs without AVX2: the input is
 //!   copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each rounded
 //!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width
 //!   (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
@@ -115,31 +122,38 @@ impl Isa {
 }
 
 /// Which arithmetic a matrix of int8 and int4 tiles runs (see the module docs); matrices with f16 tiles
-/// always run f32.
+/// always run f32, and so do those with int4 tiles under [`Arith::IntAvx2`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arith {
     /// The f32 panels and fused decode, on the given [`Isa`].
     F32,
     /// Exact integers, the scalar reference.
     IntScalar,
+    /// Exact integers, AVX2, for matrices of int8 tiles with a masked one (the others run f32).
+    IntAvx2,
     /// Exact integers, AVX-512 VNNI + VBMI + VBMI2 + DQ.
     IntSimd,
 }
 
 impl Arith {
-    /// What [`CMatrix::matmul`] runs on this CPU: the integer SIMD path when it has AVX-512 VNNI and
-    /// VBMI + VBMI2 + DQ (and `SLATE_SIMD=avx2` does not cap it), else f32.
+    /// What [`CMatrix::matmul`] runs on this CPU: the AVX-512 integers when it has AVX-512 VNNI and
+    /// VBMI + VBMI2 + DQ (and `SLATE_SIMD=avx2` does not cap it), else the AVX2 integers when it
+    /// has AVX2, else f32.
     pub fn best() -> Arith {
-        if Isa::best() == Isa::Avx512 && limbs::simd_available() {
-            Arith::IntSimd
-        } else {
-            Arith::F32
+        match Isa::best() {
+            Isa::Avx512 if limbs::simd_available() => Arith::IntSimd,
+            Isa::Avx512 | Isa::Avx2 if limbs::avx2_available() => Arith::IntAvx2,
+            _ => Arith::F32,
         }
     }
 
     /// Whether this CPU can run `self`.
     pub fn available(self) -> bool {
-        self != Arith::IntSimd || limbs::simd_available()
+        match self {
+            Arith::F32 | Arith::IntScalar => true,
+            Arith::IntAvx2 => limbs::avx2_available(),
+            Arith::IntSimd => limbs::simd_available(),
+        }
     }
 }
 
@@ -177,6 +191,10 @@ pub struct CMatrix {
     /// ([`limbs::fits`]), and `Σ q` of each tile's rows for it (empty for the other tiles).
     int_ok: bool,
     int_sums: Vec<Vec<i32>>,
+    /// Whether some tile of S is 2:4 keeping two of every four columns, in whole 32-column steps
+    /// from a multiple of 8: the tokens' words are then gathered for it under AVX2 integers
+    /// ([`limbs::Limbs::gather_pairs`]).
+    pairs: bool,
     /// Per tile, for the dense int8 tiles of `U` under the integer arithmetic, their codes with the
     /// rows across the lanes ([`limbs::RowLanes`]), which decode reads instead of the rows.
     row_lanes: Vec<Option<limbs::RowLanes>>,
@@ -261,6 +279,14 @@ impl CMatrix {
             .iter()
             .map(|t| if int_ok { limbs::row_sums(t).unwrap_or_default() } else { Vec::new() })
             .collect();
+        let pairs = tiles.iter().any(|t| {
+            t.pattern == Pattern::NM { n: 2, m: 4 }
+                && t.rows > 0
+                && t.cols.is_multiple_of(32)
+                && t.col0 < cols
+                && t.col0.is_multiple_of(8)
+                && t.row_start[t.rows] == t.rows * t.cols / 2
+        });
         let row_lanes = tiles
             .iter()
             .map(|t| if int_ok && t.col0 >= cols { limbs::RowLanes::of(t) } else { None })
@@ -277,6 +303,7 @@ impl CMatrix {
             fusable: true,
             int_ok,
             int_sums,
+            pairs,
             row_lanes,
         };
         m.bands = m.bands();
@@ -460,23 +487,23 @@ impl CMatrix {
         }
         let x = &x[..n * self.cols];
         let mut bufs = BUFS.with(Cell::take);
-        let int = self.int_route(arith);
-        let v_int = self.v.as_ref().is_some_and(|v| v.int_route(arith).is_some());
-        if let (Some(simd), true) = (int, v_int && n < limbs::LANE_TOKENS) {
+        let (int, v_route) = self.routes(arith);
+        let v_int = v_route.is_some();
+        if let (Some(ints), true) = (int, v_int && n < limbs::LANE_TOKENS) {
             // V·x and S's rows in one split over the threads (V's rows are its first units, so
             // its bytes are read while S's stream rather than before them, with no thread
             // idle), then U's rows across the lanes. Each row's f64 sum runs over its tiles in
             // the same order as below, so the bits are the same.
-            quantize_tokens(&mut bufs.lx, x, self.cols, n);
+            quantize_tokens(ints, self.pairs, &mut bufs.lx, x, self.cols, n);
             bufs.partial.clear();
             bufs.partial.resize(n * self.rows, 0.0);
             bufs.t.clear();
             bufs.t.resize(n * self.rank, 0.0);
             let (stash, t) = (bufs.partial.as_mut_ptr(), bufs.t.as_mut_ptr());
-            self.int_s_and_v(simd, split, &bufs.lx[..n], n, stash, t);
-            quantize_tokens(&mut bufs.lu, &bufs.t, self.rank, n);
+            self.int_s_and_v(ints, split, &bufs.lx[..n], n, stash, t);
+            quantize_tokens(ints, false, &mut bufs.lu, &bufs.t, self.rank, n);
             let finish = integer::Sink::Finish(bufs.partial.as_ptr(), out.as_mut_ptr());
-            self.int_product(simd, split, integer::Part::U, &[], &bufs.lu[..n], n, finish);
+            self.int_product(ints, split, integer::Part::U, &[], &bufs.lu[..n], n, finish);
             BUFS.with(|c| c.set(bufs));
             return;
         }
@@ -484,11 +511,11 @@ impl CMatrix {
         if let Some(v) = &self.v {
             bufs.t.clear();
             bufs.t.resize(n * self.rank, 0.0);
-            if let Some(simd) = v.int_route(arith) {
-                quantize_tokens(&mut bufs.lx, x, self.cols, n);
-                x_quantized = true;
+            if let Some(ints) = v_route {
+                quantize_tokens(ints, self.pairs, &mut bufs.lx, x, self.cols, n);
+                x_quantized = int.is_none_or(|s| s == ints);
                 let sink = integer::Sink::Out(bufs.t.as_mut_ptr());
-                v.int_product(simd, split, integer::Part::All, &bufs.lx[..n], &[], n, sink);
+                v.int_product(ints, split, integer::Part::All, &bufs.lx[..n], &[], n, sink);
             } else {
                 let wv = v.padded_width();
                 bufs.xin_v.clear();
@@ -499,16 +526,16 @@ impl CMatrix {
                 v.rows_product(isa, split, &bufs.xin_v, n, &mut bufs.t);
             }
         }
-        if let Some(simd) = int {
+        if let Some(ints) = int {
             if !x_quantized {
-                quantize_tokens(&mut bufs.lx, x, self.cols, n);
+                quantize_tokens(ints, self.pairs, &mut bufs.lx, x, self.cols, n);
             }
             if self.rank > 0 {
-                quantize_tokens(&mut bufs.lu, &bufs.t, self.rank, n);
+                quantize_tokens(ints, false, &mut bufs.lu, &bufs.t, self.rank, n);
             }
             let lu = if self.rank > 0 { &bufs.lu[..n] } else { &[][..] };
             let sink = integer::Sink::Out(out.as_mut_ptr());
-            self.int_product(simd, split, integer::Part::All, &bufs.lx[..n], lu, n, sink);
+            self.int_product(ints, split, integer::Part::All, &bufs.lx[..n], lu, n, sink);
         } else {
             self.fill_input(x, n, &mut bufs);
             self.rows_product(isa, split, &bufs.xin, n, out);

@@ -227,6 +227,7 @@ fn simd_expansion_equals_scalar_bit_for_bit() {
 fn every_isa_equals_scalar_and_batched_equals_alone() {
     let isas = simd_isas();
     let int_simd = require_isa("avx512vnni+vbmi+vbmi2");
+    let int_avx2 = require_isa("avx2");
     let mut rng = TestRng::new(7);
     for_each_matrix(|m, what| {
         for n in [1, 2, 3, 4, 5, 8, 33] {
@@ -247,8 +248,19 @@ fn every_isa_equals_scalar_and_batched_equals_alone() {
                 m.matmul_arith(Isa::best(), Arith::IntSimd, &x, n, &mut got);
                 assert_eq!(bits(&got), bits(&want_int), "{what}, n = {n}: integer SIMD vs scalar");
             }
+            // AVX2 integers: the matrix whole (int8 tiles, V's included), or f32.
+            let avx2_want = if m.routes(Arith::IntAvx2).0.is_some() { &want_int } else { &want_f32 };
+            if int_avx2 {
+                let mut got = vec![f32::NAN; n * m.rows];
+                m.matmul_arith(Isa::best(), Arith::IntAvx2, &x, n, &mut got);
+                assert_eq!(bits(&got), bits(avx2_want), "{what}, n = {n}: integer AVX2 vs scalar");
+            }
             // What `matmul` runs here, on the pool and one token at a time.
-            let want = if Arith::best() == Arith::F32 { &want_f32 } else { &want_int };
+            let want = match Arith::best() {
+                Arith::F32 => &want_f32,
+                Arith::IntAvx2 => avx2_want,
+                Arith::IntScalar | Arith::IntSimd => &want_int,
+            };
             let mut pooled = vec![f32::NAN; n * m.rows];
             m.matmul(&x, n, &mut pooled);
             assert_eq!(bits(&pooled), bits(want), "{what}, n = {n}: matmul on the pool vs scalar");

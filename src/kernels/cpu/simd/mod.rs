@@ -199,7 +199,9 @@ macro_rules! vector_math {
 pub(crate) use vector_math;
 
 /// Test support for the ISA-specific paths: whether this CPU has `isa`: `"avx2+fma"`, `"avx2+fma+f16c"`,
-/// `"avx512f"` (with AVX2 + FMA) or `"avx512vnni"` (AVX-512 VNNI and VL, with AVX-512F). When it has
+/// `"avx512f"` (with AVX2 + FMA), `"avx512vnni"` (AVX-512 VNNI and VL, with AVX-512F),
+/// `"avx512vnni+vbmi+vbmi2"` (the compressed integers' AVX-512 path) or `"avx2"` (their AVX2 path,
+/// with POPCNT). When it has
 /// not, prints `skipped: <test>: this CPU has no <isa>` to stderr (the test's name taken from its
 /// thread) and returns false, and the test returns. With `SLATE_TEST_REQUIRE_ISA=1` in the
 /// environment it panics instead, so a run on a machine that has every ISA cannot skip silently.
@@ -211,6 +213,7 @@ pub(crate) fn require_isa(isa: &str) -> bool {
         "avx512f" => cpu_has_avx512(),
         "avx512vnni" => cpu_has_avx512_vnni(),
         "avx512vnni+vbmi+vbmi2" => crate::kernels::cpu::compressed::limbs::simd_available(),
+        "avx2" => crate::kernels::cpu::compressed::limbs::avx2_available(),
         _ => panic!("require_isa: unknown ISA {isa:?}"),
     };
     if !has {
