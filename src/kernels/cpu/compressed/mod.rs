@@ -17,10 +17,10 @@
 //! - **Exact integers** ([`limbs`]), when every tile is int8 or int4 and the CPU has AVX-512 VNNI,
 //!   VBMI, VBMI2 and DQ (an int4 tile's rows decoded to their int8 codes a block at a time), or
 //!   when every tile, V's included, is int8, some tile of S is masked and the CPU has AVX2
-//!   ([`Arith::IntAvx2`]; dense matrices keep f32 there, `CMatrix::routes` says why: each token's
-//!   integers as two 16-bit words and `vpmaddwd` instead of the byte limbs and `vpdpbusd`, a 2:4 row
-//!   that keeps two of every four columns multiplied at its kept columns only; the same integers,
-//!   so the same bits as AVX-512). On AVX-512:
+//!   ([`Arith::IntAvx2`]: each token's integers as two 16-bit words and `vpmaddwd` instead of the
+//!   byte limbs and `vpdpbusd`, a 2:4 row that keeps two of every four columns multiplied at its
+//!   kept columns only; the same integers, so the same bits as AVX-512; dense matrices keep f32
+//!   there, `CMatrix::routes` says why). On AVX-512:
 //!   each token is rounded once to 31-bit integers in four byte limbs (`x` and `V·x` each with its
 //!   own step), every tile row's `Σ q·x̂` is summed exactly in integers (`vpdpbusd` on the stored
 //!   values, `vpexpandb` putting a sparse row's kept values back at their columns), and a row's
