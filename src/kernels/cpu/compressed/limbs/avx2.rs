@@ -4,7 +4,7 @@
 //! go back to their columns by a `vpshufb` whose control comes from a table of the mask's bytes.
 //! A 2:4 row that keeps exactly two of every four columns is not expanded: its kept values are
 //! multiplied by the token's words at their columns, gathered beforehand for each 8-column block and
-//! each of its 36 patterns ([`build_pairs`], [`super::Limbs::pairs`]), so it costs half a dense
+//! each of its 36 patterns ([`build_pairs`], [`super::Limbs::gather_pairs`]), so it costs half a dense
 //! row's multiplies. The same integers as the scalar reference and the AVX-512 limbs.
 //!
 //! Bounds: a product is at most `128 · 2¹⁵ = 2²²` in magnitude, a lane takes two per 16-column
