@@ -66,14 +66,15 @@ const fn gather_table() -> [[u8; 16]; BLOCK_PATTERNS / 2] {
     t
 }
 
-/// `pairs` (grown as needed) = for each 8-column block `b` of the words (`lo` and `hi`, `width`
-/// columns, a multiple of 8) and each block pattern `p`, at `(b · 36 + p) · 16`: the four `lo`
-/// words of the columns `p` keeps, then their four `hi` words.
+/// `pairs` (grown as needed, never shrunk) = for each 8-column block `b` of the words (`lo` and
+/// `hi`, `width` columns, a multiple of 8) and each block pattern `p`, at `(b · 36 + p) · 16`: the
+/// four `lo` words of the columns `p` keeps, then their four `hi` words. Returns the bytes written
+/// (every one of them).
 ///
 /// # Safety
 /// The CPU has AVX2; `lo` and `hi` hold `width` words.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn build_pairs(lo: &[i16], hi: &[i16], width: usize, pairs: &mut Vec<u8>) {
+pub(super) unsafe fn build_pairs(lo: &[i16], hi: &[i16], width: usize, pairs: &mut Vec<u8>) -> usize {
     assert!(width.is_multiple_of(8) && lo.len() >= width && hi.len() >= width, "build_pairs: short words");
     let len = width / 8 * BLOCK_PATTERNS * ENTRY;
     if pairs.len() < len {
@@ -97,6 +98,7 @@ pub(super) unsafe fn build_pairs(lo: &[i16], hi: &[i16], width: usize, pairs: &m
             }
         }
     }
+    len
 }
 
 /// Columns summed in i32 lanes before they go into the i64 sums (see the module docs).
@@ -232,7 +234,7 @@ pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
         && t.cols.is_multiple_of(32)
         && job.col_off.is_multiple_of(8)
         && t.row_start[t.rows] == t.rows * t.cols / 2
-        && job.xs.iter().all(|x| x.pairs.len() >= blocks * BLOCK_PATTERNS * ENTRY);
+        && job.xs.iter().all(|x| x.gathered >= blocks * BLOCK_PATTERNS * ENTRY);
     // Expanded rows read as a dense tile's.
     let dense = t.pattern == Pattern::Dense || job.panel.is_some();
     // Register tiles of rows × tokens × 2 halves: with the rows' codes and one token's words, at
@@ -336,12 +338,7 @@ unsafe fn block24<const R: usize, const NT: usize>(
                 _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(AHEAD / 2).cast());
             }
             if c % FLUSH == 0 && c > 0 {
-                for i in 0..R {
-                    for j in 0..NT {
-                        sum[i][j] += combine(acc[i][j][0], acc[i][j][1]);
-                        acc[i][j] = [zero; 2];
-                    }
-                }
+                flush(&mut acc, &mut sum);
             }
         }
         for i in 0..R {
@@ -368,9 +365,21 @@ unsafe fn block24<const R: usize, const NT: usize>(
             }
         }
     }
+    flush(&mut acc, &mut sum);
     for i in 0..R {
-        for j in 0..NT {
-            dots[(r + i - first) * stride + j0 + j] = sum[i][j] + combine(acc[i][j][0], acc[i][j][1]);
+        dots[(r + i - first) * stride + j0..][..NT].copy_from_slice(&sum[i]);
+    }
+}
+
+/// Each accumulator pair (`lo`, `hi` lanes) added into its i64 sum ([`combine`]) and zeroed: every
+/// [`FLUSH`] columns, and at a row's end.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn flush<const R: usize, const NT: usize>(acc: &mut [[[__m256i; 2]; NT]; R], sum: &mut [[i64; NT]; R]) {
+    for (acc, sum) in acc.iter_mut().zip(sum.iter_mut()) {
+        for (a, s) in acc.iter_mut().zip(sum.iter_mut()) {
+            *s += combine(a[0], a[1]);
+            *a = [_mm256_setzero_si256(); 2];
         }
     }
 }
@@ -504,12 +513,7 @@ unsafe fn block<const R: usize, const NT: usize, const DENSE: bool>(
                 _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(AHEAD).cast());
             }
             if c % FLUSH == 0 && c > 0 {
-                for i in 0..R {
-                    for j in 0..NT {
-                        sum[i][j] += combine(acc[i][j][0], acc[i][j][1]);
-                        acc[i][j] = [zero; 2];
-                    }
-                }
+                flush(&mut acc, &mut sum);
             }
         }
         let left = t.cols - c;
@@ -557,9 +561,8 @@ unsafe fn block<const R: usize, const NT: usize, const DENSE: bool>(
             }
         }
     }
+    flush(&mut acc, &mut sum);
     for i in 0..R {
-        for j in 0..NT {
-            dots[(r + i - first) * stride + j0 + j] = sum[i][j] + combine(acc[i][j][0], acc[i][j][1]);
-        }
+        dots[(r + i - first) * stride + j0..][..NT].copy_from_slice(&sum[i]);
     }
 }
