@@ -30,7 +30,7 @@ pub fn kernel_isa() -> String {
     use slate::kernels::cpu::compressed::Arith;
     let compressed = match Arith::best() {
         Arith::IntSimd => "exact integers AVX-512 VNNI",
-        Arith::IntAvx2 => "exact integers AVX2 (int8 matrices with a masked tile; the others f32)",
+        Arith::IntAvx2 => "exact integers AVX2 (int8 and int4 matrices with a masked tile; the others f32)",
         Arith::IntScalar => "exact integers scalar",
         Arith::F32 => "f32",
     };

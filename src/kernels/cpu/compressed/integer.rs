@@ -101,13 +101,11 @@ pub(super) fn quantize_tokens(
 
 impl CMatrix {
     /// `Some(ints)` when this matrix (its own tiles) runs integers under `arith`, on that code.
-    /// AVX2 takes int8 tiles only (an int4 tile's decoding to codes is AVX-512's).
     pub(super) fn int_route(&self, arith: Arith) -> Option<Ints> {
         match arith {
             _ if !self.int_ok => None,
             Arith::F32 => None,
             Arith::IntScalar => Some(Ints::Scalar),
-            Arith::IntAvx2 if self.tiles.iter().any(|t| matches!(t.values, Values::I4 { .. })) => None,
             Arith::IntAvx2 => Some(Ints::Avx2),
             Arith::IntSimd => Some(Ints::Avx512),
         }
@@ -115,7 +113,7 @@ impl CMatrix {
 
     /// The routes of S (this matrix's tiles) and of `V` under `arith` ([`CMatrix::int_route`]). On
     /// AVX2 a matrix runs integers whole or not at all: both when every tile, V's included, is
-    /// int8 and some tile of S is masked, else neither. A dense matrix keeps f32 there: without
+    /// int8 or int4 and some tile of S is masked, else neither. A dense matrix keeps f32 there: without
     /// VNNI each integer multiply-add costs two (the activations' two halves), so from five tokens
     /// on (several streams, prefill) f32 is faster, and its single-token gain is smaller than the
     /// masked rows' (which f32 cannot skip: its canonical order runs over every column).
@@ -250,7 +248,7 @@ impl CMatrix {
                         let t = &self.tiles[ti];
                         let tr = r - t.row0..e - t.row0;
                         if matches!(t.values, Values::I4 { .. }) {
-                            limbs::decode_i4(ints == Ints::Avx512, t, tr.clone(), codes);
+                            limbs::decode_i4(ints, t, tr.clone(), codes);
                         }
                         let vals = IntValues::of(t, codes, tr.clone());
                         let dense = t.pattern() == Pattern::Dense;

@@ -1,7 +1,8 @@
 //! Exact integer products of int8 and int4 tiles: the arithmetic [`super::CMatrix`] runs for
-//! matrices whose tiles are all int8 or int4, on CPUs with AVX-512 VNNI, VBMI, VBMI2 and DQ, or all
-//! int8 on CPUs with AVX2 (the module docs there say when; [`Ints`] names the code, `avx2.rs` the
-//! AVX2 one, which reads each activation as two 16-bit words instead of the four byte limbs below).
+//! matrices whose tiles are all int8 or int4, on CPUs with AVX-512 VNNI, VBMI, VBMI2 and DQ, or on
+//! CPUs with AVX2 when one is masked (the module docs there say when; [`Ints`] names the code,
+//! `avx2.rs` the AVX2 one, which reads each activation as two 16-bit words instead of the four byte
+//! limbs below).
 //!
 //! **Activations.** A token `x` is scaled once, `s = max|x| / (2³⁰ − 1)`, and rounded to integers
 //! `x̂ = round(x · (2³⁰ − 1) / max|x|)`, `|x̂| ≤ 2³⁰ − 1` (rounding ≤ 2⁻³¹ of `max|x|`, finer than

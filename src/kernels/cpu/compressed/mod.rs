@@ -16,7 +16,7 @@
 //!
 //! - **Exact integers** ([`limbs`]), when every tile is int8 or int4 and the CPU has AVX-512 VNNI,
 //!   VBMI, VBMI2 and DQ (an int4 tile's rows decoded to their int8 codes a block at a time), or
-//!   when every tile, V's included, is int8, some tile of S is masked and the CPU has AVX2
+//!   when every tile, V's included, is int8 or int4, some tile of S is masked and the CPU has AVX2
 //!   ([`Arith::IntAvx2`]: each token's integers as two 16-bit words and `vpmaddwd` instead of the
 //!   byte limbs and `vpdpbusd`, a 2:4 row that keeps two of every four columns multiplied at its
 //!   kept columns only; the same integers, so the same bits as AVX-512; dense matrices keep f32
@@ -34,8 +34,8 @@
 //!   U's rows (`rank` columns, too narrow for a reduction per row to pay) 16 at a time across the
 //!   lanes ([`limbs::RowLanes`], a copy of U's codes laid out so) finish them. AVX2 takes up to
 //!   four tokens per pass throughout, U's rows like any others.
-//! - **f32**, for matrices with f16 tiles, on AVX2 for dense matrices and those with int4 tiles, and
-//!   on CPUs without AVX2: the input is
+//! - **f32**, for matrices with f16 tiles, on AVX2 for dense matrices, and on CPUs without AVX2: the
+//!   input is
 //!   copied once per call into a padded buffer `n × W` (`W = kp + rp`, `cols` and `r` each rounded
 //!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width
 //!   (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
@@ -122,14 +122,15 @@ impl Isa {
 }
 
 /// Which arithmetic a matrix of int8 and int4 tiles runs (see the module docs); matrices with f16 tiles
-/// always run f32, and so do those with int4 tiles under [`Arith::IntAvx2`].
+/// always run f32, and so do dense ones under [`Arith::IntAvx2`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arith {
     /// The f32 panels and fused decode, on the given [`Isa`].
     F32,
     /// Exact integers, the scalar reference.
     IntScalar,
-    /// Exact integers, AVX2, for matrices of int8 tiles with a masked one (the others run f32).
+    /// Exact integers, AVX2, for matrices of int8 and int4 tiles with a masked one (the others run
+    /// f32).
     IntAvx2,
     /// Exact integers, AVX-512 VNNI + VBMI + VBMI2 + DQ.
     IntSimd,

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::arch::x86_64::*;
 
 use super::super::tile::{Tile, Values, INT4_GROUP, INT4_MAX_MUL};
-use super::simd_available;
+use super::Ints;
 
 /// The int8 codes the integer arithmetic reads for some rows of a tile that [`super::fits`]: kept value
 /// `j` of the tile (counting every row's, as [`Tile`]'s `row_start` does) is `q[j − first]`.
@@ -48,32 +48,35 @@ impl<'a> IntValues<'a> {
 
 /// Rows `rows` of an int4 tile as int8 codes `(code − 8) · mul[group]`, back to back into `out`
 /// (resized to their kept values and 64 bytes more, whose contents are unspecified): what
-/// [`IntValues::of`] then reads. With `simd` the AVX-512 path decodes (a `vpshufb` lookup per 64
-/// codes in the two groups' 16-entry tables), else the scalar reference; both write the same codes.
+/// [`IntValues::of`] then reads. `ints` picks the code: AVX-512 (a `vpshufb` lookup per 64 codes in
+/// the two groups' 16-entry tables), AVX2 (the same per group of 32), or the scalar reference; all
+/// write the same codes.
 ///
 /// # Panics
-/// When the tile is not int4, `rows` is outside it, or `simd` is asked of a CPU without it.
-pub fn decode_i4(simd: bool, t: &Tile, rows: Range<usize>, out: &mut Vec<i8>) {
+/// When the tile is not int4, `rows` is outside it, or `ints` is asked of a CPU without it.
+pub fn decode_i4(ints: Ints, t: &Tile, rows: Range<usize>, out: &mut Vec<i8>) {
     assert!(matches!(t.values, Values::I4 { .. }), "decode_i4: an int4 tile only");
     assert!(rows.start <= rows.end && rows.end <= t.rows, "decode_i4: rows {rows:?} of {}", t.rows);
     let first = t.row_start[rows.start];
     // The SIMD path stores whole vectors: a row's last one runs into the next row (decoded after
     // it) or the 64 spare bytes.
     out.resize(t.row_start[rows.end] - first + 64, 0);
-    if !simd {
-        for r in rows {
-            let o = &mut out[t.row_start[r] - first..t.row_start[r + 1] - first];
-            o.iter_mut().enumerate().for_each(|(j, o)| *o = t.i4_code(r, j));
+    assert!(ints.available(), "decode_i4: this CPU cannot run {ints:?}");
+    match ints {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the features are present (above); `out` holds every kept value of `rows` and 64
+        // bytes more, and the tile's arrays are consistent (checked at construction).
+        Ints::Avx512 => unsafe { avx512_decode(t, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Ints::Avx2 => unsafe { avx2_decode(t, rows, out) },
+        _ => {
+            for r in rows {
+                let o = &mut out[t.row_start[r] - first..t.row_start[r + 1] - first];
+                o.iter_mut().enumerate().for_each(|(j, o)| *o = t.i4_code(r, j));
+            }
         }
-        return;
     }
-    assert!(simd_available(), "decode_i4: this CPU lacks AVX-512 VBMI");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the features are present; `out` holds every kept value of `rows` (above), and the
-    // tile's arrays are consistent (checked at construction).
-    unsafe {
-        avx512_decode(t, rows, out)
-    };
 }
 
 /// Row `m` holds `(c − 8) · m` for the codes `c = 0 ..= 15`: an int4 group's int8 codes by its
@@ -115,7 +118,6 @@ fn lookup(bytes: __m256i, tab: __m512i) -> __m512i {
 /// `mp` points at a multiplier of a checked int4 tile (≤ [`INT4_MAX_MUL`], so its table exists).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx512f")]
 unsafe fn table(mp: *const u8) -> __m128i {
     // SAFETY: the caller's contract; every row of I4_TABLES is 16 bytes.
     unsafe { _mm_loadu_si128(I4_TABLES.as_ptr().add(usize::from(*mp)).cast()) }
@@ -202,6 +204,55 @@ unsafe fn avx512_decode(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
                 _mm512_storeu_si512(dst.cast(), lookup(bytes, tab));
                 src = src.add(32.min(n.div_ceil(2)));
                 mp = mp.add(2.min(n.div_ceil(INT4_GROUP)));
+                dst = dst.add(n);
+                left -= n;
+            }
+        }
+    }
+}
+
+/// See [`decode_i4`]: rows `rows` of an int4 tile into `out`, one group (32 codes, 16 bytes) a
+/// step: each byte widened to a 16-bit word, its two nibbles moved to the word's two bytes (low
+/// nibble first, the codes' order), and `vpshufb` looks each up in the group's table (in both
+/// 128-bit lanes). A row's last group may be short: its bytes are read alone, and the 32 codes
+/// stored run into the next row (decoded after it) or the 64 spare bytes.
+///
+/// # Safety
+/// The CPU has AVX2; the tile is int4, its arrays consistent; `out` holds every kept value of
+/// `rows` and 64 bytes more.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_decode(t: &Tile, rows: Range<usize>, out: &mut [i8]) {
+    let Values::I4 { q, mul, .. } = &t.values else { unreachable!() };
+    let first = t.row_start[rows.start];
+    let (low, high) = (_mm256_set1_epi16(0x000F), _mm256_set1_epi16(0x0F00));
+    for r in rows {
+        let (s, e) = (t.row_start[r], t.row_start[r + 1]);
+        let mut left = e - s;
+        // SAFETY (the row): its code bytes b .. b + ceil(k/2) and group multipliers
+        // m .. m + ceil(k/32) lie in the arrays (checked at construction, multipliers ≤ 16 so every
+        // table row exists); `out` holds codes s − first .. e − first and 64 bytes more.
+        unsafe {
+            let (mut src, mut mp) = (q.as_ptr().add(t.i4_byte[r]), mul.as_ptr().add(t.i4_mul[r]));
+            let mut dst = out.as_mut_ptr().add(s - first);
+            while left > 0 {
+                let n = left.min(INT4_GROUP);
+                let bytes = if n == INT4_GROUP {
+                    _mm_loadu_si128(src.cast())
+                } else {
+                    let mut b = [0u8; 16];
+                    std::ptr::copy_nonoverlapping(src, b.as_mut_ptr(), n.div_ceil(2));
+                    _mm_loadu_si128(b.as_ptr().cast())
+                };
+                let w = _mm256_cvtepu8_epi16(bytes);
+                let codes = _mm256_or_si256(
+                    _mm256_and_si256(w, low),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(w), high),
+                );
+                let tab = _mm256_broadcastsi128_si256(table(mp));
+                _mm256_storeu_si256(dst.cast(), _mm256_shuffle_epi8(tab, codes));
+                src = src.wrapping_add(INT4_GROUP / 2);
+                mp = mp.wrapping_add(1);
                 dst = dst.add(n);
                 left -= n;
             }
