@@ -256,7 +256,8 @@ async fn label_scores_match_a_direct_forward_pass() {
         let ids = tok.encode(l, false).unwrap();
         let all: Vec<u32> = p.iter().chain(&ids).copied().collect();
         let mut kv = SeqKv::new(model.config().kv_shape(), all.len());
-        let out = model.forward(&mut [Chunk { kv: &mut kv, tokens: &all, want: Want::All }], &mut scratch);
+        let out = model
+            .forward(&mut [Chunk { kv: &mut kv, tokens: &all, want: Want::All, generated: 0 }], &mut scratch);
         let rows = &out[0];
         let mut sum = 0.0;
         for (j, &t) in ids.iter().enumerate() {

@@ -58,8 +58,10 @@ fn compare(
     let (mut s_a, mut s_b) = (Scratch::default(), Scratch::default());
     let (mut next, mut worst, mut tokens) = (prompt.to_vec(), 0f32, Vec::new());
     for step in 0..steps {
-        let a = f16.forward(&mut [Chunk { kv: &mut kv_a, tokens: &next, want: Want::Last }], &mut s_a);
-        let b = int8.forward(&mut [Chunk { kv: &mut kv_b, tokens: &next, want: Want::Last }], &mut s_b);
+        let a = f16
+            .forward(&mut [Chunk { kv: &mut kv_a, tokens: &next, want: Want::Last, generated: 0 }], &mut s_a);
+        let b = int8
+            .forward(&mut [Chunk { kv: &mut kv_b, tokens: &next, want: Want::Last, generated: 0 }], &mut s_b);
         // Both continue with the F16 model's token.
         let (rel, ta, _) = check_step_logits(&a[0], &b[0], 0.08, step, near_ties);
         worst = worst.max(rel);
@@ -76,10 +78,13 @@ fn decode_ms(model: &LlamaModel) -> f64 {
     for _ in 0..3 {
         let mut kv = SeqKv::new(model.config().kv_shape(), prompt.len() + 16);
         let mut s = Scratch::default();
-        model.forward(&mut [Chunk { kv: &mut kv, tokens: &prompt, want: Want::Last }], &mut s);
+        model.forward(&mut [Chunk { kv: &mut kv, tokens: &prompt, want: Want::Last, generated: 0 }], &mut s);
         let t = Instant::now();
         for i in 0..16u32 {
-            model.forward(&mut [Chunk { kv: &mut kv, tokens: &[200 + i], want: Want::Last }], &mut s);
+            model.forward(
+                &mut [Chunk { kv: &mut kv, tokens: &[200 + i], want: Want::Last, generated: 1 }],
+                &mut s,
+            );
         }
         best = best.min(t.elapsed().as_secs_f64() * 1e3 / 16.0);
     }

@@ -41,7 +41,7 @@ fn batched_and_alone(model: &LlamaModel, dtype: KvDtype, prompts: &[Vec<u32>], s
         let mut chunks: Vec<Chunk> = kvs
             .iter_mut()
             .zip(which)
-            .map(|(kv, &i)| Chunk { kv, tokens: &prompts[i], want: Want::Last })
+            .map(|(kv, &i)| Chunk { kv, tokens: &prompts[i], want: Want::Last, generated: 0 })
             .collect();
         for (l, out) in logits.iter_mut().zip(model.forward(&mut chunks, &mut scratch)) {
             l.push(out);
@@ -49,8 +49,11 @@ fn batched_and_alone(model: &LlamaModel, dtype: KvDtype, prompts: &[Vec<u32>], s
         drop(chunks);
         for s in 0..steps {
             let toks: Vec<[u32; 1]> = which.iter().map(|&i| [token(i, s)]).collect();
-            let mut chunks: Vec<Chunk> =
-                kvs.iter_mut().zip(&toks).map(|(kv, t)| Chunk { kv, tokens: t, want: Want::Last }).collect();
+            let mut chunks: Vec<Chunk> = kvs
+                .iter_mut()
+                .zip(&toks)
+                .map(|(kv, t)| Chunk { kv, tokens: t, want: Want::Last, generated: 1 })
+                .collect();
             for (l, out) in logits.iter_mut().zip(model.forward(&mut chunks, &mut scratch)) {
                 l.push(out);
             }
@@ -91,8 +94,10 @@ fn compare(
     let (mut s32, mut s16) = (Scratch::default(), Scratch::default());
     let (mut next, mut worst, mut t32, mut t16) = (prompt.to_vec(), 0f32, Vec::new(), Vec::new());
     for step in 0..steps {
-        let a = model.forward(&mut [Chunk { kv: &mut kv32, tokens: &next, want: Want::Last }], &mut s32);
-        let b = model.forward(&mut [Chunk { kv: &mut kv16, tokens: &next, want: Want::Last }], &mut s16);
+        let a = model
+            .forward(&mut [Chunk { kv: &mut kv32, tokens: &next, want: Want::Last, generated: 0 }], &mut s32);
+        let b = model
+            .forward(&mut [Chunk { kv: &mut kv16, tokens: &next, want: Want::Last, generated: 0 }], &mut s16);
         let (rel, ta, tb) = check_step_logits(&a[0], &b[0], bound, step, near_ties);
         worst = worst.max(rel);
         t32.push(ta);
@@ -192,7 +197,7 @@ fn storage_is_made_on_the_first_step_and_truncate_rewinds() {
     let m = LlamaModel::load(&path).unwrap();
     let mut s = Scratch::default();
     let step = |kv: &mut SeqKv, tokens: &[u32], s: &mut Scratch| {
-        m.forward(&mut [Chunk { kv, tokens, want: Want::Last }], s).remove(0)
+        m.forward(&mut [Chunk { kv, tokens, want: Want::Last, generated: 0 }], s).remove(0)
     };
     let mut fresh = SeqKv::new(m.config().kv_shape(), 12);
     assert_eq!(fresh.bytes(), 0);

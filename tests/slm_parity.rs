@@ -51,8 +51,10 @@ fn logits_and_greedy_tokens_match_candle() {
     let mut pos = 0;
     let mut worst = 0.0f32;
     for step in 0..steps {
-        let ours =
-            model.forward(&mut [Chunk { kv: &mut kv, tokens: &next_ours, want: Want::Last }], &mut scratch);
+        let ours = model.forward(
+            &mut [Chunk { kv: &mut kv, tokens: &next_ours, want: Want::Last, generated: 0 }],
+            &mut scratch,
+        );
         let ours = &ours[0];
         let input = Tensor::new(next_ref.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let theirs: Vec<f32> = reference.forward(&input, pos).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
@@ -100,8 +102,10 @@ fn every_weight_type_matches_candle() {
         let mut scratch = Scratch::default();
         let (mut ours_in, mut ref_in, mut pos) = (prompt.clone(), prompt.clone(), 0);
         for step in 0..6 {
-            let ours =
-                model.forward(&mut [Chunk { kv: &mut kv, tokens: &ours_in, want: Want::Last }], &mut scratch);
+            let ours = model.forward(
+                &mut [Chunk { kv: &mut kv, tokens: &ours_in, want: Want::Last, generated: 0 }],
+                &mut scratch,
+            );
             let ours = &ours[0];
             let input = Tensor::new(ref_in.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
             let theirs: Vec<f32> =

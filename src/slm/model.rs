@@ -230,6 +230,10 @@ pub struct Chunk<'a> {
     pub kv: &'a mut SeqKv,
     pub tokens: &'a [u32],
     pub want: Want,
+    /// How many of `tokens`, at their end, the model generated (fed back: a decode step's one, or
+    /// a recomputed sequence's); the others are given text (a prompt's, a label's). A compressed
+    /// matrix's arithmetic may depend on it (`CMatrix::matmul_runs`), never on the batch.
+    pub generated: usize,
 }
 
 /// Buffers reused across steps (the backend's, made on the first step).

@@ -131,6 +131,7 @@ impl Engine {
                         kv: s.kv.as_mut().expect("running sequences have a cache"),
                         tokens: &s.tokens[*a..*b],
                         want: *want,
+                        generated: generated_in(*a, *b, s.prompt_len),
                     });
                     owners.push((*i, None));
                 }
@@ -138,7 +139,7 @@ impl Engine {
                     let SeqKind::Score(st) = &mut s.kind else { unreachable!() };
                     for ((kv, tokens), c) in st.chunk_inputs(planned).zip(planned) {
                         step_tokens += tokens.len();
-                        chunks.push(Chunk { kv, tokens, want: Want::All });
+                        chunks.push(Chunk { kv, tokens, want: Want::All, generated: 0 });
                         owners.push((*i, Some(*c)));
                     }
                 }
@@ -258,4 +259,31 @@ fn emit_token(
         return true;
     }
     false
+}
+
+/// How many of a sequence's tokens `a .. b` it generated, past its prompt of `prompt_len`: a decode
+/// step's one, or a preempted sequence's recomputed after its prompt.
+fn generated_in(a: usize, b: usize, prompt_len: usize) -> usize {
+    b - a.max(prompt_len).min(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_tokens_are_the_ones_past_the_prompt() {
+        use super::generated_in;
+        // (a, b, prompt_len) → generated: a prompt chunk, its tail, a decode step, a recomputed
+        // sequence (prompt and generated tokens in one chunk, or in two).
+        for (a, b, p, want) in [
+            (0, 5, 5, 0),
+            (3, 5, 5, 0),
+            (5, 6, 5, 1),
+            (9, 10, 5, 1),
+            (0, 8, 5, 3),
+            (4, 8, 5, 3),
+            (6, 8, 5, 2),
+        ] {
+            assert_eq!(generated_in(a, b, p), want, "tokens {a}..{b} of a prompt of {p}");
+        }
+    }
 }

@@ -359,14 +359,16 @@ fn forward_alone(args: &SlmBenchArgs) -> Result<()> {
             for (i, kv) in kvs.iter_mut().enumerate() {
                 let mut ids = prompt_of(&sample, 128 + i);
                 ids.drain(..i);
-                let mut chunks = [Chunk { kv, tokens: &ids, want: Want::Last }];
+                let mut chunks = [Chunk { kv, tokens: &ids, want: Want::Last, generated: 0 }];
                 pool.install(|| model.forward(&mut chunks, &mut scratch));
             }
             let toks: Vec<[u32; 1]> = (0..steps).map(|i| [sample[i % sample.len()]]).collect();
             for tok in &toks {
                 let t = Instant::now();
-                let mut chunks: Vec<Chunk> =
-                    kvs.iter_mut().map(|kv| Chunk { kv, tokens: tok, want: Want::Last }).collect();
+                let mut chunks: Vec<Chunk> = kvs
+                    .iter_mut()
+                    .map(|kv| Chunk { kv, tokens: tok, want: Want::Last, generated: 1 })
+                    .collect();
                 let cpu = pool.install(|| {
                     let c = thread_cpu_ms();
                     model.forward(&mut chunks, &mut scratch);

@@ -198,7 +198,7 @@ fn the_calibration_forward_is_the_server_models() {
     for s in 0..seqs {
         let seq = &tokens[s * len..(s + 1) * len];
         let mut kv = SeqKv::new(cfg.kv_shape(), len);
-        let mut chunk = [Chunk { kv: &mut kv, tokens: seq, want: Want::All }];
+        let mut chunk = [Chunk { kv: &mut kv, tokens: seq, want: Want::All, generated: 0 }];
         let want = opened.model.forward(&mut chunk, &mut scratch).pop().unwrap();
         for t in 0..len {
             let x = &c.head_input[(s * len + t) * cfg.d_model..][..cfg.d_model];
@@ -297,4 +297,63 @@ fn calibrated_methods_write_a_per_layer_report() {
 
 fn report(folder: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(folder.join(super::REPORT_FILE)).unwrap()).unwrap()
+}
+
+/// A compressed model's tokens take their origin's arithmetic (`CMatrix::matmul_runs`), never the
+/// batch's: a decode step batched with another sequence's prompt gives each the logits it gets
+/// alone, and a sequence recomputed in one chunk (as after a preemption: its prompt and generated
+/// tokens together, the generated ones marked) gives at every position the logits it had when
+/// prefilled and then decoded token by token. Bit for bit.
+#[test]
+fn a_compressed_models_logits_follow_the_tokens_origin_not_the_batch() {
+    use slate::slm::kv::SeqKv;
+    use slate::slm::model::{Chunk, Scratch, Want};
+    // Whether two rows of logits are the same bits (a mismatch says where, not every value).
+    let same =
+        |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    let dir = tmp("origin");
+    let gguf = dir.join("tiny.gguf");
+    write_tiny_gguf(&gguf, &TinySpec::default());
+    let folder = dir.join("two-of-four");
+    run(&gguf, &folder, &["--method", "magnitude", "--pattern", "2:4"]).unwrap();
+    let opened = slate::slm::open(&folder).unwrap();
+    let model = &opened.model;
+    let ids = opened.tokenizer.encode(&calib_text(), false).unwrap();
+    let (prompt, generated, other) = (&ids[..9], &ids[9..13], &ids[20..31]);
+    let (shape, vocab) = (model.config().kv_shape(), model.config().vocab);
+    let mut s = Scratch::default();
+    fn chunk<'a>(kv: &'a mut SeqKv, tokens: &'a [u32], want: Want, generated: usize) -> Chunk<'a> {
+        Chunk { kv, tokens, want, generated }
+    }
+
+    // The prompt, then the generated tokens fed back one at a time.
+    let mut kv = SeqKv::new(shape, 32);
+    let mut steps = vec![model.forward(&mut [chunk(&mut kv, prompt, Want::Last, 0)], &mut s).remove(0)];
+    for t in generated {
+        let one = std::slice::from_ref(t);
+        steps.push(model.forward(&mut [chunk(&mut kv, one, Want::Last, 1)], &mut s).remove(0));
+    }
+    // Recomputed in one chunk.
+    let all: Vec<u32> = prompt.iter().chain(generated).copied().collect();
+    let mut again = SeqKv::new(shape, 32);
+    let rows = model.forward(&mut [chunk(&mut again, &all, Want::All, generated.len())], &mut s).remove(0);
+    for (i, want) in steps.iter().enumerate() {
+        let at = prompt.len() - 1 + i;
+        assert!(same(&rows[at * vocab..(at + 1) * vocab], want), "recomputed, position {at}");
+    }
+
+    // A decode step beside another sequence's prompt, against each alone.
+    let mut kv_a = SeqKv::new(shape, 32);
+    model.forward(&mut [chunk(&mut kv_a, prompt, Want::None, 0)], &mut s);
+    let mut kv_b = SeqKv::new(shape, 32);
+    let first = &generated[..1];
+    let both = model.forward(
+        &mut [chunk(&mut kv_a, first, Want::Last, 1), chunk(&mut kv_b, other, Want::Last, 0)],
+        &mut s,
+    );
+    assert!(same(&both[0], &steps[1]), "the decode step beside a prompt");
+    let mut kv_c = SeqKv::new(shape, 32);
+    let alone = model.forward(&mut [chunk(&mut kv_c, other, Want::Last, 0)], &mut s).remove(0);
+    assert!(same(&both[1], &alone), "the prompt beside a decode step");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

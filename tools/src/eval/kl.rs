@@ -376,7 +376,7 @@ pub fn compare<W: Write>(
         let mut at = 0;
         while at < window.len() {
             let to = (at + super::PIECE).min(window.len());
-            let mut chunk = [Chunk { kv: &mut kv, tokens: &window[at..to], want: Want::All }];
+            let mut chunk = [Chunk { kv: &mut kv, tokens: &window[at..to], want: Want::All, generated: 0 }];
             let got = fast.forward(&mut chunk, &mut scratch).pop().expect("one chunk");
             for (i, g) in got.chunks_exact(vocab).enumerate() {
                 let p = at + i;

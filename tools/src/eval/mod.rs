@@ -135,7 +135,7 @@ pub fn perplexity(
         let mut at = w.start;
         while at < w.end {
             let to = (at + PIECE).min(w.end);
-            let mut chunk = [Chunk { kv: &mut kv, tokens: &ids[at..to], want: Want::All }];
+            let mut chunk = [Chunk { kv: &mut kv, tokens: &ids[at..to], want: Want::All, generated: 0 }];
             let logits = model.forward(&mut chunk, &mut scratch).pop().expect("one chunk");
             // Row i predicts token at + i + 1.
             for (i, row) in logits.chunks_exact(cfg.vocab).enumerate() {

@@ -68,7 +68,7 @@ fn nll_token_by_token(model: &slate::slm::model::LlamaModel, ids: &[u32]) -> f64
     let mut s = Scratch::default();
     let mut total = 0.0;
     for i in 0..ids.len() - 1 {
-        let mut chunk = [Chunk { kv: &mut kv, tokens: &ids[i..i + 1], want: Want::Last }];
+        let mut chunk = [Chunk { kv: &mut kv, tokens: &ids[i..i + 1], want: Want::Last, generated: 0 }];
         let logits = model.forward(&mut chunk, &mut s).pop().unwrap();
         total += nll(&logits, ids[i + 1]);
     }
@@ -152,7 +152,7 @@ fn the_exact_evaluation_agrees_with_the_fast_path_and_the_command_writes_json() 
         use slate::slm::kv::SeqKv;
         use slate::slm::model::{Chunk, Scratch, Want};
         let mut kv = SeqKv::new(cfg.kv_shape(), ids.len());
-        let mut chunk = [Chunk { kv: &mut kv, tokens: &ids, want: Want::All }];
+        let mut chunk = [Chunk { kv: &mut kv, tokens: &ids, want: Want::All, generated: 0 }];
         let got = opened.model.forward(&mut chunk, &mut Scratch::default()).pop().unwrap();
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
         let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));

@@ -8,7 +8,7 @@ mod weights;
 
 use crate::backend::{KvState, SlmBackend, Workspace};
 use crate::kernels::cpu::attention::{attend_tiled, TiledHead};
-use crate::kernels::cpu::compressed::CMatrix;
+use crate::kernels::cpu::compressed::{CMatrix, Origin};
 use crate::kernels::cpu::quant::Team;
 use crate::kernels::cpu::simd::swiglu;
 use crate::slm::gguf::GgufFile;
@@ -80,14 +80,23 @@ impl SlmBackend for CpuSlm {
         let mut rows: Vec<(usize, usize)> = Vec::new();
         let mut picked: Vec<usize> = Vec::new();
         let mut counts = Vec::with_capacity(chunks.len());
+        // Where the rows come from, and the picked rows, as runs (`CMatrix::matmul_runs`).
+        let (mut runs, mut head_runs) = (Vec::new(), Vec::new());
         for (ci, c) in chunks.iter().enumerate() {
             let (start, n, r) = (c.kv.len(), c.tokens.len(), rows.len());
+            assert!(c.generated <= n, "forward: {} generated of a chunk of {n}", c.generated);
             rows.extend((0..n).map(|i| (ci, start + i)));
+            push_run(&mut runs, r + n - c.generated, Origin::Given);
+            push_run(&mut runs, r + n, Origin::Generated);
             let before = picked.len();
             match c.want {
                 Want::None => {}
                 Want::Last => picked.push(r + n - 1),
                 Want::All => picked.extend(r..r + n),
+            }
+            for (i, &row) in picked.iter().enumerate().skip(before) {
+                let origin = if row >= r + n - c.generated { Origin::Generated } else { Origin::Given };
+                push_run(&mut head_runs, i + 1, origin);
             }
             counts.push(picked.len() - before);
         }
@@ -105,13 +114,13 @@ impl SlmBackend for CpuSlm {
         // are handed out without a rayon fork-join each.
         Team::run(|team| {
             for (li, layer) in self.w.layers.iter().enumerate() {
-                self.attention_block(team, li, layer, &rows, &mut kvs, s);
-                self.ffn_block(team, layer, s);
+                self.attention_block(team, li, layer, &rows, &runs, &mut kvs, s);
+                self.ffn_block(team, layer, &runs, s);
             }
             if picked.is_empty() {
                 return vec![Vec::new(); counts.len()];
             }
-            self.logits(team, &s.x, &picked, &counts)
+            self.logits(team, &s.x, &picked, &head_runs, &counts)
         })
     }
 
@@ -157,6 +166,7 @@ impl CpuSlm {
         li: usize,
         layer: &Layer,
         rows: &[(usize, usize)],
+        runs: &[(usize, Origin)],
         kvs: &mut [&mut TiledKv],
         s: &mut Scratch,
     ) {
@@ -165,7 +175,7 @@ impl CpuSlm {
         let (qd, kvd) = (cfg.heads * hd, cfg.kv_heads * hd);
         let (qkv_w, t_total) = (qd + 2 * kvd, rows.len());
         rms_norm_rows(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.h);
-        layer.wqkv.matmul(team, &s.h, t_total, &mut s.qkv);
+        layer.wqkv.matmul(team, &s.h, t_total, &mut s.qkv, runs);
         if let Some(b) = &layer.bqkv {
             for row in s.qkv.chunks_exact_mut(qkv_w) {
                 row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
@@ -214,26 +224,34 @@ impl CpuSlm {
                 }
             });
         });
-        layer.wo.matmul_team(team, &s.att, t_total, &mut s.proj);
+        layer.wo.matmul_team(team, &s.att, t_total, &mut s.proj, runs);
         s.x.iter_mut().zip(&s.proj).for_each(|(x, p)| *x += p);
     }
 
     /// `x += Wdown · swiglu(Wgate·h, Wup·h)` with `h = RMSNorm(x)`, for every token of the step.
-    fn ffn_block(&self, team: &Team, layer: &Layer, s: &mut Scratch) {
+    fn ffn_block(&self, team: &Team, layer: &Layer, runs: &[(usize, Origin)], s: &mut Scratch) {
         let (cfg, f) = (&self.cfg, self.cfg.ffn);
         let t_total = s.x.len() / cfg.d_model;
         rms_norm_rows(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.h);
-        layer.wgu.matmul(team, &s.h, t_total, &mut s.gu);
+        layer.wgu.matmul(team, &s.h, t_total, &mut s.gu, runs);
         for (gu, act) in s.gu.chunks_exact(2 * f).zip(s.act.chunks_exact_mut(f)) {
             let (g, u) = gu.split_at(f);
             swiglu(g, u, act);
         }
-        layer.wdown.matmul_team(team, &s.act, t_total, &mut s.proj);
+        layer.wdown.matmul_team(team, &s.act, t_total, &mut s.proj, runs);
         s.x.iter_mut().zip(&s.proj).for_each(|(x, p)| *x += p);
     }
 
-    /// The final norm and the output head for rows `picked` of `x`, split per chunk by `counts`.
-    fn logits(&self, team: &Team, x: &[f32], picked: &[usize], counts: &[usize]) -> Vec<Vec<f32>> {
+    /// The final norm and the output head for rows `picked` of `x` (from `runs`), split per chunk by
+    /// `counts`.
+    fn logits(
+        &self,
+        team: &Team,
+        x: &[f32],
+        picked: &[usize],
+        runs: &[(usize, Origin)],
+        counts: &[usize],
+    ) -> Vec<Vec<f32>> {
         let (d, vocab) = (self.cfg.d_model, self.cfg.vocab);
         let mut sel = vec![0.0f32; picked.len() * d];
         for (i, &row) in picked.iter().enumerate() {
@@ -242,7 +260,13 @@ impl CpuSlm {
         let mut normed = vec![0.0f32; sel.len()];
         rms_norm_rows(&sel, &self.w.out_norm, self.cfg.rms_eps, &mut normed);
         let mut logits = vec![0.0f32; picked.len() * vocab];
-        self.w.output.as_ref().unwrap_or(&self.w.embed).matmul_team(team, &normed, picked.len(), &mut logits);
+        self.w.output.as_ref().unwrap_or(&self.w.embed).matmul_team(
+            team,
+            &normed,
+            picked.len(),
+            &mut logits,
+            runs,
+        );
         if let [n] = counts[..] {
             debug_assert_eq!(n, picked.len());
             return vec![logits]; // one chunk: its rows are all the logits, no copy
@@ -254,5 +278,16 @@ impl CpuSlm {
             off += n;
         }
         out
+    }
+}
+
+/// Ends `runs` (`(end, origin)`, `CMatrix::matmul_runs`) at `end` with `origin`: extends the last run
+/// when it has the same origin, adds none when `end` adds no rows.
+fn push_run(runs: &mut Vec<(usize, Origin)>, end: usize, origin: Origin) {
+    match runs.last_mut() {
+        Some(last) if last.0 == end => {}
+        Some(last) if last.1 == origin => last.0 = end,
+        _ if end == 0 => {}
+        _ => runs.push((end, origin)),
     }
 }

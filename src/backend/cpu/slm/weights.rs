@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::kernels::cpu::compressed::{CMatrix, Pattern, Tile};
+use crate::kernels::cpu::compressed::{CMatrix, Origin, Pattern, Tile};
 use crate::kernels::cpu::int8::quantize_per_channel;
 use crate::kernels::cpu::quant::{QMatrix, Team, WeightType};
 use crate::slm::gguf::GgufFile;
@@ -32,11 +32,12 @@ impl Linear {
         }
     }
 
-    /// `out = x·Wᵀ` for `n` tokens over `team`.
-    pub fn matmul_team(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32]) {
+    /// `out = x·Wᵀ` for `n` tokens over `team`; `runs`: where the tokens come from
+    /// ([`CMatrix::matmul_runs`], which a compressed matrix's arithmetic may depend on).
+    pub fn matmul_team(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32], runs: &[(usize, Origin)]) {
         match self {
             Linear::Q(m) => m.matmul_team(team, x, n, out),
-            Linear::C(m) => m.matmul_team(team, x, n, out),
+            Linear::C(m) => m.matmul_runs(team, x, n, out, runs),
         }
     }
 
@@ -225,17 +226,17 @@ impl Stacked {
         }
     }
 
-    /// `out[t] = [W₀ x[t] | W₁ x[t] | …]` for `n` rows of `x`.
-    pub fn matmul(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32]) {
+    /// `out[t] = [W₀ x[t] | W₁ x[t] | …]` for `n` rows of `x` (`runs` as [`Linear::matmul_team`]).
+    pub fn matmul(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32], runs: &[(usize, Origin)]) {
         match self {
-            Stacked::One(m) => m.matmul_team(team, x, n, out),
+            Stacked::One(m) => m.matmul_team(team, x, n, out, runs),
             Stacked::Parts(ms) => {
                 let width: usize = ms.iter().map(|m| m.rows()).sum();
                 let mut off = 0;
                 let mut tmp = Vec::new();
                 for m in ms.iter() {
                     tmp.resize(n * m.rows(), 0.0);
-                    m.matmul_team(team, x, n, &mut tmp);
+                    m.matmul_team(team, x, n, &mut tmp, runs);
                     for t in 0..n {
                         out[t * width + off..t * width + off + m.rows()]
                             .copy_from_slice(&tmp[t * m.rows()..(t + 1) * m.rows()]);

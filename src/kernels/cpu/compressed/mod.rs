@@ -12,7 +12,8 @@
 //!
 //! **Product.** `y = [S | U] · [x ; V·x]`: `V·x` first (V is a matrix of its own, with its own
 //! arithmetic), then one pass over the extended input. Each matrix runs one of two arithmetics,
-//! chosen by its tiles and the CPU alone, never by the batch ([`Arith`]):
+//! chosen by its tiles and the CPU, and on AVX2 by where each token came from, never by the batch
+//! ([`Arith`], [`Arith::for_origin`]):
 //!
 //! - **Exact integers** ([`limbs`]), when every tile is int8 or int4 and the CPU has AVX-512 VNNI,
 //!   VBMI, VBMI2 and DQ (an int4 tile's rows decoded to their int8 codes a block at a time), or
@@ -20,7 +21,9 @@
 //!   ([`Arith::IntAvx2`]: each token's integers as two 16-bit words and `vpmaddwd` instead of the
 //!   byte limbs and `vpdpbusd`, a 2:4 row that keeps two of every four columns multiplied at its
 //!   kept columns only; the same integers, so the same bits as AVX-512; dense matrices keep f32
-//!   there, `CMatrix::routes` says why). On AVX-512:
+//!   there, `CMatrix::routes` says why) for generated tokens, given ones (prompts, labels) running
+//!   f32 ([`CMatrix::matmul_runs`]: a prefill's many tokens go faster through f32 panels than
+//!   through two multiply-adds per weight). On AVX-512:
 //!   each token is rounded once to 31-bit integers in four byte limbs (`x` and `V·x` each with its
 //!   own step), every tile row's `Σ q·x̂` is summed exactly in integers (`vpdpbusd` on the stored
 //!   values, `vpexpandb` putting a sparse row's kept values back at their columns), and a row's
@@ -40,8 +43,10 @@
 //!   up to [`LANES`]); rows are expanded a block at a time into a dense f32 panel of the same width
 //!   (each value dequantized exactly as [`Tile::row_values`] does) and the panel is multiplied by
 //!   every token, so prefill reuses each expanded block for all tokens from cache. Decode (up to
-//!   `FUSED_MAX_TOKENS` tokens) skips the panel: each chunk is decoded and expanded in registers
-//!   and fma'd straight into the accumulators (`fused`), streaming the compressed bytes once.
+//!   `FUSED_MAX_TOKENS` tokens on AVX-512; on AVX2 one token of a matrix of dense int8 and f16
+//!   tiles, where it measured faster) skips the panel: each chunk is decoded and expanded in
+//!   registers and fma'd straight into the accumulators (`fused`), streaming the compressed bytes
+//!   once.
 //!
 //! **Exactness, bit for bit.** Integer sums do not depend on their order, so the integer
 //! arithmetic gives the same bits on every thread split, block and batch, and its SIMD rows equal
@@ -80,8 +85,12 @@ use super::quant::{Split, Team};
 /// Lanes of the canonical accumulation (see the module docs); widths are padded to a multiple.
 pub const LANES: usize = 16;
 
-/// The most tokens a call takes the fused decode path for (`fused`); more take the panel path,
-/// which decodes each row block once for all of them. Both give the same bits.
+/// The most tokens a call takes the fused decode path for (`fused`) on AVX-512; more take the panel
+/// path, which decodes each row block once for all of them. Both give the same bits. On AVX2 the
+/// fused path takes one token of a matrix of dense int8 and f16 tiles only: there the panel path
+/// measured faster for everything else (1536 × 576, one thread: 2:4 int8 617 → 246 µs a token,
+/// 70 % int8 588 → 259, dense int4 196 → 157, dense int8 at 4 tokens 262 → 190; dense int8 at
+/// one token 90 fused, 114 panel).
 const FUSED_MAX_TOKENS: usize = 4;
 
 /// Rows expanded per block: a multiple of 4 whose panel stays within ~64 KiB.
@@ -121,6 +130,15 @@ impl Isa {
     }
 }
 
+/// Where a token of a call comes from ([`Arith::for_origin`], [`CMatrix::matmul_runs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Text given to the model: a prompt's tokens, a label's.
+    Given,
+    /// A token the model generated, fed back (decode).
+    Generated,
+}
+
 /// Which arithmetic a matrix of int8 and int4 tiles runs (see the module docs); matrices with f16 tiles
 /// always run f32, and so do dense ones under [`Arith::IntAvx2`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +163,18 @@ impl Arith {
             Isa::Avx512 if limbs::simd_available() => Arith::IntSimd,
             Isa::Avx512 | Isa::Avx2 if limbs::avx2_available() => Arith::IntAvx2,
             _ => Arith::F32,
+        }
+    }
+
+    /// The arithmetic for tokens of `origin` where `self` is the CPU's: on AVX2, given tokens (a
+    /// prompt's, a label's: prefills, many tokens a call) run f32, whose panels multiply many
+    /// tokens faster than the two-word integers do, and generated ones (decode) the integers,
+    /// which stream a masked matrix's bytes once without expanding it. A token's arithmetic thus
+    /// depends on the CPU, the matrix and where the token came from, never on the batch.
+    pub fn for_origin(self, origin: Origin) -> Arith {
+        match (self, origin) {
+            (Arith::IntAvx2, Origin::Given) => Arith::F32,
+            _ => self,
         }
     }
 
@@ -188,6 +218,9 @@ pub struct CMatrix {
     /// Whether every tile starts on a [`LANES`] boundary of the padded layout and ends on one or
     /// at the end of S or U: the condition of the fused decode path.
     fusable: bool,
+    /// Whether every tile is dense int8 or f16: the fused path's condition on AVX2 (see
+    /// [`FUSED_MAX_TOKENS`]).
+    fused_avx2: bool,
     /// Whether every tile is int8 and narrow enough for the exact integer arithmetic
     /// ([`limbs::fits`]), and `Σ q` of each tile's rows for it (empty for the other tiles).
     int_ok: bool,
@@ -302,6 +335,7 @@ impl CMatrix {
             rp,
             bands: Vec::new(),
             fusable: true,
+            fused_avx2: false,
             int_ok,
             int_sums,
             pairs,
@@ -315,6 +349,8 @@ impl CMatrix {
                 || (m.padded_col(t.col0).is_multiple_of(LANES)
                     && (t.cols.is_multiple_of(LANES) || end == cols || end == cols + rank))
         });
+        m.fused_avx2 = m.fusable
+            && m.tiles.iter().all(|t| t.pattern == Pattern::Dense && !matches!(t.values, Values::I4 { .. }));
         Ok(m)
     }
 
@@ -460,6 +496,34 @@ impl CMatrix {
         self.matmul_split(Isa::best(), Arith::best(), Split::Team(team), x, n, out);
     }
 
+    /// [`CMatrix::matmul_team`] for tokens of known origins: `runs` holds consecutive runs
+    /// `(end, origin)` of tokens `0 .. n` (ends increasing, the last `n`), and each run's tokens
+    /// take [`Arith::for_origin`] of the CPU's arithmetic, neighbouring runs of the same
+    /// arithmetic in one call. A token's result is the one [`CMatrix::matmul_arith`] gives it
+    /// under that arithmetic, whatever the other tokens.
+    ///
+    /// # Panics
+    /// When `runs` does not cover `0 .. n` so.
+    pub fn matmul_runs(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32], runs: &[(usize, Origin)]) {
+        assert!(
+            runs.windows(2).all(|w| w[0].0 < w[1].0) && runs.last().map_or(n == 0, |r| r.0 == n),
+            "matmul_runs: runs {runs:?} do not cover 0..{n}"
+        );
+        let (isa, best) = (Isa::best(), Arith::best());
+        let (mut start, mut i) = (0, 0);
+        while i < runs.len() {
+            let arith = best.for_origin(runs[i].1);
+            while i + 1 < runs.len() && best.for_origin(runs[i + 1].1) == arith {
+                i += 1;
+            }
+            let end = runs[i].0;
+            let (x, out) =
+                (&x[start * self.cols..end * self.cols], &mut out[start * self.rows..end * self.rows]);
+            self.matmul_split(isa, arith, Split::Team(team), x, end - start, out);
+            (start, i) = (end, i + 1);
+        }
+    }
+
     /// [`CMatrix::matmul`] on the calling thread in f32 on the given path (for tests and
     /// benchmarks).
     ///
@@ -594,7 +658,12 @@ impl CMatrix {
     /// `out` must be valid for `n × self.rows` floats, rows `rows` of it ours alone.
     unsafe fn rows_range(&self, isa: Isa, rows: Range<usize>, xin: &[f32], n: usize, out: *mut f32) {
         #[cfg(target_arch = "x86_64")]
-        if n <= FUSED_MAX_TOKENS && self.fusable && isa != Isa::Scalar {
+        let fused = match isa {
+            Isa::Avx512 => n <= FUSED_MAX_TOKENS && self.fusable,
+            Isa::Avx2 => n == 1 && self.fused_avx2,
+            Isa::Scalar => false,
+        };
+        if fused {
             // SAFETY: forwarded contract; the CPU runs `isa`.
             unsafe { simd::fused_rows(isa, self, rows.clone(), xin, n, out, self.rows) };
             for band in &self.bands {

@@ -256,11 +256,12 @@ fn every_isa_equals_scalar_and_batched_equals_alone() {
                 assert_eq!(bits(&got), bits(avx2_want), "{what}, n = {n}: integer AVX2 vs scalar");
             }
             // What `matmul` runs here, on the pool and one token at a time.
-            let want = match Arith::best() {
+            let want_of = |arith: Arith| match arith {
                 Arith::F32 => &want_f32,
                 Arith::IntAvx2 => avx2_want,
                 Arith::IntScalar | Arith::IntSimd => &want_int,
             };
+            let want = want_of(Arith::best());
             let mut pooled = vec![f32::NAN; n * m.rows];
             m.matmul(&x, n, &mut pooled);
             assert_eq!(bits(&pooled), bits(want), "{what}, n = {n}: matmul on the pool vs scalar");
@@ -271,6 +272,27 @@ fn every_isa_equals_scalar_and_batched_equals_alone() {
                     bits(&one),
                     bits(&want[t * m.rows..(t + 1) * m.rows]),
                     "{what}, token {t} of {n} alone"
+                );
+            }
+            // Tokens of known origins, given and generated mixed: each token takes its origin's
+            // arithmetic, whatever the others.
+            let origin = |t: usize| if t % 3 == 1 { Origin::Given } else { Origin::Generated };
+            let mut runs: Vec<(usize, Origin)> = Vec::new();
+            for t in 0..n {
+                match runs.last_mut() {
+                    Some(r) if r.1 == origin(t) => r.0 = t + 1,
+                    _ => runs.push((t + 1, origin(t))),
+                }
+            }
+            let mut mixed = vec![f32::NAN; n * m.rows];
+            Team::run(|team| m.matmul_runs(team, &x, n, &mut mixed, &runs));
+            for t in 0..n {
+                let (at, want) = (t * m.rows..(t + 1) * m.rows, want_of(Arith::best().for_origin(origin(t))));
+                assert_eq!(
+                    bits(&mixed[at.clone()]),
+                    bits(&want[at]),
+                    "{what}, token {t} of {n}, {:?}",
+                    origin(t)
                 );
             }
         }
