@@ -35,6 +35,10 @@ struct Scratch {
     proj: Vec<f32>,
     gu: Vec<f32>,
     act: Vec<f32>,
+    /// Where the step's rows come from, and its picked rows (for the head), as runs
+    /// (`CMatrix::matmul_runs`).
+    runs: Vec<(usize, Origin)>,
+    head_runs: Vec<(usize, Origin)>,
 }
 
 /// The CPU llama model: config, weights in kernel layout, RoPE tables.
@@ -80,14 +84,14 @@ impl SlmBackend for CpuSlm {
         let mut rows: Vec<(usize, usize)> = Vec::new();
         let mut picked: Vec<usize> = Vec::new();
         let mut counts = Vec::with_capacity(chunks.len());
-        // Where the rows come from, and the picked rows, as runs (`CMatrix::matmul_runs`).
-        let (mut runs, mut head_runs) = (Vec::new(), Vec::new());
+        s.runs.clear();
+        s.head_runs.clear();
         for (ci, c) in chunks.iter().enumerate() {
             let (start, n, r) = (c.kv.len(), c.tokens.len(), rows.len());
             assert!(c.generated <= n, "forward: {} generated of a chunk of {n}", c.generated);
             rows.extend((0..n).map(|i| (ci, start + i)));
-            push_run(&mut runs, r + n - c.generated, Origin::Given);
-            push_run(&mut runs, r + n, Origin::Generated);
+            push_run(&mut s.runs, r + n - c.generated, Origin::Given);
+            push_run(&mut s.runs, r + n, Origin::Generated);
             let before = picked.len();
             match c.want {
                 Want::None => {}
@@ -96,7 +100,7 @@ impl SlmBackend for CpuSlm {
             }
             for (i, &row) in picked.iter().enumerate().skip(before) {
                 let origin = if row >= r + n - c.generated { Origin::Generated } else { Origin::Given };
-                push_run(&mut head_runs, i + 1, origin);
+                push_run(&mut s.head_runs, i + 1, origin);
             }
             counts.push(picked.len() - before);
         }
@@ -114,13 +118,13 @@ impl SlmBackend for CpuSlm {
         // are handed out without a rayon fork-join each.
         Team::run(|team| {
             for (li, layer) in self.w.layers.iter().enumerate() {
-                self.attention_block(team, li, layer, &rows, &runs, &mut kvs, s);
-                self.ffn_block(team, layer, &runs, s);
+                self.attention_block(team, li, layer, &rows, &mut kvs, s);
+                self.ffn_block(team, layer, s);
             }
             if picked.is_empty() {
                 return vec![Vec::new(); counts.len()];
             }
-            self.logits(team, &s.x, &picked, &head_runs, &counts)
+            self.logits(team, &s.x, &picked, &s.head_runs, &counts)
         })
     }
 
@@ -166,7 +170,6 @@ impl CpuSlm {
         li: usize,
         layer: &Layer,
         rows: &[(usize, usize)],
-        runs: &[(usize, Origin)],
         kvs: &mut [&mut TiledKv],
         s: &mut Scratch,
     ) {
@@ -175,7 +178,7 @@ impl CpuSlm {
         let (qd, kvd) = (cfg.heads * hd, cfg.kv_heads * hd);
         let (qkv_w, t_total) = (qd + 2 * kvd, rows.len());
         rms_norm_rows(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.h);
-        layer.wqkv.matmul(team, &s.h, t_total, &mut s.qkv, runs);
+        layer.wqkv.matmul(team, &s.h, t_total, &mut s.qkv, &s.runs);
         if let Some(b) = &layer.bqkv {
             for row in s.qkv.chunks_exact_mut(qkv_w) {
                 row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
@@ -224,21 +227,21 @@ impl CpuSlm {
                 }
             });
         });
-        layer.wo.matmul_team(team, &s.att, t_total, &mut s.proj, runs);
+        layer.wo.matmul_team(team, &s.att, t_total, &mut s.proj, &s.runs);
         s.x.iter_mut().zip(&s.proj).for_each(|(x, p)| *x += p);
     }
 
     /// `x += Wdown · swiglu(Wgate·h, Wup·h)` with `h = RMSNorm(x)`, for every token of the step.
-    fn ffn_block(&self, team: &Team, layer: &Layer, runs: &[(usize, Origin)], s: &mut Scratch) {
+    fn ffn_block(&self, team: &Team, layer: &Layer, s: &mut Scratch) {
         let (cfg, f) = (&self.cfg, self.cfg.ffn);
         let t_total = s.x.len() / cfg.d_model;
         rms_norm_rows(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.h);
-        layer.wgu.matmul(team, &s.h, t_total, &mut s.gu, runs);
+        layer.wgu.matmul(team, &s.h, t_total, &mut s.gu, &s.runs);
         for (gu, act) in s.gu.chunks_exact(2 * f).zip(s.act.chunks_exact_mut(f)) {
             let (g, u) = gu.split_at(f);
             swiglu(g, u, act);
         }
-        layer.wdown.matmul_team(team, &s.act, t_total, &mut s.proj, runs);
+        layer.wdown.matmul_team(team, &s.act, t_total, &mut s.proj, &s.runs);
         s.x.iter_mut().zip(&s.proj).for_each(|(x, p)| *x += p);
     }
 
