@@ -39,6 +39,8 @@ struct Scratch {
     /// (`CMatrix::matmul_runs`).
     runs: Vec<(usize, Origin)>,
     head_runs: Vec<(usize, Origin)>,
+    /// One part's rows of a matrix stacked from parts (`Stacked::matmul`).
+    part: Vec<f32>,
 }
 
 /// The CPU llama model: config, weights in kernel layout, RoPE tables.
@@ -178,7 +180,7 @@ impl CpuSlm {
         let (qd, kvd) = (cfg.heads * hd, cfg.kv_heads * hd);
         let (qkv_w, t_total) = (qd + 2 * kvd, rows.len());
         rms_norm_rows(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.h);
-        layer.wqkv.matmul(team, &s.h, t_total, &mut s.qkv, &s.runs);
+        layer.wqkv.matmul(team, &s.h, t_total, &mut s.qkv, &s.runs, &mut s.part);
         if let Some(b) = &layer.bqkv {
             for row in s.qkv.chunks_exact_mut(qkv_w) {
                 row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
@@ -236,7 +238,7 @@ impl CpuSlm {
         let (cfg, f) = (&self.cfg, self.cfg.ffn);
         let t_total = s.x.len() / cfg.d_model;
         rms_norm_rows(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.h);
-        layer.wgu.matmul(team, &s.h, t_total, &mut s.gu, &s.runs);
+        layer.wgu.matmul(team, &s.h, t_total, &mut s.gu, &s.runs, &mut s.part);
         for (gu, act) in s.gu.chunks_exact(2 * f).zip(s.act.chunks_exact_mut(f)) {
             let (g, u) = gu.split_at(f);
             swiglu(g, u, act);

@@ -226,17 +226,25 @@ impl Stacked {
         }
     }
 
-    /// `out[t] = [W₀ x[t] | W₁ x[t] | …]` for `n` rows of `x` (`runs` as [`Linear::matmul_team`]).
-    pub fn matmul(&self, team: &Team, x: &[f32], n: usize, out: &mut [f32], runs: &[(usize, Origin)]) {
+    /// `out[t] = [W₀ x[t] | W₁ x[t] | …]` for `n` rows of `x` (`runs` as [`Linear::matmul_team`];
+    /// `tmp`: a buffer for one part's rows, reused across steps).
+    pub fn matmul(
+        &self,
+        team: &Team,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        runs: &[(usize, Origin)],
+        tmp: &mut Vec<f32>,
+    ) {
         match self {
             Stacked::One(m) => m.matmul_team(team, x, n, out, runs),
             Stacked::Parts(ms) => {
                 let width: usize = ms.iter().map(|m| m.rows()).sum();
                 let mut off = 0;
-                let mut tmp = Vec::new();
                 for m in ms.iter() {
                     tmp.resize(n * m.rows(), 0.0);
-                    m.matmul_team(team, x, n, &mut tmp, runs);
+                    m.matmul_team(team, x, n, tmp, runs);
                     for t in 0..n {
                         out[t * width + off..t * width + off + m.rows()]
                             .copy_from_slice(&tmp[t * m.rows()..(t + 1) * m.rows()]);
