@@ -221,7 +221,7 @@ pub struct CMatrix {
     /// Whether every tile is dense int8 or f16: the fused path's condition on AVX2 (see
     /// [`FUSED_MAX_TOKENS`]).
     fused_avx2: bool,
-    /// Whether every tile is int8 and narrow enough for the exact integer arithmetic
+    /// Whether every tile is int8 or int4 and narrow enough for the exact integer arithmetic
     /// ([`limbs::fits`]), and `Σ q` of each tile's rows for it (empty for the other tiles).
     int_ok: bool,
     int_sums: Vec<Vec<i32>>,
@@ -480,8 +480,9 @@ impl CMatrix {
         out
     }
 
-    /// Whether the matrix runs the exact integer arithmetic when [`Arith::best`] is integer (every
-    /// tile int8).
+    /// Whether the matrix can run the exact integer arithmetic (every tile int8 or int4): under
+    /// [`Arith::IntSimd`] it does; under [`Arith::IntAvx2`] as `CMatrix::routes` and
+    /// [`Arith::for_origin`] say.
     pub fn integer(&self) -> bool {
         self.int_ok
     }
