@@ -5,7 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::simd;
 use super::{scalar, Bufs, CMatrix, Isa};
-use crate::kernels::cpu::quant::Split;
+use crate::kernels::cpu::quant::{OutPtr, Split};
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -126,19 +126,3 @@ impl CMatrix {
         });
     }
 }
-
-/// The output pointer, shared by chunks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-impl OutPtr {
-    /// A method, not a field access, so closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: chunks write disjoint rows of the buffer (see `rows_product`), which outlives the parallel
-// section that uses the pointer.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}

@@ -332,18 +332,19 @@ impl QMatrix {
     }
 }
 
-/// The output pointer, shared by chunks that write disjoint rows.
+/// The output pointer, shared by chunks that write disjoint rows (here and in the compressed
+/// matrices' f32 rows).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 
 impl OutPtr {
     /// A method, not a field access, so closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
-// SAFETY: chunks write disjoint rows of the buffer (see `matmul_with`), which outlives the parallel
-// section that uses the pointer.
+// SAFETY: every user's chunks write disjoint rows of the buffer (see `matmul_with` and the
+// compressed `rows_product`), which outlives the parallel section that uses the pointer.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
