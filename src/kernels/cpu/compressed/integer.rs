@@ -78,7 +78,7 @@ unsafe impl Sync for Sink {}
 
 /// `xs[t]` = token `t` of `x` (`n` rows of `width`) as limbs for `ints` (by its own quantization:
 /// all but AVX-512's also write the words [`Ints::Avx2`] reads),
-/// with the words gathered for 2:4 rows ([`Limbs::gather_pairs`]) when `pairs` and AVX2 runs a pass
+/// with the words laid out by block for 2:4 rows ([`Limbs::interleave_blocks`]) when `pairs` and AVX2 runs a pass
 /// of few tokens; `xs` grows to `n` and is not shrunk.
 pub(super) fn quantize_tokens(
     ints: Ints,
@@ -91,10 +91,10 @@ pub(super) fn quantize_tokens(
     if xs.len() < n {
         xs.resize_with(n, Limbs::default);
     }
-    let gather = pairs && ints == Ints::Avx2 && n <= limbs::MAX_TOKENS;
+    let blocks = pairs && ints == Ints::Avx2 && n <= limbs::TWO_OF_FOUR_TOKENS;
     for (l, row) in xs.iter_mut().zip(x.chunks_exact(width)).take(n) {
-        if l.quantize_with(ints, row) && gather {
-            l.gather_pairs();
+        if l.quantize_with(ints, row) && blocks {
+            l.interleave_blocks();
         }
     }
 }
@@ -252,9 +252,13 @@ impl CMatrix {
                         }
                         let vals = IntValues::of(t, codes, tr.clone());
                         let dense = t.pattern() == Pattern::Dense;
+                        let by_blocks = ints == Ints::Avx2
+                            && n <= limbs::TWO_OF_FOUR_TOKENS
+                            && t.col0 < self.cols
+                            && limbs::two_of_four(t, t.col0);
                         *stride = if lanes.is_some() && dense {
                             Some(limbs::copy_panel(t, vals, tr, panel))
-                        } else if ints != Ints::Scalar && n > limbs::MAX_TOKENS && !dense {
+                        } else if ints != Ints::Scalar && n > limbs::MAX_TOKENS && !dense && !by_blocks {
                             Some(limbs::expand_panel(t, vals, tr, panel))
                         } else {
                             None

@@ -524,8 +524,8 @@ fn row_dots_equal_the_reference() {
     }
 }
 
-/// 2:4 rows that keep two of every four columns, which AVX2 multiplies by the tokens' words gathered
-/// at each block's pattern instead of expanding them: the same integers as the scalar reference, for
+/// 2:4 rows that keep two of every four columns, which AVX2 multiplies by the tokens' words picked
+/// at each block's kept columns instead of expanding them: the same integers as the scalar reference, for
 /// one to four tokens, int8 and int4 codes, tiles that start at a multiple of 8, widths past the
 /// i32 lanes' flush, sub-ranges of rows; and a tile with one group keeping less (expanded instead).
 #[test]
@@ -558,7 +558,7 @@ fn avx2_two_of_four_rows_equal_the_reference() {
                     v[rng.below(col0 + cols)] = -40.0;
                     let mut l = Limbs::default();
                     assert!(l.quantize_with(Ints::Scalar, &v));
-                    l.gather_pairs();
+                    l.interleave_blocks();
                     l
                 })
                 .collect();
@@ -574,6 +574,45 @@ fn avx2_two_of_four_rows_equal_the_reference() {
             tile_dots(Ints::Scalar, &t, vals, &sums, 3..8, &limbs[..1], col0, &mut want);
             tile_dots(Ints::Avx2, &t, vals, &sums, 3..8, &limbs[..1], col0, &mut got);
             assert_eq!(got, want, "rows 3..8: {cols} cols from {col0}, {vt:?}");
+        }
+    }
+}
+
+/// Whole matrices whose tiles of S keep two of every four columns, which AVX2 multiplies by the
+/// tokens' interleaved words up to [`limbs::TWO_OF_FOUR_TOKENS`] tokens (a pass of up to four at a
+/// time) and expands from there: the same bits as the scalar integers for every token count
+/// around those bounds, beside a dense tile and with a low-rank part.
+#[test]
+fn avx2_two_of_four_matrices_equal_the_scalar_integers_for_any_token_count() {
+    if !require_isa("avx2") {
+        return;
+    }
+    let mut rng = TestRng::new(43);
+    let nm = Pattern::NM { n: 2, m: 4 };
+    let (rows, cols) = (70, 320);
+    for (vt, rank) in [(ValueType::I8, 0), (ValueType::I4, 0), (ValueType::I8, 5)] {
+        // Columns 0..256 two of every four, 256..320 dense.
+        let mask = two_of_four(&mut rng, rows, 256);
+        let left = masked_tile(&mut rng, (0, rows), (0, 256), nm, mask, vt);
+        assert!(limbs::two_of_four(&left, 0), "the test's tile keeps two of every four");
+        let right = random_tile(&mut rng, (0, rows), (256, cols - 256), Pattern::Dense, vt);
+        let mut tiles = vec![left, right];
+        let v = (rank > 0).then(|| {
+            let t = random_tile(&mut rng, (0, rank), (0, cols), Pattern::Dense, ValueType::I8);
+            CMatrix::new(rank, cols, None, vec![t]).unwrap()
+        });
+        if rank > 0 {
+            tiles.push(random_tile(&mut rng, (0, rows), (cols, rank), Pattern::Dense, ValueType::I8));
+        }
+        let m = CMatrix::new(rows, cols, v, tiles).unwrap();
+        assert!(m.routes(Arith::IntAvx2).0.is_some(), "{vt:?} rank {rank}: AVX2 runs integers");
+        for n in [1, 4, 5, 7, 8, 9, 15, 16, 17, 20] {
+            let x = rng.vec(n * cols, 1.0);
+            let mut want = vec![0f32; n * rows];
+            m.matmul_arith(Isa::Scalar, Arith::IntScalar, &x, n, &mut want);
+            let mut got = vec![f32::NAN; n * rows];
+            m.matmul_arith(Isa::best(), Arith::IntAvx2, &x, n, &mut got);
+            assert_eq!(bits(&got), bits(&want), "{vt:?} rank {rank}, {n} tokens");
         }
     }
 }

@@ -91,11 +91,12 @@ pub struct Limbs {
     /// `hi` at `words[width..]`, what [`Ints::Avx2`] reads. Written by the scalar quantization
     /// only (empty after the AVX-512 one).
     words: Vec<i16>,
-    /// For 2:4 rows on AVX2, the words gathered at each pattern of each 8-column block
-    /// ([`Limbs::gather_pairs`]): its first `gathered` bytes (none until asked for since the last
-    /// quantization; the buffer is kept, not cleared, so a call does not zero it to write it over).
-    pairs: Vec<u8>,
-    gathered: usize,
+    /// For 2:4 rows on AVX2, the words by 8-column block ([`Limbs::interleave_blocks`]): block
+    /// `b`'s eight `lo` words at `blocks[16b ..]`, then its eight `hi` words. Valid when
+    /// `interleaved` (not since the last quantization until asked for; the buffer is kept, not
+    /// cleared, so a call does not zero it to write it over).
+    blocks: Vec<i16>,
+    interleaved: bool,
     /// `s`: one step of `x̂` in units of `x`; NaN when the token is not finite.
     scale: f64,
 }
@@ -130,7 +131,7 @@ impl Limbs {
         self.planes.clear();
         self.planes.resize(4 * self.width, 0);
         self.words.clear();
-        self.gathered = 0;
+        self.interleaved = false;
         if ints != Ints::Avx512 {
             self.words.resize(2 * self.width, 0);
         }
@@ -178,21 +179,27 @@ impl Limbs {
         (!self.words.is_empty()).then(|| (self.words[c], self.words[self.width + c]))
     }
 
-    /// Gathers the words at every pattern of 2:4 of every 8-column block, which [`Ints::Avx2`]
-    /// then multiplies 2:4 rows that keep two of every four columns by (without it, such rows are
+    /// Lays the words out by 8-column block, each block's `lo` words beside its `hi` words, which
+    /// [`Ints::Avx2`] then multiplies 2:4 rows that keep two of every four columns by: one
+    /// `vpshufb` per block picks a row's kept columns of both halves (without it, such rows are
     /// expanded like any other masked row: the same integers).
     ///
     /// # Panics
-    /// When the CPU lacks [`avx2_available`] or the limbs have no words (the AVX-512 quantization).
-    pub fn gather_pairs(&mut self) {
-        assert!(avx2_available(), "gather_pairs: this CPU lacks AVX2");
-        assert_eq!(self.words.len(), 2 * self.width, "gather_pairs: limbs without words");
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (lo, hi) = self.words.split_at(self.width);
-            // SAFETY: the CPU has AVX2 (asserted); both halves hold `width` words, a multiple of 64.
-            unsafe { self.gathered = avx2::build_pairs(lo, hi, self.width, &mut self.pairs) };
+    /// When the limbs have no words (the AVX-512 quantization).
+    pub fn interleave_blocks(&mut self) {
+        assert_eq!(self.words.len(), 2 * self.width, "interleave_blocks: limbs without words");
+        let w = self.width;
+        if self.blocks.len() < 2 * w {
+            self.blocks.resize(2 * w, 0);
         }
+        let (lo, hi) = self.words.split_at(w);
+        for ((out, lo), hi) in
+            self.blocks.chunks_exact_mut(16).zip(lo.chunks_exact(8)).zip(hi.chunks_exact(8))
+        {
+            out[..8].copy_from_slice(lo);
+            out[8..].copy_from_slice(hi);
+        }
+        self.interleaved = true;
     }
 
     /// `x̂` of column `c`.
@@ -250,6 +257,20 @@ pub fn row_sums(t: &Tile) -> Option<Vec<i32>> {
         Values::F16 { .. } => None,
     }
 }
+
+/// Whether `t`, whose first column is a token's `col_off`, is 2:4 keeping two of every four
+/// columns in whole 32-column steps from a multiple of 8: the rows [`Ints::Avx2`] multiplies by the
+/// tokens' words by block ([`Limbs::interleave_blocks`]) instead of expanding them.
+pub fn two_of_four(t: &Tile, col_off: usize) -> bool {
+    t.pattern == (Pattern::NM { n: 2, m: 4 })
+        && t.cols.is_multiple_of(32)
+        && col_off.is_multiple_of(8)
+        && t.row_start[t.rows] == t.rows * t.cols / 2
+}
+
+/// Tokens up to which [`Ints::Avx2`] multiplies [`two_of_four`] rows by the tokens' interleaved
+/// words, a pass of up to [`MAX_TOKENS`] at a time, rather than expanding the rows into a panel.
+pub const TWO_OF_FOUR_TOKENS: usize = 16;
 
 /// Whether [`tile_dots`] takes `t`: int8 or int4 values, at most [`MAX_COLS`] wide.
 pub fn fits(t: &Tile) -> bool {

@@ -214,8 +214,8 @@ pub struct CMatrix {
     int_ok: bool,
     int_sums: Vec<Vec<i32>>,
     /// Whether some tile of S is 2:4 keeping two of every four columns, in whole 32-column steps
-    /// from a multiple of 8: the tokens' words are then gathered for it under AVX2 integers
-    /// ([`limbs::Limbs::gather_pairs`]).
+    /// from a multiple of 8: the tokens' words are then laid out by block for it under AVX2
+    /// integers ([`limbs::Limbs::interleave_blocks`]).
     pairs: bool,
     /// Per tile, for the dense int8 tiles of `U` under the integer arithmetic, their codes with the
     /// rows across the lanes ([`limbs::RowLanes`]), which decode reads instead of the rows.
@@ -299,14 +299,7 @@ impl CMatrix {
             .iter()
             .map(|t| if int_ok { limbs::row_sums(t).unwrap_or_default() } else { Vec::new() })
             .collect();
-        let pairs = tiles.iter().any(|t| {
-            t.pattern == Pattern::NM { n: 2, m: 4 }
-                && t.rows > 0
-                && t.cols.is_multiple_of(32)
-                && t.col0 < cols
-                && t.col0.is_multiple_of(8)
-                && t.row_start[t.rows] == t.rows * t.cols / 2
-        });
+        let pairs = tiles.iter().any(|t| t.rows > 0 && t.col0 < cols && limbs::two_of_four(t, t.col0));
         let row_lanes = tiles
             .iter()
             .map(|t| if int_ok && t.col0 >= cols { limbs::RowLanes::of(t) } else { None })

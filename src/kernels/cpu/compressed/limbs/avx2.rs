@@ -3,102 +3,42 @@
 //! and `vpmaddwd` summing pairs of products into eight i32 lanes per half. A masked row's kept values
 //! go back to their columns by a `vpshufb` whose control comes from a table of the mask's bytes.
 //! A 2:4 row that keeps exactly two of every four columns is not expanded: its kept values are
-//! multiplied by the token's words at their columns, gathered beforehand for each 8-column block and
-//! each of its 36 patterns ([`build_pairs`], [`super::Limbs::gather_pairs`]), so it costs half a dense
-//! row's multiplies. The same integers as the scalar reference and the AVX-512 limbs.
+//! multiplied by the token's words at their columns, which a `vpshufb` per 8-column block picks
+//! from the block's `lo` and `hi` words laid side by side ([`super::Limbs::interleave_blocks`]), so
+//! it costs half a dense row's multiplies. The same integers as the scalar reference and the
+//! AVX-512 limbs.
 //!
 //! Bounds: a product is at most `128 · 2¹⁵ = 2²²` in magnitude, a lane takes two per 16-column
-//! step, so [`FLUSH`] columns (128 steps) stay within `2³⁰`; the lanes go into i64 sums every
-//! [`FLUSH`] columns and at the row's end.
+//! step (per 32-column step of a 2:4 row), so [`FLUSH`] columns (128 steps; 64) stay within `2³⁰`
+//! (`2²⁹`, and the two accumulators of a 2:4 row added within `2³⁰`); the lanes go into i64 sums
+//! every [`FLUSH`] columns and at the row's end.
 
 use super::{Job, Pattern, OFFSET};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// The six ways a 2:4 group keeps two of its four columns, in the order of a pattern's index.
-const PAIRS: [u8; 6] = [0b0011, 0b0101, 0b0110, 0b1001, 0b1010, 0b1100];
+/// For each mask byte (an 8-column block), the `vpshufb` control that picks the words of its first
+/// four kept columns, in order, from the block's eight words: bytes `2k, 2k + 1` the `k`-th kept
+/// column's word, zero past the kept ones ([`block24`] reads bytes that keep four).
+static PICK: [u64; 256] = pick_table();
 
-/// Patterns of an 8-column block (two 2:4 groups): `6 · first + second`.
-pub(super) const BLOCK_PATTERNS: usize = 36;
-
-/// Bytes of one gathered pattern: four `lo` words, then four `hi` words.
-pub(super) const ENTRY: usize = 16;
-
-/// Pattern index of each mask byte whose nibbles both keep two columns (0 for the others, which
-/// [`dots`] never looks up: it takes this path only for rows that keep two of every four).
-static PATTERN: [u8; 256] = pattern_table();
-
-const fn pattern_table() -> [u8; 256] {
-    let mut t = [0u8; 256];
-    let mut a = 0;
-    while a < 6 {
-        let mut b = 0;
-        while b < 6 {
-            t[(PAIRS[a] | (PAIRS[b] << 4)) as usize] = (6 * a + b) as u8;
-            b += 1;
-        }
-        a += 1;
-    }
-    t
-}
-
-/// For patterns `2h` and `2h + 1`, the `vpshufb` control that gathers their four words each from an
-/// 8-word block: pattern `2h`'s into bytes 0..8, `2h + 1`'s into bytes 8..16.
-static GATHER: [[u8; 16]; BLOCK_PATTERNS / 2] = gather_table();
-
-const fn gather_table() -> [[u8; 16]; BLOCK_PATTERNS / 2] {
-    let mut t = [[0u8; 16]; BLOCK_PATTERNS / 2];
-    let mut pat = 0;
-    while pat < BLOCK_PATTERNS {
-        let block = (PAIRS[pat / 6] as u32) | ((PAIRS[pat % 6] as u32) << 4);
-        let (mut k, mut col) = (0, 0);
+const fn pick_table() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut k, mut col, mut v) = (0u64, 0u64, 0x8080_8080_8080_8080u64);
         while col < 8 {
-            if (block >> col) & 1 == 1 {
-                let at = (pat % 2) * 8 + 2 * k;
-                t[pat / 2][at] = 2 * col as u8;
-                t[pat / 2][at + 1] = 2 * col as u8 + 1;
+            if (m >> col) & 1 == 1 && k < 4 {
+                let word = (2 * col) | ((2 * col + 1) << 8);
+                v = (v & !(0xffff << (16 * k))) | (word << (16 * k));
                 k += 1;
             }
             col += 1;
         }
-        pat += 1;
+        t[m] = v;
+        m += 1;
     }
     t
-}
-
-/// `pairs` (grown as needed, never shrunk) = for each 8-column block `b` of the words (`lo` and
-/// `hi`, `width` columns, a multiple of 8) and each block pattern `p`, at `(b · 36 + p) · 16`: the
-/// four `lo` words of the columns `p` keeps, then their four `hi` words. Returns the bytes written
-/// (every one of them).
-///
-/// # Safety
-/// The CPU has AVX2; `lo` and `hi` hold `width` words.
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn build_pairs(lo: &[i16], hi: &[i16], width: usize, pairs: &mut Vec<u8>) -> usize {
-    assert!(width.is_multiple_of(8) && lo.len() >= width && hi.len() >= width, "build_pairs: short words");
-    let len = width / 8 * BLOCK_PATTERNS * ENTRY;
-    if pairs.len() < len {
-        pairs.resize(len, 0);
-    }
-    let ctl: [__m256i; BLOCK_PATTERNS / 2] =
-        // SAFETY: each row of GATHER is 16 bytes.
-        std::array::from_fn(|h| _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(GATHER[h].as_ptr().cast()) }));
-    for b in 0..width / 8 {
-        // SAFETY: 8 words of each half at 8b < width; the stores land inside `len` bytes.
-        unsafe {
-            let x = _mm256_set_m128i(
-                _mm_loadu_si128(hi.as_ptr().add(8 * b).cast()),
-                _mm_loadu_si128(lo.as_ptr().add(8 * b).cast()),
-            );
-            let out = pairs.as_mut_ptr().add(b * BLOCK_PATTERNS * ENTRY);
-            for (h, &c) in ctl.iter().enumerate() {
-                // [lo 2h, lo 2h+1 | hi 2h, hi 2h+1] → [lo 2h, hi 2h, lo 2h+1, hi 2h+1].
-                let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(x, c));
-                _mm256_storeu_si256(out.add(2 * h * ENTRY).cast(), v);
-            }
-        }
-    }
-    len
 }
 
 /// Columns summed in i32 lanes before they go into the i64 sums (see the module docs).
@@ -228,13 +168,8 @@ pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
     let t = job.t;
     // Rows that keep exactly two of every four columns (as many kept as 2:4 allows), in whole
     // 32-column steps, against tokens whose patterns are gathered.
-    let blocks = (job.col_off + t.cols) / 8;
-    let pairs = job.panel.is_none()
-        && t.pattern == Pattern::NM { n: 2, m: 4 }
-        && t.cols.is_multiple_of(32)
-        && job.col_off.is_multiple_of(8)
-        && t.row_start[t.rows] == t.rows * t.cols / 2
-        && job.xs.iter().all(|x| x.gathered >= blocks * BLOCK_PATTERNS * ENTRY);
+    let pairs =
+        job.panel.is_none() && super::two_of_four(t, job.col_off) && job.xs.iter().all(|x| x.interleaved);
     // Expanded rows read as a dense tile's.
     let dense = t.pattern == Pattern::Dense || job.panel.is_some();
     // Register tiles of rows × tokens × 2 halves: with the rows' codes and one token's words, at
@@ -255,10 +190,11 @@ pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
                 (_, false, false) => tiles::<2, 2, false, false>(job, rows.clone(), dots, nt, j0),
                 (1, true, _) => tiles::<4, 1, false, true>(job, rows.clone(), dots, nt, j0),
                 (3, true, _) => tiles::<1, 3, false, true>(job, rows.clone(), dots, nt, j0),
+                (4, true, _) => tiles::<1, 4, false, true>(job, rows.clone(), dots, nt, j0),
                 (_, true, _) => tiles::<2, 2, false, true>(job, rows.clone(), dots, nt, j0),
             }
         }
-        j0 += if left == 1 || left == 3 { left } else { 2 };
+        j0 += if left == 1 || left == 3 || (pairs && left == 4) { left } else { 2 };
     }
 }
 
@@ -303,7 +239,10 @@ unsafe fn tiles<const R: usize, const NT: usize, const DENSE: bool, const PAIRS:
 }
 
 /// [`block`] for rows that keep two of every four columns: per 32-column step a row's 16 kept
-/// values (four 8-column blocks, in order) against the four blocks' gathered words of its patterns.
+/// values (four 8-column blocks, in order) against the words of their columns, which one `vpshufb`
+/// per block picks from the block's `lo` and `hi` words ([`PICK`] of the block's mask byte). A
+/// row's accumulators hold `lo` sums in their low 128 bits and `hi` sums in their high ones
+/// ([`flush24`]).
 ///
 /// # Safety
 /// As [`tiles`] with `PAIRS`; `r + R` within the tile.
@@ -320,54 +259,75 @@ unsafe fn block24<const R: usize, const NT: usize>(
 ) {
     let Job { t, vals, xs, col_off, .. } = job;
     let words = super::super::mask_words(t.cols);
-    let base: [*const u8; NT] =
-        std::array::from_fn(|j| xs[j].pairs[col_off / 8 * BLOCK_PATTERNS * ENTRY..].as_ptr());
-    // SAFETY (the loop): every row keeps cols / 2 values from row_start[r] − vals.first of vals.q
-    // (checked by dots and tile_dots), read 16 at a time (a row's last step exactly its last 16);
-    // the gathered patterns cover the tile's blocks (checked by dots).
-    let mut p: [*const i8; R] =
-        std::array::from_fn(|i| unsafe { vals.q.as_ptr().add(t.row_start[r + i] - vals.first) });
-    let zero = _mm256_setzero_si256();
-    let mut acc = [[[zero; 2]; NT]; R];
-    let mut sum = [[0i64; NT]; R];
-    let step = 4 * BLOCK_PATTERNS * ENTRY;
-    _mm_prefetch::<_MM_HINT_T0>(t.mask.as_ptr().wrapping_add((r + R) * words + 8).cast());
-    for c in (0..t.cols).step_by(32) {
-        if c % 64 == 0 {
-            for &pi in &p {
-                _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(AHEAD / 2).cast());
+    // SAFETY (the block): the interleaved words hold every column of the tokens' width (checked
+    // by dots), which reaches col_off + the tile's width; every row keeps cols / 2 values from
+    // row_start[r] − vals.first of vals.q (checked by dots and tile_dots), read 16 at a time (a
+    // row's last step exactly its last 16); a row's mask holds `words` u64s, read as bytes (x86 is
+    // little-endian: byte k holds columns 8k .. 8k + 8).
+    unsafe {
+        let base: [*const i16; NT] = std::array::from_fn(|j| xs[j].blocks.as_ptr().add(col_off * 2));
+        let masks: [*const u8; R] =
+            std::array::from_fn(|i| t.mask.as_ptr().add((r + i) * words).cast::<u8>());
+        let mut p: [*const i8; R] =
+            std::array::from_fn(|i| vals.q.as_ptr().add(t.row_start[r + i] - vals.first));
+        let zero = _mm256_setzero_si256();
+        let mut acc = [[[zero; 2]; NT]; R];
+        let mut sum = [[0i64; NT]; R];
+        _mm_prefetch::<_MM_HINT_T0>(t.mask.as_ptr().wrapping_add((r + R) * words + 8).cast());
+        for c in (0..t.cols).step_by(32) {
+            if c % 64 == 0 {
+                for &pi in &p {
+                    _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(AHEAD / 2).cast());
+                }
+                if c % FLUSH == 0 && c > 0 {
+                    flush24(&mut acc, &mut sum);
+                }
             }
-            if c % FLUSH == 0 && c > 0 {
-                flush(&mut acc, &mut sum);
+            for i in 0..R {
+                let mb = masks[i].add(c / 8);
+                let pick: [__m256i; 4] =
+                    std::array::from_fn(|k| _mm256_set1_epi64x(PICK[usize::from(*mb.add(k))] as i64));
+                // [values of blocks 0, 1 | the same] and [blocks 2, 3 | the same], as 16-bit words.
+                let w01 = _mm256_cvtepi8_epi16(_mm_set1_epi64x(p[i].cast::<i64>().read_unaligned()));
+                let w23 = _mm256_cvtepi8_epi16(_mm_set1_epi64x(p[i].add(8).cast::<i64>().read_unaligned()));
+                p[i] = p[i].wrapping_add(16);
+                for j in 0..NT {
+                    let blk = |k: usize| {
+                        let x = _mm256_loadu_si256(base[j].add(2 * (c + 8 * k)).cast());
+                        // [lo of the kept columns, zeros | hi of them, zeros].
+                        _mm256_shuffle_epi8(x, pick[k])
+                    };
+                    // [lo of blocks 0, 1 | hi of blocks 0, 1], and of blocks 2, 3.
+                    let x01 = _mm256_unpacklo_epi64(blk(0), blk(1));
+                    let x23 = _mm256_unpacklo_epi64(blk(2), blk(3));
+                    acc[i][j][0] = _mm256_add_epi32(acc[i][j][0], _mm256_madd_epi16(w01, x01));
+                    acc[i][j][1] = _mm256_add_epi32(acc[i][j][1], _mm256_madd_epi16(w23, x23));
+                }
             }
         }
+        flush24(&mut acc, &mut sum);
         for i in 0..R {
-            let keep = (t.mask[(r + i) * words + c / 64] >> (c % 64)) as u32;
-            let at: [usize; 4] = std::array::from_fn(|k| {
-                k * BLOCK_PATTERNS * ENTRY + usize::from(PATTERN[((keep >> (8 * k)) & 0xff) as usize]) * ENTRY
-            });
-            // SAFETY: see the loop's note.
-            let w = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p[i].cast())) };
-            p[i] = p[i].wrapping_add(16);
-            for j in 0..NT {
-                // SAFETY: see the loop's note.
-                let (x02, x13) = unsafe {
-                    let b = base[j].add(c / 32 * step);
-                    (
-                        _mm256_loadu2_m128i(b.add(at[2]).cast(), b.add(at[0]).cast()),
-                        _mm256_loadu2_m128i(b.add(at[3]).cast(), b.add(at[1]).cast()),
-                    )
-                };
-                // [blocks 0, 1 | 2, 3] of lo and of hi, as the kept values lie.
-                let (xl, xh) = (_mm256_unpacklo_epi64(x02, x13), _mm256_unpackhi_epi64(x02, x13));
-                acc[i][j][0] = _mm256_add_epi32(acc[i][j][0], _mm256_madd_epi16(w, xl));
-                acc[i][j][1] = _mm256_add_epi32(acc[i][j][1], _mm256_madd_epi16(w, xh));
-            }
+            dots[(r + i - first) * stride + j0..][..NT].copy_from_slice(&sum[i]);
         }
     }
-    flush(&mut acc, &mut sum);
-    for i in 0..R {
-        dots[(r + i - first) * stride + j0..][..NT].copy_from_slice(&sum[i]);
+}
+
+/// [`flush`] for [`block24`]'s accumulators, whose low 128 bits hold `lo` sums and high ones `hi`
+/// sums: both accumulators' lanes added (each at most `2²⁹`, see the module docs) and combined.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn flush24<const R: usize, const NT: usize>(acc: &mut [[[__m256i; 2]; NT]; R], sum: &mut [[i64; NT]; R]) {
+    for (acc, sum) in acc.iter_mut().zip(sum.iter_mut()) {
+        for (a, s) in acc.iter_mut().zip(sum.iter_mut()) {
+            let both = _mm256_add_epi32(a[0], a[1]);
+            let wide = |v: __m128i| {
+                let a = _mm256_cvtepi32_epi64(v);
+                let b = _mm_add_epi64(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+                _mm_cvtsi128_si64(b) + _mm_extract_epi64::<1>(b)
+            };
+            *s += wide(_mm256_castsi256_si128(both)) + (wide(_mm256_extracti128_si256::<1>(both)) << 15);
+            *a = [_mm256_setzero_si256(); 2];
+        }
     }
 }
 
