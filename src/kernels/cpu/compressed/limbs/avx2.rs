@@ -9,9 +9,8 @@
 //! AVX-512 limbs.
 //!
 //! Bounds: a product is at most `128 · 2¹⁵ = 2²²` in magnitude, a lane takes two per 16-column
-//! step (per 32-column step of a 2:4 row), so [`FLUSH`] columns (128 steps; 64) stay within `2³⁰`
-//! (`2²⁹`, and the two accumulators of a 2:4 row added within `2³⁰`); the lanes go into i64 sums
-//! every [`FLUSH`] columns and at the row's end.
+//! step (four per 32-column step of a 2:4 row), so [`FLUSH`] columns (128 steps; 64) stay within
+//! `2³⁰`; the lanes go into i64 sums every [`FLUSH`] columns and at the row's end.
 
 use super::{Job, Pattern, OFFSET};
 use std::arch::x86_64::*;
@@ -241,8 +240,8 @@ unsafe fn tiles<const R: usize, const NT: usize, const DENSE: bool, const PAIRS:
 /// [`block`] for rows that keep two of every four columns: per 32-column step a row's 16 kept
 /// values (four 8-column blocks, in order) against the words of their columns, which one `vpshufb`
 /// per block picks from the block's `lo` and `hi` words ([`PICK`] of the block's mask byte). A
-/// row's accumulators hold `lo` sums in their low 128 bits and `hi` sums in their high ones
-/// ([`flush24`]).
+/// (row, token)'s one accumulator holds `lo` sums in its low 128 bits and `hi` sums in its high
+/// ones ([`flush24`]).
 ///
 /// # Safety
 /// As [`tiles`] with `PAIRS`; `r + R` within the tile.
@@ -271,7 +270,7 @@ unsafe fn block24<const R: usize, const NT: usize>(
         let mut p: [*const i8; R] =
             std::array::from_fn(|i| vals.q.as_ptr().add(t.row_start[r + i] - vals.first));
         let zero = _mm256_setzero_si256();
-        let mut acc = [[[zero; 2]; NT]; R];
+        let mut acc = [[zero; NT]; R];
         let mut sum = [[0i64; NT]; R];
         _mm_prefetch::<_MM_HINT_T0>(t.mask.as_ptr().wrapping_add((r + R) * words + 8).cast());
         for c in (0..t.cols).step_by(32) {
@@ -284,9 +283,10 @@ unsafe fn block24<const R: usize, const NT: usize>(
                 }
             }
             for i in 0..R {
-                let mb = masks[i].add(c / 8);
-                let pick: [__m256i; 4] =
-                    std::array::from_fn(|k| _mm256_set1_epi64x(PICK[usize::from(*mb.add(k))] as i64));
+                let keep = masks[i].add(c / 8).cast::<u32>().read_unaligned();
+                let pick: [__m256i; 4] = std::array::from_fn(|k| {
+                    _mm256_set1_epi64x(PICK[(keep >> (8 * k)) as usize & 0xff] as i64)
+                });
                 // [values of blocks 0, 1 | the same] and [blocks 2, 3 | the same], as 16-bit words.
                 let w01 = _mm256_cvtepi8_epi16(_mm_set1_epi64x(p[i].cast::<i64>().read_unaligned()));
                 let w23 = _mm256_cvtepi8_epi16(_mm_set1_epi64x(p[i].add(8).cast::<i64>().read_unaligned()));
@@ -300,8 +300,8 @@ unsafe fn block24<const R: usize, const NT: usize>(
                     // [lo of blocks 0, 1 | hi of blocks 0, 1], and of blocks 2, 3.
                     let x01 = _mm256_unpacklo_epi64(blk(0), blk(1));
                     let x23 = _mm256_unpacklo_epi64(blk(2), blk(3));
-                    acc[i][j][0] = _mm256_add_epi32(acc[i][j][0], _mm256_madd_epi16(w01, x01));
-                    acc[i][j][1] = _mm256_add_epi32(acc[i][j][1], _mm256_madd_epi16(w23, x23));
+                    let both = _mm256_add_epi32(_mm256_madd_epi16(w01, x01), _mm256_madd_epi16(w23, x23));
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], both);
                 }
             }
         }
@@ -313,20 +313,19 @@ unsafe fn block24<const R: usize, const NT: usize>(
 }
 
 /// [`flush`] for [`block24`]'s accumulators, whose low 128 bits hold `lo` sums and high ones `hi`
-/// sums: both accumulators' lanes added (each at most `2²⁹`, see the module docs) and combined.
+/// sums.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn flush24<const R: usize, const NT: usize>(acc: &mut [[[__m256i; 2]; NT]; R], sum: &mut [[i64; NT]; R]) {
+fn flush24<const R: usize, const NT: usize>(acc: &mut [[__m256i; NT]; R], sum: &mut [[i64; NT]; R]) {
     for (acc, sum) in acc.iter_mut().zip(sum.iter_mut()) {
         for (a, s) in acc.iter_mut().zip(sum.iter_mut()) {
-            let both = _mm256_add_epi32(a[0], a[1]);
             let wide = |v: __m128i| {
                 let a = _mm256_cvtepi32_epi64(v);
                 let b = _mm_add_epi64(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
                 _mm_cvtsi128_si64(b) + _mm_extract_epi64::<1>(b)
             };
-            *s += wide(_mm256_castsi256_si128(both)) + (wide(_mm256_extracti128_si256::<1>(both)) << 15);
-            *a = [_mm256_setzero_si256(); 2];
+            *s += wide(_mm256_castsi256_si128(*a)) + (wide(_mm256_extracti128_si256::<1>(*a)) << 15);
+            *a = _mm256_setzero_si256();
         }
     }
 }
