@@ -20,8 +20,9 @@
 //!   when every tile, V's included, is int8 or int4, some tile of S is masked and the CPU has AVX2
 //!   ([`Arith::IntAvx2`]: each token's integers as two 16-bit words and `vpmaddwd` instead of the
 //!   byte limbs and `vpdpbusd`, a 2:4 row that keeps two of every four columns multiplied at its
-//!   kept columns only; the same integers, so the same bits as AVX-512; dense matrices keep f32
-//!   there, `CMatrix::routes` says why) for generated tokens, given ones (prompts, labels) running
+//!   kept columns only, up to [`limbs::TWO_OF_FOUR_TOKENS`] tokens; the same integers, so the
+//!   same bits as AVX-512; dense matrices keep f32 there, `CMatrix::routes` says why) for
+//!   generated tokens, given ones (prompts, labels) running
 //!   f32 ([`CMatrix::matmul_runs`]: a prefill's many tokens go faster through f32 panels than
 //!   through two multiply-adds per weight). On AVX-512:
 //!   each token is rounded once to 31-bit integers in four byte limbs (`x` and `V·x` each with its

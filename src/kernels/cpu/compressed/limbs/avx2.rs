@@ -166,7 +166,7 @@ pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
     let nt = job.xs.len();
     let t = job.t;
     // Rows that keep exactly two of every four columns (as many kept as 2:4 allows), in whole
-    // 32-column steps, against tokens whose patterns are gathered.
+    // 32-column steps, against tokens whose words are laid out by block.
     let pairs =
         job.panel.is_none() && super::two_of_four(t, job.col_off) && job.xs.iter().all(|x| x.interleaved);
     // Expanded rows read as a dense tile's.
@@ -199,7 +199,7 @@ pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
 
 /// Rows `rows` in groups of `R` (the last ones one at a time) × tokens `xs[..NT]`, into
 /// `dots[i·stride + j0 + j]`; `DENSE`: the rows are read as stored (a dense tile's, or a panel's);
-/// `PAIRS`: the rows keep two of every four columns and the tokens' patterns are gathered
+/// `PAIRS`: the rows keep two of every four columns and the tokens' words are laid out by block
 /// ([`block24`]).
 ///
 /// # Safety
