@@ -77,9 +77,9 @@ unsafe impl Send for Sink {}
 unsafe impl Sync for Sink {}
 
 /// `xs[t]` = token `t` of `x` (`n` rows of `width`) as limbs for `ints` (by its own quantization:
-/// all but AVX-512's also write the words [`Ints::Avx2`] reads),
-/// with the words laid out by block for 2:4 rows ([`Limbs::interleave_blocks`]) when `pairs` and AVX2 runs a pass
-/// of few tokens; `xs` grows to `n` and is not shrunk.
+/// all but AVX-512's also write the words [`Ints::Avx2`] reads), with the words laid out by block
+/// for 2:4 rows ([`Limbs::interleave_blocks`]) when `pairs` and AVX2 runs up to
+/// [`limbs::TWO_OF_FOUR_TOKENS`] tokens; `xs` grows to `n` and is not shrunk.
 pub(super) fn quantize_tokens(
     ints: Ints,
     pairs: bool,
