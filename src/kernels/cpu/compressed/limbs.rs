@@ -270,7 +270,7 @@ pub fn two_of_four(t: &Tile, col_off: usize) -> bool {
 
 /// Tokens up to which [`Ints::Avx2`] multiplies [`two_of_four`] rows by the tokens' interleaved
 /// words, a pass of up to [`MAX_TOKENS`] at a time, rather than expanding the rows into a panel.
-pub const TWO_OF_FOUR_TOKENS: usize = 16;
+pub const TWO_OF_FOUR_TOKENS: usize = 32;
 
 /// Whether [`tile_dots`] takes `t`: int8 or int4 values, at most [`MAX_COLS`] wide.
 pub fn fits(t: &Tile) -> bool {
