@@ -29,7 +29,8 @@ pub mod proto {
         }
     }
     /// The Open Inference Protocol's gRPC API, as Triton defines it (`inference.GRPCInferenceService`).
-    #[allow(clippy::all, clippy::pedantic)]
+    /// Its doc comments are Triton's proto comments, which write placeholders as `<model>`.
+    #[allow(clippy::all, clippy::pedantic, rustdoc::invalid_html_tags)]
     pub mod inference {
         tonic::include_proto!("inference");
     }

@@ -5,7 +5,7 @@
 //!
 //! No model kind has a CUDA backend yet (issue #18), so today `cuda` is always refused at start —
 //! "binary built without the `cuda` feature", "no usable CUDA GPU: …", or, with a usable GPU,
-//! "CUDA backend for <kind> not implemented yet" — and `auto` always falls back to the CPU.
+//! "CUDA backend for `<kind>` not implemented yet" — and `auto` always falls back to the CPU.
 
 use crate::config::ModelKind;
 use std::fmt;

@@ -10,8 +10,8 @@ use std::fmt;
 use std::time::Duration;
 
 /// A ranker compute backend, built from a model's host tensors by a constructor such as
-/// [`crate::backend::cpu::ranker`]. One value serves every thread (`Send + Sync`); per-thread state
-/// lives in the caller's [`Workspace`].
+/// [`crate::backend::cpu::ranker`](fn@crate::backend::cpu::ranker). One value serves every thread
+/// (`Send + Sync`); per-thread state lives in the caller's [`Workspace`].
 pub trait RankerBackend: Send + Sync + fmt::Debug {
     /// Encodes `len` history tokens `tokens[len × d]` (oldest first): every layer's keys and values,
     /// which amortized scoring attends to. With `parallel` the work may spread over rayon's current

@@ -10,7 +10,8 @@ use std::any::Any;
 use std::fmt;
 
 /// A llama-family compute backend, built from a GGUF file by a constructor such as
-/// [`crate::backend::cpu::slm`]. Per-step buffers live in the caller's [`Workspace`].
+/// [`crate::backend::cpu::slm`](fn@crate::backend::cpu::slm). Per-step buffers live in the
+/// caller's [`Workspace`].
 pub trait SlmBackend: Send + Sync {
     /// Storage for one sequence's cache of `shape` with room for `capacity` positions, zeroed.
     fn new_kv(&self, shape: KvShape, capacity: usize) -> Box<dyn KvState>;

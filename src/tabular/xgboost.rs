@@ -1,6 +1,6 @@
 //! XGBoost JSON and UBJSON models (`Booster.save_model("m.json")`, `"m.ubj"`): gbtree and dart boosters, forests
 //! (`num_parallel_tree`), numeric splits with default directions, and the objectives whose margins
-//! and scores are listed in [`objective`]. Every count and index is checked before it is used: child
+//! and scores are listed in `objective`. Every count and index is checked before it is used: child
 //! indices must point forward inside their tree (so no cycles), features below `num_feature`, depth at
 //! most [`MAX_DEPTH`], totals under [`MAX_NODES`]; errors name the tree and node.
 

@@ -1,7 +1,7 @@
 //! Compressed model folders (`docs/compressed-format.md`): `config.json`, `tokenizer.gguf`,
 //! `model.safetensors` (every linear layer as a [`CMatrix`] of tiles, norms and biases as f32) and
 //! `compression.json`. [`open`] checks everything a file can get wrong and names the tensor at fault;
-//! [`write`] produces a folder atomically (a temporary folder renamed at the end).
+//! `write` produces a folder atomically (a temporary folder renamed at the end).
 
 mod layout;
 mod write;

@@ -45,12 +45,12 @@ pub fn write(
     write_with(dir, config, tokenizer_metadata, matrices, vectors, source, &[])
 }
 
-/// [`write`], plus `extra` files (name, content) written into the folder before it appears under
-/// its name, e.g. the compressor's per-layer report. Their names must be plain file names that the
-/// format does not use.
+/// [`write`](fn@write), plus `extra` files (name, content) written into the folder before it
+/// appears under its name, e.g. the compressor's per-layer report. Their names must be plain file
+/// names that the format does not use.
 ///
 /// # Errors
-/// As [`write`]; and an extra name that is not a plain file name or is one of the format's.
+/// As [`write`](fn@write); and an extra name that is not a plain file name or is one of the format's.
 pub fn write_with(
     dir: &Path,
     config: &LlamaConfig,

@@ -1,6 +1,6 @@
 //! `slate-tools compress` (also `slate compress`): a GGUF model, dequantized to f32, re-encoded into a
 //! compressed model folder (`docs/compressed-format.md`): dense int8/int4/f16, pruning to N:M or
-//! unstructured sparsity by magnitude or, from calibration text ([`calib`]'s sequential protocol), by
+//! unstructured sparsity by magnitude or, from calibration text (`calib`'s sequential protocol), by
 //! Wanda, SparseGPT or ALPS ([`solve`]), a low-rank correction `U·V` (the residual's truncated SVD, or
 //! HASSLE-free's alternation with the sparse part), FFSplit heavy hitters.
 

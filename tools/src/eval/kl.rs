@@ -309,7 +309,7 @@ pub struct LlamaPositions {
     /// `√((mean(x²) − mean(x)²)/(n − 1))` and `√(p(1 − p)/(n − 1))`.
     pub kl_mean_se: f64,
     pub top1_se: f64,
-    /// The same from the unquantized logits ([`kl()`] in f64, [`argmax`]).
+    /// The same from the unquantized logits ([`kl()`] in f64, `argmax`).
     pub kl_mean_unquantized: f64,
     pub kl_p99_unquantized: f64,
     pub top1_unquantized: f64,

@@ -26,9 +26,9 @@
 //! element is widened to f32 as it is loaded and all arithmetic stays f32, so an f16 cache gives
 //! exactly the f32 kernel's result on the f16-rounded keys and values.
 //!
-//! Files: this one holds the strided API, its dispatch and the scalar reference; [`avx2`] and
-//! [`avx512`] its two SIMD paths (different tilings, the same operations per lane), which share the
-//! `P·V` code of [`pv`]; [`tiled`] the decode layout's API and scalar reference, [`tiled_avx2`] its
+//! Files: this one holds the strided API, its dispatch and the scalar reference; `avx2` and
+//! `avx512` its two SIMD paths (different tilings, the same operations per lane), which share the
+//! `P·V` code of `pv`; `tiled` the decode layout's API and scalar reference, `tiled_avx2` its
 //! SIMD path.
 
 use super::simd::{has_avx2_fma, has_avx512};
@@ -99,7 +99,7 @@ pub fn attend_head(
 }
 
 /// [`attend_head`] with the path chosen by the caller: `simd` runs AVX-512 where
-/// [`has_avx512`](super::simd::has_avx512) allows it, else AVX2 (`simd` is ignored where AVX2 is
+/// `simd::has_avx512` allows it, else AVX2 (`simd` is ignored where AVX2 is
 /// absent). Both SIMD paths give the same bits.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_head_with(

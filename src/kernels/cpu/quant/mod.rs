@@ -2,14 +2,14 @@
 //! `y = x·Wᵀ` over them, in the manner of llama.cpp's CPU backend.
 //!
 //! - **Load** ([`QMatrix::from_raw`]): F16 becomes f32; every quantized type is repacked
-//!   losslessly into groups of 8 rows whose 32-weight blocks are interleaved (see [`pack`]), so one
+//!   losslessly into groups of 8 rows whose 32-weight blocks are interleaved (see `pack`), so one
 //!   AVX2 register holds 4 consecutive codes of each of 8 rows and a block's dot product ends in one
 //!   lane per row, with no horizontal sums.
 //! - **Matmul** ([`QMatrix::matmul`]): each activation row is quantized once per call to 8-bit blocks
-//!   of 32 (`d = max|x|/127`, plus the block sums that the `m`/offset terms need, see [`act`]); then
+//!   of 32 (`d = max|x|/127`, plus the block sums that the `m`/offset terms need, see `act`); then
 //!   for each group of 8 weight rows, all tokens in tiles of up to 6, integer dot products per block
-//!   (`maddubs`/`madd`) are scaled and accumulated in f32 with FMA ([`int`]). F32/F16 weights use an
-//!   f32 FMA dot ([`float`]). Work is split over ranges of row groups on rayon's pool; a group's
+//!   (`maddubs`/`madd`) are scaled and accumulated in f32 with FMA (`int`). F32/F16 weights use an
+//!   f32 FMA dot (`float`). Work is split over ranges of row groups on rayon's pool; a group's
 //!   weights are read from memory once per call and reused from L1 for every token, so a batched
 //!   decode step of 8 tokens costs ~1.7× one token, and prefill is compute-bound.
 //!

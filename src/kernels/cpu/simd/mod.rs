@@ -1,14 +1,14 @@
 //! Runtime CPU-feature dispatch, the f32 vector of each ISA the SIMD kernels are written over, and the
 //! vector `exp` they share.
 //!
-//! [`avx2`] (8 lanes) and [`avx512`] (16 lanes) name the same operations (`splat`, `load`, `fmadd`,
+//! `avx2` (8 lanes) and `avx512` (16 lanes) name the same operations (`splat`, `load`, `fmadd`,
 //! `lane_masks`, …) over their own vector type `F32s`. A kernel that has both an AVX2 and an AVX-512
 //! version is written once, as a `macro_rules!` body calling `v::fmadd(..)` and friends, and
 //! instantiated in one module per ISA with `use …::simd::avx2 as v` (or `avx512`) and that ISA's
 //! `#[target_feature]` list: each copy is then exactly the code a hand-written version for that ISA
 //! would be, and both run the same operations in the same order on every lane (the same bits).
 //!
-//! `exp` ([`vector_math`]) is the Cephes `expf` scheme (range reduction by `n·ln 2`, degree-6
+//! `exp` (`vector_math`) is the Cephes `expf` scheme (range reduction by `n·ln 2`, degree-6
 //! polynomial, exponent bits for `2^n`), relative error ≈ 2e-7 on the clamped range [-87, 88]; the
 //! scalar fallbacks use `f32::exp`.
 
@@ -98,7 +98,7 @@ pub(crate) fn cpu_has_avx512_vnni() -> bool {
 }
 
 /// SwiGLU: `out[i] = silu(g[i]) · u[i] = g[i] / (1 + e^(−g[i])) · u[i]` over `out.len()` elements
-/// (the AVX2 path uses [`avx2::exp`], relative error ≈ 2e-7 against `f32::exp`). Each element
+/// (the AVX2 path uses `avx2::exp`, relative error ≈ 2e-7 against `f32::exp`). Each element
 /// depends on its own inputs alone.
 ///
 /// # Panics
@@ -125,9 +125,9 @@ pub fn swiglu_with(simd: bool, g: &[f32], u: &[f32], out: &mut [f32]) {
 }
 
 /// Unnormalized softmax weights: `out[i] = e^((x[i] − shift)·scale)`, 0 where `x[i]` is NaN or the
-/// exponent is below [`EXP_LO`] (negligible next to the maximum's 1 when `shift` is the maximum);
+/// exponent is below `EXP_LO` (negligible next to the maximum's 1 when `shift` is the maximum);
 /// returns their sum. With `shift` ≥ every `x[i]` and `scale > 0` the exponents are ≤ 0. The AVX2 path
-/// uses [`avx2::exp`] (relative error ≈ 2e-7) and sums in f64 lanes.
+/// uses `avx2::exp` (relative error ≈ 2e-7) and sums in f64 lanes.
 ///
 /// # Panics
 /// When `out` is shorter than `x`.

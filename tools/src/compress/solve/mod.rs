@@ -1,6 +1,6 @@
 //! Layer solvers of the calibrated compressors: a dense linear layer `W` (`rows × cols`, row-major f32,
 //! `y = W·x`) and the Gram matrix `H = Σ x·xᵀ` of its calibration inputs (`cols × cols`, f64) in, a
-//! pruned `Ŵ` out — zero outside the kept set, each row keeping exactly what [`Keep`] says (the `n`
+//! pruned `Ŵ` out — zero outside the kept set, each row keeping exactly what `Keep` says (the `n`
 //! of every `m`-group; or `round((1 − s)·cols)` entries) — chosen to keep the layer's output error
 //! `‖(W − Ŵ)·X‖²_F = tr((W − Ŵ)·H·(W − Ŵ)ᵀ)` small.
 //!
@@ -60,7 +60,7 @@ impl Method {
 /// The pruned `Ŵ` (`rows × cols`, row-major).
 ///
 /// # Errors
-/// `keep` is [`Keep::All`], shapes that do not match, an N:M pattern whose `m` does not divide `cols`,
+/// `keep` is `Keep::All`, shapes that do not match, an N:M pattern whose `m` does not divide `cols`,
 /// a non-finite `W` or `H`.
 pub fn prune(method: Method, layer: &Layer, keep: Keep) -> Result<Vec<f32>> {
     check(layer, keep)?;
