@@ -177,9 +177,10 @@ pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
     while j0 < nt {
         let left = nt - j0;
         let xs = &job.xs[j0..];
-        // SAFETY (each call): the caller's contract, for tokens j0.. of xs.
-        unsafe {
-            let job = Job { xs, ..job };
+        let job = Job { xs, ..job };
+        // Each call returns the tokens it took. SAFETY (each call): the caller's contract, for
+        // tokens j0.. of xs.
+        j0 += unsafe {
             match (left, pairs, dense) {
                 (1, false, true) => tiles::<4, 1, true, false>(job, rows.clone(), dots, nt, j0),
                 (3, false, true) => tiles::<1, 3, true, false>(job, rows.clone(), dots, nt, j0),
@@ -192,15 +193,14 @@ pub(super) unsafe fn dots(job: Job<'_>, rows: Range<usize>, dots: &mut [i64]) {
                 (4, true, _) => tiles::<1, 4, false, true>(job, rows.clone(), dots, nt, j0),
                 (_, true, _) => tiles::<2, 2, false, true>(job, rows.clone(), dots, nt, j0),
             }
-        }
-        j0 += if left == 1 || left == 3 || (pairs && left == 4) { left } else { 2 };
+        };
     }
 }
 
 /// Rows `rows` in groups of `R` (the last ones one at a time) × tokens `xs[..NT]`, into
 /// `dots[i·stride + j0 + j]`; `DENSE`: the rows are read as stored (a dense tile's, or a panel's);
 /// `PAIRS`: the rows keep two of every four columns and the tokens' words are laid out by block
-/// ([`block24`]).
+/// ([`block24`]). Returns `NT`, the tokens taken.
 ///
 /// # Safety
 /// As [`dots`], which checked what `PAIRS` needs.
@@ -211,7 +211,7 @@ unsafe fn tiles<const R: usize, const NT: usize, const DENSE: bool, const PAIRS:
     dots: &mut [i64],
     stride: usize,
     j0: usize,
-) {
+) -> usize {
     let mut r = rows.start;
     while r + R <= rows.end {
         // SAFETY: forwarded.
@@ -235,6 +235,7 @@ unsafe fn tiles<const R: usize, const NT: usize, const DENSE: bool, const PAIRS:
         };
         r += 1;
     }
+    NT
 }
 
 /// [`block`] for rows that keep two of every four columns: per 32-column step a row's 16 kept
